@@ -1,0 +1,331 @@
+"""The JAX eviction engine: one pure ``step`` per (configuration, scan step).
+
+State is dense over expert ids (``N = L * E``) and holds, per pool (the global cache, or one
+cache per layer), a *contiguous protection rank* of the residents: ``rank[x] = #{residents more
+protected than x}`` (0 = evicted last), ``ABSENT`` for non-residents. With contiguous ranks the
+``n`` victims of a step are found elementwise ("the ``n`` evictable residents with the highest
+rank"), with no per-config reduction or gather (XLA:CPU reductions and config-dependent gathers
+are slow, see PERF_NOTES.md). Policies differ only in how a step re-ranks:
+
+``mtt`` (move to top; ``lru``, ``ls``)
+    demanded experts go to the top, lowest id least protected among them. For ``ls`` this is
+    exact in demand-only replay: a demanded expert's Least-Stale key (current pass, its layer,
+    step) dominates every resident's key, so Least-Stale *is* LRU at visit granularity here;
+    the reference implements the full key and the tests check the equality.
+``ins`` (insertion order; ``fifo``, ``random``)
+    hits keep their place; admitted experts go on top. ``random`` picks victim positions by
+    Floyd's algorithm with a counter hash (same numbers as the reference).
+``keyed`` (``belady``, ``sb``: trace-determined keys shared by all configurations; ``lfu``:
+    per-configuration keys)
+    new ranks of the demanded experts are counts of more-protected survivors: a dense matmul
+    against a shared ``[W, N]`` comparison matrix for shared keys, a reduction for ``lfu``.
+``fld``
+    victims by layer distance (counts per layer, then lowest ids in a layer via a small
+    triangular matmul); ranks only mark residency.
+
+All numbers (capacity, seed) are data in :class:`Params`; shapes and the policy are static.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .pytree import pytree_dataclass
+from .semantics import INF_STEP, POLICIES
+
+ABSENT = 32767
+NCOUNT = 6  # demands, hits, misses, collisions, evictions, bypass
+COUNTER_NAMES = ("demands", "hits", "misses", "collisions", "evictions", "bypass")
+KIND = {"lru": "mtt", "ls": "mtt", "fifo": "ins", "random": "ins", "belady": "keyed",
+        "sb": "keyed", "lfu": "keyed", "fld": "fld"}
+SHARED_KEY = {"belady", "sb"}
+HIGHEST = lax.Precision.HIGHEST
+
+
+@pytree_dataclass
+class Params:
+    """Numeric parameters of one configuration (vmappable leaves).
+
+    Attributes:
+        capacity: int32[] cache slots (total over layers in partitioned mode).
+        seed: uint32[] seed of the ``random`` policy (ignored by the others).
+    """
+
+    capacity: Any
+    seed: Any
+
+
+@pytree_dataclass
+class CacheState:
+    """Per-configuration state.
+
+    Attributes:
+        rank: int16[N] protection rank within the pool, ``ABSENT`` if not resident.
+        occ: int32[P] occupancy per pool (``P`` = 1 global, ``L`` partitioned).
+        evicted: bool[N] evicted earlier in the current pass (collision bookkeeping).
+        freq: int32[N] uses since insertion (``lfu`` only; else shape [0]).
+        last: int32[N] last step used (``lfu`` only; else shape [0]).
+        totals: int32[6] counters (``COUNTER_NAMES``).
+        per_layer: int32[6, L] the same counters by the layer of the visit.
+        max_occ: int32[] largest pool occupancy seen after any step.
+    """
+
+    rank: Any
+    occ: Any
+    evicted: Any
+    freq: Any
+    last: Any
+    totals: Any
+    per_layer: Any
+    max_occ: Any
+
+
+@pytree_dataclass
+class Visit:
+    """One scan step's inputs, shared by all configurations (see ``visits.StepArrays``)."""
+
+    step: Any
+    pass_: Any
+    layer: Any
+    new_pass: Any
+    ids: Any
+    units: Any
+    next_use: Any
+
+
+class Spec(NamedTuple):
+    """Static structure of a compiled engine (hashable; one compile per distinct Spec)."""
+
+    policy: str
+    num_layers: int
+    num_experts: int
+    width: int
+    partitioned: bool
+
+
+class Policy(NamedTuple):
+    """A policy as pure functions (optax-style): ``init(params) -> state``,
+    ``shared_init() -> shared``, ``shared_step(shared, visit) -> shared`` (trace-determined
+    state common to all configurations), ``step(state, visit, shared, params) -> (state, info)``."""
+
+    name: str
+    init: Any
+    shared_init: Any
+    shared_step: Any
+    step: Any
+
+
+def _mix32(x):
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def rand_u32(seed, step, draw):
+    """jax twin of ``semantics.rand_u32`` (uint32 wrap-around arithmetic)."""
+    h = _mix32(seed.astype(jnp.uint32) * jnp.uint32(0x9E3779B1) + step.astype(jnp.uint32))
+    return _mix32(h ^ (jnp.uint32(draw) * jnp.uint32(0x85EBCA77)))
+
+
+def _more_protected(ka, ia, kb, ib):
+    """Lexicographic ``(key, id) > (key, id)``; broadcasting."""
+    return (ka > kb) | ((ka == kb) & (ia > ib))
+
+
+def _lfu_more_protected(fa, la, ia, fb, lb, ib):
+    return (fa > fb) | ((fa == fb) & ((la > lb) | ((la == lb) & (ia > ib))))
+
+
+def make_policy(spec: Spec) -> Policy:
+    """Build the pure ``init``/``step`` functions of ``spec.policy`` for ``spec``'s shapes."""
+    if spec.policy not in POLICIES:
+        raise ValueError(f"unknown policy {spec.policy!r}; known: {POLICIES}")
+    L, E, W = spec.num_layers, spec.num_experts, spec.width
+    N = L * E
+    kind = KIND[spec.policy]
+    part = spec.partitioned
+    M = E if part else N  # pool size
+    lfu = spec.policy == "lfu"
+
+    def init(params: Params) -> CacheState:
+        del params
+        z = jnp.zeros((N if lfu else 0,), jnp.int32)
+        return CacheState(rank=jnp.full((N,), ABSENT, jnp.int16), occ=jnp.zeros((L if part else 1,), jnp.int32),
+                          evicted=jnp.zeros((N,), bool), freq=z, last=z,
+                          totals=jnp.zeros((NCOUNT,), jnp.int32), per_layer=jnp.zeros((NCOUNT, L), jnp.int32),
+                          max_occ=jnp.zeros((), jnp.int32))
+
+    def shared_init():
+        if spec.policy in SHARED_KEY:
+            return jnp.full((N,), -INF_STEP if spec.policy == "belady" else 0, jnp.int32)
+        return jnp.zeros((0,), jnp.int32)
+
+    def shared_step(shared, visit: Visit):
+        if spec.policy not in SHARED_KEY:
+            return shared
+        valid = visit.ids >= 0
+        idx = jnp.where(valid, visit.ids, N)
+        if spec.policy == "belady":
+            return shared.at[idx].set(-visit.next_use, mode="drop")
+        return shared.at[idx].add(visit.units, mode="drop")
+
+    def pool(x, l):
+        return lax.dynamic_slice_in_dim(x, l * E, E) if part else x
+
+    def unpool(x, new, l):
+        return lax.dynamic_update_slice_in_dim(x, new, l * E, 0) if part else new
+
+    def step(state: CacheState, visit: Visit, shared, params: Params):
+        l = visit.layer
+        base = l * E if part else 0
+        valid = visit.ids >= 0
+        loc = jnp.where(valid, visit.ids - base, 0)
+        loc_drop = jnp.where(valid, visit.ids - base, M)
+        r = pool(state.rank, l)
+        evicted_all = jnp.where(visit.new_pass, False, state.evicted)
+        ev = pool(evicted_all, l)
+        pidx = l if part else 0
+        occ = state.occ[pidx]
+        if part:
+            cap = params.capacity // L + (l < params.capacity % L).astype(jnp.int32)
+        else:
+            cap = params.capacity
+        cap = cap.astype(jnp.int32)
+
+        inD = jnp.zeros((M,), bool).at[loc_drop].set(True, mode="drop")
+        rD = jnp.where(valid, r[loc], ABSENT).astype(jnp.int16)
+        resD = rD < ABSENT
+        missD = valid & ~resD
+        nd = jnp.sum(valid, dtype=jnp.int32)
+        nh = jnp.sum(resD, dtype=jnp.int32)
+        nm = nd - nh
+        coll = jnp.sum(missD & ev[loc], dtype=jnp.int32)
+        free = cap - occ
+        m = occ - nh  # evictable residents
+        nev = jnp.clip(nm - free, 0, m)
+        na = jnp.minimum(nm, free + nev)
+        resident = r < ABSENT
+        evictable = resident & ~inD
+        # admission: the first `na` missing ids (ids ascending within the step)
+        cm = jnp.cumsum(missD.astype(jnp.int32)) - missD
+        admitD = missD & (cm < na)
+        Dp = resD | admitD
+        nDp = nh + na
+
+        if kind == "fld":
+            victim = _fld_victims(evictable, nev, l)
+            r_new = jnp.where(resident & ~victim, 0, ABSENT).astype(jnp.int16)
+            r_new = r_new.at[jnp.where(admitD, loc, M)].set(0, mode="drop")
+            freq, last = state.freq, state.last
+        else:
+            # position among evictables (0 = most protected); Dmax compares per element
+            above = jnp.sum(rD[:, None] < r[None, :], axis=0, dtype=jnp.int16)
+            evpos = r - above
+            thresh = (m - nev).astype(jnp.int16)
+            if spec.policy == "random":
+                # Floyd positions count from the oldest evictable (reference order), i.e.
+                # position j <-> evpos m - 1 - j.
+                U = _floyd(params.seed, visit.step, nev, m, W)
+                jpos = (m - 1 - evpos.astype(jnp.int32))
+                victim = evictable & jnp.any(U[:, None] == jpos[None, :], axis=0)
+            else:
+                victim = evictable & (evpos >= thresh)
+            survivor = resident & ~victim
+            idx_dp = jnp.cumsum(Dp.astype(jnp.int32)) - Dp
+            freq, last = state.freq, state.last
+            if kind == "mtt":
+                r_surv = evpos + nDp.astype(jnp.int16)
+                rD_new = (nDp - 1 - idx_dp).astype(jnp.int16)
+            elif kind == "ins":
+                ev_posD = rD - jnp.sum(rD[None, :] < rD[:, None], axis=1, dtype=jnp.int16)  # evpos of hits
+                if spec.policy == "random":
+                    # victims more protected than x: positions >= m - evpos(x)
+                    lim = m - evpos.astype(jnp.int32)
+                    limD = m - ev_posD.astype(jnp.int32)
+                    nv_above = jnp.sum((U[:, None] >= 0) & (U[:, None] >= lim[None, :]), axis=0, dtype=jnp.int16)
+                    nv_aboveD = jnp.sum((U[None, :] >= 0) & (U[None, :] >= limD[:, None]), axis=1, dtype=jnp.int16)
+                else:
+                    nv_above = jnp.clip(evpos - thresh, 0, nev.astype(jnp.int16))
+                    nv_aboveD = jnp.clip(ev_posD - thresh, 0, nev.astype(jnp.int16))
+                r_surv = r - nv_above + na.astype(jnp.int16)
+                rD_new = jnp.where(resD, rD - nv_aboveD + na.astype(jnp.int16),
+                                   na - 1 - cm).astype(jnp.int16)
+            else:  # keyed
+                gid_pool = jnp.arange(M, dtype=jnp.int32) + base
+                idsD = visit.ids
+                S = (evictable & ~victim)
+                nS = m - nev
+                if lfu:
+                    f = pool(state.freq, l)
+                    la = pool(state.last, l)
+                    fD = jnp.where(resD, f[loc] + 1, 1)
+                    lD = jnp.broadcast_to(visit.step, fD.shape)
+                    G = _lfu_more_protected(fD[:, None], lD[:, None], idsD[:, None], f[None, :], la[None, :],
+                                            gid_pool[None, :])                     # [W, M]
+                    Gdd = _lfu_more_protected(fD[:, None], lD[:, None], idsD[:, None], fD[None, :], lD[None, :],
+                                              idsD[None, :])
+                    up_x = jnp.sum(G & Dp[:, None], axis=0, dtype=jnp.int16)
+                    sg = jnp.sum(G & S[None, :], axis=1, dtype=jnp.int32)
+                    f_new = jnp.where(resident & ~victim, f, 0).at[jnp.where(Dp, loc, M)].set(fD, mode="drop")
+                    l_new = la.at[jnp.where(Dp, loc, M)].set(lD, mode="drop")
+                    freq = unpool(state.freq, f_new, l)
+                    last = unpool(state.last, l_new, l)
+                else:
+                    k = pool(shared, l)
+                    kD = jnp.where(valid, shared[jnp.where(valid, visit.ids, 0)], 0)
+                    G = _more_protected(kD[:, None], idsD[:, None], k[None, :], gid_pool[None, :])
+                    Gdd = _more_protected(kD[:, None], idsD[:, None], kD[None, :], idsD[None, :])
+                    Gf = G.astype(jnp.float32)
+                    up_x = jnp.dot(Dp.astype(jnp.float32), Gf, precision=HIGHEST).astype(jnp.int16)
+                    sg = jnp.dot(Gf, S.astype(jnp.float32), precision=HIGHEST).astype(jnp.int32)
+                r_surv = evpos + up_x
+                above_d = (nS - sg) + jnp.sum(Gdd & Dp[:, None], axis=0, dtype=jnp.int32)
+                rD_new = above_d.astype(jnp.int16)
+            r_new = jnp.where(survivor, r_surv, ABSENT).astype(jnp.int16)
+            r_new = r_new.at[jnp.where(Dp, loc, M)].set(rD_new, mode="drop")
+
+        ev_new = ev | victim
+        occ_new = occ - nev + na
+        info = jnp.stack([nd, nh, nm, coll, nev, nm - na]).astype(jnp.int32)
+        new = CacheState(rank=unpool(state.rank, r_new, l), occ=state.occ.at[pidx].set(occ_new),
+                         evicted=unpool(evicted_all, ev_new, l), freq=freq, last=last,
+                         totals=state.totals + info,
+                         per_layer=state.per_layer.at[:, l].add(info),
+                         max_occ=jnp.maximum(state.max_occ, occ_new))
+        return new, occ_new
+
+    def _fld_victims(evictable, nev, l):
+        tri = (jnp.arange(E)[:, None] < jnp.arange(E)[None, :]).astype(jnp.float32)  # [E, E] strict
+        if part:
+            c = jnp.dot(evictable.astype(jnp.float32), tri, precision=HIGHEST)
+            return evictable & (c < nev)
+        ev3 = evictable.reshape(L, E)
+        cnt = jnp.sum(ev3, axis=1, dtype=jnp.int32)                                   # [L]
+        lay = jnp.arange(L)
+        dist = jnp.abs(lay - l)
+        # layer a is evicted before layer b: farther first, then lower layer
+        before = (dist[:, None] > dist[None, :]) | ((dist[:, None] == dist[None, :]) & (lay[:, None] < lay[None, :]))
+        nbefore = jnp.dot(cnt.astype(jnp.float32), before.astype(jnp.float32), precision=HIGHEST).astype(jnp.int32)
+        take = jnp.clip(nev - nbefore, 0, cnt)
+        c = jnp.dot(ev3.astype(jnp.float32), tri, precision=HIGHEST)                 # [L, E]
+        return (ev3 & (c < take[:, None].astype(jnp.float32))).reshape(N)
+
+    return Policy(spec.policy, init, shared_init, shared_step, step)
+
+
+def _floyd(seed, step, nev, m, width):
+    """Floyd's sampling of ``nev`` distinct positions in ``[0, m)``; int32[width], -1 unused."""
+
+    def body(i, U):
+        j = m - nev + i
+        t = (rand_u32(seed, step, i) % jnp.maximum(j + 1, 1).astype(jnp.uint32)).astype(jnp.int32)
+        in_s = jnp.any(U == t)
+        return U.at[i].set(jnp.where(i < nev, jnp.where(in_s, j, t), -1))
+
+    return lax.fori_loop(0, width, body, jnp.full((width,), -1, jnp.int32))

@@ -1,0 +1,194 @@
+"""Entry points: run one configuration or a vmapped sweep of many in one compiled program.
+
+``jit``/``vmap`` live here only. The scan runs over steps (or, with ``unroll_layers``, over passes
+with the ``L`` visits of a pass unrolled so layer slices are static: fewer loop trips, longer
+compile). The trace is cut into equal chunks (padded with no-op steps) so a progress bar can
+follow long runs without recompiling; one compile per (policy, shapes, batch size, options).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .engine import COUNTER_NAMES, Params, Spec, Visit, make_policy
+from .semantics import INF_STEP, MODES, POLICIES
+from .trace import Trace
+from .visits import StepArrays, prepare_steps
+
+
+@functools.lru_cache(maxsize=None)
+def _runner(spec: Spec, batched: bool, unroll: bool, record: bool):
+    """Jitted ``run(params, states, shared, xs) -> (states, shared, ys)`` for one structure."""
+    pol = make_policy(spec)
+    L = spec.num_layers
+    step = jax.vmap(pol.step, in_axes=(0, None, None, 0)) if batched else pol.step
+
+    def one(carry, x, params):
+        shared, states = carry
+        shared = pol.shared_step(shared, x)
+        states, occ = step(states, x, shared, params)
+        return (shared, states), occ
+
+    def run(params, states, shared, xs):
+        if unroll:
+            def body(carry, xp):
+                occs = []
+                for l in range(L):
+                    x = Visit(step=xp.step[l], pass_=xp.pass_[l], layer=l, new_pass=xp.new_pass[l],
+                              ids=xp.ids[l], units=xp.units[l], next_use=xp.next_use[l])
+                    carry, occ = one(carry, x, params)
+                    occs.append(occ)
+                return carry, (jnp.stack(occs, -1) if record else None)
+        else:
+            def body(carry, x):
+                carry, occ = one(carry, x, params)
+                return carry, (occ if record else None)
+        (shared, states), ys = lax.scan(body, (shared, states), xs)
+        return states, shared, ys
+
+    init = jax.jit(jax.vmap(pol.init) if batched else pol.init)
+    return pol, init, jax.jit(run, donate_argnums=(1, 2))
+
+
+def _visits_xs(steps: StepArrays, lo: int, hi: int, chunk: int, unroll: bool, L: int) -> Visit:
+    """Steps ``[lo, hi)`` padded with no-op steps to ``chunk`` rows, as a ``Visit`` of arrays."""
+    n = hi - lo
+    pad = chunk - n
+
+    def take(a, fill):
+        a = a[lo:hi]
+        if pad:
+            a = np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])
+        return a
+
+    last_step = int(steps.step[hi - 1]) if n else 0
+    x = dict(step=take(steps.step, last_step), pass_=take(steps.pass_, 0), layer=take(steps.layer, 0),
+             new_pass=take(steps.new_pass, False), ids=take(steps.ids, -1), units=take(steps.units, 0),
+             next_use=take(steps.next_use, INF_STEP))
+    if pad and unroll:
+        x["layer"][n:] = np.tile(np.arange(L, dtype=np.int32), pad // L)
+    if unroll:
+        x = {k: v.reshape((chunk // L, L) + v.shape[1:]) for k, v in x.items()}
+    return Visit(**{k: jnp.asarray(v) for k, v in x.items()})
+
+
+@dataclasses.dataclass
+class RunResult:
+    """Outcome of :func:`run_configs`.
+
+    Attributes:
+        totals: int64[B, 6] counters (``engine.COUNTER_NAMES``).
+        per_layer: int64[B, 6, L].
+        resident: bool[B, N] final resident sets.
+        max_occupancy: int64[B].
+        occupancy: int32[S] pool occupancy after each step (single unbatched run with record).
+        compile_s: seconds spent compiling; run_s: seconds running (after compile).
+    """
+
+    totals: np.ndarray
+    per_layer: np.ndarray
+    resident: np.ndarray
+    max_occupancy: np.ndarray
+    occupancy: Optional[np.ndarray]
+    compile_s: float
+    run_s: float
+
+
+def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str = "pinned",
+                partitioned: bool = False, unroll_layers: Optional[bool] = None,
+                chunk_steps: int = 8192, batched: bool = True, record: bool = False,
+                progress: bool = False, steps: Optional[StepArrays] = None) -> RunResult:
+    """Replay ``trace`` for configurations ``(capacities[i], seeds[i])`` in one compiled program.
+
+    Args:
+        trace: the trace.
+        policy: a name from ``semantics.POLICIES``.
+        capacities: int[B] cache slots per configuration.
+        seeds: int[B] seeds (``random`` policy), default zeros.
+        mode: ``"pinned"`` or ``"sequential"``.
+        partitioned: per-layer caches (capacity split over layers) instead of one global pool.
+        unroll_layers: scan over passes with layers unrolled (pinned mode only); default: on
+            when batched (faster), off for single runs (faster compile).
+        chunk_steps: steps per compiled chunk (rounded to whole passes when unrolled).
+        batched: vmap over configurations; ``False`` runs a single configuration unbatched.
+        record: return the occupancy after every step (single unbatched run only).
+        progress: show a tqdm progress bar over chunks.
+        steps: precomputed ``prepare_steps(trace, mode)`` to reuse across calls.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if policy == "sb" and trace.weights is None:
+        raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
+    caps = np.atleast_1d(np.asarray(capacities, np.int64))
+    if np.any(caps < 0):
+        raise ValueError(f"capacities must be >= 0, got {caps[caps < 0][:5].tolist()}")
+    if np.any(caps > 32000):
+        raise ValueError("capacities above 32000 slots are not supported (int16 ranks)")
+    seeds = np.zeros_like(caps) if seeds is None else np.atleast_1d(np.asarray(seeds, np.int64))
+    if seeds.shape != caps.shape:
+        raise ValueError(f"seeds shape {seeds.shape} != capacities shape {caps.shape}")
+    if not batched and caps.shape[0] != 1:
+        raise ValueError("batched=False runs exactly one configuration")
+    if record and batched:
+        raise ValueError("record=True needs batched=False")
+    steps = steps if steps is not None else prepare_steps(trace, mode)
+    if steps.mode != mode:
+        raise ValueError(f"steps were prepared for mode {steps.mode!r}, not {mode!r}")
+    L, E = trace.shape.num_layers, trace.shape.num_experts
+    if unroll_layers is None:
+        unroll_layers = batched and mode == "pinned"
+    if unroll_layers and mode != "pinned":
+        raise ValueError("unroll_layers needs mode='pinned' (one step per visit)")
+    spec = Spec(policy, L, E, steps.width, bool(partitioned))
+    pol, init, run = _runner(spec, bool(batched), bool(unroll_layers), bool(record))
+
+    S = steps.num_steps
+    chunk = max(1, min(int(chunk_steps), S))
+    if unroll_layers:
+        chunk = max(L, chunk // L * L)
+    nchunks = -(-S // chunk)
+    params = Params(capacity=jnp.asarray(caps, jnp.int32), seed=jnp.asarray(seeds % 2 ** 32, jnp.uint32))
+    if not batched:
+        params = jax.tree.map(lambda a: a[0], params)
+    states = init(params)
+    shared = pol.shared_init()
+    xs0 = _visits_xs(steps, 0, min(chunk, S), chunk, unroll_layers, L)
+    t0 = time.perf_counter()
+    compiled = run.lower(params, states, shared, xs0).compile()
+    compile_s = time.perf_counter() - t0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=S, desc=f"{policy} x{caps.shape[0]}", unit="step")
+    occs = []
+    t0 = time.perf_counter()
+    for c in range(nchunks):
+        lo, hi = c * chunk, min(S, (c + 1) * chunk)
+        xs = xs0 if c == 0 else _visits_xs(steps, lo, hi, chunk, unroll_layers, L)
+        states, shared, ys = compiled(params, states, shared, xs)
+        if record:
+            occs.append(np.asarray(ys).reshape(-1)[: hi - lo])
+        if bar is not None:
+            jax.block_until_ready(states.totals)
+            bar.update(hi - lo)
+    jax.block_until_ready(states)
+    run_s = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    tot = np.asarray(states.totals, np.int64).reshape(-1, len(COUNTER_NAMES))
+    per = np.asarray(states.per_layer, np.int64).reshape(-1, len(COUNTER_NAMES), L)
+    res = (np.asarray(states.rank) < 32767).reshape(tot.shape[0], -1)
+    return RunResult(totals=tot, per_layer=per, resident=res,
+                     max_occupancy=np.asarray(states.max_occ, np.int64).reshape(-1),
+                     occupancy=np.concatenate(occs) if record else None,
+                     compile_s=compile_s, run_s=run_s)

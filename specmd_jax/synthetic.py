@@ -1,0 +1,138 @@
+"""Seeded synthetic MoE routing traces (numpy only; see PERF_NOTES.md §1).
+
+Routing of token ``t`` at layer ``l`` (per request, same for prefill and decode tokens):
+
+* **popularity**: log-weights of a Zipf(``skew``) law over a random per-layer permutation of
+  the ``E`` experts (``skew = 0``: uniform);
+* **temporal reuse**: each expert the previous token of the same request chose at layer ``l``
+  gets a large bonus with probability ``reuse`` (prefill -> decode continues the sequence);
+* **cross-layer correlation**: a fixed random permutation ``pi_l`` of the experts per layer;
+  for each expert ``e`` this token chose at layer ``l-1``, ``pi_l(e)`` gets a large bonus with
+  probability ``cross_layer``;
+* selection: Gumbel-top-k (sampling without replacement) on ``log w + Gumbel + bonuses``; ids
+  are emitted in descending score order (router rank order, bonused experts first).
+
+Weights: softmax of the chosen experts' router logits ``log w + Gumbel`` renormalised over the
+K (float32, sum 1). The bonuses decide selection and rank only; leaving them out of the weights
+keeps the weights non-degenerate (a bonus is "large" only so that it nearly forces a choice).
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+
+from .presets import get_model_preset
+from .trace import DECODE, PREFILL, ModelShape, Trace, make_trace
+
+BONUS = 50.0  # >> spread of log w + Gumbel, so a bonused expert nearly always beats an unbonused one
+
+
+def _check(skew, reuse, cross_layer, num_requests, prompt_len, gen_len) -> None:
+    if not (np.isfinite(skew) and skew >= 0):
+        raise ValueError(f"skew must be a finite number >= 0, got {skew!r}")
+    for name, v in (("reuse", reuse), ("cross_layer", cross_layer)):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+    for name, v in (("prompt_len", prompt_len), ("gen_len", gen_len)):
+        if int(v) != v or v < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
+    if int(num_requests) != num_requests or num_requests < 1:
+        raise ValueError(f"num_requests must be an integer >= 1, got {num_requests!r}")
+    if prompt_len == 0 and gen_len == 0:
+        raise ValueError("prompt_len and gen_len are both 0: a request needs at least one token")
+
+
+def _route(shape: ModelShape, R: int, T: int, skew: float, reuse: float, cross_layer: float,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Route ``R`` independent token sequences of length ``T``.
+
+    Returns:
+        ids int64[R, T, L, K] (rank order) and weights float32[R, T, L, K].
+    """
+    L, E, K = shape.num_layers, shape.num_experts, shape.top_k
+    logw = np.empty((L, E))
+    zipf = -skew * np.log(np.arange(1, E + 1))
+    for l in range(L):
+        logw[l, rng.permutation(E)] = zipf
+    pi = np.stack([rng.permutation(E) for _ in range(L)])   # cross-layer map of layer l (from l-1)
+    ids = np.zeros((R, T, L, K), np.int64)
+    wts = np.zeros((R, T, L, K), np.float32)
+    rows = np.arange(R)[:, None]
+    for t in range(T):
+        z = logw[None] + rng.gumbel(size=(R, L, E))           # router logits [R, L, E]
+        keep = rng.random((R, L, K)) < reuse                    # reuse coin per previous-token slot
+        cross = rng.random((R, L, K)) < cross_layer             # cross-layer coin per l-1 slot
+        for l in range(L):
+            s = z[:, l].copy()
+            if t > 0:
+                s[rows, ids[:, t - 1, l]] += BONUS * keep[:, l]
+            if l > 0:
+                s[rows, pi[l][ids[:, t, l - 1]]] += BONUS * cross[:, l]
+            top = np.argpartition(-s, K - 1, axis=1)[:, :K] if K < E else np.tile(np.arange(E), (R, 1))
+            top = np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind="stable"), 1)
+            ids[:, t, l] = top
+            zc = np.take_along_axis(z[:, l], top, 1)
+            ez = np.exp(zc - zc.max(axis=1, keepdims=True))
+            wts[:, t, l] = ez / ez.sum(axis=1, keepdims=True)
+    return ids, wts
+
+
+def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int = 2, prompt_len: int = 32,
+             gen_len: int = 64, skew: float = 1.0, reuse: float = 0.5, cross_layer: float = 0.3, seed: int = 0,
+             with_weights: bool = True) -> Trace:
+    """A deterministic synthetic trace: per request one PREFILL pass then ``gen_len`` DECODE passes.
+
+    Args:
+        model: preset name (:data:`~specmd_jax.presets.MODEL_PRESETS`) or a :class:`ModelShape`.
+        num_requests: requests (independent sequences, request ids ``0..num_requests-1``).
+        prompt_len: prompt tokens (one prefill pass per request; none when 0).
+        gen_len: decode passes (1 token each) per request.
+        skew: Zipf exponent of per-layer popularity (>= 0; 0 = uniform).
+        reuse: probability that each previous-token expert (same layer) gets the reuse bonus.
+        cross_layer: probability per slot that ``pi_l(e)`` of an expert chosen at ``l-1`` gets a bonus.
+        seed: seed of ``np.random.default_rng``.
+        with_weights: attach float32 router weights.
+
+    Returns:
+        A validated trace with ``P = num_requests * (gen_len + (prompt_len > 0))`` passes;
+        ``experts`` int16[R, K] with ``R = num_requests * (prompt_len + gen_len) * L``.
+
+    Raises:
+        ValueError: a knob out of range (message names the knob and value) or unknown model.
+    """
+    _check(skew, reuse, cross_layer, num_requests, prompt_len, gen_len)
+    shape = model if isinstance(model, ModelShape) else get_model_preset(model)
+    L, K = shape.num_layers, shape.top_k
+    n, pl, gl = int(num_requests), int(prompt_len), int(gen_len)
+    rng = np.random.default_rng(seed)
+    ids, wts = _route(shape, n, pl + gl, float(skew), float(reuse), float(cross_layer), rng)
+    # Row order: pass, layer, token. Prefill pass: [L, pl, K]; decode passes: [gl, L, K].
+    ex_blocks, w_blocks, phase, tokens = [], [], [], []
+    for r in range(n):
+        if pl:
+            ex_blocks.append(ids[r, :pl].transpose(1, 0, 2).reshape(-1, K))
+            w_blocks.append(wts[r, :pl].transpose(1, 0, 2).reshape(-1, K))
+            phase.append(PREFILL)
+            tokens.append(pl)
+        ex_blocks.append(ids[r, pl:].reshape(-1, K))
+        w_blocks.append(wts[r, pl:].reshape(-1, K))
+        phase += [DECODE] * gl
+        tokens += [1] * gl
+    per_pass = n * ((pl > 0) + gl)
+    counts = np.repeat(np.asarray(tokens), L)
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    src = (f"synthetic.generate(model={shape.name!r}, num_requests={n}, prompt_len={pl}, gen_len={gl}, "
+           f"skew={skew}, reuse={reuse}, cross_layer={cross_layer}, seed={seed})")
+    return make_trace(shape, np.repeat(np.arange(n), (pl > 0) + gl), phase, tokens, offsets,
+                      np.concatenate(ex_blocks), np.concatenate(w_blocks) if with_weights else None,
+                      source=src, notes=(f"synthetic: Zipf popularity, reuse bonus, cross-layer bonus; "
+                                         f"{per_pass} passes",))
+
+
+def decode_stream(model: Union[str, ModelShape] = "olmoe-1b-7b", tokens: int = 256, *, skew: float = 1.0,
+                  reuse: float = 0.5, cross_layer: float = 0.3, seed: int = 0, with_weights: bool = True) -> Trace:
+    """One request of ``tokens`` decode passes and no prefill (see :func:`generate`)."""
+    return generate(model, num_requests=1, prompt_len=0, gen_len=tokens, skew=skew, reuse=reuse,
+                    cross_layer=cross_layer, seed=seed, with_weights=with_weights)
