@@ -37,7 +37,8 @@ from jax import lax
 from .pytree import pytree_dataclass
 from .semantics import INF_STEP, POLICIES
 
-ABSENT = 32767
+ABSENT = 32767  # not resident
+GONE = 32766    # not resident, evicted earlier in the current pass (collision bookkeeping)
 NCOUNT = 6  # demands, hits, misses, collisions, evictions, bypass
 COUNTER_NAMES = ("demands", "hits", "misses", "collisions", "evictions", "bypass")
 KIND = {"lru": "mtt", "ls": "mtt", "fifo": "ins", "random": "ins", "belady": "keyed",
@@ -64,9 +65,10 @@ class CacheState:
     """Per-configuration state.
 
     Attributes:
-        rank: int16[N] protection rank within the pool, ``ABSENT`` if not resident.
+        rank: int16[N] protection rank within the pool for residents; ``GONE`` if evicted
+            earlier in the current pass, ``ABSENT`` otherwise (one array keeps both, halving
+            the memory traffic of a step).
         occ: int32[P] occupancy per pool (``P`` = 1 global, ``L`` partitioned).
-        evicted: bool[N] evicted earlier in the current pass (collision bookkeeping).
         freq: int32[N] uses since insertion (``lfu`` only; else shape [0]).
         last: int32[N] last step used (``lfu`` only; else shape [0]).
         totals: int32[6] counters (``COUNTER_NAMES``).
@@ -76,7 +78,6 @@ class CacheState:
 
     rank: Any
     occ: Any
-    evicted: Any
     freq: Any
     last: Any
     totals: Any
@@ -157,7 +158,7 @@ def make_policy(spec: Spec) -> Policy:
         del params
         z = jnp.zeros((N if lfu else 0,), jnp.int32)
         return CacheState(rank=jnp.full((N,), ABSENT, jnp.int16), occ=jnp.zeros((L if part else 1,), jnp.int32),
-                          evicted=jnp.zeros((N,), bool), freq=z, last=z,
+                          freq=z, last=z,
                           totals=jnp.zeros((NCOUNT,), jnp.int32), per_layer=jnp.zeros((NCOUNT, L), jnp.int32),
                           max_occ=jnp.zeros((), jnp.int32))
 
@@ -187,9 +188,8 @@ def make_policy(spec: Spec) -> Policy:
         valid = visit.ids >= 0
         loc = jnp.where(valid, visit.ids - base, 0)
         loc_drop = jnp.where(valid, visit.ids - base, M)
-        r = pool(state.rank, l)
-        evicted_all = jnp.where(visit.new_pass, False, state.evicted)
-        ev = pool(evicted_all, l)
+        rank_all = jnp.where(visit.new_pass & (state.rank == GONE), ABSENT, state.rank).astype(jnp.int16)
+        r = pool(rank_all, l)
         pidx = l if part else 0
         occ = state.occ[pidx]
         if part:
@@ -200,27 +200,29 @@ def make_policy(spec: Spec) -> Policy:
 
         inD = jnp.zeros((M,), bool).at[loc_drop].set(True, mode="drop")
         rD = jnp.where(valid, r[loc], ABSENT).astype(jnp.int16)
-        resD = rD < ABSENT
+        resD = rD < GONE
         missD = valid & ~resD
         nd = jnp.sum(valid, dtype=jnp.int32)
         nh = jnp.sum(resD, dtype=jnp.int32)
         nm = nd - nh
-        coll = jnp.sum(missD & ev[loc], dtype=jnp.int32)
+        coll = jnp.sum(rD == GONE, dtype=jnp.int32)
+        rD = jnp.where(resD, rD, ABSENT).astype(jnp.int16)
         free = cap - occ
         m = occ - nh  # evictable residents
         nev = jnp.clip(nm - free, 0, m)
         na = jnp.minimum(nm, free + nev)
-        resident = r < ABSENT
+        resident = r < GONE
         evictable = resident & ~inD
         # admission: the first `na` missing ids (ids ascending within the step)
-        cm = jnp.cumsum(missD.astype(jnp.int32)) - missD
+        earlier = jnp.arange(W)[None, :] < jnp.arange(W)[:, None]            # [W, W] j' < j
+        cm = jnp.sum(earlier & missD[None, :], axis=1, dtype=jnp.int32)
         admitD = missD & (cm < na)
         Dp = resD | admitD
         nDp = nh + na
 
         if kind == "fld":
             victim = _fld_victims(evictable, nev, l)
-            r_new = jnp.where(resident & ~victim, 0, ABSENT).astype(jnp.int16)
+            r_new = jnp.where(victim, GONE, jnp.where(resident, 0, r)).astype(jnp.int16)
             r_new = r_new.at[jnp.where(admitD, loc, M)].set(0, mode="drop")
             freq, last = state.freq, state.last
         else:
@@ -237,7 +239,7 @@ def make_policy(spec: Spec) -> Policy:
             else:
                 victim = evictable & (evpos >= thresh)
             survivor = resident & ~victim
-            idx_dp = jnp.cumsum(Dp.astype(jnp.int32)) - Dp
+            idx_dp = jnp.sum(earlier & Dp[None, :], axis=1, dtype=jnp.int32)
             freq, last = state.freq, state.last
             if kind == "mtt":
                 r_surv = evpos + nDp.astype(jnp.int16)
@@ -287,14 +289,13 @@ def make_policy(spec: Spec) -> Policy:
                 r_surv = evpos + up_x
                 above_d = (nS - sg) + jnp.sum(Gdd & Dp[:, None], axis=0, dtype=jnp.int32)
                 rD_new = above_d.astype(jnp.int16)
-            r_new = jnp.where(survivor, r_surv, ABSENT).astype(jnp.int16)
+            r_new = jnp.where(victim, GONE, jnp.where(survivor, r_surv, r)).astype(jnp.int16)
             r_new = r_new.at[jnp.where(Dp, loc, M)].set(rD_new, mode="drop")
 
-        ev_new = ev | victim
         occ_new = occ - nev + na
         info = jnp.stack([nd, nh, nm, coll, nev, nm - na]).astype(jnp.int32)
-        new = CacheState(rank=unpool(state.rank, r_new, l), occ=state.occ.at[pidx].set(occ_new),
-                         evicted=unpool(evicted_all, ev_new, l), freq=freq, last=last,
+        new = CacheState(rank=unpool(rank_all, r_new, l), occ=state.occ.at[pidx].set(occ_new),
+                         freq=freq, last=last,
                          totals=state.totals + info,
                          per_layer=state.per_layer.at[:, l].add(info),
                          max_occ=jnp.maximum(state.max_occ, occ_new))

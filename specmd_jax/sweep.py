@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .engine import COUNTER_NAMES, Params, Spec, Visit, make_policy
+from .engine import COUNTER_NAMES, GONE, Params, Spec, Visit, make_policy
 from .semantics import INF_STEP, MODES, POLICIES
 from .trace import Trace
 from .visits import StepArrays, prepare_steps
@@ -187,7 +187,7 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
         bar.close()
     tot = np.asarray(states.totals, np.int64).reshape(-1, len(COUNTER_NAMES))
     per = np.asarray(states.per_layer, np.int64).reshape(-1, len(COUNTER_NAMES), L)
-    res = (np.asarray(states.rank) < 32767).reshape(tot.shape[0], -1)
+    res = (np.asarray(states.rank) < GONE).reshape(tot.shape[0], -1)
     return RunResult(totals=tot, per_layer=per, resident=res,
                      max_occupancy=np.asarray(states.max_occ, np.int64).reshape(-1),
                      occupancy=np.concatenate(occs) if record else None,
