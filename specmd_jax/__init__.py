@@ -1,16 +1,24 @@
 """specmd_jax: accelerator-native simulation of MoE expert-cache policies (after SpecMD, 2026).
 
 Public API: :func:`load_trace`, :func:`save_trace`, :mod:`synthetic`, :func:`simulate`,
-:func:`sweep`, :func:`lru_mrc`, :func:`list_policies`.
+:func:`sweep`, :func:`lru_mrc`, :func:`list_policies`. Attributes are imported lazily so that
+the pure-Python parts (``trace``, ``readers``, ``synthetic``, ``reference``) load without jax.
 """
 
-from . import synthetic
-from .api import METRICS, capacity_slots, list_policies, simulate, sweep
-from .mrc import lru_mrc
-from .presets import MODEL_PRESETS
-from .readers import load_trace
-from .trace import ModelShape, Trace, TraceError, save_trace
+import importlib
 
-__all__ = ["load_trace", "save_trace", "synthetic", "simulate", "sweep", "lru_mrc", "list_policies",
-           "capacity_slots", "METRICS", "MODEL_PRESETS", "ModelShape", "Trace", "TraceError"]
+_LAZY = {
+    "load_trace": "readers", "save_trace": "trace", "ModelShape": "trace", "Trace": "trace",
+    "TraceError": "trace", "MODEL_PRESETS": "presets", "simulate": "api", "sweep": "api",
+    "list_policies": "api", "capacity_slots": "api", "METRICS": "api", "lru_mrc": "mrc",
+}
+__all__ = sorted(_LAZY) + ["synthetic", "reference"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in ("synthetic", "reference", "readers", "trace", "presets", "engine", "runner", "mrc", "api", "visits", "semantics"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'specmd_jax' has no attribute {name!r}")

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .engine import COUNTER_NAMES
 from .semantics import POLICIES
-from .sweep import run_configs
+from .runner import run_configs
 from .trace import Trace
 from .visits import prepare_steps
 

@@ -52,8 +52,12 @@ class StepArrays:
         return int(np.sum(self.ids >= 0))
 
 
-def prepare_steps(trace: Trace, mode: str = "pinned") -> StepArrays:
-    """Turn ``trace`` into :class:`StepArrays` for ``mode`` (vectorised numpy)."""
+def prepare_steps(trace: Trace, mode: str = "pinned", width: int | None = None) -> StepArrays:
+    """Turn ``trace`` into :class:`StepArrays` for ``mode`` (vectorised numpy).
+
+    ``width`` pads the id rows to a fixed width (>= the largest demand) so that traces of
+    different content share one compiled program.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     L, E, K = trace.shape.num_layers, trace.shape.num_experts, trace.shape.top_k
@@ -75,6 +79,10 @@ def prepare_steps(trace: Trace, mode: str = "pinned") -> StepArrays:
         order = np.arange(len(uniq))                      # np.unique sorts by (visit, expert)
         nper = np.bincount(v_u, minlength=V)
         W = max(int(nper.max()), 1)
+        if width is not None:
+            if width < W:
+                raise ValueError(f"width={width} is below the largest visit demand {W}")
+            W = int(width)
         slot = np.arange(len(uniq)) - np.repeat(np.cumsum(nper) - nper, nper)
         S = V
         srow = v_u

@@ -153,7 +153,8 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
     pol, init, run = _runner(spec, bool(batched), bool(unroll_layers), bool(record))
 
     S = steps.num_steps
-    chunk = max(1, min(int(chunk_steps), S))
+    # chunk length: a power of two (at most chunk_steps) so traces of similar length share a compile
+    chunk = max(1, min(int(chunk_steps), 1 << max(0, (S - 1).bit_length())))
     if unroll_layers:
         chunk = max(L, chunk // L * L)
     nchunks = -(-S // chunk)

@@ -1,0 +1,134 @@
+"""Hydra entry point: replay one trace against cache policies over a grid of cache sizes.
+
+Hydra selects (trace, sweep grid, policies, mode); the library computes: each policy is one
+jitted, vmapped :func:`specmd_jax.sweep` over every cache size x seed of the ``sweep`` group.
+
+Usage (from the repo root; see conf/config.yaml for more)::
+
+    python experiments/run.py                                    # defaults: 7 policies, 1/5/25%
+    python experiments/run.py trace=qwen3_real sweep=slots policies=[lru,ls]
+    python experiments/run.py -m policy=lru,ls,belady trace=synthetic_olmoe,qwen3_real
+
+Writes ``results.csv``, ``per_layer.csv`` and ``trace.txt`` into the hydra output directory.
+"""
+
+from __future__ import annotations
+
+import sys
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+# The repo root first on the path: the script then imports this checkout's package even where the
+# editable install is stale (one made before specmd_jax/__init__.py existed resolves the package
+# as a namespace package, without the lazy top-level API).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import specmd_jax as sj  # noqa: E402
+from specmd_jax.app_config import ConfigError, build_trace, resolve_capacities, resolve_policies  # noqa: E402
+from specmd_jax.trace import TraceError  # noqa: E402
+
+SHOW = ["policy", "capacity_fraction", "capacity_slots", "hit_rate", "collision_rate", "misses",
+        "collisions", "bypass"]
+ORACLES = {"belady"}
+
+
+def best_by_capacity(df: pd.DataFrame) -> pd.DataFrame:
+    """Best policy per capacity by hit rate (mean over seeds); ties joined with '='.
+
+    When an oracle (belady) ran next to online policies, also the best online policy.
+    """
+    keys = ["capacity_fraction", "capacity_slots"]
+    hr = df.groupby(keys + ["policy"], sort=False)["hit_rate"].mean().unstack("policy")
+    hr = hr[[p for p in df["policy"].unique()]]  # policy order as run
+
+    def best(row: pd.Series) -> tuple[str, float]:
+        row = row.dropna()
+        if row.empty:
+            return "-", float("nan")
+        m = row.max()
+        return "=".join(row.index[(row >= m - 1e-12)]), float(m)
+
+    out = pd.DataFrame(index=hr.index)
+    out["best"], out["hit_rate"] = zip(*(best(r) for _, r in hr.iterrows()))
+    online = [p for p in hr.columns if p not in ORACLES]
+    if online and len(online) < hr.shape[1]:
+        out["best_online"], out["online_hit_rate"] = zip(*(best(r) for _, r in hr[online].iterrows()))
+    return out.reset_index()
+
+
+def run(cfg: dict) -> pd.DataFrame:
+    """Run the plain-dict config; write the output files; return the results table."""
+    trace = build_trace(cfg["trace"])
+    sizes = resolve_capacities(trace, cfg["sweep"])
+    policies = resolve_policies(cfg.get("policies"), cfg.get("policy"), cfg.get("mode", "pinned"))
+    notes = []
+    if "sb" in policies and not trace.has_weights:
+        if len(policies) == 1:
+            raise ConfigError(f"policy 'sb' needs router weights; trace {trace.source} has none")
+        policies.remove("sb")
+        notes.append("skipped policy sb: the trace has no router weights")
+        print(f"note: {notes[-1]}")
+    print(f"trace: {trace.describe()}")
+    print(f"source: {trace.source}")
+    what = ", ".join(f"{k}={v}" for k, v in sizes.items()) if len(next(iter(sizes.values()))) <= 8 \
+        else f"{len(next(iter(sizes.values())))} {next(iter(sizes))}"
+    print(f"policies: {', '.join(policies)}; {what}; seeds={list(cfg['seeds'])}; mode={cfg['mode']}"
+          f"{'; partitioned' if cfg['partitioned'] else ''}")
+
+    tables, layers = [], []
+    for p in policies:
+        t0 = time.perf_counter()
+        df = sj.sweep(trace, p, **sizes, seeds=cfg["seeds"], mode=cfg["mode"],
+                      partitioned=bool(cfg["partitioned"]), progress=bool(cfg["progress"]),
+                      unroll_layers=cfg.get("unroll_layers"))
+        tm = df.attrs.get("timing", {})
+        print(f"  {p:>7s}: {time.perf_counter() - t0:6.1f} s (compile {tm.get('compile_s', float('nan')):.1f} s,"
+              f" run {tm.get('run_s', float('nan')):.2f} s)", flush=True)
+        pl = df.attrs["per_layer"].copy()
+        pl.insert(0, "policy", p)
+        pl.insert(3, "capacity_fraction", df["capacity_fraction"].to_numpy()[pl["config"].to_numpy()])
+        layers.append(pl)
+        df = df.copy()
+        df.attrs = {}  # per_layer etc. are saved separately; concat must not compare them
+        tables.append(df)
+    res = pd.concat(tables, ignore_index=True)
+    per_layer = pd.concat(layers, ignore_index=True)
+
+    out = Path(cfg["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    res.to_csv(out / "results.csv", index=False)
+    per_layer.to_csv(out / "per_layer.csv", index=False)
+    info = [trace.describe(), f"source: {trace.source}", f"policies: {', '.join(policies)}",
+            f"mode: {cfg['mode']}  partitioned: {cfg['partitioned']}  seeds: {list(cfg['seeds'])}",
+            f"cache sizes: {sizes}",
+            "collision_rate = collisions / demands; hit_rate = hits / demands",
+            "notes:"] + [f"  - {n}" for n in (*trace.notes, *notes)] + ([] if (trace.notes or notes) else ["  (none)"])
+    (out / "trace.txt").write_text("\n".join(info) + "\n", encoding="utf-8")
+
+    show = SHOW + (["seed"] if len(cfg["seeds"]) > 1 else [])
+    with pd.option_context("display.width", 200):
+        print()
+        print(res[show].to_string(index=False, max_rows=60, float_format=lambda x: f"{x:.4f}"))
+        print("\nbest policy per capacity (hit rate):")
+        print(best_by_capacity(res).to_string(index=False, max_rows=60, float_format=lambda x: f"{x:.4f}"))
+    print(f"\nwrote {out / 'results.csv'}, {out / 'per_layer.csv'}, {out / 'trace.txt'}")
+    return res
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU" chatter
+    plain = OmegaConf.to_container(cfg, resolve=True)  # only this entry point sees a DictConfig
+    try:
+        run(plain)
+    except (ConfigError, TraceError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
