@@ -41,7 +41,6 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from typing import Optional, Sequence
 
@@ -57,15 +56,12 @@ from specmd_jax.synthetic import decode_stream
 from specmd_jax.trace import Trace
 from specmd_jax.visits import StepArrays, prepare_steps
 
-try:  # the module was renamed sweep -> runner
-    from specmd_jax.runner import run_configs
-except ImportError:  # pragma: no cover
-    from specmd_jax.sweep import run_configs
+from specmd_jax.peers import make_cache, oracle_reader
+from specmd_jax.runner import run_configs
 
 HITS = COUNTER_NAMES.index("hits")
 DEMANDS = COUNTER_NAMES.index("demands")
 LCS_POLICIES = ("lru", "fifo", "lfu", "belady")
-LCS_CLASS = {"lru": "LRU", "fifo": "FIFO", "lfu": "LFU", "belady": "Belady"}
 COLUMNS = ("backend", "engine", "policy", "configs", "accesses", "compile_s", "run_s", "acc_per_s",
            "ratio_vs_libcachesim_lru", "ratio_vs_reference", "hits", "check")
 
@@ -108,45 +104,21 @@ def bench_reference(trace: Trace, policies: Sequence[str], ref_tokens: int, back
 # libCacheSim
 
 
-def write_oracle_general(seq: StepArrays, path: str) -> int:
-    """Write the sequential access stream as an oracleGeneral binary trace; returns #requests.
-
-    obj id = global id + 1, size 1, next access in access-index units (the sequential stream's
-    ``next_use`` is in step units = access index), ``-1`` = never again (the reader maps it).
-    """
-    ids = seq.ids[:, 0].astype(np.int64)
-    nxt = seq.next_use[:, 0].astype(np.int64)
-    dt = np.dtype([("t", "<u4"), ("id", "<u8"), ("sz", "<u4"), ("nxt", "<i8")])  # packed, 24 bytes
-    assert dt.itemsize == 24
-    rec = np.empty(len(ids), dt)
-    rec["t"] = np.arange(len(ids))
-    rec["id"] = ids + 1
-    rec["sz"] = 1
-    rec["nxt"] = np.where(nxt >= INF_STEP, -1, nxt)
-    rec.tofile(path)
-    return len(ids)
-
-
 def bench_libcachesim(seq: StepArrays, capacity: int, backend: str, policies: Sequence[str] = LCS_POLICIES,
                       tries: int = 3) -> tuple[list[dict], dict]:
     """libCacheSim ``process_trace`` per policy at ``capacity``, best of ``tries``.
 
     Returns (rows, hits by policy).
     """
-    import libcachesim as lcs
-
     rows, hits = [], {}
-    with tempfile.TemporaryDirectory(prefix="bench_lcs_") as d:
-        path = os.path.join(d, "stream.oracleGeneral.bin")
-        n = write_oracle_general(seq, path)
-        reader = lcs.TraceReader(path, lcs.TraceType.ORACLE_GENERAL_TRACE)
+    with oracle_reader(seq) as reader:
         nreq = int(reader.get_num_of_req())
-        if nreq != n:
-            _say(f"  WARNING: libcachesim reader sees {nreq} requests, wrote {n}")
+        if nreq != seq.num_steps:
+            _say(f"  WARNING: libcachesim reader sees {nreq} requests, wrote {seq.num_steps}")
         for pol in policies:
             best, mr = float("inf"), None
             for _ in range(tries):
-                cache = getattr(lcs, LCS_CLASS[pol])(cache_size=int(capacity), hashpower=12)
+                cache = make_cache(pol, capacity)
                 t0 = time.perf_counter()
                 mr, _ = cache.process_trace(reader)
                 best = min(best, time.perf_counter() - t0)
