@@ -273,7 +273,9 @@ def make_policy(spec: Spec) -> Policy:
                     Gdd = _lfu_more_protected(fD[:, None], lD[:, None], idsD[:, None], fD[None, :], lD[None, :],
                                               idsD[None, :])
                     up_x = jnp.sum(G & Dp[:, None], axis=0, dtype=jnp.int16)
-                    sg = jnp.sum(G & S[None, :], axis=1, dtype=jnp.int32)
+                    # per-config [W, M] x [M] count as a matvec (XLA:CPU reductions along the
+                    # contiguous axis are scalar code; a dot is vectorised)
+                    sg = jnp.dot(G.astype(jnp.float32), S.astype(jnp.float32), precision=HIGHEST).astype(jnp.int32)
                     f_new = jnp.where(resident & ~victim, f, 0).at[jnp.where(Dp, loc, M)].set(fD, mode="drop")
                     l_new = la.at[jnp.where(Dp, loc, M)].set(lD, mode="drop")
                     freq = unpool(state.freq, f_new, l)
