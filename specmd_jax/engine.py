@@ -69,8 +69,8 @@ class CacheState:
             earlier in the current pass, ``ABSENT`` otherwise (one array keeps both, halving
             the memory traffic of a step).
         occ: int32[P] occupancy per pool (``P`` = 1 global, ``L`` partitioned).
-        freq: int32[N] uses since insertion (``lfu`` only; else shape [0]).
-        last: int32[N] last step used (``lfu`` only; else shape [0]).
+        freq: int32[N] uses since insertion (``lfu`` only; else shape [0]). The last-use
+            tie-break needs no table: the rank order already holds it.
         totals: int32[6] counters (``COUNTER_NAMES``).
         per_layer: int32[6, L] the same counters by the layer of the visit.
         max_occ: int32[] largest pool occupancy seen after any step.
@@ -79,7 +79,6 @@ class CacheState:
     rank: Any
     occ: Any
     freq: Any
-    last: Any
     totals: Any
     per_layer: Any
     max_occ: Any
@@ -139,10 +138,6 @@ def _more_protected(ka, ia, kb, ib):
     return (ka > kb) | ((ka == kb) & (ia > ib))
 
 
-def _lfu_more_protected(fa, la, ia, fb, lb, ib):
-    return (fa > fb) | ((fa == fb) & ((la > lb) | ((la == lb) & (ia > ib))))
-
-
 def make_policy(spec: Spec) -> Policy:
     """Build the pure ``init``/``step`` functions of ``spec.policy`` for ``spec``'s shapes."""
     if spec.policy not in POLICIES:
@@ -158,7 +153,7 @@ def make_policy(spec: Spec) -> Policy:
         del params
         z = jnp.zeros((N if lfu else 0,), jnp.int32)
         return CacheState(rank=jnp.full((N,), ABSENT, jnp.int16), occ=jnp.zeros((L if part else 1,), jnp.int32),
-                          freq=z, last=z,
+                          freq=z,
                           totals=jnp.zeros((NCOUNT,), jnp.int32), per_layer=jnp.zeros((NCOUNT, L), jnp.int32),
                           max_occ=jnp.zeros((), jnp.int32))
 
@@ -224,7 +219,7 @@ def make_policy(spec: Spec) -> Policy:
             victim = _fld_victims(evictable, nev, l)
             r_new = jnp.where(victim, GONE, jnp.where(resident, 0, r)).astype(jnp.int16)
             r_new = r_new.at[jnp.where(admitD, loc, M)].set(0, mode="drop")
-            freq, last = state.freq, state.last
+            freq = state.freq
         else:
             # position among evictables (0 = most protected); Dmax compares per element
             above = jnp.sum(rD[:, None] < r[None, :], axis=0, dtype=jnp.int16)
@@ -240,7 +235,7 @@ def make_policy(spec: Spec) -> Policy:
                 victim = evictable & (evpos >= thresh)
             survivor = resident & ~victim
             idx_dp = jnp.sum(earlier & Dp[None, :], axis=1, dtype=jnp.int32)
-            freq, last = state.freq, state.last
+            freq = state.freq
             if kind == "mtt":
                 r_surv = evpos + nDp.astype(jnp.int16)
                 rD_new = (nDp - 1 - idx_dp).astype(jnp.int16)
@@ -264,22 +259,19 @@ def make_policy(spec: Spec) -> Policy:
                 S = (evictable & ~victim)
                 nS = m - nev
                 if lfu:
+                    # Demanded experts take last use = this step, later than every other
+                    # resident's, so against a non-demanded x the (freq, last, id) order reduces
+                    # to freq alone: d above x iff freq_d >= freq_x. One compare, no `last` table.
                     f = pool(state.freq, l)
-                    la = pool(state.last, l)
-                    fD = jnp.where(resD, f[loc] + 1, 1)
-                    lD = jnp.broadcast_to(visit.step, fD.shape)
-                    G = _lfu_more_protected(fD[:, None], lD[:, None], idsD[:, None], f[None, :], la[None, :],
-                                            gid_pool[None, :])                     # [W, M]
-                    Gdd = _lfu_more_protected(fD[:, None], lD[:, None], idsD[:, None], fD[None, :], lD[None, :],
-                                              idsD[None, :])
+                    fD = jnp.where(resD, f[jnp.where(valid, loc, 0)] + 1, 1)
+                    G = fD[:, None] >= f[None, :]                                       # [W, M]
+                    Gdd = (fD[:, None] > fD[None, :]) | ((fD[:, None] == fD[None, :]) & (idsD[:, None] > idsD[None, :]))
                     up_x = jnp.sum(G & Dp[:, None], axis=0, dtype=jnp.int16)
                     # per-config [W, M] x [M] count as a matvec (XLA:CPU reductions along the
                     # contiguous axis are scalar code; a dot is vectorised)
                     sg = jnp.dot(G.astype(jnp.float32), S.astype(jnp.float32), precision=HIGHEST).astype(jnp.int32)
                     f_new = jnp.where(resident & ~victim, f, 0).at[jnp.where(Dp, loc, M)].set(fD, mode="drop")
-                    l_new = la.at[jnp.where(Dp, loc, M)].set(lD, mode="drop")
                     freq = unpool(state.freq, f_new, l)
-                    last = unpool(state.last, l_new, l)
                 else:
                     k = pool(shared, l)
                     kD = jnp.where(valid, shared[jnp.where(valid, visit.ids, 0)], 0)
@@ -297,7 +289,7 @@ def make_policy(spec: Spec) -> Policy:
         occ_new = occ - nev + na
         info = jnp.stack([nd, nh, nm, coll, nev, nm - na]).astype(jnp.int32)
         new = CacheState(rank=unpool(rank_all, r_new, l), occ=state.occ.at[pidx].set(occ_new),
-                         freq=freq, last=last,
+                         freq=freq,
                          totals=state.totals + info,
                          per_layer=state.per_layer.at[:, l].add(info),
                          max_occ=jnp.maximum(state.max_occ, occ_new))
