@@ -183,7 +183,10 @@ def make_policy(spec: Spec) -> Policy:
         valid = visit.ids >= 0
         loc = jnp.where(valid, visit.ids - base, 0)
         loc_drop = jnp.where(valid, visit.ids - base, M)
-        rank_all = jnp.where(visit.new_pass & (state.rank == GONE), ABSENT, state.rank).astype(jnp.int16)
+        # forget "evicted in this pass" at a pass start; a real branch (the predicate is shared
+        # by all configurations), so the other L-1 visits of a pass skip the full-array pass
+        rank_all = lax.cond(visit.new_pass, lambda a: jnp.where(a == GONE, ABSENT, a).astype(jnp.int16),
+                            lambda a: a, state.rank)
         r = pool(rank_all, l)
         pidx = l if part else 0
         occ = state.occ[pidx]
@@ -194,7 +197,8 @@ def make_policy(spec: Spec) -> Policy:
         cap = cap.astype(jnp.int32)
 
         inD = jnp.zeros((M,), bool).at[loc_drop].set(True, mode="drop")
-        rD = jnp.where(valid, r[loc], ABSENT).astype(jnp.int16)
+        r0D = r[loc]
+        rD = jnp.where(valid, r0D, ABSENT).astype(jnp.int16)
         resD = rD < GONE
         missD = valid & ~resD
         nd = jnp.sum(valid, dtype=jnp.int32)
@@ -215,78 +219,76 @@ def make_policy(spec: Spec) -> Policy:
         Dp = resD | admitD
         nDp = nh + na
 
+        freq = state.freq
+        occ_new = occ - nev + na
         if kind == "fld":
-            victim = _fld_victims(evictable, nev, l)
-            r_new = jnp.where(victim, GONE, jnp.where(resident, 0, r)).astype(jnp.int16)
-            r_new = r_new.at[jnp.where(admitD, loc, M)].set(0, mode="drop")
-            freq = state.freq
+            # ranks only mark residency (0); victims by layer distance
+            gone = _fld_victims(evictable, nev, l)
+            r_c = jnp.zeros_like(r)
+            rD_new = jnp.zeros((W,), jnp.int16)
         else:
-            # position among evictables (0 = most protected); Dmax compares per element
-            above = jnp.sum(rD[:, None] < r[None, :], axis=0, dtype=jnp.int16)
-            evpos = r - above
+            # position among evictables (0 = most protected): W compares per element
+            evpos = r - _count(rD[:, None] < r[None, :])
             thresh = (m - nev).astype(jnp.int16)
-            if spec.policy == "random":
-                # Floyd positions count from the oldest evictable (reference order), i.e.
-                # position j <-> evpos m - 1 - j.
-                U = _floyd(params.seed, visit.step, nev, m, W)
-                jpos = (m - 1 - evpos.astype(jnp.int32))
-                victim = evictable & jnp.any(U[:, None] == jpos[None, :], axis=0)
-            else:
-                victim = evictable & (evpos >= thresh)
-            survivor = resident & ~victim
-            idx_dp = jnp.sum(earlier & Dp[None, :], axis=1, dtype=jnp.int32)
-            freq = state.freq
+            na16 = na.astype(jnp.int16)
+            ev_posD = rD - jnp.sum(rD[None, :] < rD[:, None], axis=1, dtype=jnp.int16)   # hits' evpos
             if kind == "mtt":
-                r_surv = evpos + nDp.astype(jnp.int16)
-                rD_new = (nDp - 1 - idx_dp).astype(jnp.int16)
-            elif kind == "ins":
-                ev_posD = rD - jnp.sum(rD[None, :] < rD[:, None], axis=1, dtype=jnp.int16)  # evpos of hits
-                if spec.policy == "random":
-                    # victims more protected than x: positions >= m - evpos(x)
-                    lim = m - evpos.astype(jnp.int32)
-                    limD = m - ev_posD.astype(jnp.int32)
-                    nv_above = jnp.sum((U[:, None] >= 0) & (U[:, None] >= lim[None, :]), axis=0, dtype=jnp.int16)
-                    nv_aboveD = jnp.sum((U[None, :] >= 0) & (U[None, :] >= limD[:, None]), axis=1, dtype=jnp.int16)
-                else:
-                    nv_above = jnp.clip(evpos - thresh, 0, nev.astype(jnp.int16))
-                    nv_aboveD = jnp.clip(ev_posD - thresh, 0, nev.astype(jnp.int16))
-                r_surv = r - nv_above + na.astype(jnp.int16)
-                rD_new = jnp.where(resD, rD - nv_aboveD + na.astype(jnp.int16),
-                                   na - 1 - cm).astype(jnp.int16)
-            else:  # keyed
-                gid_pool = jnp.arange(M, dtype=jnp.int32) + base
+                # a non-demanded resident moves to evpos + |D'|; it is a victim iff that rank
+                # reaches the new occupancy (= its evictable position is in the bottom `nev`)
+                r_c = evpos + nDp.astype(jnp.int16)
+                gone = r_c >= occ_new.astype(jnp.int16)
+                rD_new = (nDp - 1 - jnp.sum(earlier & Dp[None, :], axis=1, dtype=jnp.int32)).astype(jnp.int16)
+            elif spec.policy == "fifo":
+                # hits keep their place, admitted go on top; victims are the oldest evictables
+                r_c = r + na16
+                gone = evpos >= thresh
+                nv_aboveD = jnp.clip(ev_posD - thresh, 0, nev.astype(jnp.int16))
+                rD_new = jnp.where(resD, rD - nv_aboveD + na16, na - 1 - cm).astype(jnp.int16)
+            elif spec.policy == "random":
+                # Floyd positions count from the oldest evictable (the reference's order):
+                # position j <-> evpos m - 1 - j; victims above x have positions >= m - evpos(x)
+                U = _floyd(params.seed, visit.step, nev, m, W)
+                gone = jnp.any(U[:, None] == (m - 1 - evpos.astype(jnp.int32))[None, :], axis=0)
+                lim = m - evpos.astype(jnp.int32)
+                limD = m - ev_posD.astype(jnp.int32)
+                nv_above = jnp.sum((U[:, None] >= 0) & (U[:, None] >= lim[None, :]), axis=0, dtype=jnp.int16)
+                nv_aboveD = jnp.sum((U[None, :] >= 0) & (U[None, :] >= limD[:, None]), axis=1, dtype=jnp.int16)
+                r_c = r - nv_above + na16
+                rD_new = jnp.where(resD, rD - nv_aboveD + na16, na - 1 - cm).astype(jnp.int16)
+            else:  # keyed: new ranks count more-protected experts under the policy's keys
+                gone = evpos >= thresh
+                S = evictable & ~gone                      # non-demanded survivors
                 idsD = visit.ids
-                S = (evictable & ~victim)
-                nS = m - nev
                 if lfu:
                     # Demanded experts take last use = this step, later than every other
                     # resident's, so against a non-demanded x the (freq, last, id) order reduces
                     # to freq alone: d above x iff freq_d >= freq_x. One compare, no `last` table.
                     f = pool(state.freq, l)
-                    fD = jnp.where(resD, f[jnp.where(valid, loc, 0)] + 1, 1)
+                    fD = jnp.where(resD, f[loc] + 1, 1)
                     G = fD[:, None] >= f[None, :]                                       # [W, M]
                     Gdd = (fD[:, None] > fD[None, :]) | ((fD[:, None] == fD[None, :]) & (idsD[:, None] > idsD[None, :]))
-                    up_x = jnp.sum(G & Dp[:, None], axis=0, dtype=jnp.int16)
+                    up_x = _count(G & Dp[:, None])
                     # per-config [W, M] x [M] count as a matvec (XLA:CPU reductions along the
                     # contiguous axis are scalar code; a dot is vectorised)
                     sg = jnp.dot(G.astype(jnp.float32), S.astype(jnp.float32), precision=HIGHEST).astype(jnp.int32)
-                    f_new = jnp.where(resident & ~victim, f, 0).at[jnp.where(Dp, loc, M)].set(fD, mode="drop")
+                    f_new = jnp.where(resident & ~gone, f, 0).at[jnp.where(Dp, loc, M)].set(fD, mode="drop")
                     freq = unpool(state.freq, f_new, l)
                 else:
-                    k = pool(shared, l)
+                    # keys shared by all configurations: G is shared, the counts are matmuls
+                    gid_pool = jnp.arange(M, dtype=jnp.int32) + base
                     kD = jnp.where(valid, shared[jnp.where(valid, visit.ids, 0)], 0)
-                    G = _more_protected(kD[:, None], idsD[:, None], k[None, :], gid_pool[None, :])
+                    G = _more_protected(kD[:, None], idsD[:, None], pool(shared, l)[None, :], gid_pool[None, :])
                     Gdd = _more_protected(kD[:, None], idsD[:, None], kD[None, :], idsD[None, :])
                     Gf = G.astype(jnp.float32)
                     up_x = jnp.dot(Dp.astype(jnp.float32), Gf, precision=HIGHEST).astype(jnp.int16)
                     sg = jnp.dot(Gf, S.astype(jnp.float32), precision=HIGHEST).astype(jnp.int32)
-                r_surv = evpos + up_x
-                above_d = (nS - sg) + jnp.sum(Gdd & Dp[:, None], axis=0, dtype=jnp.int32)
-                rD_new = above_d.astype(jnp.int16)
-            r_new = jnp.where(victim, GONE, jnp.where(survivor, r_surv, r)).astype(jnp.int16)
-            r_new = r_new.at[jnp.where(Dp, loc, M)].set(rD_new, mode="drop")
-
-        occ_new = occ - nev + na
+                r_c = evpos + up_x
+                rD_new = ((m - nev - sg) + jnp.sum(Gdd & Dp[:, None], axis=0, dtype=jnp.int32)).astype(jnp.int16)
+        # non-residents keep their sentinel; victims become GONE; demanded experts are written last
+        r_new = jnp.where(r >= GONE, r, jnp.where(gone, GONE, r_c)).astype(jnp.int16)
+        # scatter at the shared indices (same for every configuration: a cheap scatter on CPU);
+        # bypassed demands keep their sentinel
+        r_new = r_new.at[loc_drop].set(jnp.where(Dp, rD_new, r0D), mode="drop")
         info = jnp.stack([nd, nh, nm, coll, nev, nm - na]).astype(jnp.int32)
         new = CacheState(rank=unpool(rank_all, r_new, l), occ=state.occ.at[pidx].set(occ_new),
                          freq=freq,
@@ -312,6 +314,15 @@ def make_policy(spec: Spec) -> Policy:
         return (ev3 & (c < take[:, None].astype(jnp.float32))).reshape(N)
 
     return Policy(spec.policy, init, shared_init, shared_step, step)
+
+
+def _count(mask):
+    """Column counts of a bool[W, M] mask as int16[M] (a reduce over the short leading axis).
+
+    An unrolled chain of W adds looked faster in isolation but made the whole step ~20x slower
+    (XLA duplicates the chain into every consumer fusion), so keep the reduce.
+    """
+    return jnp.sum(mask, axis=0, dtype=jnp.int16)
 
 
 def _floyd(seed, step, nev, m, width):
