@@ -9,7 +9,8 @@ Usage (from the repo root; see conf/config.yaml for more)::
     python experiments/run.py trace=qwen3_real sweep=slots policies=[lru,ls]
     python experiments/run.py -m policy=lru,ls,belady trace=synthetic_olmoe,qwen3_real
 
-Writes ``results.csv``, ``per_layer.csv`` and ``trace.txt`` into the hydra output directory.
+Writes ``results.csv``, ``per_layer.csv``, ``trace.txt`` and the plots ``hit_rate.png`` and
+``misses.png`` into the hydra output directory.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import specmd_jax as sj  # noqa: E402
 from specmd_jax.app_config import ConfigError, build_trace, resolve_capacities, resolve_policies  # noqa: E402
+from specmd_jax.plots import plot_hit_rate, plot_misses  # noqa: E402
 from specmd_jax.trace import TraceError  # noqa: E402
 
 SHOW = ["policy", "capacity_fraction", "capacity_slots", "hit_rate", "collision_rate", "misses",
@@ -116,7 +118,10 @@ def run(cfg: dict) -> pd.DataFrame:
         print(res[show].to_string(index=False, max_rows=60, float_format=lambda x: f"{x:.4f}"))
         print("\nbest policy per capacity (hit rate):")
         print(best_by_capacity(res).to_string(index=False, max_rows=60, float_format=lambda x: f"{x:.4f}"))
-    print(f"\nwrote {out / 'results.csv'}, {out / 'per_layer.csv'}, {out / 'trace.txt'}")
+    title = f"{trace.shape.name} ({trace.source.split('(')[0]}), {cfg['mode']}"
+    pngs = [plot_hit_rate(res, out / "hit_rate.png", title), plot_misses(res, out / "misses.png", title)]
+    print(f"\nwrote {out / 'results.csv'}, {out / 'per_layer.csv'}, {out / 'trace.txt'}, "
+          f"{', '.join(str(p) for p in pngs)}")
     return res
 
 

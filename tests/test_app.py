@@ -138,6 +138,8 @@ def test_run_single(tmp_path):
     pd.testing.assert_frame_equal(by_layer.sort_index(), totals.sort_index(), check_dtype=False)
     assert "olmoe-1b-7b" in (tmp_path / "trace.txt").read_text()
     assert "best policy per capacity" in out and "results.csv" in out
+    for png in ("hit_rate.png", "misses.png"):  # plots are real PNG files
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_multirun_policy_axis(tmp_path):
