@@ -24,15 +24,32 @@ from .trace import Trace
 from .visits import StepArrays, prepare_steps
 
 
+# configurations per block inside a step, by policy (see _runner); measured on 2 CPU cores:
+# lfu 1.8 M acc/s unblocked at 1024 configs vs 4.0 M at 256
+CONFIG_BLOCK = {"lfu": 256}
 _COMPILED: dict = {}  # (spec, batched, unroll, record, B, chunk) -> compiled executable
 
 
 @functools.lru_cache(maxsize=None)
-def _runner(spec: Spec, batched: bool, unroll: bool, record: bool):
-    """Jitted ``run(params, states, shared, xs) -> (states, shared, ys)`` for one structure."""
+def _runner(spec: Spec, batched: bool, unroll: bool, record: bool, block: int = 0):
+    """Jitted ``run(params, states, shared, xs) -> (states, shared, ys)`` for one structure.
+
+    ``block > 0`` processes the configurations ``block`` at a time inside each step (a
+    ``lax.map`` over blocks of a ``vmap``), so per-step intermediates of policies that build
+    ``[configs, W, N]`` tensors (``lfu``) stay in cache; the batch must be a multiple of it.
+    """
     pol = make_policy(spec)
     L = spec.num_layers
     step = jax.vmap(pol.step, in_axes=(0, None, None, 0)) if batched else pol.step
+    if batched and block:
+        vstep = step
+
+        def step(states, x, shared, params):
+            nb = jax.tree.leaves(params)[0].shape[0] // block
+            split = lambda a: a.reshape((nb, block) + a.shape[1:])  # noqa: E731
+            new, occ = lax.map(lambda sp: vstep(sp[0], x, shared, sp[1]),
+                               (jax.tree.map(split, states), jax.tree.map(split, params)))
+            return jax.tree.map(lambda a: a.reshape((nb * block,) + a.shape[2:]), new), occ.reshape(-1)
 
     def one(carry, x, params):
         shared, states = carry
@@ -108,7 +125,8 @@ class RunResult:
 def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str = "pinned",
                 partitioned: bool = False, unroll_layers: Optional[bool] = None,
                 chunk_steps: int = 8192, batched: bool = True, record: bool = False,
-                progress: bool = False, steps: Optional[StepArrays] = None) -> RunResult:
+                progress: bool = False, steps: Optional[StepArrays] = None,
+                config_block: Optional[int] = None) -> RunResult:
     """Replay ``trace`` for configurations ``(capacities[i], seeds[i])`` in one compiled program.
 
     Args:
@@ -125,6 +143,8 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
         record: return the occupancy after every step (single unbatched run only).
         progress: show a tqdm progress bar over chunks.
         steps: precomputed ``prepare_steps(trace, mode)`` to reuse across calls.
+        config_block: configurations per block inside a step (0: all at once); default by
+            policy from ``CONFIG_BLOCK``.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
@@ -155,7 +175,14 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
     if unroll_layers and mode != "pinned":
         raise ValueError("unroll_layers needs mode='pinned' (one step per visit)")
     spec = Spec(policy, L, E, steps.width, bool(partitioned))
-    pol, init, run = _runner(spec, bool(batched), bool(unroll_layers), bool(record))
+    B = caps.shape[0]
+    block = CONFIG_BLOCK.get(policy, 0) if config_block is None else int(config_block)
+    block = block if (batched and 0 < block < B) else 0
+    if block:  # pad with capacity-0 configurations to a whole number of blocks; trimmed below
+        pad = -B % block
+        caps = np.concatenate([caps, np.zeros(pad, caps.dtype)])
+        seeds = np.concatenate([seeds, np.zeros(pad, seeds.dtype)])
+    pol, init, run = _runner(spec, bool(batched), bool(unroll_layers), bool(record), block)
 
     S = steps.num_steps
     # chunk length: a power of two (at most chunk_steps) so traces of similar length share a compile
@@ -169,7 +196,7 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
     states = init(params)
     shared = pol.shared_init()
     xs0 = _visits_xs(steps, 0, min(chunk, S), chunk, unroll_layers, L)
-    key = (spec, bool(batched), bool(unroll_layers), bool(record), caps.shape[0], chunk)
+    key = (spec, bool(batched), bool(unroll_layers), bool(record), caps.shape[0], chunk, block)
     t0 = time.perf_counter()
     compiled = _COMPILED.get(key)
     if compiled is None:  # numbers are data: only a new structure or shape compiles
@@ -194,10 +221,10 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
     run_s = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    tot = np.asarray(states.totals, np.int64).reshape(-1, len(COUNTER_NAMES))
-    per = np.asarray(states.per_layer, np.int64).reshape(-1, len(COUNTER_NAMES), L)
-    res = (np.asarray(states.rank) < GONE).reshape(tot.shape[0], -1)
+    tot = np.asarray(states.totals, np.int64).reshape(-1, len(COUNTER_NAMES))[:B]
+    per = np.asarray(states.per_layer, np.int64).reshape(-1, len(COUNTER_NAMES), L)[:B]
+    res = (np.asarray(states.rank) < GONE).reshape(caps.shape[0], -1)[:B]
     return RunResult(totals=tot, per_layer=per, resident=res,
-                     max_occupancy=np.asarray(states.max_occ, np.int64).reshape(-1),
+                     max_occupancy=np.asarray(states.max_occ, np.int64).reshape(-1)[:B],
                      occupancy=np.concatenate(occs) if record else None,
                      compile_s=compile_s, run_s=run_s)

@@ -133,3 +133,13 @@ def test_reference_imports_no_jax():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout.strip()) > 0
+
+
+@pytest.mark.parametrize("policy", ["lfu", "lru", "random"])
+def test_config_blocks_equal_one_batch(olmoe, policy):
+    """Processing configurations in blocks inside a step (padded to whole blocks) changes nothing."""
+    caps = [5, 10, 51, 100, 256]
+    a = run_configs(olmoe, policy, caps, seeds=range(5), config_block=0)
+    b = run_configs(olmoe, policy, caps, seeds=range(5), config_block=2)
+    assert np.array_equal(a.totals, b.totals) and np.array_equal(a.per_layer, b.per_layer)
+    assert np.array_equal(a.resident, b.resident) and np.array_equal(a.max_occupancy, b.max_occupancy)
