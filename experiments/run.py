@@ -24,9 +24,7 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-# The repo root first on the path: the script then imports this checkout's package even where the
-# editable install is stale (one made before specmd_jax/__init__.py existed resolves the package
-# as a namespace package, without the lazy top-level API).
+# The repo root first on the path: the script runs this checkout's package, installed or not.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import specmd_jax as sj  # noqa: E402

@@ -71,15 +71,14 @@ class CacheState:
         occ: int32[P] occupancy per pool (``P`` = 1 global, ``L`` partitioned).
         freq: int32[N] uses since insertion (``lfu`` only; else shape [0]). The last-use
             tie-break needs no table: the rank order already holds it.
-        totals: int32[6] counters (``COUNTER_NAMES``).
-        per_layer: int32[6, L] the same counters by the layer of the visit.
+        per_layer: int32[6, L] counters (``COUNTER_NAMES``) by the layer of the visit (the
+            totals are their sums).
         max_occ: int32[] largest pool occupancy seen after any step.
     """
 
     rank: Any
     occ: Any
     freq: Any
-    totals: Any
     per_layer: Any
     max_occ: Any
 
@@ -154,7 +153,7 @@ def make_policy(spec: Spec) -> Policy:
         z = jnp.zeros((N if lfu else 0,), jnp.int32)
         return CacheState(rank=jnp.full((N,), ABSENT, jnp.int16), occ=jnp.zeros((L if part else 1,), jnp.int32),
                           freq=z,
-                          totals=jnp.zeros((NCOUNT,), jnp.int32), per_layer=jnp.zeros((NCOUNT, L), jnp.int32),
+                          per_layer=jnp.zeros((NCOUNT, L), jnp.int32),
                           max_occ=jnp.zeros((), jnp.int32))
 
     def shared_init():
@@ -292,7 +291,6 @@ def make_policy(spec: Spec) -> Policy:
         info = jnp.stack([nd, nh, nm, coll, nev, nm - na]).astype(jnp.int32)
         new = CacheState(rank=unpool(rank_all, r_new, l), occ=state.occ.at[pidx].set(occ_new),
                          freq=freq,
-                         totals=state.totals + info,
                          per_layer=state.per_layer.at[:, l].add(info),
                          max_occ=jnp.maximum(state.max_occ, occ_new))
         return new, occ_new

@@ -215,14 +215,14 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
         if record:
             occs.append(np.asarray(ys).reshape(-1)[: hi - lo])
         if bar is not None:
-            jax.block_until_ready(states.totals)
+            jax.block_until_ready(states.max_occ)
             bar.update(hi - lo)
     jax.block_until_ready(states)
     run_s = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    tot = np.asarray(states.totals, np.int64).reshape(-1, len(COUNTER_NAMES))[:B]
     per = np.asarray(states.per_layer, np.int64).reshape(-1, len(COUNTER_NAMES), L)[:B]
+    tot = per.sum(axis=2)
     res = (np.asarray(states.rank) < GONE).reshape(caps.shape[0], -1)[:B]
     return RunResult(totals=tot, per_layer=per, resident=res,
                      max_occupancy=np.asarray(states.max_occ, np.int64).reshape(-1)[:B],
