@@ -78,13 +78,31 @@ def _runner(spec: Spec, batched: bool, unroll: bool, record: bool, block: int = 
     return pol, init, jax.jit(run, donate_argnums=(1, 2))
 
 
-def _visits_xs(steps: StepArrays, lo: int, hi: int, chunk: int, unroll: bool, L: int) -> Visit:
-    """Steps ``[lo, hi)`` padded with no-op steps to ``chunk`` rows, as a ``Visit`` of arrays."""
+def _width_segments(steps: StepArrays, L: int, narrow: int) -> list[tuple[int, int, int]]:
+    """Split the steps into runs of whole passes, ``(lo, hi, width)``: passes whose visits all
+    demand at most ``narrow`` experts (decode) run a program of that width; the others (wide
+    prefill passes) run the full width. A step costs W compares per element, so decode steps
+    of a trace with prefill need not pay the prefill's width."""
+    W = steps.width
+    if steps.mode != "pinned" or W <= narrow:
+        return [(0, steps.num_steps, W)]
+    demand = (steps.ids >= 0).sum(axis=1).reshape(-1, L).max(axis=1)   # per pass
+    width = np.where(demand > narrow, W, narrow)
+    cut = np.flatnonzero(np.diff(width)) + 1
+    starts = np.concatenate([[0], cut])
+    ends = np.concatenate([cut, [len(width)]])
+    return [(int(a) * L, int(b) * L, int(width[a])) for a, b in zip(starts, ends)]
+
+
+def _visits_xs(steps: StepArrays, lo: int, hi: int, chunk: int, unroll: bool, L: int,
+               width: int) -> Visit:
+    """Steps ``[lo, hi)`` with ids cut to ``width`` columns, padded with no-op steps to ``chunk``
+    rows, as a ``Visit`` of arrays."""
     n = hi - lo
     pad = chunk - n
 
     def take(a, fill):
-        a = a[lo:hi]
+        a = a[lo:hi, :width] if a.ndim == 2 else a[lo:hi]
         if pad:
             a = np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)])
         return a
@@ -126,7 +144,7 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
                 partitioned: bool = False, unroll_layers: Optional[bool] = None,
                 chunk_steps: int = 8192, batched: bool = True, record: bool = False,
                 progress: bool = False, steps: Optional[StepArrays] = None,
-                config_block: Optional[int] = None) -> RunResult:
+                config_block: Optional[int] = None, split_widths: Optional[bool] = None) -> RunResult:
     """Replay ``trace`` for configurations ``(capacities[i], seeds[i])`` in one compiled program.
 
     Args:
@@ -145,6 +163,8 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
         steps: precomputed ``prepare_steps(trace, mode)`` to reuse across calls.
         config_block: configurations per block inside a step (0: all at once); default by
             policy from ``CONFIG_BLOCK``.
+        split_widths: run decode passes with a program of width K and only the wide (prefill)
+            passes at the full width (pinned mode); default on for traces of >= 2048 steps.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
@@ -182,41 +202,51 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
         pad = -B % block
         caps = np.concatenate([caps, np.zeros(pad, caps.dtype)])
         seeds = np.concatenate([seeds, np.zeros(pad, seeds.dtype)])
-    pol, init, run = _runner(spec, bool(batched), bool(unroll_layers), bool(record), block)
-
+    if split_widths is None:  # small traces: one program (fewer compiles matter more there)
+        split_widths = steps.num_steps >= 2048
+    segments = (_width_segments(steps, L, trace.shape.top_k) if split_widths
+                else [(0, steps.num_steps, steps.width)])
     S = steps.num_steps
-    # chunk length: a power of two (at most chunk_steps) so traces of similar length share a compile
-    chunk = max(1, min(int(chunk_steps), 1 << max(0, (S - 1).bit_length())))
-    if unroll_layers:
-        chunk = max(L, chunk // L * L)
-    nchunks = -(-S // chunk)
     params = Params(capacity=jnp.asarray(caps, jnp.int32), seed=jnp.asarray(seeds % 2 ** 32, jnp.uint32))
     if not batched:
         params = jax.tree.map(lambda a: a[0], params)
-    states = init(params)
-    shared = pol.shared_init()
-    xs0 = _visits_xs(steps, 0, min(chunk, S), chunk, unroll_layers, L)
-    key = (spec, bool(batched), bool(unroll_layers), bool(record), caps.shape[0], chunk, block)
-    t0 = time.perf_counter()
-    compiled = _COMPILED.get(key)
-    if compiled is None:  # numbers are data: only a new structure or shape compiles
-        compiled = _COMPILED[key] = run.lower(params, states, shared, xs0).compile()
-    compile_s = time.perf_counter() - t0
+    # one compiled program per width class; the state does not depend on the width
+    programs, compile_s = {}, 0.0
+    for w in sorted({w for _, _, w in segments}):
+        longest = max(hi - lo for lo, hi, ww in segments if ww == w)
+        # chunk: a power of two (at most chunk_steps) so traces of similar length share a compile
+        chunk = max(1, min(int(chunk_steps), 1 << max(0, (longest - 1).bit_length())))
+        if unroll_layers:
+            chunk = max(L, chunk // L * L)
+        spec_w = spec._replace(width=w)
+        pol, init, run = _runner(spec_w, bool(batched), bool(unroll_layers), bool(record), block)
+        states = init(params)
+        shared = pol.shared_init()
+        key = (spec_w, bool(batched), bool(unroll_layers), bool(record), caps.shape[0], chunk, block)
+        t0 = time.perf_counter()
+        compiled = _COMPILED.get(key)
+        if compiled is None:  # numbers are data: only a new structure or shape compiles
+            xs0 = _visits_xs(steps, 0, min(chunk, S), chunk, unroll_layers, L, w)
+            compiled = _COMPILED[key] = run.lower(params, states, shared, xs0).compile()
+        compile_s += time.perf_counter() - t0
+        programs[w] = (compiled, chunk)
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=S, desc=f"{policy} x{caps.shape[0]}", unit="step")
     occs = []
     t0 = time.perf_counter()
-    for c in range(nchunks):
-        lo, hi = c * chunk, min(S, (c + 1) * chunk)
-        xs = xs0 if c == 0 else _visits_xs(steps, lo, hi, chunk, unroll_layers, L)
-        states, shared, ys = compiled(params, states, shared, xs)
-        if record:
-            occs.append(np.asarray(ys).reshape(-1)[: hi - lo])
-        if bar is not None:
-            jax.block_until_ready(states.max_occ)
-            bar.update(hi - lo)
+    for seg_lo, seg_hi, w in segments:
+        compiled, chunk = programs[w]
+        for lo in range(seg_lo, seg_hi, chunk):
+            hi = min(seg_hi, lo + chunk)
+            xs = _visits_xs(steps, lo, hi, chunk, unroll_layers, L, w)
+            states, shared, ys = compiled(params, states, shared, xs)
+            if record:
+                occs.append(np.asarray(ys).reshape(-1)[: hi - lo])
+            if bar is not None:
+                jax.block_until_ready(states.max_occ)
+                bar.update(hi - lo)
     jax.block_until_ready(states)
     run_s = time.perf_counter() - t0
     if bar is not None:

@@ -20,11 +20,11 @@ from specmd_jax.visits import prepare_steps
 assert tuple(reference.COUNTERS) == COUNTER_NAMES
 
 
-def check_equal(trace, policy, caps, mode, partitioned, seeds=None, width=None, unroll=False):
+def check_equal(trace, policy, caps, mode, partitioned, seeds=None, width=None, unroll=False, split=None):
     steps = prepare_steps(trace, mode, width=width if mode == "pinned" else None)
     seeds = list(seeds) if seeds is not None else [7 * i + 1 for i in range(len(caps))]
     r = run_configs(trace, policy, caps, seeds, mode=mode, partitioned=partitioned, steps=steps,
-                    unroll_layers=unroll, chunk_steps=4096)
+                    unroll_layers=unroll, chunk_steps=4096, split_widths=split)
     for i, c in enumerate(caps):
         ref = reference.simulate(trace, policy, int(c), mode=mode, partitioned=partitioned, seed=seeds[i])
         ctx = f"{trace.source} policy={policy} mode={mode} partitioned={partitioned} cap={c}"
@@ -50,6 +50,7 @@ def test_synthetic_olmoe_with_prefill(policy):
     """Prefill passes demand many experts per visit: at 1% they overflow and bypass."""
     t = synthetic.generate("olmoe-1b-7b", num_requests=2, prompt_len=12, gen_len=10, seed=3)
     check_equal(t, policy, [10, 51, 128, 256], "pinned", False)
+    check_equal(t, policy, [10, 51, 128, 256], "pinned", False, split=True)  # decode at width K
 
 
 @pytest.mark.parametrize("policy", POLICIES)

@@ -141,3 +141,15 @@ def test_config_blocks_equal_one_batch(olmoe, policy):
     b = run_configs(olmoe, policy, caps, seeds=range(5), config_block=2)
     assert np.array_equal(a.totals, b.totals) and np.array_equal(a.per_layer, b.per_layer)
     assert np.array_equal(a.resident, b.resident) and np.array_equal(a.max_occupancy, b.max_occupancy)
+
+
+@pytest.mark.parametrize("policy", ["lru", "belady", "fifo", "lfu"])
+def test_split_widths_equal_one_width(olmoe, policy):
+    """Decode passes run at width K, prefill passes at full width: identical results."""
+    caps = [5, 51, 256]
+    a = run_configs(olmoe, policy, caps, split_widths=False)
+    b = run_configs(olmoe, policy, caps, split_widths=True)
+    assert np.array_equal(a.totals, b.totals) and np.array_equal(a.per_layer, b.per_layer)
+    assert np.array_equal(a.resident, b.resident)
+    one = run_configs(olmoe, policy, [51], batched=False, record=True, split_widths=True)
+    assert one.occupancy.shape == (olmoe.num_visits,) and one.occupancy.max() <= 51
