@@ -227,7 +227,7 @@ def make_policy(spec: Spec) -> Policy:
             rD_new = jnp.zeros((W,), jnp.int16)
         else:
             # position among evictables (0 = most protected): W compares per element
-            evpos = r - _count(rD[:, None] < r[None, :])
+            evpos = r - _count_lt(rD, r)
             thresh = (m - nev).astype(jnp.int16)
             na16 = na.astype(jnp.int16)
             ev_posD = rD - jnp.sum(rD[None, :] < rD[:, None], axis=1, dtype=jnp.int16)   # hits' evpos
@@ -266,7 +266,7 @@ def make_policy(spec: Spec) -> Policy:
                     fD = jnp.where(resD, f[loc] + 1, 1)
                     G = fD[:, None] >= f[None, :]                                       # [W, M]
                     Gdd = (fD[:, None] > fD[None, :]) | ((fD[:, None] == fD[None, :]) & (idsD[:, None] > idsD[None, :]))
-                    up_x = _count(G & Dp[:, None])
+                    up_x = jnp.sum(G & Dp[:, None], axis=0, dtype=jnp.int16)
                     # per-config [W, M] x [M] count as a matvec (XLA:CPU reductions along the
                     # contiguous axis are scalar code; a dot is vectorised)
                     sg = jnp.dot(G.astype(jnp.float32), S.astype(jnp.float32), precision=HIGHEST).astype(jnp.int32)
@@ -314,13 +314,24 @@ def make_policy(spec: Spec) -> Policy:
     return Policy(spec.policy, init, shared_init, shared_step, step)
 
 
-def _count(mask):
-    """Column counts of a bool[W, M] mask as int16[M] (a reduce over the short leading axis).
+def _count_lt(a, r):
+    """``#{j : a[j] < r[x]}`` for every x: int16[M] from int16[W] and int16[M].
 
-    An unrolled chain of W adds looked faster in isolation but made the whole step ~20x slower
-    (XLA duplicates the chain into every consumer fusion), so keep the reduce.
+    A reduce over the short W axis. An unrolled chain of W adds looked faster in isolation but
+    made the whole step ~20x slower (XLA duplicates the chain into every consumer fusion). Wide
+    visits (prefill, W up to E) are counted 8 rows at a time in a rolled loop, so no
+    ``[configs, W, M]`` temporary is built.
     """
-    return jnp.sum(mask, axis=0, dtype=jnp.int16)
+    W = a.shape[0]
+    if W <= 16:
+        return jnp.sum(a[:, None] < r[None, :], axis=0, dtype=jnp.int16)
+    g = W // 8
+
+    def body(i, acc):
+        return acc + jnp.sum(lax.dynamic_slice_in_dim(a, i * 8, 8)[:, None] < r[None, :], axis=0, dtype=jnp.int16)
+
+    tail = jnp.sum(a[g * 8:, None] < r[None, :], axis=0, dtype=jnp.int16)
+    return lax.fori_loop(0, g, body, tail)
 
 
 def _floyd(seed, step, nev, m, width):
