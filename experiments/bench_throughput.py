@@ -51,7 +51,7 @@ import pandas as pd
 from specmd_jax import reference
 from specmd_jax.engine import COUNTER_NAMES
 from specmd_jax.mrc import lru_mrc
-from specmd_jax.semantics import INF_STEP, POLICIES
+from specmd_jax.semantics import POLICIES
 from specmd_jax.synthetic import decode_stream
 from specmd_jax.trace import Trace
 from specmd_jax.visits import StepArrays, prepare_steps

@@ -19,7 +19,6 @@ from .engine import COUNTER_NAMES
 from .semantics import POLICIES
 from .runner import run_configs
 from .trace import Trace
-from .visits import prepare_steps
 
 POLICY_INFO = {
     "lru": "least recently used (Eliseev & Mazur '23); ties: lowest id first",

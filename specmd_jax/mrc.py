@@ -28,7 +28,7 @@ _INF = 2 ** 30
 
 
 @functools.lru_cache(maxsize=None)
-def _stack_scan(num_ids: int, num_layers: int, width: int):
+def _stack_scan(num_ids: int, num_layers: int):
     N, L = num_ids, num_layers
 
     def body(carry, x):
@@ -73,7 +73,7 @@ def lru_mrc(trace: Trace, mode: str = "pinned", steps: StepArrays | None = None,
     N, L = trace.shape.num_ids, trace.shape.num_layers
     xs = {"ids": jnp.asarray(steps.ids), "layer": jnp.asarray(steps.layer),
           "new_pass": jnp.asarray(steps.new_pass)}
-    _, hist, coll = _stack_scan(N, L, steps.width)(xs)
+    _, hist, coll = _stack_scan(N, L)(xs)
     hist = np.asarray(hist, np.int64)                       # [L, N+2]: distance bucket counts
     caps = np.arange(N + 1)
     # hits(C) = #(distance < C): cumulative bucket counts shifted by one

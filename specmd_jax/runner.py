@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Optional, Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -220,8 +220,8 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
             chunk = max(L, chunk // L * L)
         spec_w = spec._replace(width=w)
         pol, init, run = _runner(spec_w, bool(batched), bool(unroll_layers), bool(record), block)
-        states = init(params)
-        shared = pol.shared_init()
+        if not programs:  # the state and the shared keys do not depend on the width
+            states, shared = init(params), pol.shared_init()
         key = (spec_w, bool(batched), bool(unroll_layers), bool(record), caps.shape[0], chunk, block)
         t0 = time.perf_counter()
         compiled = _COMPILED.get(key)

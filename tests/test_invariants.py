@@ -104,7 +104,6 @@ def test_second_sweep_does_not_recompile(olmoe, caplog):
         r2 = run_configs(olmoe, "belady", [90, 100, 110, 120], seeds=[1, 2, 3, 4])
     compiles = [m for m in caplog.messages if "Compiling" in m and "run" in m]
     assert not compiles, compiles
-    assert r2.compile_s < 0.05
     assert not np.array_equal(r1.totals, r2.totals)
     # a new batch size is a new shape: it compiles (the check above can fail)
     with jax.log_compiles():
