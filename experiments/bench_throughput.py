@@ -13,6 +13,11 @@ One row per measurement:
 * ``specmd_jax``: ``sweep.run_configs`` for every policy and every width B in ``--widths``,
   capacities ``linspace(16, N, B)`` (B = 1: N/4), pinned mode, batched; best ``run_s`` of
   ``--repeats`` calls (``compile_s`` of the first call).
+* ``specmd_jax-stack``: ``stack.run_stack`` for ``lru`` and ``ls`` at the same capacities (what
+  ``sweep(engine="auto")`` runs for them): one unbatched stack-distance scan, then host histograms
+  for every capacity; ``run_s`` includes the host part. ``check``: all counters equal the scan's.
+* ``libcachesim-sweep``: libCacheSim LRU once per capacity of the widest sweep, summed: the serial
+  C cost of the same work (its per-call speed depends on the miss ratio).
 * ``specmd_jax-mrc``: ``mrc.lru_mrc`` (all N+1 LRU capacities in one pass); ``run_s`` is the best
   of ``--repeats`` calls after the first, ``compile_s`` = first call minus ``run_s``.
 
@@ -58,6 +63,7 @@ from specmd_jax.visits import StepArrays, prepare_steps
 
 from specmd_jax.peers import make_cache, oracle_reader
 from specmd_jax.runner import run_configs
+from specmd_jax.stack import STACK_POLICIES, run_stack
 
 HITS = COUNTER_NAMES.index("hits")
 DEMANDS = COUNTER_NAMES.index("demands")
@@ -153,7 +159,7 @@ def bench_specmd(trace: Trace, steps: StepArrays, policy: str, width: int, repea
                  backend: str) -> tuple[dict, np.ndarray]:
     """``run_configs`` for ``width`` configs (capacities linspace(16, N, B); B = 1: N/4), pinned.
 
-    Returns (row, hits per config).
+    Returns (row, hits per config, all counters per config).
     """
     N = trace.shape.num_ids
     caps = specmd_capacities(N, width)
@@ -166,7 +172,41 @@ def bench_specmd(trace: Trace, steps: StepArrays, policy: str, width: int, repea
         best = min(best, res.run_s)
     acc = int(res.totals[0, DEMANDS])
     hits = int(res.totals[0, HITS]) if width == 1 else None
-    return _row(backend, "specmd_jax", policy, width, acc, compile_s, best, hits=hits), res.totals[:, HITS]
+    return (_row(backend, "specmd_jax", policy, width, acc, compile_s, best, hits=hits), res.totals[:, HITS],
+            res.totals)
+
+
+def bench_stack(trace: Trace, steps: StepArrays, policy: str, width: int, repeats: int, backend: str,
+                scan_totals: Optional[np.ndarray] = None) -> dict:
+    """``stack.run_stack`` (one stack-distance pass serving all ``width`` capacities, exact for
+    lru/ls where no visit overflows) at the same capacities as :func:`bench_specmd`; ``check``
+    compares every counter with the scan engine's sweep of the same width."""
+    caps = specmd_capacities(trace.shape.num_ids, width)
+    compile_s, best, res = None, float("inf"), None
+    for _ in range(max(1, repeats)):
+        res = run_stack(trace, caps, mode="pinned", steps=steps)
+        compile_s = res.compile_s if compile_s is None else compile_s
+        best = min(best, res.run_s)
+    check = ""
+    if scan_totals is not None:
+        check = "OK vs scan" if np.array_equal(res.totals, scan_totals) else "MISMATCH vs scan"
+        _say(f"  cross-check stack vs scan {policy} B={width}: {check}")
+    return _row(backend, "specmd_jax-stack", policy, width, int(res.totals[0, DEMANDS]), compile_s, best,
+                hits=int(res.totals[0, HITS]) if width == 1 else None, check=check)
+
+
+def bench_libcachesim_sweep(seq: StepArrays, caps: np.ndarray, backend: str) -> dict:
+    """libCacheSim LRU once per capacity of a sweep (one call each): the serial C baseline for
+    the same work as a width-B specmd_jax sweep (its speed depends on the miss ratio)."""
+    total = 0.0
+    with oracle_reader(seq) as reader:
+        nreq = int(reader.get_num_of_req())
+        for c in caps:
+            cache = make_cache("lru", int(c))
+            t0 = time.perf_counter()
+            cache.process_trace(reader)
+            total += time.perf_counter() - t0
+    return _row(backend, "libcachesim-sweep", "lru", len(caps), nreq, float("nan"), total)
 
 
 def bench_mrc(trace: Trace, steps: StepArrays, repeats: int, backend: str,
@@ -244,6 +284,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     a.widths = [int(w) for w in a.widths.split(",") if w.strip()]
     a.policies = [p.strip().lower() for p in a.policies.split(",") if p.strip()]
+    a.stack_policies = [p for p in a.policies if p in STACK_POLICIES]
     bad = [p for p in a.policies if p not in POLICIES]
     if bad:
         ap.error(f"unknown policies {bad}; known: {', '.join(POLICIES)}")
@@ -283,13 +324,23 @@ def main(argv=None) -> pd.DataFrame:
             for r in lrows:
                 r["check"] = checks.get(r["policy"], "")
     _say("specmd_jax (pinned, batched):")
-    lru_hits = {}
+    lru_hits, scan_totals = {}, {}
     for pol in a.policies:
         for w in a.widths:
-            row, h = bench_specmd(trace, pinned, pol, w, a.repeats, backend)
+            row, h, tot = bench_specmd(trace, pinned, pol, w, a.repeats, backend)
             rows.append(row)
+            scan_totals[pol, w] = tot
             if pol == "lru":
                 lru_hits[w] = h
+    if a.stack_policies:
+        _say("specmd_jax-stack (run_stack: one stack pass for all capacities; sweep(engine='auto') for lru/ls):")
+        for pol in a.stack_policies:
+            for w in a.widths:
+                rows.append(bench_stack(trace, pinned, pol, w, a.repeats, backend, scan_totals.get((pol, w))))
+    if not a.skip_libcachesim and "lru" in a.policies and max(a.widths) > 1:
+        w = max(a.widths)
+        _say(f"libcachesim-sweep (LRU, one process_trace per capacity, B={w}):")
+        rows.append(bench_libcachesim_sweep(seq, specmd_capacities(N, w), backend))
     if "lru" in a.policies:
         _say("specmd_jax-mrc (lru_mrc, all capacities):")
         rows.append(bench_mrc(trace, pinned, a.repeats, backend, lru_hits))

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import specmd_jax as sj  # noqa: E402
 from specmd_jax.app_config import ConfigError, build_trace, resolve_capacities, resolve_policies  # noqa: E402
 from specmd_jax.plots import plot_hit_rate, plot_misses  # noqa: E402
+from specmd_jax.stack import ENGINES, STACK_POLICIES  # noqa: E402
 from specmd_jax.trace import TraceError  # noqa: E402
 
 SHOW = ["policy", "capacity_fraction", "capacity_slots", "hit_rate", "collision_rate", "misses",
@@ -66,6 +67,8 @@ def run(cfg: dict) -> pd.DataFrame:
     trace = build_trace(cfg["trace"])
     sizes = resolve_capacities(trace, cfg["sweep"])
     policies = resolve_policies(cfg.get("policies"), cfg.get("policy"), cfg.get("mode", "pinned"))
+    if cfg.get("engine", "auto") not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {cfg.get('engine')!r}")
     notes = []
     if "sb" in policies and not trace.has_weights:
         if len(policies) == 1:
@@ -83,9 +86,13 @@ def run(cfg: dict) -> pd.DataFrame:
     tables, layers = [], []
     for p in policies:
         t0 = time.perf_counter()
-        df = sj.sweep(trace, p, **sizes, seeds=cfg["seeds"], mode=cfg["mode"],
-                      partitioned=bool(cfg["partitioned"]), progress=bool(cfg["progress"]),
-                      unroll_layers=cfg.get("unroll_layers"))
+        engine = cfg.get("engine", "auto") if p in STACK_POLICIES else "scan"
+        try:
+            df = sj.sweep(trace, p, **sizes, seeds=cfg["seeds"], mode=cfg["mode"],
+                          partitioned=bool(cfg["partitioned"]), progress=bool(cfg["progress"]),
+                          unroll_layers=cfg.get("unroll_layers"), engine=engine)
+        except ValueError as e:  # e.g. engine=stack at a capacity where LRU bypasses
+            raise ConfigError(f"policy {p}: {e}") from None
         tm = df.attrs.get("timing", {})
         print(f"  {p:>7s}: {time.perf_counter() - t0:6.1f} s (compile {tm.get('compile_s', float('nan')):.1f} s,"
               f" run {tm.get('run_s', float('nan')):.2f} s)", flush=True)

@@ -18,6 +18,7 @@ import pandas as pd
 from .engine import COUNTER_NAMES
 from .semantics import POLICIES
 from .runner import run_configs
+from .stack import run_auto
 from .trace import Trace
 
 POLICY_INFO = {
@@ -85,7 +86,8 @@ def _table(trace, policy, mode, partitioned, caps, seeds, fracs, tot, maxocc) ->
 def sweep(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None, *,
           fractions: Optional[Sequence[float]] = None, seeds: Sequence[int] = (0,),
           mode: str = "pinned", partitioned: bool = False, progress: bool = False,
-          chunk_steps: int = 8192, unroll_layers: Optional[bool] = None) -> pd.DataFrame:
+          chunk_steps: int = 8192, unroll_layers: Optional[bool] = None,
+          engine: str = "auto") -> pd.DataFrame:
     """Run ``policy`` over ``trace`` for every (capacity, seed) in one jitted vmap over one scan.
 
     Args:
@@ -97,6 +99,9 @@ def sweep(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None,
         mode: ``"pinned"`` (default; one step per (pass, layer) visit) or ``"sequential"``.
         partitioned: one cache per layer (capacity split evenly) instead of one global pool.
         progress: tqdm progress bar over the trace.
+        engine: ``"auto"`` (default): ``lru``/``ls`` capacities that never bypass come from one
+            stack-distance pass for all of them (:mod:`specmd_jax.stack`, exact), everything
+            else from the vmapped scan; ``"scan"``: always the scan; ``"stack"``: stack only.
 
     Returns:
         A tidy table, one row per configuration (columns in ``METRICS`` plus the parameters).
@@ -114,8 +119,8 @@ def sweep(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None,
     seeds = np.atleast_1d(np.asarray(seeds, np.int64))
     C, Sd = np.meshgrid(np.arange(len(caps)), np.arange(len(seeds)), indexing="ij")
     ci, si = C.reshape(-1), Sd.reshape(-1)
-    r = run_configs(trace, policy, caps[ci], seeds[si], mode=mode, partitioned=partitioned,
-                    progress=progress, chunk_steps=chunk_steps, unroll_layers=unroll_layers)
+    r = run_auto(trace, policy, caps[ci], seeds[si], mode=mode, partitioned=partitioned, engine=engine,
+                 progress=progress, chunk_steps=chunk_steps, unroll_layers=unroll_layers)
     df = _table(trace, policy, mode, partitioned, caps[ci], seeds[si], None if fr is None else fr[ci],
                 r.totals, r.max_occupancy)
     L = trace.shape.num_layers

@@ -149,6 +149,18 @@ def test_multirun_policy_axis(tmp_path):
     assert sorted(pd.read_csv(f)["policy"].iloc[0] for f in files) == ["fifo", "lru"]
 
 
+def test_run_engine_choice(tmp_path):
+    """engine=scan and the default (auto: stack path for lru) write the same table; a bad
+    engine name fails at startup with the valid names."""
+    _run([*TINY, "policies=[lru,fifo]", "engine=scan", f"hydra.run.dir={tmp_path / 'scan'}"])
+    _run([*TINY, "policies=[lru,fifo]", f"hydra.run.dir={tmp_path / 'auto'}"])
+    a, b = (pd.read_csv(tmp_path / d / "results.csv") for d in ("scan", "auto"))
+    pd.testing.assert_frame_equal(a, b)
+    p = subprocess.run([sys.executable, RUN, *TINY, "engine=fast", f"hydra.run.dir={tmp_path / 'bad'}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "engine must be one of auto, scan, stack" in p.stderr + p.stdout
+
+
 def test_run_real_qwen3(tmp_path, traces_dir):
     # traces_dir (conftest): $SPECMD_TRACES or ../shared/traces; a clear failure when missing.
     _run(["trace=qwen3_real", "sweep=slots", "policies=[lru]", "progress=false", "unroll_layers=false",
