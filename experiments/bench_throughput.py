@@ -13,8 +13,8 @@ One row per measurement:
 * ``specmd_jax``: ``sweep.run_configs`` for every policy and every width B in ``--widths``,
   capacities ``linspace(16, N, B)`` (B = 1: N/4), pinned mode, batched; best ``run_s`` of
   ``--repeats`` calls (``compile_s`` of the first call).
-* ``specmd_jax-stack``: ``stack.run_stack`` for ``lru`` and ``ls`` at the same capacities (what
-  ``sweep(engine="auto")`` runs for them): one unbatched stack-distance scan, then host histograms
+* ``specmd_jax-stack``: ``stack.run_stack`` for ``lru``, ``ls`` and ``belady`` at the same capacities
+  (what ``sweep(engine="auto")`` runs for them): one unbatched stack scan, then host histograms
   for every capacity; ``run_s`` includes the host part. ``check``: all counters equal the scan's.
 * ``libcachesim-sweep``: libCacheSim LRU once per capacity of the widest sweep, summed: the serial
   C cost of the same work (its per-call speed depends on the miss ratio).
@@ -178,13 +178,13 @@ def bench_specmd(trace: Trace, steps: StepArrays, policy: str, width: int, repea
 
 def bench_stack(trace: Trace, steps: StepArrays, policy: str, width: int, repeats: int, backend: str,
                 scan_totals: Optional[np.ndarray] = None) -> dict:
-    """``stack.run_stack`` (one stack-distance pass serving all ``width`` capacities, exact for
-    lru/ls where no visit overflows) at the same capacities as :func:`bench_specmd`; ``check``
+    """``stack.run_stack`` (one stack pass serving all ``width`` capacities, exact for
+    lru/ls/belady where no visit overflows) at the same capacities as :func:`bench_specmd`; ``check``
     compares every counter with the scan engine's sweep of the same width."""
     caps = specmd_capacities(trace.shape.num_ids, width)
     compile_s, best, res = None, float("inf"), None
     for _ in range(max(1, repeats)):
-        res = run_stack(trace, caps, mode="pinned", steps=steps)
+        res = run_stack(trace, caps, mode="pinned", steps=steps, policy=policy)
         compile_s = res.compile_s if compile_s is None else compile_s
         best = min(best, res.run_s)
     check = ""
@@ -333,7 +333,7 @@ def main(argv=None) -> pd.DataFrame:
             if pol == "lru":
                 lru_hits[w] = h
     if a.stack_policies:
-        _say("specmd_jax-stack (run_stack: one stack pass for all capacities; sweep(engine='auto') for lru/ls):")
+        _say("specmd_jax-stack (run_stack: one stack pass for all capacities; sweep(engine='auto')):")
         for pol in a.stack_policies:
             for w in a.widths:
                 rows.append(bench_stack(trace, pinned, pol, w, a.repeats, backend, scan_totals.get((pol, w))))

@@ -99,8 +99,8 @@ def sweep(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None,
         mode: ``"pinned"`` (default; one step per (pass, layer) visit) or ``"sequential"``.
         partitioned: one cache per layer (capacity split evenly) instead of one global pool.
         progress: tqdm progress bar over the trace.
-        engine: ``"auto"`` (default): ``lru``/``ls`` capacities that never bypass come from one
-            stack-distance pass for all of them (:mod:`specmd_jax.stack`, exact), everything
+        engine: ``"auto"`` (default): ``lru``/``ls``/``belady`` capacities that never bypass come
+            from one stack pass for all of them (:mod:`specmd_jax.stack`, exact), everything
             else from the vmapped scan; ``"scan"``: always the scan; ``"stack"``: stack only.
 
     Returns:

@@ -226,7 +226,8 @@ def make_policy(spec: Spec) -> Policy:
             rD_new = jnp.zeros((W,), jnp.int16)
         else:
             # position among evictables (0 = most protected): W compares per element
-            evpos = r - _count_lt(rD, r)
+            # (fifo needs no per-element count: see below)
+            evpos = None if spec.policy == "fifo" else r - _count_lt(rD, r)
             thresh = (m - nev).astype(jnp.int16)
             na16 = na.astype(jnp.int16)
             ev_posD = rD - jnp.sum(rD[None, :] < rD[:, None], axis=1, dtype=jnp.int16)   # hits' evpos
@@ -237,9 +238,14 @@ def make_policy(spec: Spec) -> Policy:
                 gone = r_c >= occ_new.astype(jnp.int16)
                 rD_new = (nDp - 1 - jnp.sum(earlier & Dp[None, :], axis=1, dtype=jnp.int32)).astype(jnp.int16)
             elif spec.policy == "fifo":
-                # hits keep their place, admitted go on top; victims are the oldest evictables
+                # hits keep their place, admitted go on top; victims are the oldest evictables:
+                # the non-demanded residents ranked at or below R*, the rank of the evictable at
+                # position `thresh`. A hit's evictable position (rank minus the hits below it)
+                # is the position it sits above, so R* = thresh + #{hits with ev_pos <= thresh}:
+                # a [W] computation per config and one compare per element (no W-compare count).
+                rstar = (thresh + jnp.sum(resD & (ev_posD <= thresh), dtype=jnp.int16)).astype(jnp.int16)
                 r_c = r + na16
-                gone = evpos >= thresh
+                gone = (r >= rstar) & ~inD
                 nv_aboveD = jnp.clip(ev_posD - thresh, 0, nev.astype(jnp.int16))
                 rD_new = jnp.where(resD, rD - nv_aboveD + na16, na - 1 - cm).astype(jnp.int16)
             elif spec.policy == "random":

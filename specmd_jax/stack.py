@@ -1,4 +1,4 @@
-"""Exact LRU (and demand-only Least-Stale) sweeps for many capacities from one stack pass.
+"""Exact LRU, demand-only Least-Stale and Belady sweeps for many capacities from one stack pass.
 
 LRU is a stack algorithm (Mattson et al. 1970): with capacity ``C`` the cache holds the top
 ``C`` experts of one recency stack that does not depend on ``C``. One *unbatched* scan records,
@@ -22,6 +22,10 @@ are *not exact* here and :func:`run_auto` sends them to the scan engine. ``seque
 ``C >= 1`` in pools with demand. ``ls`` takes the same path: in demand-only replay Least-Stale
 makes LRU's decisions (see ``engine``). Cost: one ``O(N * W)`` step per visit for *all*
 capacities, against ``O(B * N * W)`` for the vmapped scan.
+
+``belady`` is a stack algorithm too (its priority, the next use, does not depend on capacity):
+:func:`_belady_scan` maintains the priority stack with two cumulative maxima per access; the
+host side is the same as LRU's.
 """
 
 from __future__ import annotations
@@ -37,11 +41,11 @@ from jax import lax
 
 from .engine import COUNTER_NAMES
 from .runner import RunResult, run_configs
-from .semantics import MODES
+from .semantics import INF_STEP, MODES
 from .trace import Trace
 from .visits import StepArrays, prepare_steps
 
-STACK_POLICIES = ("lru", "ls")
+STACK_POLICIES = ("lru", "ls", "belady")
 ENGINES = ("auto", "scan", "stack")
 _INF = 32767  # int16 "never demanded yet" (N <= 32000 is checked)
 _COMPILED: dict = {}  # (L, E, partitioned, S, W) -> compiled depth scan
@@ -78,6 +82,125 @@ def _depth_scan(num_layers: int, num_experts: int, partitioned: bool):
     return jax.jit(run)
 
 
+@functools.lru_cache(maxsize=None)
+def _belady_scan(num_layers: int, num_experts: int, partitioned: bool):
+    """Jitted ``run(xs) -> (depth, start, final)`` for Belady/MIN as a *priority* stack
+    algorithm (Mattson et al. 1970: OPT's priority, the next use, does not depend on capacity).
+
+    The stack of each pool lists ids by depth; with capacity ``C`` the cache holds the top ``C``.
+    Accessing ``x`` at depth ``d`` puts ``x`` on top and cascades positions ``1..d``: each keeps the
+    more protected of (itself, the carried id) and carries the other down; the id carried out
+    lands at ``d``. With ``v`` the keys along the stack (larger = less protected), the carried id
+    entering position ``i`` is the prefix-argmax of ``v[0..i-1]``, so a position changes only where
+    ``v`` sets a new prefix maximum (a *record*), and then takes the previous record's id: two
+    cumulative maxima per access, no sequential loop over the stack. A pinned visit first gives
+    its whole demand the top priority (no demanded expert can be the victim of another), runs
+    the accesses in ascending id order, then sets their real keys (next use).
+
+    Keys ``xs["nu"]`` (int32, smaller = more protected) come from the host: a unique rank of
+    ``(next use step, -id)`` so ties follow the reference (lowest id evicted first).
+    """
+    L, E = num_layers, num_experts
+    N = L * E
+    M = E if partitioned else N
+    lo = jnp.iinfo(jnp.int32).min
+
+    # an access at depth d only touches positions 0..d: run it on the shortest stack prefix that
+    # holds d (most accesses are shallow), chosen by a switch on d
+    sizes = sorted({min(M, 64), min(M, 256), M})
+
+    def cascade(Mb):
+        pos = jnp.arange(Mb, dtype=jnp.int32)
+
+        def f(row_full, d, x, nu, seen):
+            row = row_full[:Mb]
+            v = jnp.where((pos < d) & (row >= 0), nu[jnp.maximum(row, 0)], lo)
+            rec = (v == lax.cummax(v)) & (pos < d)
+            recpos = lax.cummax(jnp.where(rec, pos, -1))
+            prev = jnp.concatenate([jnp.full((1,), -1, jnp.int32), recpos[:-1]])
+            new = jnp.where(rec & (pos >= 1), row[jnp.maximum(prev, 0)], row)
+            new = new.at[jnp.minimum(d, Mb - 1)].set(row[recpos[jnp.maximum(d - 1, 0)]])
+            new = new.at[0].set(x)
+            # ids at positions 0..d and their new depths (-> N: nothing to write)
+            moved = jnp.full((M,), N, jnp.int32).at[:Mb].set(jnp.where(pos <= d, new, N))
+            return row_full.at[:Mb].set(new), moved
+
+        return f
+
+    branches = [cascade(Mb) for Mb in sizes]
+    bounds = jnp.asarray(sizes, jnp.int32)
+
+    def access(j, c):
+        stack, depth, nvalid, nu, ids, p = c
+        x = ids[j]
+        valid = x >= 0
+        xi = jnp.where(valid, x, 0)
+        seen = depth[xi] < _INF
+        d = jnp.where(seen, depth[xi].astype(jnp.int32), nvalid[p])
+        act = valid & ((d > 0) | ~seen)
+        row = stack[p]
+        b = jnp.sum(d >= bounds)  # smallest prefix with d < Mb
+        new, moved = lax.switch(jnp.minimum(b, len(sizes) - 1), branches, row, d, x, nu, seen)
+        new = jnp.where(act, new, row)
+        pos_m = jnp.arange(M, dtype=jnp.int16)
+        depth = depth.at[jnp.where(act, moved, N)].set(pos_m, mode="drop")
+        nvalid = nvalid.at[p].add((valid & ~seen).astype(jnp.int32))
+        stack = stack.at[p].set(new)
+        return stack, depth, nvalid, nu, ids, p
+
+    def body(carry, x):
+        stack, depth, nvalid, nu, start = carry
+        start = jnp.where(x["new_pass"], depth, start)
+        ids = x["ids"]
+        valid = ids >= 0
+        idx = jnp.where(valid, ids, N)
+        d0 = jnp.where(valid, depth[jnp.where(valid, ids, 0)], _INF)
+        s0 = jnp.where(valid, start[jnp.where(valid, ids, 0)], _INF)
+        p = x["layer"] if partitioned else jnp.int32(0)
+        # the visit's demand is the most protected while it is served (-1 - id < every key)
+        nu = nu.at[idx].set(-1 - ids, mode="drop")
+        stack, depth, nvalid, nu, _, _ = lax.fori_loop(0, ids.shape[0], access, (stack, depth, nvalid, nu, ids, p))
+        nu = nu.at[idx].set(x["nu"], mode="drop")
+        return (stack, depth, nvalid, nu, start), (d0, s0)
+
+    def run(xs):
+        P = L if partitioned else 1
+        init = (jnp.full((P, M), -1, jnp.int32), jnp.full((N,), _INF, jnp.int16), jnp.zeros((P,), jnp.int32),
+                jnp.zeros((N,), jnp.int32), jnp.full((N,), _INF, jnp.int16))
+        (_, depth, _, _, _), (d, s) = lax.scan(body, init, xs)
+        return d, s, depth
+
+    return jax.jit(run)
+
+
+def belady_keys(steps: StepArrays, num_ids: int) -> np.ndarray:
+    """int32[S, W]: the Belady key each demanded id takes after its visit (smaller = more
+    protected): ``next_step * W + (W - 1 - slot there)``, or ``S * W + N - id`` if never demanded
+    again, i.e. nearer next use first and, on ties, the lower id evicted first (the reference's
+    ``(-next_use, id)`` order)."""
+    S, W = steps.ids.shape
+    big = S * W + num_ids
+    if big >= 2 ** 31 - 1:
+        raise ValueError(f"trace too long for the Belady stack path (S*W + N = {big} >= 2**31)")
+    valid = steps.ids >= 0
+    nxt = steps.next_use
+    # slot of each (step, id) in its row (rows are sorted ascending, padded with -1 at the end)
+    r, c = np.nonzero(valid)
+    flat = r.astype(np.int64) * num_ids + steps.ids[r, c]
+    order = np.argsort(flat)
+    fl_sorted = flat[order]
+    key = np.full((S, W), 0, np.int64)
+    has = valid & (nxt < INF_STEP)
+    hr, hc = np.nonzero(has)
+    q = nxt[hr, hc].astype(np.int64) * num_ids + steps.ids[hr, hc]
+    at = np.searchsorted(fl_sorted, q)
+    slot = c[order][at]
+    key[hr, hc] = nxt[hr, hc].astype(np.int64) * W + (W - 1 - slot)
+    nr, nc = np.nonzero(valid & ~has)
+    key[nr, nc] = big - steps.ids[nr, nc]
+    return key.astype(np.int32)
+
+
 def pool_caps(capacities: np.ndarray, num_layers: int, partitioned: bool) -> np.ndarray:
     """int64[B, P]: each configuration's capacity per pool (``P = 1`` global, ``L`` partitioned)."""
     c = np.asarray(capacities, np.int64)[:, None]
@@ -106,12 +229,15 @@ def _count_below(values: np.ndarray, layer: np.ndarray, L: int, top: int) -> np.
 
 
 def run_stack(trace: Trace, capacities, *, mode: str = "pinned", partitioned: bool = False,
-              steps: Optional[StepArrays] = None) -> RunResult:
-    """LRU counters for every configuration in ``capacities`` from one stack pass.
+              steps: Optional[StepArrays] = None, policy: str = "lru") -> RunResult:
+    """Counters of ``policy`` (``lru``, ``ls`` or ``belady``) for every configuration in
+    ``capacities`` from one stack pass.
 
-    Same outputs as :func:`runner.run_configs` for ``lru``/``ls``. Raises ``ValueError`` if a
-    capacity is not exact on this trace (see :func:`exact_mask`; :func:`run_auto` handles those).
+    Same outputs as :func:`runner.run_configs`. Raises ``ValueError`` if a capacity is not exact
+    on this trace (see :func:`exact_mask`; :func:`run_auto` handles those).
     """
+    if policy not in STACK_POLICIES:
+        raise ValueError(f"the stack path serves {STACK_POLICIES} only, not {policy!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     steps = steps if steps is not None else prepare_steps(trace, mode)
@@ -129,10 +255,14 @@ def run_stack(trace: Trace, capacities, *, mode: str = "pinned", partitioned: bo
     t0 = time.perf_counter()
     xs = {"ids": jnp.asarray(steps.ids), "layer": jnp.asarray(steps.layer),
           "new_pass": jnp.asarray(steps.new_pass)}
-    key = (L, E, bool(partitioned)) + steps.ids.shape
+    belady = policy == "belady"
+    if belady:
+        xs["nu"] = jnp.asarray(belady_keys(steps, N))
+    key = (belady, L, E, bool(partitioned)) + steps.ids.shape
     compiled = _COMPILED.get(key)
     if compiled is None:
-        compiled = _COMPILED[key] = _depth_scan(L, E, bool(partitioned)).lower(xs).compile()
+        scan = _belady_scan if belady else _depth_scan
+        compiled = _COMPILED[key] = scan(L, E, bool(partitioned)).lower(xs).compile()
     t1 = time.perf_counter()
     depth, start, final = jax.block_until_ready(compiled(xs))
     depth, start, final = (np.asarray(a, np.int64) for a in (depth, start, final))
@@ -184,8 +314,8 @@ def run_auto(trace: Trace, policy: str, capacities, seeds=None, *, mode: str = "
              partitioned: bool = False, engine: str = "auto", steps: Optional[StepArrays] = None,
              **scan_kwargs) -> RunResult:
     """Dispatch a sweep: ``engine="scan"`` is :func:`runner.run_configs`; ``"stack"`` is
-    :func:`run_stack` (``lru``/``ls`` only, exact capacities only); ``"auto"`` (default) uses the
-    stack path for ``lru``/``ls`` configurations where it is exact and the scan for the rest."""
+    :func:`run_stack` (``lru``/``ls``/``belady`` only, exact capacities only); ``"auto"`` (default) uses the
+    stack path for ``lru``/``ls``/``belady`` configurations where it is exact and the scan for the rest."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be 'auto', 'scan' or 'stack', got {engine!r}")
     caps = np.atleast_1d(np.asarray(capacities, np.int64))
@@ -196,12 +326,12 @@ def run_auto(trace: Trace, policy: str, capacities, seeds=None, *, mode: str = "
                            **scan_kwargs)
     steps = steps if steps is not None else prepare_steps(trace, mode)
     if engine == "stack":
-        return run_stack(trace, caps, mode=mode, partitioned=partitioned, steps=steps)
+        return run_stack(trace, caps, mode=mode, partitioned=partitioned, steps=steps, policy=policy)
     ok = exact_mask(steps, caps, trace.shape.num_layers, partitioned) if steps.mode == mode else None
     if ok is None or not ok.any():
         return run_configs(trace, policy, caps, seeds, mode=mode, partitioned=partitioned, steps=steps,
                            **scan_kwargs)
-    a = run_stack(trace, caps[ok], mode=mode, partitioned=partitioned, steps=steps)
+    a = run_stack(trace, caps[ok], mode=mode, partitioned=partitioned, steps=steps, policy=policy)
     if ok.all():
         return a
     seeds = np.zeros_like(caps) if seeds is None else np.atleast_1d(np.asarray(seeds, np.int64))

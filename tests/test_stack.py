@@ -1,4 +1,4 @@
-"""The stack-distance sweep path (``stack.run_stack`` / ``run_auto``) for ``lru`` and ``ls``:
+"""The stack sweep path (``stack.run_stack`` / ``run_auto``) for ``lru``, ``ls`` and ``belady``:
 exactly the reference simulator's counters, per-layer counts, resident sets and occupancy on
 every capacity where it applies; the scan engine for the rest; and the dispatch rules."""
 
@@ -32,7 +32,7 @@ def check_vs_reference(trace, policy, caps, mode, partitioned, engine="auto"):
 
 @pytest.mark.parametrize("partitioned", [False, True])
 @pytest.mark.parametrize("mode", ["pinned", "sequential"])
-@pytest.mark.parametrize("policy", ["lru", "ls"])
+@pytest.mark.parametrize("policy", ["lru", "ls", "belady"])
 def test_auto_equals_reference_random(policy, mode, partitioned):
     """Every capacity 0..N+2: small ones go to the scan (bypass), the rest to the stack path."""
     for seed in range(5):
@@ -44,34 +44,40 @@ def test_auto_equals_reference_random(policy, mode, partitioned):
         check_vs_reference(t, policy, caps, mode, partitioned)
 
 
+@pytest.mark.parametrize("policy", ["lru", "belady"])
 @pytest.mark.parametrize("partitioned", [False, True])
-def test_stack_equals_reference_synthetic_prefill(partitioned):
+def test_stack_equals_reference_synthetic_prefill(policy, partitioned):
     t = synthetic.generate("olmoe-1b-7b", num_requests=2, prompt_len=12, gen_len=16, seed=5)
     steps = prepare_steps(t, "pinned")
     caps = [c for c in (40, 64, 100, 128, 256, 512, 640, 768, 900, 1024, 2000) if exact_mask(steps, [c], 16, partitioned)[0]]
     assert len(caps) >= 3
-    check_vs_reference(t, "lru", caps, "pinned", partitioned, engine="stack")
+    check_vs_reference(t, policy, caps, "pinned", partitioned, engine="stack")
 
 
-def test_stack_equals_reference_real_traces(qwen_trace, mixtral_trace):
+@pytest.mark.parametrize("policy", ["lru", "belady"])
+def test_stack_equals_reference_real_traces(qwen_trace, mixtral_trace, policy):
     q = qwen_trace.slice_passes(0, 24)
-    check_vs_reference(q, "lru", [128, 307, 1536, 6144], "pinned", False, engine="stack")
-    check_vs_reference(q, "ls", [61, 307], "sequential", False, engine="stack")
+    check_vs_reference(q, policy, [128, 307, 1536, 6144], "pinned", False, engine="stack")
+    check_vs_reference(q, policy, [61, 307], "sequential", False, engine="stack")
     m = mixtral_trace.slice_passes(0, 200)
-    check_vs_reference(m, "lru", [2, 12, 64, 128, 256], "sequential", False, engine="stack")
-    check_vs_reference(m, "lru", [16, 64, 128, 256], "pinned", True)
+    check_vs_reference(m, policy, [2, 12, 64, 128, 256], "sequential", False, engine="stack")
+    check_vs_reference(m, policy, [16, 64, 128, 256], "pinned", True)
 
 
-def test_stack_equals_scan_many_capacities():
+@pytest.mark.parametrize("policy", ["lru", "belady"])
+def test_stack_equals_scan_many_capacities(policy):
     """All capacities 8..1024 of an OLMoE decode stream in one call: the stack path equals the
-    vmapped scan engine on every counter and the final resident sets, and the MRC."""
+    vmapped scan engine on every counter and the final resident sets (and LRU the MRC)."""
     t = synthetic.decode_stream("olmoe-1b-7b", 48, seed=2)
     caps = np.arange(8, 1025)
-    a = run_stack(t, caps)
-    b = run_configs(t, "lru", caps)
+    a = run_stack(t, caps, policy=policy)
+    b = run_configs(t, policy, caps)
     assert np.array_equal(a.per_layer, b.per_layer)
     assert np.array_equal(a.resident, b.resident)
     assert np.array_equal(a.max_occupancy, b.max_occupancy)
+    if policy == "belady":
+        assert np.all(np.diff(a.totals[:, 1]) >= 0)  # OPT hits are monotone in capacity
+        return
     m = lru_mrc(t).set_index("capacity_slots").loc[caps]
     assert np.array_equal(a.totals[:, 1], m["hits"].to_numpy())
     assert np.array_equal(a.totals[:, 3], m["collisions"].to_numpy())
@@ -83,13 +89,15 @@ def test_stack_rejects_inexact_capacities_and_other_policies():
         run_stack(t, [1, 8])
     with pytest.raises(ValueError, match="serves"):
         run_auto(t, "fifo", [8], engine="stack")
+    with pytest.raises(ValueError, match="serves"):
+        run_stack(t, [8], policy="lfu")
     with pytest.raises(ValueError, match="engine must be"):
         run_auto(t, "lru", [8], engine="fast")
 
 
 def test_auto_scan_for_other_policies_matches_scan():
     t = random_trace(L=2, E=4, K=2, P=6, max_tokens=3, seed=2)
-    for pol in ("fifo", "belady"):
+    for pol in ("fifo", "sb"):
         a = run_auto(t, pol, [2, 5, 8])
         b = run_configs(t, pol, [2, 5, 8])
         assert np.array_equal(a.per_layer, b.per_layer)
