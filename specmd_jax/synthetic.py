@@ -13,13 +13,20 @@ Routing of token ``t`` at layer ``l`` (per request, same for prefill and decode 
   are emitted in descending score order (router rank order, bonused experts first).
 
 Weights: softmax of the chosen experts' router logits ``log w + Gumbel`` renormalised over the
-K (float32, sum 1). The bonuses decide selection and rank only; leaving them out of the weights
+K (float32, sum 1).
+
+Predictions (``pred_noise`` set): at visit ``(p, l)`` the predicted score of expert ``e`` of layer
+``l + 1`` is the sum over the pass's tokens of ``softmax_e(z + PRED_MARGIN * routed + pred_noise * N(0, 1))``
+where ``z`` are the next layer's true router logits and ``routed`` marks the experts it actually
+chose: a stand-in for "the next layer's gate on the current hidden state" whose quality one
+number controls (0: the routed experts nearly always score highest; ~10: almost no signal).
+Drawn from a separate random stream, so the routing does not depend on ``pred_noise``. The bonuses decide selection and rank only; leaving them out of the weights
 keeps the weights non-degenerate (a bonus is "large" only so that it nearly forces a choice).
 """
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -27,9 +34,12 @@ from .presets import get_model_preset
 from .trace import DECODE, PREFILL, ModelShape, Trace, make_trace
 
 BONUS = 50.0  # >> spread of log w + Gumbel, so a bonused expert nearly always beats an unbonused one
+PRED_MARGIN = 4.0  # predicted-logit margin of the experts the next layer really routes to
 
 
-def _check(skew, reuse, cross_layer, num_requests, prompt_len, gen_len) -> None:
+def _check(skew, reuse, cross_layer, num_requests, prompt_len, gen_len, pred_noise=None) -> None:
+    if pred_noise is not None and not (np.isfinite(pred_noise) and pred_noise >= 0):
+        raise ValueError(f"pred_noise must be a finite number >= 0 or None, got {pred_noise!r}")
     if not (np.isfinite(skew) and skew >= 0):
         raise ValueError(f"skew must be a finite number >= 0, got {skew!r}")
     for name, v in (("reuse", reuse), ("cross_layer", cross_layer)):
@@ -45,11 +55,12 @@ def _check(skew, reuse, cross_layer, num_requests, prompt_len, gen_len) -> None:
 
 
 def _route(shape: ModelShape, R: int, T: int, skew: float, reuse: float, cross_layer: float,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+           rng: np.random.Generator, keep_logits: bool = False):
     """Route ``R`` independent token sequences of length ``T``.
 
     Returns:
-        ids int64[R, T, L, K] (rank order) and weights float32[R, T, L, K].
+        ids int64[R, T, L, K] (rank order), weights float32[R, T, L, K] and, if ``keep_logits``,
+        the router logits float32[R, T, L, E] (else ``None``).
     """
     L, E, K = shape.num_layers, shape.num_experts, shape.top_k
     logw = np.empty((L, E))
@@ -60,8 +71,11 @@ def _route(shape: ModelShape, R: int, T: int, skew: float, reuse: float, cross_l
     ids = np.zeros((R, T, L, K), np.int64)
     wts = np.zeros((R, T, L, K), np.float32)
     rows = np.arange(R)[:, None]
+    logits = np.zeros((R, T, L, E), np.float32) if keep_logits else None
     for t in range(T):
         z = logw[None] + rng.gumbel(size=(R, L, E))           # router logits [R, L, E]
+        if keep_logits:
+            logits[:, t] = z
         keep = rng.random((R, L, K)) < reuse                    # reuse coin per previous-token slot
         cross = rng.random((R, L, K)) < cross_layer             # cross-layer coin per l-1 slot
         for l in range(L):
@@ -76,12 +90,28 @@ def _route(shape: ModelShape, R: int, T: int, skew: float, reuse: float, cross_l
             zc = np.take_along_axis(z[:, l], top, 1)
             ez = np.exp(zc - zc.max(axis=1, keepdims=True))
             wts[:, t, l] = ez / ez.sum(axis=1, keepdims=True)
-    return ids, wts
+    return ids, wts, logits
+
+
+def _predicted(ids: np.ndarray, logits: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """Per-token predicted score float32[R, T, L, E] of layer ``l + 1`` made at layer ``l``
+    (layer ``L - 1``: NaN); see the module docstring."""
+    R, T, L, E = logits.shape
+    out = np.full((R, T, L, E), np.nan, np.float32)
+    if L < 2:
+        return out
+    y = logits[:, :, 1:].astype(np.float64)
+    routed = np.zeros_like(y, bool)
+    np.put_along_axis(routed, ids[:, :, 1:], True, axis=3)
+    y = y + PRED_MARGIN * routed + noise * rng.standard_normal(y.shape)
+    y = np.exp(y - y.max(axis=3, keepdims=True))
+    out[:, :, :-1] = (y / y.sum(axis=3, keepdims=True)).astype(np.float32)
+    return out
 
 
 def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int = 2, prompt_len: int = 32,
              gen_len: int = 64, skew: float = 1.0, reuse: float = 0.5, cross_layer: float = 0.3, seed: int = 0,
-             with_weights: bool = True) -> Trace:
+             with_weights: bool = True, pred_noise: Optional[float] = None) -> Trace:
     """A deterministic synthetic trace: per request one PREFILL pass then ``gen_len`` DECODE passes.
 
     Args:
@@ -94,6 +124,8 @@ def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int
         cross_layer: probability per slot that ``pi_l(e)`` of an expert chosen at ``l-1`` gets a bonus.
         seed: seed of ``np.random.default_rng``.
         with_weights: attach float32 router weights.
+        pred_noise: attach next-layer predictions (``pred_scores``) of this noise level (see the
+            module docstring); ``None``: no predictions.
 
     Returns:
         A validated trace with ``P = num_requests * (gen_len + (prompt_len > 0))`` passes;
@@ -102,12 +134,20 @@ def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int
     Raises:
         ValueError: a knob out of range (message names the knob and value) or unknown model.
     """
-    _check(skew, reuse, cross_layer, num_requests, prompt_len, gen_len)
+    _check(skew, reuse, cross_layer, num_requests, prompt_len, gen_len, pred_noise)
     shape = model if isinstance(model, ModelShape) else get_model_preset(model)
     L, K = shape.num_layers, shape.top_k
     n, pl, gl = int(num_requests), int(prompt_len), int(gen_len)
     rng = np.random.default_rng(seed)
-    ids, wts = _route(shape, n, pl + gl, float(skew), float(reuse), float(cross_layer), rng)
+    ids, wts, logits = _route(shape, n, pl + gl, float(skew), float(reuse), float(cross_layer), rng,
+                              keep_logits=pred_noise is not None)
+    pred_blocks = []
+    if pred_noise is not None:
+        pt = _predicted(ids, logits, float(pred_noise), np.random.default_rng([seed, 1]))   # [R, T, L, E]
+        for r in range(n):
+            if pl:
+                pred_blocks.append(pt[r, :pl].sum(axis=0))          # prefill pass: [L, E]
+            pred_blocks.append(pt[r, pl:].reshape(-1, shape.num_experts))   # decode passes: [gl * L, E]
     # Row order: pass, layer, token. Prefill pass: [L, pl, K]; decode passes: [gl, L, K].
     ex_blocks, w_blocks, phase, tokens = [], [], [], []
     for r in range(n):
@@ -124,15 +164,18 @@ def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int
     counts = np.repeat(np.asarray(tokens), L)
     offsets = np.concatenate(([0], np.cumsum(counts)))
     src = (f"synthetic.generate(model={shape.name!r}, num_requests={n}, prompt_len={pl}, gen_len={gl}, "
-           f"skew={skew}, reuse={reuse}, cross_layer={cross_layer}, seed={seed})")
+           f"skew={skew}, reuse={reuse}, cross_layer={cross_layer}, seed={seed}"
+           + (f", pred_noise={pred_noise})" if pred_noise is not None else ")"))
     return make_trace(shape, np.repeat(np.arange(n), (pl > 0) + gl), phase, tokens, offsets,
                       np.concatenate(ex_blocks), np.concatenate(w_blocks) if with_weights else None,
                       source=src, notes=(f"synthetic: Zipf popularity, reuse bonus, cross-layer bonus; "
-                                         f"{per_pass} passes",))
+                                         f"{per_pass} passes",),
+                      pred_scores=np.concatenate(pred_blocks) if pred_blocks else None)
 
 
 def decode_stream(model: Union[str, ModelShape] = "olmoe-1b-7b", tokens: int = 256, *, skew: float = 1.0,
-                  reuse: float = 0.5, cross_layer: float = 0.3, seed: int = 0, with_weights: bool = True) -> Trace:
+                  reuse: float = 0.5, cross_layer: float = 0.3, seed: int = 0, with_weights: bool = True,
+                  pred_noise: Optional[float] = None) -> Trace:
     """One request of ``tokens`` decode passes and no prefill (see :func:`generate`)."""
     return generate(model, num_requests=1, prompt_len=0, gen_len=tokens, skew=skew, reuse=reuse,
-                    cross_layer=cross_layer, seed=seed, with_weights=with_weights)
+                    cross_layer=cross_layer, seed=seed, with_weights=with_weights, pred_noise=pred_noise)

@@ -7,8 +7,13 @@ router weights. Cells are stored ragged: rows of cell ``c = p * L + l`` are
 ``experts[cell_offsets[c]:cell_offsets[c + 1]]``. A cell may be empty (a recorded defect such as
 rows lost by the logger); readers never invent rows, they record what was missing in ``notes``.
 
-On disk (``.npz``, ``format_version`` = 1) the same arrays are stored under their field names plus
-the model shape and provenance strings. :func:`validate` runs on every load and on construction
+Optionally a trace carries *predictions*: ``pred_scores[p * L + l]`` holds, for every expert of
+layer ``l + 1``, the score a real system had at visit ``(p, l)`` (the next layer's gate applied to
+the current hidden state, summed over the pass's tokens); a row of NaN means "no prediction"
+(always so for the last layer).
+
+On disk (``.npz``, ``format_version`` = 2; version 1 files, without predictions, still load) the
+same arrays are stored under their field names plus the model shape and provenance strings. :func:`validate` runs on every load and on construction
 from readers and the synthetic generator; its errors name the file, the field and the value.
 """
 
@@ -21,7 +26,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 PREFILL, DECODE = 0, 1
 
 
@@ -71,6 +77,8 @@ class Trace:
         weights: float32[R, K] router weights, or ``None`` when the source has none.
         source: where the trace came from (path or generator description).
         notes: defects and caveats found while reading (never silently dropped).
+        pred_scores: float32[P * L, E] predicted next-layer scores per visit (see the module
+            docstring), or ``None`` when the source has none.
     """
 
     shape: ModelShape
@@ -82,6 +90,7 @@ class Trace:
     weights: Optional[np.ndarray]
     source: str = "<memory>"
     notes: tuple = ()
+    pred_scores: Optional[np.ndarray] = None
 
     @property
     def num_passes(self) -> int:
@@ -94,6 +103,10 @@ class Trace:
     @property
     def has_weights(self) -> bool:
         return self.weights is not None
+
+    @property
+    def has_predictions(self) -> bool:
+        return self.pred_scores is not None
 
     def cell_rows(self, p: int, l: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """Rows (experts int16[r, K], weights float32[r, K] or None) of cell (p, l)."""
@@ -118,6 +131,7 @@ class Trace:
             self, pass_request=self.pass_request[start:stop], pass_phase=self.pass_phase[start:stop],
             pass_tokens=self.pass_tokens[start:stop], cell_offsets=off - a,
             experts=self.experts[a:b], weights=None if self.weights is None else self.weights[a:b],
+            pred_scores=None if self.pred_scores is None else self.pred_scores[start * L: stop * L],
             source=f"{self.source}[passes {start}:{stop}]")
 
 
@@ -180,12 +194,31 @@ def validate(t: Trace, where: Optional[str] = None) -> Trace:
         if bad.any():
             r, k = map(int, np.argwhere(bad)[0])
             _fail(where, "weights", f"row {r} slot {k}: weight {float(w[r, k])!r} is negative or not finite")
+    if t.pred_scores is not None:
+        ps = t.pred_scores
+        if ps.shape != (P * L, s.num_experts):
+            _fail(where, "pred_scores", f"shape {ps.shape} != ({P * L}, {s.num_experts}) (P*L visits x E)")
+        nan = np.isnan(ps)
+        part = nan.any(axis=1) & ~nan.all(axis=1)
+        if part.any():
+            v = int(np.argmax(part))
+            _fail(where, "pred_scores", f"visit {v} (pass {v // L}, layer {v % L}): some scores NaN, some not "
+                                        "(a row is all NaN for 'no prediction' or all numbers)")
+        bad = ~nan & (~np.isfinite(ps) | (ps < 0))
+        if bad.any():
+            v, e = map(int, np.argwhere(bad)[0])
+            _fail(where, "pred_scores", f"visit {v} expert {e}: score {float(ps[v, e])!r} is negative or infinite")
+        last = ~nan[L - 1::L].all(axis=1)
+        if last.any():
+            p = int(np.argmax(last))
+            _fail(where, "pred_scores", f"pass {p}, last layer {L - 1}: has scores, but there is no next layer "
+                                        "in the pass (must be NaN)")
     return t
 
 
 def make_trace(shape: ModelShape, pass_request: Sequence[int], pass_phase: Sequence[int],
                pass_tokens: Sequence[int], cell_offsets, experts, weights=None, source="<memory>",
-               notes: Sequence[str] = ()) -> Trace:
+               notes: Sequence[str] = (), pred_scores=None) -> Trace:
     """Build and validate a :class:`Trace` from array-likes (dtypes normalised)."""
     t = Trace(shape=shape,
               pass_request=np.asarray(pass_request, np.int32),
@@ -195,7 +228,8 @@ def make_trace(shape: ModelShape, pass_request: Sequence[int], pass_phase: Seque
               experts=np.asarray(experts).astype(np.int16) if np.asarray(experts).size else
               np.zeros((0, shape.top_k), np.int16),
               weights=None if weights is None else np.asarray(weights, np.float32),
-              source=source, notes=tuple(notes))
+              source=source, notes=tuple(notes),
+              pred_scores=None if pred_scores is None else np.asarray(pred_scores, np.float32))
     if t.experts.ndim == 2 and t.experts.size and np.asarray(experts).max() >= 2 ** 15:
         _fail(source, "experts", f"expert id {int(np.asarray(experts).max())} too large")
     return validate(t)
@@ -209,6 +243,8 @@ def save_trace(t: Trace, path: str) -> None:
                   cell_offsets=t.cell_offsets, experts=t.experts)
     if t.weights is not None:
         arrays["weights"] = t.weights
+    if t.pred_scores is not None:
+        arrays["pred_scores"] = t.pred_scores
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     with open(path, "wb") as f:
@@ -243,8 +279,8 @@ def load_npz(path: str) -> Trace:
         except json.JSONDecodeError as e:
             raise TraceError(f"{path}: field 'meta': not valid JSON ({e})") from e
         ver = meta.get("format_version")
-        if ver != FORMAT_VERSION:
-            _fail(path, "format_version", f"unknown version {ver!r} (this build reads {FORMAT_VERSION})")
+        if ver not in READABLE_VERSIONS:
+            _fail(path, "format_version", f"unknown version {ver!r} (this build reads {READABLE_VERSIONS})")
         for f in ("pass_request", "pass_phase", "pass_tokens", "cell_offsets", "experts"):
             if f not in z:
                 _fail(path, f, "missing")
@@ -258,5 +294,6 @@ def load_npz(path: str) -> Trace:
                   cell_offsets=_int_field(z, "cell_offsets", np.int64, path),
                   experts=_int_field(z, "experts", np.int16, path),
                   weights=z["weights"].astype(np.float32) if "weights" in z else None,
+                  pred_scores=z["pred_scores"].astype(np.float32) if "pred_scores" in z else None,
                   source=str(meta.get("source", path)), notes=tuple(meta.get("notes", ())))
     return validate(t, where=path)
