@@ -74,6 +74,37 @@ def _next_uses(steps):
     return nxt
 
 
+def policy_key(policy: str, r: dict, g: int, l: int, E: int, score: dict, nextuse: dict) -> tuple:
+    """Eviction key of resident ``g`` (record ``r``) at a visit of layer ``l``; the smallest key
+    is evicted first (``semantics`` lists the keys)."""
+    if policy == "lru":
+        return (r["last"], g)
+    if policy in ("fifo", "random"):
+        return (r["ins"], g)
+    if policy == "lfu":
+        return (r["freq"], r["last"], g)
+    if policy == "belady":
+        return (-nextuse[g], g)
+    if policy == "sb":
+        return (score.get(g, 0), g)
+    if policy == "ls":
+        return (r["mark"], g // E, r["entry"], g)
+    if policy == "fld":
+        return (-abs(g // E - l), g)
+    raise AssertionError(policy)
+
+
+def floyd_pick(evictable_sorted: list, nev: int, seed: int, step: int, draw0: int = 0) -> list:
+    """``random`` policy: ``nev`` victims from ``evictable_sorted`` (listed by (ins, id)) by Floyd's
+    algorithm with draws ``rand_u32(seed, step, draw0 + i)``."""
+    m, chosen = len(evictable_sorted), []
+    for i in range(nev):
+        j = m - nev + i
+        t = rand_u32(seed, step, draw0 + i) % (j + 1)
+        chosen.append(j if t in chosen else t)
+    return [evictable_sorted[i] for i in chosen]
+
+
 def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
              partitioned: bool = False, seed: int = 0,
              occupancy_log: Optional[list] = None) -> RefResult:
@@ -105,22 +136,7 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
     max_occ = 0
 
     def key(g, l):
-        r = resident[g]
-        if policy == "lru":
-            return (r["last"], g)
-        if policy in ("fifo", "random"):
-            return (r["ins"], g)
-        if policy == "lfu":
-            return (r["freq"], r["last"], g)
-        if policy == "belady":
-            return (-nextuse[g], g)
-        if policy == "sb":
-            return (score[g], g)
-        if policy == "ls":
-            return (r["mark"], g // E, r["entry"], g)
-        if policy == "fld":
-            return (-abs(g // E - l), g)
-        raise AssertionError(policy)
+        return policy_key(policy, resident[g], g, l, E, score, nextuse)
 
     for s, (p, l, new_pass, ids, units) in enumerate(steps):
         if new_pass:
@@ -142,12 +158,7 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
         if nev:
             if policy == "random":
                 evictable.sort(key=lambda g: key(g, l))
-                m, chosen = len(evictable), []
-                for i in range(nev):
-                    j = m - nev + i
-                    t = rand_u32(seed, s, i) % (j + 1)
-                    chosen.append(j if t in chosen else t)
-                victims = [evictable[i] for i in chosen]
+                victims = floyd_pick(evictable, nev, seed, s)
             else:
                 victims = heapq.nsmallest(nev, evictable, key=lambda g: key(g, l))
             for g in victims:

@@ -1,0 +1,227 @@
+"""Pure-Python reference of replay with prefetching and the timing model (no jax, no numpy math).
+
+The executable definition of :mod:`specmd_jax.timing`'s semantics (read its docstring first):
+pinned visits, one FIFO copy engine, arrival batches with the visit's demand pinned, integer
+ticks. With no plan (or an empty one) its counts equal :func:`reference.simulate`'s exactly
+(tested), and it adds the times. Slow and explicit on purpose.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import heapq
+
+from .reference import floyd_pick, policy_key, steps_of
+from .semantics import INF_STEP, POLICIES, layer_capacity
+from .timing import INSTANT, Hardware
+from .trace import PREFILL
+
+COUNTERS = ("demands", "hits", "late", "misses", "collisions", "evictions", "bypass",
+            "pf_issued", "pf_resident", "pf_pending", "pf_arrived", "pf_dropped", "pf_useful",
+            "pf_wasted", "stall_ticks")
+# random-policy hash seeds of the three arrival batches of a visit (demand batch = the seed itself,
+# so a replay without prefetch draws exactly what the demand-only reference draws)
+_SEED_INSTANT, _SEED_COMPUTE = 0xA5A5A5A5, 0x5A5A5A5A
+
+
+@dataclasses.dataclass
+class TimedResult:
+    """Counts and times of one timed replay (per-layer lists are indexed by the visit's layer).
+
+    ``pass_ticks[p]`` is the duration of pass ``p``; ``ttft_ticks[r]`` the summed prefill pass
+    durations of request ``r`` (requests with a prefill pass only).
+    """
+
+    totals: dict
+    per_layer: dict
+    resident: list
+    max_occupancy: int
+    pass_ticks: list
+    ttft_ticks: dict
+    transfer_ticks: int
+
+    @property
+    def tpot_ticks(self) -> float:
+        """Mean decode pass duration (NaN without decode passes)."""
+        d = self.decode_pass_ticks
+        return sum(d) / len(d) if d else float("nan")
+
+    decode_pass_ticks: list = dataclasses.field(default_factory=list)
+
+
+def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Hardware = INSTANT,
+                   instant_prefetch: bool = False, partitioned: bool = False, seed: int = 0) -> TimedResult:
+    """Replay ``trace`` with prefetch ``plan`` (a :class:`prefetch.PrefetchPlan` or ``None``) on
+    ``hardware`` through one cache configuration (pinned mode)."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; known: {POLICIES}")
+    if policy == "sb" and trace.weights is None:
+        raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
+    L, E = trace.shape.num_layers, trace.shape.num_experts
+    steps = list(steps_of(trace, "pinned"))
+    if plan is not None and plan.ids.shape[0] != len(steps):
+        raise ValueError(f"plan has {plan.ids.shape[0]} visits, trace has {len(steps)}")
+    proposals = [[int(g) for g in row if g >= 0] for row in plan.ids.tolist()] if plan is not None else None
+    xfer = hardware.transfer_ticks(trace.shape.expert_bytes)
+    phase = trace.pass_phase.tolist()
+    tokens = trace.pass_tokens.tolist()
+    request = trace.pass_request.tolist()
+    demand_at: dict = {}  # id -> sorted visit indices demanding it (Belady's next use)
+    for s, (_, _, _, ids, _) in enumerate(steps):
+        for g in ids:
+            demand_at.setdefault(g, []).append(s)
+
+    def next_demand(g, after):
+        v = demand_at.get(g, [])
+        i = bisect.bisect_right(v, after)
+        return v[i] if i < len(v) else INF_STEP
+
+    tot = dict.fromkeys(COUNTERS, 0)
+    per = {k: [0] * L for k in COUNTERS}
+    resident: dict = {}                      # id -> record
+    pending: dict = {}                       # id -> completion tick of its queued/in-flight copy
+    occ = [0] * (L if partitioned else 1)
+    score: dict = {}
+    nextuse: dict = {}
+    evicted_in_pass: set = set()
+    seq = 0
+    t = 0
+    engine_free = 0
+    max_occ = 0
+    pass_ticks, pass_start = [], 0
+
+    def add(name, l, v=1):
+        tot[name] += v
+        per[name][l] += v
+
+    def pool_of(g):
+        return g // E if partitioned else 0
+
+    def cap_of(q):
+        return layer_capacity(capacity, L, q) if partitioned else capacity
+
+    def arrive(batch, D, l, s, rseed):
+        """Admit one arrival batch (list of ids in completion order) with ``D`` pinned."""
+        nonlocal seq, max_occ
+        inb = set(batch)
+        dem = sorted(g for g in batch if g in D)
+        order = dem + [g for g in batch if g not in D]
+        vpool = pool_of(l * E)
+        for q in sorted({pool_of(g) for g in order}):
+            A = [g for g in order if pool_of(g) == q]
+            free = cap_of(q) - occ[q]
+            evictable = [x for x in resident if pool_of(x) == q and x not in D and x not in inb]
+            n_adm = min(len(A), max(free, 0) + len(evictable))
+            nev = max(0, n_adm - max(free, 0))
+            if nev:
+                if policy == "random":
+                    evictable.sort(key=lambda x: policy_key(policy, resident[x], x, l, E, score, nextuse))
+                    victims = floyd_pick(evictable, nev, rseed, s, 0 if q == vpool else 4096 * (1 + q))
+                else:
+                    victims = heapq.nsmallest(
+                        nev, evictable, key=lambda x: policy_key(policy, resident[x], x, l, E, score, nextuse))
+                for x in victims:
+                    if resident[x]["pf"]:
+                        add("pf_wasted", l)
+                    del resident[x]
+                    evicted_in_pass.add(x)
+                add("evictions", l, nev)
+                occ[q] -= nev
+            for i, g in enumerate(A):
+                demand = g in D
+                if not demand:
+                    add("pf_arrived", l)
+                if i >= n_adm:
+                    add("bypass" if demand else "pf_dropped", l)
+                    continue
+                seq += 1
+                # a prefetch enters the current tier at arrival; a demanded copy is marked by its use
+                resident[g] = {"ins": seq, "last": seq, "freq": 0, "mark": -1 if demand else p, "entry": seq,
+                               "pf": not demand}
+                if policy == "belady" and not demand:
+                    nextuse[g] = next_demand(g, s)
+                occ[q] += 1
+            max_occ = max(max_occ, occ[q])
+            assert occ[q] <= max(cap_of(q), 0), "occupancy exceeded capacity"
+
+    def arrivals_until(limit):
+        due = sorted((d, g) for g, d in pending.items() if d <= limit)
+        for _, g in due:
+            del pending[g]
+        return [g for _, g in due]
+
+    for s, (p, l, new_pass, ids, units) in enumerate(steps):
+        if new_pass:
+            evicted_in_pass.clear()
+            if s:
+                pass_ticks.append(t - pass_start)
+            pass_start = t
+        D = set(ids)
+        hits = [g for g in ids if g in resident]
+        late = [g for g in ids if g not in resident and g in pending]
+        miss = [g for g in ids if g not in resident and g not in pending]
+        add("demands", l, len(ids))
+        add("hits", l, len(hits))
+        add("late", l, len(late))
+        add("misses", l, len(miss))
+        add("collisions", l, sum(1 for g in miss if g in evicted_in_pass))
+        for g in hits:
+            if resident[g]["pf"]:
+                add("pf_useful", l)
+        add("pf_useful", l, len(late))
+        for g, u in zip(ids, units):
+            score[g] = score.get(g, 0) + u
+            if policy == "belady":
+                nextuse[g] = next_demand(g, s)
+        # 3-5. demand copies behind the queue; wait; arrivals up to t_ready
+        for g in miss:  # ids ascending
+            engine_free = max(t, engine_free) + xfer
+            pending[g] = engine_free
+        t_ready = max([t] + [pending[g] for g in late + miss])
+        add("stall_ticks", l, t_ready - t)
+        arrive(arrivals_until(t_ready), D, l, s, seed)
+        # 6. use
+        seq += 1
+        for g in ids:
+            r = resident.get(g)
+            if r is None:  # bypassed
+                continue
+            r["freq"] += 1
+            r["last"] = seq
+            r["pf"] = False
+            if r["mark"] != p:  # enters the current tier (a prefetch this pass already put it there)
+                r["mark"], r["entry"] = p, seq
+        # 7. prefetch issue
+        instant = []
+        for g in (proposals[s] if proposals is not None else ()):
+            if g in resident:
+                add("pf_resident", l)
+                r = resident[g]
+                if policy == "ls" and r["mark"] != p:  # Least-Stale: a prefetch re-marks current
+                    seq += 1
+                    r["mark"], r["entry"] = p, seq
+            elif g in pending or g in instant:
+                add("pf_pending", l)
+            else:
+                add("pf_issued", l)
+                if instant_prefetch:
+                    instant.append(g)
+                else:
+                    engine_free = max(t_ready, engine_free) + xfer
+                    pending[g] = engine_free
+        if instant:
+            arrive(instant, D, l, s, seed ^ _SEED_INSTANT)
+        # 8-9. compute; arrivals during it
+        t_end = t_ready + hardware.compute_ticks(phase[p] == PREFILL, tokens[p])
+        arrive(arrivals_until(t_end), D, l, s, seed ^ _SEED_COMPUTE)
+        t = t_end
+    if steps:
+        pass_ticks.append(t - pass_start)
+    ttft: dict = {}
+    for p, d in enumerate(pass_ticks):
+        if phase[p] == PREFILL:
+            ttft[request[p]] = ttft.get(request[p], 0) + d
+    dec = [d for p, d in enumerate(pass_ticks) if phase[p] != PREFILL]
+    return TimedResult(totals=tot, per_layer=per, resident=sorted(resident), max_occupancy=max_occ,
+                       pass_ticks=pass_ticks, ttft_ticks=ttft, transfer_ticks=xfer, decode_pass_ticks=dec)

@@ -1,0 +1,99 @@
+"""Hardware timing parameters and the pinned semantics of prefetch + timing (pure Python, no jax).
+
+Time is integer **ticks of 100 ns** (``TICK_S``), so the reference and the kernels take the same
+decisions bit for bit (float times would let a copy "arrive" on one side of a visit boundary in
+one implementation and on the other side in another). Conversions round to the nearest tick.
+
+Replay of one visit ``s = (p, l)`` with demand ``D`` (ascending ids) at time ``t``:
+
+1. At a pass start the "evicted in this pass" set is cleared.
+2. Each ``x`` in ``D`` is a *hit* (resident), *late* (its copy is queued or in flight: a prefetch
+   that has not arrived) or a *miss* (fetched now). A miss on an expert evicted earlier in the
+   pass is a collision miss.
+3. Misses are queued on the single copy engine in ascending id order, **behind every copy
+   already queued** (one FIFO queue, no priorities, no preemption, no cancellation): a copy
+   starts at ``max(issue time, end of the previous copy)`` and takes ``transfer`` ticks
+   (``latency + expert_bytes / bandwidth``).
+4. ``t_ready`` = the latest completion among ``D``'s late and missed copies (``t`` if none);
+   ``stall = t_ready - t``.
+5. Every copy completing at or before ``t_ready`` arrives (one *arrival batch*, ``D`` pinned).
+6. ``D`` is used: recency/frequency/tier stamps as in the demand-only replay (one stamp for the
+   whole visit, ids ascending).
+7. Prefetch issue at ``t_ready`` (after the demand is served, overlapping the layer's compute):
+   each proposal of the plan, in order, is skipped if resident (Least-Stale re-marks it
+   *current*; no other policy treats this as a use) or already queued, else queued. With
+   ``instant_prefetch`` the proposals are inserted at once as an arrival batch instead (no copy
+   engine time): this separates the policy effect from the timing effect.
+8. The layer computes: ``t_end = t_ready + compute`` (decode: ``decode_layer``; prefill:
+   ``prefill_layer + tokens * prefill_token``).
+9. Every copy completing at or before ``t_end`` arrives (a second batch, ``D`` pinned).
+
+An arrival batch (copies in completion order, ties by id) admits demanded copies first (they
+must run; ascending id), then prefetched ones in completion order, into free slots or by
+evicting the policy's lowest-keyed residents that are neither in ``D`` nor in the batch; what
+does not fit is a *bypass* (demand: used, not cached) or a *dropped* prefetch. Arriving prefetches
+are stamped at arrival (LRU recency, FIFO insertion, LFU count 0, Least-Stale current tier with its
+layer and arrival order); Belady keys them by their next demand. A prefetched expert demanded
+while resident or in flight is *useful*; one evicted before any demand is *wasted*. Copies
+still queued at the end of the trace never arrive.
+
+Outputs: stall per visit; each pass's duration; TTFT = the duration of a request's prefill
+pass(es); TPOT = mean duration of decode passes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+TICK_S = 1e-7  # one tick = 100 ns
+
+
+def to_ticks(seconds: float) -> int:
+    """Seconds to whole ticks (nearest); ``inf`` is refused."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"a time must be finite and >= 0, got {seconds!r} s")
+    return int(round(seconds / TICK_S))
+
+
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+    """One copy engine and per-layer compute times (all numbers; vmappable in the kernels).
+
+    Attributes:
+        bandwidth_gbps: host-to-device bandwidth in GB/s (1e9 bytes/s); ``inf`` = free copies.
+        latency_us: fixed cost per copy in microseconds.
+        decode_layer_us: compute time of one layer in a decode pass (one token).
+        prefill_layer_us: fixed compute time of one layer in a prefill pass.
+        prefill_token_us: additional prefill compute per prompt token per layer.
+        name: label for tables.
+    """
+
+    bandwidth_gbps: float = 5.0
+    latency_us: float = 10.0
+    decode_layer_us: float = 150.0
+    prefill_layer_us: float = 150.0
+    prefill_token_us: float = 5.0
+    name: str = "custom"
+
+    def __post_init__(self):
+        if not (self.bandwidth_gbps > 0):
+            raise ValueError(f"bandwidth_gbps must be > 0 (inf allowed), got {self.bandwidth_gbps!r}")
+        for f in ("latency_us", "decode_layer_us", "prefill_layer_us", "prefill_token_us"):
+            v = getattr(self, f)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{f} must be finite and >= 0, got {v!r}")
+
+    def transfer_ticks(self, expert_bytes: int) -> int:
+        """Ticks to copy one expert: latency + bytes / bandwidth (each rounded to ticks)."""
+        copy = 0 if math.isinf(self.bandwidth_gbps) else to_ticks(expert_bytes / (self.bandwidth_gbps * 1e9))
+        return to_ticks(self.latency_us * 1e-6) + copy
+
+    def compute_ticks(self, prefill: bool, tokens: int) -> int:
+        """Ticks one layer computes in a pass of ``tokens`` tokens."""
+        if prefill:
+            return to_ticks(self.prefill_layer_us * 1e-6) + int(tokens) * to_ticks(self.prefill_token_us * 1e-6)
+        return to_ticks(self.decode_layer_us * 1e-6)
+
+
+INSTANT = Hardware(bandwidth_gbps=math.inf, latency_us=0.0, name="instant")
