@@ -1,0 +1,209 @@
+"""JAX engine with instantaneous next-layer prefetch (``lru``, ``ls``, ``fifo``; global pool).
+
+The kernel twin of :func:`reference_timed.simulate_timed` with ``instant_prefetch=True``: after a
+visit's demand is served, its proposals (shared by all configurations) are inserted at once, with
+the visit's demand pinned. The copy engine then only ever carries a visit's own demand misses,
+so each visit stalls exactly ``misses x transfer`` and every time of the replay is a linear
+function of the per-pass miss counts: the runner records those and the host evaluates any
+number of hardware profiles without re-running (:mod:`specmd_jax.prefetch_runner`).
+
+State and tricks are the demand-only engine's (contiguous protection ranks, "evicted in this
+pass" sentinel; see :mod:`specmd_jax.engine`), plus:
+
+* the victims of a batch are the non-pinned residents ranked at or above
+  ``R* = thresh + #{pinned with evictable position <= thresh}`` (one compare per element);
+* Least-Stale's *current* tier is always the top ``ncur`` ranks (it is more protected than every
+  stale expert), so "is current" is ``rank < ncur``: a visit moves only its non-current demand
+  to the top (an expert prefetched earlier in the pass keeps its place, as its key says), a
+  resident stale proposal is re-marked (moved to the top), and new prefetches go on top. With a
+  lookahead of one layer nothing current outranks the top, which makes these moves exact; deeper
+  lookahead for ``ls`` is reference-only for now.
+* ``pfu`` marks prefetched experts not yet demanded (for *useful*; *wasted* is derived).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+from jax import lax
+
+from .engine import ABSENT, GONE, NCOUNT, Params, _count_lt
+from .pytree import pytree_dataclass
+
+PF_POLICIES = ("lru", "ls", "fifo")
+PF_COUNTER_NAMES = ("pf_issued", "pf_resident", "pf_dropped", "pf_useful")
+
+
+@pytree_dataclass
+class PfState:
+    """Per-configuration state.
+
+    Attributes:
+        rank: int16[N] protection rank (``GONE``/``ABSENT`` sentinels), as in ``engine``.
+        occ: int32[] occupancy.
+        ncur: int32[] size of Least-Stale's current tier (top ranks); 0 for other policies.
+        pfu: bool[N] resident, prefetched and not demanded since.
+        per_layer: int32[6, L] ``engine.COUNTER_NAMES`` by visit layer.
+        pf: int32[4, L] ``PF_COUNTER_NAMES`` by visit layer.
+        max_occ: int32[].
+    """
+
+    rank: Any
+    occ: Any
+    ncur: Any
+    pfu: Any
+    per_layer: Any
+    pf: Any
+    max_occ: Any
+
+
+@pytree_dataclass
+class PfVisit:
+    """One step's inputs (shared by all configurations): ``ids`` int32[W] demand (ascending,
+    -1 padded), ``pf_ids`` int32[Q] proposals in issue order (-1 padded)."""
+
+    layer: Any
+    new_pass: Any
+    ids: Any
+    pf_ids: Any
+
+
+class PfSpec(NamedTuple):
+    policy: str
+    num_layers: int
+    num_experts: int
+    width: int
+    prefetch_width: int
+
+
+def _lower(a, valid):
+    """``#{j valid : a[j] < a[i]}`` for each i (small [W] arrays)."""
+    return jnp.sum(valid[None, :] & (a[None, :] < a[:, None]), axis=1, dtype=jnp.int32)
+
+
+def _rstar(ranks, pinned, thresh):
+    """Rank from which the non-pinned residents are victims (see module docstring)."""
+    ev_pos = ranks.astype(jnp.int32) - _lower(ranks, pinned)
+    return thresh + jnp.sum(pinned & (ev_pos <= thresh), dtype=jnp.int32), ev_pos
+
+
+def make_pf_policy(spec: PfSpec):
+    """``(init(params) -> PfState, step(state, visit, params) -> (state, misses))``."""
+    if spec.policy not in PF_POLICIES:
+        raise ValueError(f"the prefetch engine supports {PF_POLICIES}; {spec.policy!r} runs in the "
+                         "reference only (reference_timed.simulate_timed)")
+    L, E, W, Q = spec.num_layers, spec.num_experts, spec.width, spec.prefetch_width
+    N = L * E
+    ls, fifo = spec.policy == "ls", spec.policy == "fifo"
+    earlier = jnp.arange(W)[None, :] < jnp.arange(W)[:, None]     # [W, W]: j' before j
+    earlierQ = jnp.arange(Q)[None, :] < jnp.arange(Q)[:, None]    # [Q, Q]
+    laterQ = jnp.arange(Q)[None, :] > jnp.arange(Q)[:, None]
+
+    def init(params: Params) -> PfState:
+        del params
+        return PfState(rank=jnp.full((N,), ABSENT, jnp.int16), occ=jnp.zeros((), jnp.int32),
+                       ncur=jnp.zeros((), jnp.int32), pfu=jnp.zeros((N,), bool),
+                       per_layer=jnp.zeros((NCOUNT, L), jnp.int32), pf=jnp.zeros((len(PF_COUNTER_NAMES), L), jnp.int32),
+                       max_occ=jnp.zeros((), jnp.int32))
+
+    def step(state: PfState, visit: PfVisit, params: Params):
+        l = visit.layer
+        cap = params.capacity.astype(jnp.int32)
+        r = lax.cond(visit.new_pass, lambda a: jnp.where(a == GONE, ABSENT, a).astype(jnp.int16), lambda a: a,
+                     state.rank)
+        ncur = jnp.where(visit.new_pass, 0, state.ncur)
+        occ = state.occ
+        ids = visit.ids
+        valid = ids >= 0
+        loc = jnp.where(valid, ids, 0)
+        loc_drop = jnp.where(valid, ids, N)
+        inD = jnp.zeros((N,), bool).at[loc_drop].set(True, mode="drop")
+        # ---------------------------------------------------------------- the visit's demand
+        r0D = r[loc]
+        rD = jnp.where(valid, r0D, ABSENT).astype(jnp.int16)
+        resD = rD < GONE
+        missD = valid & ~resD
+        nh = jnp.sum(resD, dtype=jnp.int32)
+        nd = jnp.sum(valid, dtype=jnp.int32)
+        nm = nd - nh
+        coll = jnp.sum(rD == GONE, dtype=jnp.int32)
+        useful = jnp.sum(resD & state.pfu[loc], dtype=jnp.int32)
+        free = cap - occ
+        m = occ - nh
+        nev = jnp.clip(nm - free, 0, m)
+        na = jnp.minimum(nm, free + nev)
+        cm = jnp.sum(earlier & missD[None, :], axis=1, dtype=jnp.int32)
+        admitD = missD & (cm < na)
+        thresh = m - nev
+        rstar, ev_posD = _rstar(rD, resD, thresh)
+        gone = (r >= rstar) & (r < GONE) & ~inD
+        nv_aboveD = jnp.clip(ev_posD - thresh, 0, nev)
+        if fifo:
+            r_c = r + na.astype(jnp.int16)
+            rD_new = jnp.where(resD, rD - nv_aboveD + na, na - 1 - cm)
+            dp = resD | admitD
+        else:
+            curD = resD & (rD.astype(jnp.int32) < ncur) if ls else jnp.zeros((W,), bool)
+            moved = resD & ~curD
+            M = moved | admitD
+            nM = jnp.sum(M, dtype=jnp.int32)
+            r_c = r - _count_lt(jnp.where(moved, rD, ABSENT).astype(jnp.int16), r) + nM.astype(jnp.int16)
+            rD_cur = rD - nv_aboveD - _lower(rD, moved) + nM
+            rD_moved = jnp.sum(M[None, :] & (ids[None, :] > ids[:, None]), axis=1, dtype=jnp.int32)
+            rD_new = jnp.where(M, rD_moved, rD_cur)
+            dp = resD | admitD
+            if ls:
+                ncur = ncur - jnp.clip(ncur - jnp.sum(curD, dtype=jnp.int32) - thresh, 0, nev) + nM
+        r = jnp.where(r >= GONE, r, jnp.where(gone, GONE, r_c)).astype(jnp.int16)
+        r = r.at[loc_drop].set(jnp.where(dp, rD_new, r0D).astype(jnp.int16), mode="drop")
+        pfu = jnp.where(gone, False, state.pfu).at[loc_drop].set(False, mode="drop")
+        occ = occ - nev + na
+        max_occ = jnp.maximum(state.max_occ, occ)
+        # ---------------------------------------------------------------- instant prefetch
+        pv = visit.pf_ids >= 0
+        pidx = jnp.where(pv, visit.pf_ids, 0)
+        pdrop = jnp.where(pv, visit.pf_ids, N)
+        rP = jnp.where(pv, r[pidx], ABSENT).astype(jnp.int16)
+        resP = rP < GONE
+        n_res = jnp.sum(resP, dtype=jnp.int32)
+        if ls:  # resident stale proposals re-marked current: to the top, later proposals higher
+            R = resP & (rP.astype(jnp.int32) >= ncur)
+            nR = jnp.sum(R, dtype=jnp.int32)
+            rR_new = jnp.sum(laterQ & R[None, :], axis=1, dtype=jnp.int32)
+            up = nR.astype(jnp.int16) - _count_lt(jnp.where(R, rP, ABSENT).astype(jnp.int16), r)
+            r = jnp.where(r < GONE, r + up, r).astype(jnp.int16)
+            r = r.at[pdrop].set(jnp.where(R, rR_new.astype(jnp.int16), r[pidx]), mode="drop")
+            ncur = ncur + nR
+        A = pv & ~resP
+        a = jnp.sum(A, dtype=jnp.int32)
+        rDp = jnp.where(valid, r[loc], ABSENT).astype(jnp.int16)
+        pin = rDp < GONE
+        npin = jnp.sum(pin, dtype=jnp.int32)
+        free2 = cap - occ
+        m2 = occ - npin
+        n_adm = jnp.minimum(a, jnp.maximum(free2, 0) + m2)
+        nev2 = jnp.maximum(0, n_adm - jnp.maximum(free2, 0))
+        thresh2 = m2 - nev2
+        rstar2, ev_posP = _rstar(rDp, pin, thresh2)
+        gone2 = (r >= rstar2) & (r < GONE) & ~inD
+        r_pin = rDp + n_adm - jnp.clip(ev_posP - thresh2, 0, nev2)
+        if ls:
+            ncur = ncur - jnp.clip(ncur - jnp.sum(pin & (rDp.astype(jnp.int32) < ncur), dtype=jnp.int32) - thresh2,
+                                   0, nev2) + n_adm
+        r = jnp.where(r >= GONE, r, jnp.where(gone2, GONE, r + n_adm.astype(jnp.int16))).astype(jnp.int16)
+        r = r.at[loc_drop].set(jnp.where(pin, r_pin.astype(jnp.int16), r[loc]), mode="drop")
+        ca = jnp.sum(earlierQ & A[None, :], axis=1, dtype=jnp.int32)
+        adm = A & (ca < n_adm)
+        r = r.at[pdrop].set(jnp.where(adm, (n_adm - 1 - ca).astype(jnp.int16), r[pidx]), mode="drop")
+        pfu = jnp.where(gone2, False, pfu)
+        pfu = pfu.at[pdrop].set(adm | pfu[pidx], mode="drop")
+        occ = occ - nev2 + n_adm
+        max_occ = jnp.maximum(max_occ, occ)
+        info = jnp.stack([nd, nh, nm, coll, nev + nev2, nm - na]).astype(jnp.int32)
+        pinfo = jnp.stack([a, n_res, a - n_adm, useful]).astype(jnp.int32)
+        new = PfState(rank=r, occ=occ, ncur=ncur, pfu=pfu, per_layer=state.per_layer.at[:, l].add(info),
+                      pf=state.pf.at[:, l].add(pinfo), max_occ=max_occ)
+        return new, nm
+
+    return init, step

@@ -1,0 +1,94 @@
+"""The JAX instant-prefetch engine equals the timed reference (``instant_prefetch=True``) exactly:
+counters, per-layer counts, prefetch counters, final resident sets, occupancy and every pass
+time, for lru / ls / fifo, many capacities at once, on random, synthetic and real traces."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import random_trace
+from specmd_jax import synthetic
+from specmd_jax.engine import COUNTER_NAMES
+from specmd_jax.engine_pf import PF_POLICIES
+from specmd_jax.prefetch import PrefetchConfig, PrefetchPlan, make_plan
+from specmd_jax.prefetch_runner import run_instant, timing
+from specmd_jax.reference_timed import simulate_timed
+from specmd_jax.runner import run_configs
+from specmd_jax.timing import Hardware
+
+HW = Hardware(bandwidth_gbps=3.0, latency_us=5.0, decode_layer_us=80.0, prefill_layer_us=60.0, prefill_token_us=4.0)
+PF_COUNTERS = ("pf_issued", "pf_resident", "pf_dropped", "pf_useful", "pf_wasted")
+
+
+def check(trace, policy, plan, caps, hw=HW):
+    r = run_instant(trace, policy, caps, plan)
+    tm = timing(trace, r.pass_misses, hw)
+    for i, c in enumerate(caps):
+        ref = simulate_timed(trace, policy, int(c), plan=plan, hardware=hw, instant_prefetch=True)
+        ctx = f"{trace.source} {policy} {plan.config.predictor}/{plan.config.selector} cap={c}"
+        assert dict(zip(COUNTER_NAMES, r.totals[i].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
+        for k, name in enumerate(COUNTER_NAMES):
+            assert r.per_layer[i, k].tolist() == ref.per_layer[name], f"{ctx} per-layer {name}"
+        assert {k: int(r.pf_totals[k][i]) for k in PF_COUNTERS} == {k: ref.totals[k] for k in PF_COUNTERS}, ctx
+        assert np.flatnonzero(r.resident[i]).tolist() == ref.resident, ctx
+        assert r.max_occupancy[i] == ref.max_occupancy, ctx
+        assert tm["pass_ticks"][i].tolist() == ref.pass_ticks, ctx
+        assert tm["stall_ticks"][i] == ref.totals["stall_ticks"], ctx
+        ttft = np.mean(list(ref.ttft_ticks.values())) if ref.ttft_ticks else float("nan")
+        np.testing.assert_allclose([tm["ttft_ticks"][i], tm["tpot_ticks"][i]], [ttft, ref.tpot_ticks], rtol=1e-12)
+    return r
+
+
+@pytest.mark.parametrize("policy", PF_POLICIES)
+def test_random_traces(policy):
+    caps = [0, 1, 2, 3, 5, 8, 12, 18]
+    for seed in range(3):
+        t = random_trace(L=3, E=6, K=2, P=12, max_tokens=3, seed=seed)
+        for cfg in (PrefetchConfig("oracle", "all"), PrefetchConfig("reuse", "all"),
+                    PrefetchConfig("oracle_degraded", "all", recall=0.6, precision=0.5, seed=seed)):
+            check(t, policy, make_plan(t, cfg), caps)
+
+
+@pytest.mark.parametrize("policy", PF_POLICIES)
+def test_synthetic_olmoe_with_prefill_and_recorded_predictions(policy):
+    t = synthetic.generate("olmoe-1b-7b", num_requests=2, prompt_len=6, gen_len=12, seed=3, pred_noise=1.0)
+    for cfg in (PrefetchConfig("recorded", "topk"), PrefetchConfig("recorded", "percentile"),
+                PrefetchConfig("oracle_degraded", "all", recall=0.7, precision=0.5, seed=1)):
+        check(t, policy, make_plan(t, cfg), [4, 10, 51, 128, 256, 1024])
+
+
+def test_real_traces(qwen_trace, mixtral_trace):
+    q = qwen_trace.slice_passes(0, 12)
+    check(q, "ls", make_plan(q, PrefetchConfig("reuse", "all")), [61, 307, 1536])
+    m = mixtral_trace.slice_passes(0, 60)
+    for pol in ("lru", "ls"):
+        check(m, pol, make_plan(m, PrefetchConfig("oracle", "topk")), [2, 12, 64, 128])
+
+
+@pytest.mark.parametrize("policy", PF_POLICIES)
+def test_empty_plan_is_the_demand_only_engine(policy):
+    t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=6, gen_len=12, seed=5)
+    empty = PrefetchPlan(ids=np.full((t.num_visits, 1), -1, np.int32), config=PrefetchConfig(), source="")
+    caps = [3, 10, 51, 256]
+    a = run_instant(t, policy, caps, empty)
+    b = run_configs(t, policy, caps)
+    assert np.array_equal(a.per_layer, b.per_layer) and np.array_equal(a.resident, b.resident)
+    assert all(int(a.pf_totals[k].sum()) == 0 for k in PF_COUNTERS)
+    # demand-only times: stall = misses x transfer, for any hardware, from the same run
+    for hw in (HW, Hardware(bandwidth_gbps=math.inf, latency_us=0.0)):
+        tm = timing(t, a.pass_misses, hw)
+        assert np.array_equal(tm["stall_ticks"], b.totals[:, 2] * hw.transfer_ticks(t.shape.expert_bytes))
+
+
+def test_errors():
+    t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=0, gen_len=4, seed=5)
+    plan = make_plan(t, PrefetchConfig("oracle", "all"))
+    with pytest.raises(ValueError, match="reference"):
+        run_instant(t, "belady", [10], plan)
+    with pytest.raises(ValueError, match="lookahead of 1"):
+        run_instant(t, "ls", [10], make_plan(t, PrefetchConfig("oracle", "all", depth=2)))
+    with pytest.raises(ValueError, match="visits"):
+        run_instant(t.slice_passes(0, 2), "lru", [10], plan)
