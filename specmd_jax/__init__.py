@@ -1,7 +1,8 @@
 """specmd_jax: accelerator-native simulation of MoE expert-cache policies (after SpecMD, 2026).
 
 Public API: :func:`load_trace`, :func:`save_trace`, :mod:`synthetic`, :func:`simulate`,
-:func:`sweep`, :func:`lru_mrc`, :func:`list_policies`. Attributes are imported lazily so that
+:func:`sweep`, :func:`lru_mrc`, :func:`list_policies`; prefetch + timing: :func:`sweep_prefetch`,
+:class:`PrefetchConfig`, :class:`Hardware`, ``HARDWARE_PRESETS``. Attributes are imported lazily so that
 the pure-Python parts (``trace``, ``readers``, ``synthetic``, ``reference``) load without jax.
 """
 
@@ -11,6 +12,8 @@ _LAZY = {
     "load_trace": "readers", "save_trace": "trace", "ModelShape": "trace", "Trace": "trace",
     "TraceError": "trace", "MODEL_PRESETS": "presets", "simulate": "api", "sweep": "api",
     "list_policies": "api", "capacity_slots": "api", "METRICS": "api", "lru_mrc": "mrc",
+    "sweep_prefetch": "api_prefetch", "PrefetchConfig": "prefetch", "make_plan": "prefetch",
+    "Hardware": "timing", "HARDWARE_PRESETS": "timing",
 }
 __all__ = sorted(_LAZY) + ["synthetic", "reference"]
 __version__ = "0.1.0"
@@ -19,6 +22,8 @@ __version__ = "0.1.0"
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    if name in ("synthetic", "reference", "readers", "trace", "presets", "engine", "runner", "mrc", "api", "visits", "semantics"):
+    if name in ("synthetic", "reference", "readers", "trace", "presets", "engine", "runner", "mrc", "api", "visits",
+                "semantics", "stack", "prefetch", "timing", "reference_timed", "engine_pf", "prefetch_runner",
+                "api_prefetch"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'specmd_jax' has no attribute {name!r}")

@@ -97,3 +97,22 @@ class Hardware:
 
 
 INSTANT = Hardware(bandwidth_gbps=math.inf, latency_us=0.0, name="instant")
+
+# Host-to-device link presets. Bandwidths are achievable pinned-memory copy rates, not the bus
+# peak; compute times are one MoE layer's time (decode: one token; prefill: fixed + per token)
+# for an OLMoE-class layer and are assumptions to override per model (Hardware(...) or
+# dataclasses.replace). Sources:
+#   a100-5gbps: SpecMD §5.1 / App. A.4 - the paper's A100 measured "on average 5 GB/s" native.
+#   pcie4-x16: PCIe 4.0 x16 = 31.5 GB/s per direction (PCI-SIG); ~25 GB/s is the usual pinned
+#              cudaMemcpy figure.
+#   pcie5-x16: PCIe 5.0 x16 = 63 GB/s per direction (PCI-SIG); ~50 GB/s achievable.
+#   consumer-gpu: a desktop card on PCIe 4.0 x8-x16 with pageable staging, ~12 GB/s; slower compute.
+#   edge-unified: unified memory (e.g. Jetson Orin, 204.8 GB/s LPDDR5): "copies" are DRAM-to-DRAM
+#                 re-layouts at a fraction of that; small latency; compute several times slower.
+HARDWARE_PRESETS = {
+    "a100-5gbps": Hardware(5.0, 10.0, 150.0, 150.0, 5.0, "a100-5gbps"),
+    "pcie4-x16": Hardware(25.0, 10.0, 150.0, 150.0, 5.0, "pcie4-x16"),
+    "pcie5-x16": Hardware(50.0, 8.0, 120.0, 120.0, 4.0, "pcie5-x16"),
+    "consumer-gpu": Hardware(12.0, 15.0, 250.0, 250.0, 10.0, "consumer-gpu"),
+    "edge-unified": Hardware(60.0, 2.0, 900.0, 900.0, 40.0, "edge-unified"),
+}

@@ -20,3 +20,15 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     assert mrc["capacity_slots"].tolist() == list(range(1025))
     assert (tmp_path / "my_trace.npz").exists()
     assert "ls" in capsys.readouterr().out
+
+
+def test_readme_prefetch_example_runs(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    assert len(blocks) >= 2, "README lost its prefetch example"
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(blocks[1], "README.md", "exec"), ns)  # noqa: S102 - our own documentation
+    fast, slow = ns["fast"], ns["slow"]
+    assert len(fast) == len(slow) == 4
+    assert set(fast["engine"]) == {"jax-instant"} and set(slow["engine"]) == {"reference-async"}
+    assert (slow["late"] > 0).any() and (fast["late"] == 0).all()

@@ -1,0 +1,82 @@
+"""``sj.sweep_prefetch``: the table, its engines, the equivalences with the demand-only API, and
+errors; plus a slow smoke run of ``experiments/prefetch_study.py --quick``."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import specmd_jax as sj
+from specmd_jax.prefetch import PrefetchConfig
+from specmd_jax.timing import HARDWARE_PRESETS, Hardware
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trace():
+    return sj.synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=8, gen_len=12, seed=2, pred_noise=1.0)
+
+
+def test_table_and_engines(trace):
+    hws = [HARDWARE_PRESETS["a100-5gbps"], HARDWARE_PRESETS["pcie5-x16"]]
+    pf = PrefetchConfig("recorded", "topk")
+    a = sj.sweep_prefetch(trace, "ls", fractions=[0.05, 0.25], prefetch=pf, hardware=hws, timing="async")
+    i = sj.sweep_prefetch(trace, "ls", fractions=[0.05, 0.25], prefetch=pf, hardware=hws, timing="instant")
+    b = sj.sweep_prefetch(trace, "belady", fractions=[0.05], prefetch=pf, hardware=hws[:1], timing="instant")
+    assert len(a) == len(i) == 4 and len(b) == 1
+    assert set(a["engine"]) == {"reference-async"} and set(i["engine"]) == {"jax-instant"}
+    assert set(b["engine"]) == {"reference-instant"}
+    for df in (a, i, b):
+        assert (df["hits"] + df["late"] + df["misses"] == df["demands"]).all()
+        for c in ("hit_rate", "late_rate", "collision_rate"):
+            assert df[c].between(0, 1).all()
+        assert (df["ttft_ms"] > 0).all() and (df["tpot_ms"] > 0).all()
+        assert 0 < df["pred_precision"].iloc[0] <= 1
+    assert (i["late"] == 0).all() and (a["late"] > 0).any()
+    # instant: hardware changes times, not counts
+    g = i.groupby("capacity_slots")
+    assert (g["misses"].nunique() == 1).all() and (g["tpot_ms"].nunique() == 2).all()
+
+
+def test_no_prefetch_matches_demand_only_sweep(trace):
+    caps = [10, 51, 256]
+    d = sj.sweep(trace, "lru", capacities=caps)
+    for timing in ("async", "instant"):
+        p = sj.sweep_prefetch(trace, "lru", capacities=caps, timing=timing,
+                              hardware=[Hardware(math.inf, 0.0, 100.0, 100.0, 2.0, "free")])
+        assert p["hits"].tolist() == d["hits"].tolist() and p["collisions"].tolist() == d["collisions"].tolist()
+        assert (p["stall_ms"] == 0).all() and (p["pf_issued"] == 0).all()
+
+
+def test_errors(trace):
+    with pytest.raises(ValueError, match="timing must be"):
+        sj.sweep_prefetch(trace, "lru", capacities=[10], timing="later")
+    with pytest.raises(ValueError, match="exactly one"):
+        sj.sweep_prefetch(trace, "lru")
+    with pytest.raises(TypeError, match="prefetch must be"):
+        sj.sweep_prefetch(trace, "lru", capacities=[10], prefetch="topk")
+    with pytest.raises(ValueError, match="bandwidth_gbps"):
+        Hardware(bandwidth_gbps=0.0)
+
+
+@pytest.mark.slow
+def test_prefetch_study_quick(tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "experiments" / "prefetch_study.py"), "--quick", "--out",
+                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = pd.read_csv(tmp_path / "results.csv")
+    rat = pd.read_csv(tmp_path / "collision_ratios.csv")
+    # 2 traces x 3 prefetch settings x 2 policies x 2 timings x 3 capacities x 4 hardware rows
+    assert len(res) == 2 * 3 * 2 * 2 * 3 * 4
+    assert res["hit_rate"].between(0, 1).all() and (res["hits"] + res["late"] + res["misses"] == res["demands"]).all()
+    assert len(rat) == len(res) // 2 and np.isfinite(rat["lru_collisions"]).all()
+    assert (tmp_path / "summary.md").read_text().count("|") > 100
+    assert all((tmp_path / f).read_bytes()[:4] == b"\x89PNG" for f in
+               ("collision_ratio_synthetic-olmoe.png", "collision_ratio_qwen3-real.png", "tpot_5pct_5gbps.png"))
