@@ -40,7 +40,9 @@ def traces(args):
     if args.expert_bits != 16:  # paper Table 1: 4-bit experts; Table 3 sizes are fp16
         shape = dataclasses.replace(syn.shape, expert_bytes=syn.shape.expert_bytes * args.expert_bits // 16)
         syn = dataclasses.replace(syn, shape=shape)
-    out = {"synthetic-olmoe": (syn, [PrefetchConfig("recorded", "topk"), PrefetchConfig("recorded", "percentile")])}
+    deg = [PrefetchConfig("oracle_degraded", "all", recall=0.8, precision=0.8, seed=0, depth=d) for d in (1, 3)]
+    out = {"synthetic-olmoe": (syn, [PrefetchConfig("recorded", "topk"), PrefetchConfig("recorded", "percentile"),
+                                     *deg])}
     tdir = Path(os.environ.get("SPECMD_TRACES", Path(__file__).resolve().parents[2] / "shared" / "traces"))
     q = tdir / QWEN
     if q.exists():
@@ -48,9 +50,9 @@ def traces(args):
         if args.quick:
             qt = qt.slice_passes(0, 24)
         # no recorded predictions in this trace: previous-pass reuse, and an oracle degraded to
-        # the synthetic recorded predictor's measured quality (~0.8 precision and recall)
-        out["qwen3-real"] = (qt, [PrefetchConfig("reuse", "all"),
-                                  PrefetchConfig("oracle_degraded", "all", recall=0.8, precision=0.8, seed=0)])
+        # the synthetic recorded predictor's measured quality (~0.8 precision and recall), with a
+        # lookahead of 1 layer (the paper) and 3 layers (ours)
+        out["qwen3-real"] = (qt, [PrefetchConfig("reuse", "all"), *deg])
     else:
         print(f"note: {q} not found; the real-trace rows are skipped", flush=True)
     return out
@@ -150,7 +152,32 @@ def summary(res: pd.DataFrame, rat: pd.DataFrame, args, files, wall: float) -> s
             v = r[c]
             cells.append(f"{v:.3g}" if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Plots: " + ", ".join(f"[{f.name}]({f.name})" for f in files), ""]
+    lines += ["", "## Findings (computed from the table above)", ""]
+    for (tr, timing), g in rat.groupby(["study_trace", "timing"]):
+        g = g[g["prefetch"] != "none"]
+        if not len(g):
+            continue
+        by_depth = g.assign(deep=g["prefetch"].str.endswith("d3"))
+        d1 = by_depth[~by_depth.deep]["lru_over_ls"]
+        d3 = by_depth[by_depth.deep]["lru_over_ls"]
+        best = g.loc[g["lru_over_ls"].idxmax()]
+        lines.append(f"- {tr}, {timing}: LRU/LS collision ratio {d1.min():.2f}-{d1.max():.2f} with a one-layer "
+                     f"lookahead" + (f", {d3.min():.2f}-{d3.max():.2f} with three layers" if len(d3) else "")
+                     + f"; largest {best['lru_over_ls']:.2f}x ({best['prefetch']}, {best['capacity_fraction']:.0%}, "
+                     f"{best['hardware']}).")
+    lines += ["",
+              "Why the ratio stays near 1 with a one-layer lookahead (where it does): a prefetch for layer l+1 is issued after "
+              "layer l's demand has been used, so it arrives *more recent* than everything LRU could evict "
+              "in its place; LRU then protects it exactly as Least-Stale does, and the two make nearly the "
+              "same decisions (demand-only they are identical). The inversion the paper describes (a "
+              "next-layer expert that looks older than the layer being served) needs prefetched experts "
+              "to sit in the cache across several layers: with a three-layer lookahead and room to hold "
+              "them, LRU can evict the experts of layers l+2, l+3 while serving l+1 (they were stamped before "
+              "layer l+1's use), and LS does not (they are current and of later layers). A slow link "
+              "delays arrivals past their layer, which changes the picture again (compare the async "
+              "rows by link). We report the ratio as measured and do not tune the semantics toward the "
+              "paper's 2.6-8.6x (5 %) / 85x (1 %).",
+              "", "Plots: " + ", ".join(f"[{f.name}]({f.name})" for f in files), ""]
     return "\n".join(lines) + "\n"
 
 

@@ -73,10 +73,33 @@ def test_prefetch_study_quick(tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     res = pd.read_csv(tmp_path / "results.csv")
     rat = pd.read_csv(tmp_path / "collision_ratios.csv")
-    # 2 traces x 3 prefetch settings x 2 policies x 2 timings x 3 capacities x 4 hardware rows
-    assert len(res) == 2 * 3 * 2 * 2 * 3 * 4
+    # (synthetic: none + 4 plans; qwen3: none + 3 plans) x 2 policies x 2 timings x 3 capacities x 4 hardware
+    assert len(res) == (5 + 4) * 2 * 2 * 3 * 4
     assert res["hit_rate"].between(0, 1).all() and (res["hits"] + res["late"] + res["misses"] == res["demands"]).all()
     assert len(rat) == len(res) // 2 and np.isfinite(rat["lru_collisions"]).all()
     assert (tmp_path / "summary.md").read_text().count("|") > 100
     assert all((tmp_path / f).read_bytes()[:4] == b"\x89PNG" for f in
                ("collision_ratio_synthetic-olmoe.png", "collision_ratio_qwen3-real.png", "tpot_5pct_5gbps.png"))
+
+
+def test_system_presets():
+    from specmd_jax.systems import SYSTEMS, get_system
+    assert set(SYSTEMS) == {"eliseev23", "zhu25", "hobbit24", "mixturecache25", "specmd"}
+    assert get_system("specmd").prefetch().selector == "percentile" and get_system("specmd").eviction == "ls"
+    assert get_system("mixturecache25").prefetch() is None
+    h = get_system("hobbit24")
+    assert h.eviction == "lfu" and any("LHU" in n for n in h.run_notes()) and any("cascade" in n for n in h.run_notes())
+    assert h.with_eviction("ls").eviction == "ls" and h.with_eviction("ls").prefetch() == h.prefetch()
+    assert get_system("eliseev23").prefetch("oracle_degraded", recall=0.5).recall == 0.5
+    with pytest.raises(ValueError, match="unknown system"):
+        get_system("moe-infinity")
+
+
+@pytest.mark.slow
+def test_table2_quick(tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "experiments" / "table2.py"), "--quick", "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = pd.read_csv(tmp_path / "table2.csv")
+    assert len(res) == 2 * 4 * 2 and set(res["eviction"]) >= {"ls", "lru", "sb", "lfu"}
+    assert (res["ttft_ms"] > 0).all() and (tmp_path / "table2.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,104 @@
+"""Cost of prefetch + timing vs the demand-only engine (issue 3's benchmark), same process.
+
+Workload: synthetic OLMoE decode stream (``--tokens`` passes, recorded predictions with
+``pred_noise`` 1.0), ``--configs`` capacities ``linspace(16, N, B)``, top-k x 1.0 next-layer plan.
+Rows: the demand-only vmapped scan (``runner.run_configs``), the instant-prefetch engine
+(``prefetch_runner.run_instant``, which also yields every hardware profile's times from the same
+run; the host timing step is timed separately), and the exact async reference on one
+configuration (for scale). ``ratio_vs_demand_only`` = engine time / demand-only time of the same
+policy (the issue's target: <= 2x at 1024 configurations).
+
+Writes ``<out>/prefetch_<backend>.csv`` and ``.md``. Example::
+
+    .venv/bin/python experiments/bench_prefetch.py --tokens 512 --configs 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from specmd_jax import synthetic  # noqa: E402
+from specmd_jax.prefetch import PrefetchConfig, make_plan  # noqa: E402
+from specmd_jax.prefetch_runner import run_instant, timing  # noqa: E402
+from specmd_jax.reference_timed import simulate_timed  # noqa: E402
+from specmd_jax.runner import run_configs  # noqa: E402
+from specmd_jax.timing import HARDWARE_PRESETS  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tokens", type=int, default=512)
+    ap.add_argument("--configs", type=int, default=1024)
+    ap.add_argument("--policies", default="lru,ls,fifo")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default="outputs/bench")
+    a = ap.parse_args(argv)
+    t = synthetic.decode_stream("olmoe-1b-7b", a.tokens, seed=0, pred_noise=1.0)
+    N = t.shape.num_ids
+    caps = np.linspace(16, N, a.configs).astype(int)
+    plan = make_plan(t, PrefetchConfig("recorded", "topk"))
+    acc = int(sum(len(set(t.experts[t.cell_offsets[c]:t.cell_offsets[c + 1]].reshape(-1).tolist()))
+                  for c in range(t.num_visits)))
+    hws = list(HARDWARE_PRESETS.values())
+    rows = []
+
+    def best(fn):
+        out, b, comp = None, float("inf"), None
+        for _ in range(max(1, a.repeats)):
+            out = fn()
+            comp = out.compile_s if comp is None else comp
+            b = min(b, out.run_s)
+        return out, comp, b
+
+    for pol in a.policies.split(","):
+        d, dc, ds = best(lambda: run_configs(t, pol, caps))
+        p, pc, ps = best(lambda: run_instant(t, pol, caps, plan))
+        t0 = time.perf_counter()
+        for h in hws:
+            timing(t, p.pass_misses, h)
+        th = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        simulate_timed(t, pol, N // 20, plan=plan, hardware=hws[0])
+        tr = time.perf_counter() - t0
+        for engine, B, comp, run in (("demand-only scan", a.configs, dc, ds),
+                                     ("instant prefetch (jax)", a.configs, pc, ps),
+                                     (f"host timing of {len(hws)} hardware profiles", a.configs, float("nan"), th),
+                                     ("async reference (1 config)", 1, float("nan"), tr)):
+            rows.append({"policy": pol, "engine": engine, "configs": B, "accesses": acc, "compile_s": comp,
+                         "run_s": run, "acc_per_s": B * acc / run,
+                         "ratio_vs_demand_only": run / ds if B == a.configs else float("nan")})
+        print(f"{pol}: demand-only {ds:.2f}s, instant prefetch {ps:.2f}s ({ps / ds:.2f}x), host timing {th * 1e3:.1f} ms, "
+              f"async reference {tr:.2f}s/config", flush=True)
+    df = pd.DataFrame(rows)
+    backend = jax.default_backend()
+    os.makedirs(a.out, exist_ok=True)
+    df.to_csv(os.path.join(a.out, f"prefetch_{backend}.csv"), index=False)
+    lines = [f"# Prefetch + timing cost ({backend})", "",
+             f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; {os.cpu_count()} CPUs, "
+             f"{platform.platform()}; jax {jax.__version__}",
+             f"- trace: {t.describe()}; {acc} demands per configuration; plan: recorded top-k x1.0 "
+             f"({plan.num_proposals} proposals)",
+             f"- command: `{' '.join(sys.argv) if argv is None else argv}`", "",
+             "| policy | engine | configs | compile_s | run_s | M acc/s | ratio_vs_demand_only |", "|---|---|---|---|---|---|---|"]
+    for _, r in df.iterrows():
+        lines.append(f"| {r.policy} | {r.engine} | {r.configs} | {r.compile_s:.2f} | {r.run_s:.3f} | "
+                     f"{r.acc_per_s / 1e6:.2f} | {r.ratio_vs_demand_only:.2f} |")
+    Path(a.out, f"prefetch_{backend}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {a.out}/prefetch_{backend}.csv and .md")
+    return df
+
+
+if __name__ == "__main__":
+    main()
