@@ -80,7 +80,8 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
     tot = dict.fromkeys(COUNTERS, 0)
     per = {k: [0] * L for k in COUNTERS}
     resident: dict = {}                      # id -> record
-    pending: dict = {}                       # id -> completion tick of its queued/in-flight copy
+    pending: dict = {}                       # id -> (completion tick, issue number) of its queued copy
+    issued = 0
     occ = [0] * (L if partitioned else 1)
     score: dict = {}
     nextuse: dict = {}
@@ -146,10 +147,11 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
             assert occ[q] <= max(cap_of(q), 0), "occupancy exceeded capacity"
 
     def arrivals_until(limit):
-        due = sorted((d, g) for g, d in pending.items() if d <= limit)
-        for _, g in due:
+        # completion order = issue order (one FIFO engine; equal times only when copies are free)
+        due = sorted((d, k, g) for g, (d, k) in pending.items() if d <= limit)
+        for _, _, g in due:
             del pending[g]
-        return [g for _, g in due]
+        return [g for _, _, g in due]
 
     for s, (p, l, new_pass, ids, units) in enumerate(steps):
         if new_pass:
@@ -177,8 +179,9 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
         # 3-5. demand copies behind the queue; wait; arrivals up to t_ready
         for g in miss:  # ids ascending
             engine_free = max(t, engine_free) + xfer
-            pending[g] = engine_free
-        t_ready = max([t] + [pending[g] for g in late + miss])
+            issued += 1
+            pending[g] = (engine_free, issued)
+        t_ready = max([t] + [pending[g][0] for g in late + miss])
         add("stall_ticks", l, t_ready - t)
         arrive(arrivals_until(t_ready), D, l, s, seed)
         # 6. use
@@ -209,7 +212,8 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
                     instant.append(g)
                 else:
                     engine_free = max(t_ready, engine_free) + xfer
-                    pending[g] = engine_free
+                    issued += 1
+                    pending[g] = (engine_free, issued)
         if instant:
             arrive(instant, D, l, s, seed ^ _SEED_INSTANT)
         # 8-9. compute; arrivals during it

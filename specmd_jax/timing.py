@@ -28,7 +28,7 @@ Replay of one visit ``s = (p, l)`` with demand ``D`` (ascending ids) at time ``t
    ``prefill_layer + tokens * prefill_token``).
 9. Every copy completing at or before ``t_end`` arrives (a second batch, ``D`` pinned).
 
-An arrival batch (copies in completion order, ties by id) admits demanded copies first (they
+An arrival batch (copies in completion order, which is issue order: one FIFO engine) admits demanded copies first (they
 must run; ascending id), then prefetched ones in completion order, into free slots or by
 evicting the policy's lowest-keyed residents that are neither in ``D`` nor in the batch; what
 does not fit is a *bypass* (demand: used, not cached) or a *dropped* prefetch. Arriving prefetches

@@ -189,3 +189,15 @@ def test_arrival_batch_admits_demand_first_and_drops_prefetch_without_room():
     assert (T["misses"], T["late"], T["pf_issued"], T["pf_arrived"], T["pf_dropped"]) == (1, 1, 2, 1, 1)
     assert r.resident == [5] and T["evictions"] == 1 and T["bypass"] == 0
     assert r.per_layer["stall_ticks"] == [to_ticks(1e-3), to_ticks(1.7e-3)]
+
+
+def test_free_copies_arrive_in_issue_order():
+    """With free copies every proposal completes at its issue time; the batch keeps issue order
+    (the plan's score order 7, 4, 6), not id order. Capacity 3: at (0, 0) the demanded 0 is
+    pinned and two slots are free, so 7 and 4 are admitted and 6 is dropped (id order would
+    have kept 4 and 6); at (0, 1) the miss on 5 evicts 0, the least recent."""
+    t = _tiny([[0, 1]], E=4)
+    free = Hardware(bandwidth_gbps=math.inf, latency_us=0.0, decode_layer_us=100.0)
+    r = simulate_timed(t, "lru", 3, plan=_plan(t, [[7, 4, 6], []]), hardware=free)
+    assert r.totals["pf_arrived"] == 3 and r.totals["pf_dropped"] == 1
+    assert r.resident == [4, 5, 7] and r.totals["evictions"] == 1
