@@ -1,0 +1,119 @@
+"""Hydra entry point for prefetch + timing studies (``conf/prefetch.yaml``).
+
+Hydra selects (trace, capacities, hardware profiles, a prior system or a prefetch config,
+timing); :func:`specmd_jax.sweep_prefetch` computes. Writes ``results.csv`` (one row per policy x
+capacity x hardware profile) and ``trace.txt`` into the run directory, prints a summary.
+
+    python experiments/prefetch_run.py
+    python experiments/prefetch_run.py system=zhu25 hardware=all timing=instant
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import specmd_jax as sj  # noqa: E402
+from specmd_jax.app_config import ConfigError, build_trace, resolve_capacities, resolve_policies  # noqa: E402
+from specmd_jax.prefetch import PrefetchConfig  # noqa: E402
+from specmd_jax.systems import get_system  # noqa: E402
+from specmd_jax.timing import HARDWARE_PRESETS  # noqa: E402
+from specmd_jax.trace import TraceError  # noqa: E402
+
+SHOW = ["policy", "prefetch", "capacity_fraction", "hardware", "hit_rate", "late_rate", "collision_rate",
+        "ttft_ms", "tpot_ms"]
+
+
+def _hardware(cfg_hw) -> list:
+    if not isinstance(cfg_hw, dict) or not cfg_hw.get("profiles"):
+        raise ConfigError("hardware.profiles must list preset names, e.g. hardware=a100_5gbps; valid names: "
+                          + ", ".join(HARDWARE_PRESETS))
+    out = []
+    for name in cfg_hw["profiles"]:
+        if name not in HARDWARE_PRESETS:
+            raise ConfigError(f"unknown hardware profile {name!r} in hardware.profiles; valid: "
+                              + ", ".join(HARDWARE_PRESETS))
+        out.append(HARDWARE_PRESETS[name])
+    return out
+
+
+def _prefetch(cfg_pf: dict, system) -> PrefetchConfig | None:
+    kw = dict(cfg_pf)
+    if kw.pop("none", False):
+        return None
+    if system is not None:
+        return system.prefetch(**{k: v for k, v in kw.items() if k not in ("selector",)})
+    try:
+        return PrefetchConfig(**kw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"prefetch: {e}") from None
+
+
+def run(cfg: dict) -> pd.DataFrame:
+    trace = build_trace(cfg["trace"])
+    sizes = resolve_capacities(trace, cfg["sweep"])
+    hws = _hardware(cfg.get("hardware"))
+    if cfg.get("timing") not in ("async", "instant"):
+        raise ConfigError(f"timing must be async or instant, got {cfg.get('timing')!r}")
+    system = get_system(cfg["system"]["name"]) if cfg.get("system") else None
+    pf = _prefetch(cfg["prefetch"], system)
+    if pf is not None and pf.predictor == "recorded" and not trace.has_predictions:
+        raise ConfigError(f"prefetch.predictor=recorded, but trace {trace.source} has no recorded predictions: "
+                          "set trace.pred_noise=1.0 (synthetic) or prefetch.predictor=oracle_degraded "
+                          "prefetch.recall=0.8 prefetch.precision=0.8")
+    if system is not None:
+        runs = [(system.eviction, system)] + ([("ls", system.with_eviction("ls"))]
+                                              if cfg.get("ls_dropin") and system.eviction != "ls" else [])
+        notes = list(system.run_notes())
+    else:
+        runs = [(p, None) for p in resolve_policies(cfg.get("policies"), None, "pinned")]
+        notes = []
+    print(f"trace: {trace.describe()}")
+    print(f"prefetch: {pf}; timing: {cfg['timing']}; hardware: {', '.join(h.name for h in hws)}")
+    frames = []
+    for pol, s in runs:
+        t0 = time.perf_counter()
+        try:
+            df = sj.sweep_prefetch(trace, pol, **sizes, prefetch=pf, hardware=hws, timing=cfg["timing"],
+                                   progress=bool(cfg.get("progress")))
+        except ValueError as e:
+            raise ConfigError(f"policy {pol}: {e}") from None
+        df.insert(0, "system", s.name if s is not None else "")
+        frames.append(df)
+        print(f"  {pol:>6s}: {time.perf_counter() - t0:6.1f} s ({df['engine'].iloc[0]})", flush=True)
+    res = pd.concat(frames, ignore_index=True)
+    out = Path(cfg["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    res.to_csv(out / "results.csv", index=False)
+    info = [trace.describe(), f"source: {trace.source}", f"prefetch: {pf}", f"timing: {cfg['timing']}",
+            f"hardware: {[h for h in hws]}", f"prediction precision/recall: {res['pred_precision'].iloc[0]:.3f} / "
+            f"{res['pred_recall'].iloc[0]:.3f}", "notes:"] + [f"  - {n}" for n in (*trace.notes, *notes)]
+    (out / "trace.txt").write_text("\n".join(info) + "\n", encoding="utf-8")
+    with pd.option_context("display.width", 200):
+        print()
+        print(res[SHOW].to_string(index=False, max_rows=60, float_format=lambda x: f"{x:.4f}"))
+    for n in notes:
+        print(f"note: {n}")
+    print(f"\nwrote {out / 'results.csv'}, {out / 'trace.txt'}")
+    return res
+
+
+@hydra.main(config_path="../conf", config_name="prefetch", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    try:
+        run(OmegaConf.to_container(cfg, resolve=True))
+    except (ConfigError, TraceError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

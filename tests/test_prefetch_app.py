@@ -1,0 +1,50 @@
+"""The prefetch hydra entry point (experiments/prefetch_run.py, conf/prefetch.yaml): a default
+run, a prior-system run over every hardware preset, and the startup errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = str(ROOT / "experiments" / "prefetch_run.py")
+TINY = ["trace.num_requests=1", "trace.prompt_len=6", "trace.gen_len=6", "progress=false"]
+
+
+def _run(args, ok=True, env=None):
+    p = subprocess.run([sys.executable, RUN, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, **(env or {})})
+    if ok:
+        assert p.returncode == 0, f"prefetch_run.py {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+def test_default_run(tmp_path):
+    out = _run([*TINY, f"hydra.run.dir={tmp_path}"]).stdout
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert sorted(df["policy"].unique()) == ["lru", "ls"] and len(df) == 2 * 3
+    assert set(df["engine"]) == {"reference-async"} and (df["hardware"] == "a100-5gbps").all()
+    assert (df["hits"] + df["late"] + df["misses"] == df["demands"]).all()
+    assert "prediction precision/recall" in (tmp_path / "trace.txt").read_text() and "results.csv" in out
+
+
+def test_system_with_ls_dropin_over_all_hardware(tmp_path):
+    out = _run([*TINY, "system=zhu25", "timing=instant", "hardware=all", f"hydra.run.dir={tmp_path}"]).stdout
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert list(df["policy"].unique()) == ["sb", "ls"] and len(df) == 2 * 3 * 5
+    assert set(df["system"]) == {"zhu25", "zhu25+ls"} and set(df["prefetch"]) == {"recorded p80"}
+    assert "runs as fetch" in out and "runs as fetch" in (tmp_path / "trace.txt").read_text()
+
+
+def test_startup_errors(tmp_path, traces_dir):
+    p = _run([*TINY, "hardware.profiles=[warp]", f"hydra.run.dir={tmp_path}"], ok=False)
+    assert p.returncode != 0 and "unknown hardware profile 'warp'" in p.stderr + p.stdout
+    p = _run(["trace=qwen3_real", "progress=false", f"hydra.run.dir={tmp_path}"], ok=False,
+             env={"SPECMD_TRACES": str(traces_dir)})
+    assert p.returncode != 0 and "no recorded predictions" in p.stderr + p.stdout
+    p = _run([*TINY, "prefetch.selector=best", f"hydra.run.dir={tmp_path}"], ok=False)
+    assert p.returncode != 0 and "unknown selector" in p.stderr + p.stdout
