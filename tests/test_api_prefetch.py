@@ -103,3 +103,15 @@ def test_table2_quick(tmp_path):
     res = pd.read_csv(tmp_path / "table2.csv")
     assert len(res) == 2 * 4 * 2 and set(res["eviction"]) >= {"ls", "lru", "sb", "lfu"}
     assert (res["ttft_ms"] > 0).all() and (tmp_path / "table2.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_fig6_quick(tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "experiments" / "fig6.py"), "--quick", "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout + p.stderr
+    res = pd.read_csv(tmp_path / "fig6.csv")
+    assert len(res) == 2 * 5 and res["precision"].between(0, 1).all() and res["recall"].between(0, 1).all()
+    syn = res[res["trace"].str.startswith("synthetic")].set_index("strategy")
+    assert syn.loc["recorded topk x2", "recall"] >= syn.loc["recorded topk x1", "recall"]   # overfetch recalls more
+    assert syn.loc["recorded topk x2", "precision"] <= syn.loc["recorded topk x1", "precision"]
