@@ -13,9 +13,11 @@ Engines: ``timing="instant"`` (prefetches land at once; times follow from miss c
 JAX engine (:mod:`specmd_jax.engine_pf`) for ``lru``/``ls``/``fifo`` - every capacity in one
 vmapped scan and every hardware profile from the same run - and the pure-Python reference for
 other policies. ``timing="async"`` (copies complete on a FIFO copy engine; late prefetches) runs
-the reference (:mod:`specmd_jax.reference_timed`) once per (capacity, hardware): exact, about a
-second per configuration on the real Qwen3 trace; the vmapped async kernel is the next step.
-Each row names the engine that produced it.
+the JAX asynchronous engine (:mod:`specmd_jax.engine_async`) for ``lru``/``fifo`` - every
+(capacity, hardware) pair in one vmapped scan - and the exact reference
+(:mod:`specmd_jax.reference_timed`) once per configuration for the other policies (Least-Stale
+among them for now; about a second per configuration on the real Qwen3 trace). Each row names
+the engine that produced it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pandas as pd
 
 from .api import capacity_slots
 from .engine import COUNTER_NAMES
+from .engine_async import ASYNC_POLICIES
 from .engine_pf import PF_POLICIES
 from .prefetch import PrefetchConfig, PrefetchPlan, make_plan, prediction_quality
 from .reference_timed import simulate_timed
@@ -92,6 +95,20 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
                 row.update(stall_ticks=int(tm["stall_ticks"][i]), ttft_ticks=float(tm["ttft_ticks"][i]),
                            tpot_ticks=float(tm["tpot_ticks"][i]))
                 rows.append(_meta(row, i, c, fr, h, "jax-instant"))
+    elif timing == "async" and policy in ASYNC_POLICIES:
+        from .prefetch_runner import run_async  # jax only when used
+        p = plan if plan is not None else PrefetchPlan(ids=np.full((trace.num_visits, 1), -1, np.int32),
+                                                       config=PrefetchConfig(), source=trace.source)
+        r = run_async(trace, policy, caps, p, hws)
+        H = len(hws)
+        for hi, h in enumerate(hws):
+            for i, c in enumerate(caps):
+                b = i * H + hi
+                row = dict(zip(COUNTER_NAMES, r.totals[b].tolist()))
+                row.update({k: int(v[b]) for k, v in r.pf_totals.items() if k != "pf_unused_end"})
+                row.update(stall_ticks=int(r.stall_ticks[b].sum()), ttft_ticks=float(r.ttft_ticks[b]),
+                           tpot_ticks=float(r.tpot_ticks[b]))
+                rows.append(_meta(row, i, c, fr, h, "jax-async"))
     else:
         jobs = [(i, c, h) for h in hws for i, c in enumerate(caps)]
         bar = None

@@ -141,3 +141,126 @@ def timing(trace: Trace, pass_misses: np.ndarray, hardware: Hardware) -> dict:
         out["ttft_ticks"] = np.full(pm.shape[0], np.nan)
     out["tpot_ticks"] = pass_ticks[:, ~pre].mean(axis=1) if (~pre).any() else np.full(pm.shape[0], np.nan)
     return out
+
+
+@dataclasses.dataclass
+class AsyncResult:
+    """Outcome of :func:`run_async` for ``B = len(capacities) * len(hardware)`` configurations
+    (capacity-major: config ``i * H + h``). Counters as :class:`PfResult` plus ``late``;
+    ``pass_ticks`` int64[B, P]; ``stall_ticks`` int64[B, L] by layer; ``ttft_ticks`` /
+    ``tpot_ticks`` float[B] (mean over requests with a prefill pass / over decode passes)."""
+
+    capacities: np.ndarray
+    hardware: list
+    totals: np.ndarray
+    per_layer: np.ndarray
+    pf_totals: dict
+    resident: np.ndarray
+    max_occupancy: np.ndarray
+    pass_ticks: np.ndarray
+    stall_ticks: np.ndarray
+    ttft_ticks: np.ndarray
+    tpot_ticks: np.ndarray
+    compile_s: float
+    run_s: float
+
+
+@functools.lru_cache(maxsize=None)
+def _async_runner(spec):
+    from .engine_async import make_async_policy
+    init, step = make_async_policy(spec)
+    vstep = jax.vmap(step, in_axes=(0, None, 0))
+
+    def run(params, states, xs):
+        return lax.scan(lambda st, x: vstep(st, x, params), states, xs)
+
+    return jax.jit(jax.vmap(init)), jax.jit(run, donate_argnums=(1,))
+
+
+def run_async(trace: Trace, policy: str, capacities, plan: PrefetchPlan, hardware, *,
+              chunk_steps: int = 8192) -> AsyncResult:
+    """Asynchronous-prefetch replay of ``trace`` for every (capacity, hardware profile) pair in
+    one compiled program (:mod:`specmd_jax.engine_async`; ``lru`` and ``fifo``)."""
+    from .engine_async import ASYNC_COUNTER_NAMES, AsyncParams, AsyncSpec, AsyncVisit
+    L = trace.shape.num_layers
+    steps = prepare_steps(trace, "pinned")
+    if plan.ids.shape[0] != steps.num_steps:
+        raise ValueError(f"plan has {plan.ids.shape[0]} visits, trace {trace.source} has {steps.num_steps}")
+    caps = np.atleast_1d(np.asarray(capacities, np.int64))
+    hws = list(hardware)
+    if np.any(caps < 0) or np.any(caps > 16000):
+        raise ValueError("capacities must be in [0, 16000]")
+    H = len(hws)
+    B = len(caps) * H
+    eb = trace.shape.expert_bytes
+    hw_num = np.array([[h.transfer_ticks(eb), h.compute_ticks(False, 0), h.compute_ticks(True, 0),
+                        h.compute_ticks(True, 1) - h.compute_ticks(True, 0)] for h in hws], np.int64)
+    cap_b = np.repeat(caps, H)
+    hb = np.tile(np.arange(H), len(caps))
+    params = AsyncParams(capacity=jnp.asarray(cap_b, jnp.int32), xfer=jnp.asarray(hw_num[hb, 0], jnp.int32),
+                         c_dec=jnp.asarray(hw_num[hb, 1], jnp.int32), c_pre0=jnp.asarray(hw_num[hb, 2], jnp.int32),
+                         c_pre1=jnp.asarray(hw_num[hb, 3], jnp.int32))
+    spec = AsyncSpec(policy, L, trace.shape.num_experts, steps.width, int(plan.ids.shape[1]))
+    init, run = _async_runner(spec)
+    states = init(params)
+    S = steps.num_steps
+    pre = trace.pass_phase == PREFILL
+    step_pass = steps.pass_
+    prefill = pre[step_pass]
+    tokens = trace.pass_tokens[step_pass].astype(np.int32)
+    chunk = max(1, min(int(chunk_steps), 1 << max(0, (S - 1).bit_length())))
+
+    def xs_of(lo):
+        hi = min(S, lo + chunk)
+        pad = chunk - (hi - lo)
+
+        def take(a, fill):
+            a = a[lo:hi]
+            return np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)]) if pad else a
+
+        return AsyncVisit(live=jnp.asarray(take(np.ones(S, bool), False)), layer=jnp.asarray(take(steps.layer, 0)), new_pass=jnp.asarray(take(steps.new_pass, False)),
+                          prefill=jnp.asarray(take(prefill, False)), tokens=jnp.asarray(take(tokens, 0)),
+                          ids=jnp.asarray(take(steps.ids, -1)), pf_ids=jnp.asarray(take(plan.ids, -1)))
+
+    key = ("async", spec, B, chunk)
+    t0 = time.perf_counter()
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = _COMPILED[key] = run.lower(params, states, xs_of(0)).compile()
+    compile_s = time.perf_counter() - t0
+    ends = []
+    t0 = time.perf_counter()
+    for lo in range(0, S, chunk):
+        states, te = compiled(params, states, xs_of(lo))
+        ends.append(np.asarray(te)[: min(chunk, S - lo)])
+    jax.block_until_ready(states)
+    run_s = time.perf_counter() - t0
+    ovf = np.asarray(states.ovf)
+    if ovf.any():
+        b = int(np.argmax(ovf))
+        raise ValueError(f"a pass lasted over 2**31 ticks (214 s) for capacity {int(cap_b[b])} on hardware "
+                         f"{hws[hb[b]].name!r} ({hws[hb[b]].bandwidth_gbps} GB/s): int32 time overflow; use the "
+                         "reference (reference_timed) for such settings")
+    t_end = np.concatenate(ends).astype(np.int64).T                   # [B, S], relative to pass start
+    last = np.flatnonzero(np.r_[steps.new_pass[1:], True])            # last visit of each pass
+    pass_ticks = t_end[:, last]
+    t_start = np.where(steps.new_pass[None, :], 0, np.concatenate([np.zeros((B, 1), np.int64), t_end[:, :-1]], 1))
+    comp = np.where(prefill[None, :], hw_num[hb, 2][:, None] + tokens[None, :] * hw_num[hb, 3][:, None],
+                    hw_num[hb, 1][:, None])
+    stall = t_end - t_start - comp                                    # [B, S]
+    stall_l = np.stack([stall[:, steps.layer == l].sum(axis=1) for l in range(L)], 1)
+    reqs = np.unique(trace.pass_request[pre])
+    ttft = (np.stack([pass_ticks[:, pre & (trace.pass_request == r)].sum(axis=1) for r in reqs], 1).mean(axis=1)
+            if len(reqs) else np.full(B, np.nan))
+    tpot = pass_ticks[:, ~pre].mean(axis=1) if (~pre).any() else np.full(B, np.nan)
+    per = np.asarray(states.per_layer, np.int64)
+    pf = np.asarray(states.pf, np.int64)
+    names = {n: pf[:, i].sum(axis=1) for i, n in enumerate(ASYNC_COUNTER_NAMES)}
+    unused = (np.asarray(states.pfu) & (np.asarray(states.rank) < GONE)).sum(axis=1)
+    admitted = names["pf_arrived"] - names["pf_dropped"]
+    names["pf_unused_end"] = unused
+    names["pf_wasted"] = admitted - (names["pf_useful"] - names["late"]) - unused
+    return AsyncResult(capacities=cap_b, hardware=[hws[i] for i in hb], totals=per.sum(axis=2), per_layer=per,
+                       pf_totals=names, resident=np.asarray(states.rank) < GONE,
+                       max_occupancy=np.asarray(states.max_occ, np.int64), pass_ticks=pass_ticks,
+                       stall_ticks=stall_l, ttft_ticks=ttft, tpot_ticks=tpot, compile_s=compile_s, run_s=run_s)

@@ -45,6 +45,22 @@ def test_table_and_engines(trace):
     assert (g["misses"].nunique() == 1).all() and (g["tpot_ms"].nunique() == 2).all()
 
 
+def test_async_engines_agree(trace):
+    """An async lru sweep runs on the JAX engine and equals the reference row by row."""
+    from specmd_jax.reference_timed import simulate_timed
+    hws = [HARDWARE_PRESETS["a100-5gbps"], HARDWARE_PRESETS["edge-unified"]]
+    pf = PrefetchConfig("recorded", "percentile")
+    df = sj.sweep_prefetch(trace, "lru", capacities=[10, 51], prefetch=pf, hardware=hws, timing="async")
+    assert set(df["engine"]) == {"jax-async"} and len(df) == 4
+    plan = sj.make_plan(trace, pf)
+    for _, r in df.iterrows():
+        h = HARDWARE_PRESETS[r["hardware"]]
+        ref = simulate_timed(trace, "lru", int(r["capacity_slots"]), plan=plan, hardware=h)
+        assert [r[k] for k in ("hits", "late", "misses", "collisions", "pf_wasted")] == \
+            [ref.totals[k] for k in ("hits", "late", "misses", "collisions", "pf_wasted")]
+        assert r["stall_ms"] == pytest.approx(ref.totals["stall_ticks"] * 1e-4)
+
+
 def test_no_prefetch_matches_demand_only_sweep(trace):
     caps = [10, 51, 256]
     d = sj.sweep(trace, "lru", capacities=caps)

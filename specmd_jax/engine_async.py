@@ -1,0 +1,255 @@
+"""JAX engine with asynchronous prefetch on a FIFO copy engine (``lru``, ``fifo``; global pool).
+
+The kernel twin of :func:`reference_timed.simulate_timed` (``instant_prefetch=False``): copies
+complete on one FIFO engine, late prefetches stall, arrivals are admitted in batches with the
+visit's demand pinned (semantics: :mod:`specmd_jax.timing`). Hardware numbers are per
+configuration (vmapped): transfer ticks and compute ticks.
+
+State per configuration, dense over the ``N`` expert ids plus a ring of copy completion times:
+
+* ``rank`` / ``pfu``: as in :mod:`engine_pf` (contiguous protection ranks; prefetched-unused);
+* ``qidx[x]``: the issue number of ``x``'s queued copy (``NONE`` if none); ``ring[k mod N]``: the
+  completion tick of copy ``k``. At most ``N`` copies are ever queued (one per expert), and a
+  FIFO engine completes copies in issue order, so ``ring`` is sorted over the live window
+  ``[head, tail)``: an arrival batch ("everything done by T") is the window's prefix found by a
+  binary search, its members are ``head <= qidx < head + count`` (elementwise), and a member's
+  arrival order is ``qidx - head``. No per-configuration sort or count over ``N`` is needed.
+* ``t``, ``eng``: the clock and the engine's free time, relative to the current pass start
+  (rebased at each pass, so int32 ticks overflow only if one pass lasts over 2**31 ticks = 214 s;
+  ``ovf`` records it and the runner raises).
+
+Least-Stale is not here yet: a late arrival for an already executed layer belongs *inside* the
+current tier (ordered by layer), not on top, which needs per-layer counts of the current tier;
+``ls`` with asynchronous timing runs in the reference for now.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+from jax import lax
+
+from .engine import ABSENT, GONE, NCOUNT, _count_lt
+from .engine_pf import _rstar
+from .pytree import pytree_dataclass
+
+ASYNC_POLICIES = ("lru", "fifo")
+ASYNC_COUNTER_NAMES = ("late", "pf_issued", "pf_resident", "pf_pending", "pf_arrived", "pf_dropped", "pf_useful")
+NONE = jnp.iinfo(jnp.int32).max
+
+
+@pytree_dataclass
+class AsyncParams:
+    """Numeric parameters of one configuration (vmappable): ``capacity`` slots, ``xfer`` ticks per
+    copy, compute ticks per layer: ``c_dec`` (decode), ``c_pre0`` + ``c_pre1`` per prompt token."""
+
+    capacity: Any
+    xfer: Any
+    c_dec: Any
+    c_pre0: Any
+    c_pre1: Any
+
+
+@pytree_dataclass
+class AsyncState:
+    rank: Any
+    occ: Any
+    pfu: Any
+    qidx: Any
+    ring: Any
+    head: Any
+    tail: Any
+    t: Any
+    eng: Any
+    per_layer: Any
+    pf: Any
+    max_occ: Any
+    ovf: Any
+
+
+_FIELDS = ("rank", "occ", "pfu", "qidx", "ring", "head", "tail", "t", "eng", "per_layer", "pf", "max_occ", "ovf")
+
+
+@pytree_dataclass
+class AsyncVisit:
+    """Shared inputs of one visit: ``layer``, ``new_pass``, ``prefill`` (bool), ``tokens``,
+    ``ids`` int32[W] demand (ascending), ``pf_ids`` int32[Q] proposals in issue order, ``live``
+    (False on the padding steps that fill a chunk: no compute, so the clock stands still)."""
+
+    live: Any
+    layer: Any
+    new_pass: Any
+    prefill: Any
+    tokens: Any
+    ids: Any
+    pf_ids: Any
+
+
+class AsyncSpec(NamedTuple):
+    policy: str
+    num_layers: int
+    num_experts: int
+    width: int
+    prefetch_width: int
+
+
+def make_async_policy(spec: AsyncSpec):
+    """``(init(params) -> AsyncState, step(state, visit, params) -> (state, t_end))``."""
+    if spec.policy not in ASYNC_POLICIES:
+        raise ValueError(f"the asynchronous engine supports {ASYNC_POLICIES}; {spec.policy!r} runs in the "
+                         "reference (reference_timed.simulate_timed)")
+    L, E, W, Q = spec.num_layers, spec.num_experts, spec.width, spec.prefetch_width
+    N = L * E
+    lru = spec.policy == "lru"
+    earlier = jnp.arange(W)[None, :] < jnp.arange(W)[:, None]
+    earlierQ = jnp.arange(Q)[None, :] < jnp.arange(Q)[:, None]
+    nbits = max(1, int(N).bit_length())
+
+    def init(params: AsyncParams) -> AsyncState:
+        del params
+        z = jnp.zeros((), jnp.int32)
+        return AsyncState(rank=jnp.full((N,), ABSENT, jnp.int16), occ=z, pfu=jnp.zeros((N,), bool),
+                          qidx=jnp.full((N,), NONE, jnp.int32), ring=jnp.zeros((N,), jnp.int32), head=z, tail=z,
+                          t=z, eng=z, per_layer=jnp.zeros((NCOUNT, L), jnp.int32),
+                          pf=jnp.zeros((len(ASYNC_COUNTER_NAMES), L), jnp.int32), max_occ=z,
+                          ovf=jnp.zeros((), bool))
+
+    def count_done(ring, head, tail, T):
+        """#{k in [head, tail) : ring[k mod N] <= T} (ring is sorted over the window)."""
+        def body(_, lh):
+            lo, hi = lh
+            mid = (lo + hi) // 2
+            ok = ring[mid % N] <= T
+            go = lo < hi
+            return jnp.where(go & ok, mid + 1, lo), jnp.where(go & ~ok, mid, hi)
+        lo, _ = lax.fori_loop(0, nbits + 1, body, (head, tail))
+        return lo - head
+
+    def admit(st, T, cap, D, dem_q):
+        """Arrival batch of every copy done by ``T``; ``D`` (ids, valid, loc, loc_drop, inD) pinned.
+        ``dem_q`` int32[W]: issue numbers of D's queued copies (NONE otherwise)."""
+        r, occ, pfu, qidx = st["rank"], st["occ"], st["pfu"], st["qidx"]
+        ids, valid, loc, loc_drop, inD = D
+        c = count_done(st["ring"], st["head"], st["tail"], T)
+        head = st["head"]
+        inb = (qidx >= head) & (qidx < head + c)                       # members, elementwise
+        demb = valid & (dem_q >= head) & (dem_q < head + c)            # D's copies in this batch
+        n_dem = jnp.sum(demb, dtype=jnp.int32)
+        n_pf = c - n_dem
+        rDp = jnp.where(valid, r[loc], ABSENT).astype(jnp.int16)
+        pin = rDp < GONE
+        npin = jnp.sum(pin, dtype=jnp.int32)
+        free = jnp.maximum(cap - occ, 0)
+        m = occ - npin
+        n_adm = jnp.minimum(c, free + m)
+        n_dem_adm = jnp.minimum(n_dem, n_adm)
+        n_pf_adm = n_adm - n_dem_adm
+        nev = jnp.maximum(0, n_adm - free)
+        thresh = m - nev
+        rstar, ev_pos = _rstar(rDp, pin, thresh)
+        gone = (r >= rstar) & (r < GONE) & ~inD
+        # arrival order among the batch's prefetches: issue order minus D's copies issued earlier
+        dq = jnp.where(demb, dem_q, NONE)
+        o = (qidx - head) - jnp.sum(dq[:, None] < qidx[None, :], axis=0, dtype=jnp.int32) if W else qidx - head
+        pf_in = inb & ~inD
+        pf_adm = pf_in & (o < n_pf_adm)
+        r2 = jnp.where(r >= GONE, r, jnp.where(gone, GONE, r + n_adm.astype(jnp.int16))).astype(jnp.int16)
+        r2 = jnp.where(pf_adm, (n_pf_adm - 1 - o).astype(jnp.int16), r2)
+        # pinned hits below R* move up past the victims; demanded arrivals: ascending id, under the prefetches
+        j = jnp.sum(earlier & demb[None, :], axis=1, dtype=jnp.int32)
+        dem_adm = demb & (j < n_dem_adm)
+        newD = jnp.where(pin, rDp + n_adm - jnp.clip(ev_pos - thresh, 0, nev),
+                         jnp.where(dem_adm, n_pf_adm + n_dem_adm - 1 - j, r2[loc]))
+        r2 = r2.at[loc_drop].set(newD.astype(jnp.int16), mode="drop")
+        pfu = jnp.where(gone, False, pfu) | pf_adm
+        qidx = jnp.where(inb, NONE, qidx)
+        occ = occ - nev + n_adm
+        new = dict(st, rank=r2, occ=occ, pfu=pfu, qidx=qidx, head=head + c, max_occ=jnp.maximum(st["max_occ"], occ))
+        return new, (nev, n_dem - n_dem_adm, n_pf, n_pf - n_pf_adm), dem_adm
+
+    def step(state: AsyncState, visit: AsyncVisit, params: AsyncParams):
+        st = {k: getattr(state, k) for k in _FIELDS}
+        l = visit.layer
+        cap = params.capacity.astype(jnp.int32)
+        xfer = params.xfer.astype(jnp.int32)
+        # pass start: clear "evicted in this pass", rebase the clock
+        shift = jnp.where(visit.new_pass, st["t"], 0)
+        st["rank"] = lax.cond(visit.new_pass, lambda a: jnp.where(a == GONE, ABSENT, a).astype(jnp.int16),
+                              lambda a: a, st["rank"])
+        st["ring"] = st["ring"] - shift
+        st["t"] = st["t"] - shift
+        st["eng"] = st["eng"] - shift
+        t = st["t"]
+        ids = visit.ids
+        valid = ids >= 0
+        loc = jnp.where(valid, ids, 0)
+        loc_drop = jnp.where(valid, ids, N)
+        inD = jnp.zeros((N,), bool).at[loc_drop].set(True, mode="drop")
+        D = (ids, valid, loc, loc_drop, inD)
+        r = st["rank"]
+        rD = jnp.where(valid, r[loc], ABSENT).astype(jnp.int16)
+        hit = rD < GONE
+        qD = jnp.where(valid, st["qidx"][loc], NONE)
+        late = valid & ~hit & (qD != NONE)
+        miss = valid & ~hit & ~late
+        nd = jnp.sum(valid, dtype=jnp.int32)
+        nh = jnp.sum(hit, dtype=jnp.int32)
+        nl = jnp.sum(late, dtype=jnp.int32)
+        nm = nd - nh - nl
+        coll = jnp.sum(miss & (rD == GONE), dtype=jnp.int32)
+        useful = jnp.sum(hit & st["pfu"][loc], dtype=jnp.int32) + nl
+        # demand copies, ascending id, behind everything queued
+        start = jnp.maximum(t, st["eng"])
+        k = jnp.sum(earlier & miss[None, :], axis=1, dtype=jnp.int32)
+        done_m = start + (k + 1) * xfer
+        q_m = st["tail"] + k
+        st["qidx"] = st["qidx"].at[jnp.where(miss, ids, N)].set(q_m, mode="drop")
+        st["ring"] = st["ring"].at[jnp.where(miss, q_m % N, N)].set(done_m, mode="drop")
+        st["tail"] = st["tail"] + nm
+        st["eng"] = jnp.where(nm > 0, start + nm * xfer, st["eng"])
+        done_l = st["ring"][jnp.where(late, qD, 0) % N]
+        t_ready = jnp.maximum(t, jnp.max(jnp.where(miss, done_m, jnp.where(late, done_l, t))))
+        dem_q = jnp.where(late, qD, jnp.where(miss, q_m, NONE))
+        st, (ev1, byp, arr1, drop1), _ = admit(st, t_ready, cap, D, dem_q)
+        # use: LRU moves the resident demand to the top (ids ascending, lowest id lowest)
+        if lru:
+            r = st["rank"]
+            rU = jnp.where(valid, r[loc], ABSENT).astype(jnp.int16)
+            used = rU < GONE
+            nU = jnp.sum(used, dtype=jnp.int32)
+            below = _count_lt(jnp.where(used, rU, ABSENT).astype(jnp.int16), r)   # used ones above x
+            rc = jnp.where(r < GONE, r - below + nU.astype(jnp.int16), r).astype(jnp.int16)
+            top = jnp.sum(used[None, :] & (ids[None, :] > ids[:, None]), axis=1, dtype=jnp.int32)
+            st["rank"] = rc.at[loc_drop].set(jnp.where(used, top, rc[loc]).astype(jnp.int16), mode="drop")
+        st["pfu"] = st["pfu"].at[loc_drop].set(False, mode="drop")
+        # prefetch issue at t_ready (overlaps the layer's compute)
+        pv = visit.pf_ids >= 0
+        pidx = jnp.where(pv, visit.pf_ids, 0)
+        resP = pv & (st["rank"][pidx] < GONE)
+        pendP = pv & ~resP & (st["qidx"][pidx] != NONE)
+        iss = pv & ~resP & ~pendP
+        n_iss = jnp.sum(iss, dtype=jnp.int32)
+        startp = jnp.maximum(t_ready, st["eng"])
+        kp = jnp.sum(earlierQ & iss[None, :], axis=1, dtype=jnp.int32)
+        q_p = st["tail"] + kp
+        st["qidx"] = st["qidx"].at[jnp.where(iss, visit.pf_ids, N)].set(q_p, mode="drop")
+        st["ring"] = st["ring"].at[jnp.where(iss, q_p % N, N)].set(startp + (kp + 1) * xfer, mode="drop")
+        st["tail"] = st["tail"] + n_iss
+        st["eng"] = jnp.where(n_iss > 0, startp + n_iss * xfer, st["eng"])
+        comp = jnp.where(visit.prefill, params.c_pre0 + visit.tokens * params.c_pre1, params.c_dec).astype(jnp.int32)
+        comp = jnp.where(visit.live, comp, 0)
+        t_end = t_ready + comp
+        st, (ev2, _, arr2, drop2), _ = admit(st, t_end, cap, D, jnp.full((W,), NONE, jnp.int32))
+        st["t"] = t_end
+        # int32 ticks relative to the pass start: a sum that wraps becomes smaller than its base
+        st["ovf"] = (st["ovf"] | (t_ready < t) | (t_end < t_ready) | jnp.any(miss & (done_m < start))
+                     | jnp.any(iss & (startp + (kp + 1) * xfer < startp)))
+        info = jnp.stack([nd, nh, nm, coll, ev1 + ev2, byp]).astype(jnp.int32)
+        pinfo = jnp.stack([nl, n_iss, jnp.sum(resP, dtype=jnp.int32), jnp.sum(pendP, dtype=jnp.int32),
+                           arr1 + arr2, drop1 + drop2, useful]).astype(jnp.int32)
+        st["per_layer"] = st["per_layer"].at[:, l].add(info)
+        st["pf"] = st["pf"].at[:, l].add(pinfo)
+        return AsyncState(**st), t_end
+
+    return init, step
