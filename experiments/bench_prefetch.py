@@ -4,8 +4,9 @@ Workload: synthetic OLMoE decode stream (``--tokens`` passes, recorded predictio
 ``pred_noise`` 1.0), ``--configs`` capacities ``linspace(16, N, B)``, top-k x 1.0 next-layer plan.
 Rows: the demand-only vmapped scan (``runner.run_configs``), the instant-prefetch engine
 (``prefetch_runner.run_instant``, which also yields every hardware profile's times from the same
-run; the host timing step is timed separately), and the exact async reference on one
-configuration (for scale). ``ratio_vs_demand_only`` = engine time / demand-only time of the same
+run; the host timing step is timed separately), the asynchronous prefetch + timing engine
+(``prefetch_runner.run_async``, lru/fifo, one hardware profile, so the same number of
+configurations), and the exact async reference on one configuration (for scale). ``ratio_vs_demand_only`` = engine time / demand-only time of the same
 policy (the issue's target: <= 2x at 1024 configurations).
 
 Writes ``<out>/prefetch_<backend>.csv`` and ``.md``. Example::
@@ -31,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from specmd_jax import synthetic  # noqa: E402
 from specmd_jax.prefetch import PrefetchConfig, make_plan  # noqa: E402
-from specmd_jax.prefetch_runner import run_instant, timing  # noqa: E402
+from specmd_jax.engine_async import ASYNC_POLICIES  # noqa: E402
+from specmd_jax.prefetch_runner import run_async, run_instant, timing  # noqa: E402
 from specmd_jax.reference_timed import simulate_timed  # noqa: E402
 from specmd_jax.runner import run_configs  # noqa: E402
 from specmd_jax.timing import HARDWARE_PRESETS  # noqa: E402
@@ -72,8 +74,12 @@ def main(argv=None):
         t0 = time.perf_counter()
         simulate_timed(t, pol, N // 20, plan=plan, hardware=hws[0])
         tr = time.perf_counter() - t0
-        for engine, B, comp, run in (("demand-only scan", a.configs, dc, ds),
-                                     ("instant prefetch (jax)", a.configs, pc, ps),
+        engines = [("demand-only scan", a.configs, dc, ds), ("instant prefetch (jax)", a.configs, pc, ps)]
+        if pol in ASYNC_POLICIES:
+            q, qc, qs = best(lambda: run_async(t, pol, caps, plan, hws[:1]))
+            engines.append(("async prefetch + timing (jax)", a.configs, qc, qs))
+            print(f"{pol}: async prefetch + timing {qs:.2f}s ({qs / ds:.2f}x demand-only)", flush=True)
+        for engine, B, comp, run in (*engines,
                                      (f"host timing of {len(hws)} hardware profiles", a.configs, float("nan"), th),
                                      ("async reference (1 config)", 1, float("nan"), tr)):
             rows.append({"policy": pol, "engine": engine, "configs": B, "accesses": acc, "compile_s": comp,

@@ -177,7 +177,7 @@ def make_async_policy(spec: AsyncSpec):
         shift = jnp.where(visit.new_pass, st["t"], 0)
         st["rank"] = lax.cond(visit.new_pass, lambda a: jnp.where(a == GONE, ABSENT, a).astype(jnp.int16),
                               lambda a: a, st["rank"])
-        st["ring"] = st["ring"] - shift
+        st["ring"] = lax.cond(visit.new_pass, lambda a: a - shift, lambda a: a, st["ring"])
         st["t"] = st["t"] - shift
         st["eng"] = st["eng"] - shift
         t = st["t"]
