@@ -82,7 +82,7 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     plan = _plan(trace, prefetch, train)
     quality = prediction_quality(trace, plan) if plan is not None else {"precision": np.nan, "recall": np.nan}
     rows = []
-    if timing == "instant" and policy in PF_POLICIES and (policy != "ls" or plan is None or plan.config.depth == 1):
+    if timing == "instant" and policy in PF_POLICIES:
         from .prefetch_runner import run_instant, timing as time_of  # jax only when used
         p = plan if plan is not None else PrefetchPlan(ids=np.full((trace.num_visits, 1), -1, np.int32),
                                                        config=PrefetchConfig(), source=trace.source)

@@ -15,9 +15,12 @@ pass" sentinel; see :mod:`specmd_jax.engine`), plus:
 * Least-Stale's *current* tier is always the top ``ncur`` ranks (it is more protected than every
   stale expert), so "is current" is ``rank < ncur``: a visit moves only its non-current demand
   to the top (an expert prefetched earlier in the pass keeps its place, as its key says), a
-  resident stale proposal is re-marked (moved to the top), and new prefetches go on top. With a
-  lookahead of one layer nothing current outranks the top, which makes these moves exact; deeper
-  lookahead for ``ls`` is reference-only for now.
+  resident stale proposal is re-marked and new prefetches enter the current tier. Inside the
+  tier the order is (layer, entry), so each layer's group is a contiguous block and ``cur[l]``
+  (per-layer counts) places an entering expert at the top of its layer's block; an existing
+  current expert moves down by the number of entries at or above its layer (a gather of a [L]
+  table by the expert's static layer). Victims leave the tier from the bottom, lowest layers
+  first. Exact for any lookahead depth.
 * ``pfu`` marks prefetched experts not yet demanded (for *useful*; *wasted* is derived).
 """
 
@@ -42,7 +45,8 @@ class PfState:
     Attributes:
         rank: int16[N] protection rank (``GONE``/``ABSENT`` sentinels), as in ``engine``.
         occ: int32[] occupancy.
-        ncur: int32[] size of Least-Stale's current tier (top ranks); 0 for other policies.
+        cur: int32[L] Least-Stale's current tier per layer (it fills the top ``sum(cur)`` ranks,
+            layer by layer from the last layer down); zeros for other policies.
         pfu: bool[N] resident, prefetched and not demanded since.
         per_layer: int32[6, L] ``engine.COUNTER_NAMES`` by visit layer.
         pf: int32[4, L] ``PF_COUNTER_NAMES`` by visit layer.
@@ -51,7 +55,7 @@ class PfState:
 
     rank: Any
     occ: Any
-    ncur: Any
+    cur: Any
     pfu: Any
     per_layer: Any
     pf: Any
@@ -88,6 +92,24 @@ def _rstar(ranks, pinned, thresh):
     return thresh + jnp.sum(pinned & (ev_pos <= thresh), dtype=jnp.int32), ev_pos
 
 
+def _suffix(c):
+    """``out[m] = sum(c[m:])`` (inclusive suffix sums over layers)."""
+    return jnp.cumsum(c[::-1])[::-1]
+
+
+def _above(cur, m):
+    """Current-tier experts in layers above ``m`` (they hold the ranks before layer m's group)."""
+    return (_suffix(cur) - cur)[m]
+
+
+def _take_victims(cur, n, pinned):
+    """Remove ``n`` current-tier victims from the bottom (lowest layers first, skipping the
+    ``pinned`` experts of each layer)."""
+    e = cur - pinned
+    before = jnp.cumsum(e) - e
+    return cur - jnp.clip(n - before, 0, e)
+
+
 def make_pf_policy(spec: PfSpec):
     """``(init(params) -> PfState, step(state, visit, params) -> (state, misses))``."""
     if spec.policy not in PF_POLICIES:
@@ -99,11 +121,15 @@ def make_pf_policy(spec: PfSpec):
     earlier = jnp.arange(W)[None, :] < jnp.arange(W)[:, None]     # [W, W]: j' before j
     earlierQ = jnp.arange(Q)[None, :] < jnp.arange(Q)[:, None]    # [Q, Q]
     laterQ = jnp.arange(Q)[None, :] > jnp.arange(Q)[:, None]
+    lay = jnp.arange(N, dtype=jnp.int32) // E                        # each id's layer (static)
+
+    def onehot(l):
+        return (jnp.arange(L) == l).astype(jnp.int32)
 
     def init(params: Params) -> PfState:
         del params
         return PfState(rank=jnp.full((N,), ABSENT, jnp.int16), occ=jnp.zeros((), jnp.int32),
-                       ncur=jnp.zeros((), jnp.int32), pfu=jnp.zeros((N,), bool),
+                       cur=jnp.zeros((L,), jnp.int32), pfu=jnp.zeros((N,), bool),
                        per_layer=jnp.zeros((NCOUNT, L), jnp.int32), pf=jnp.zeros((len(PF_COUNTER_NAMES), L), jnp.int32),
                        max_occ=jnp.zeros((), jnp.int32))
 
@@ -112,7 +138,8 @@ def make_pf_policy(spec: PfSpec):
         cap = params.capacity.astype(jnp.int32)
         r = lax.cond(visit.new_pass, lambda a: jnp.where(a == GONE, ABSENT, a).astype(jnp.int16), lambda a: a,
                      state.rank)
-        ncur = jnp.where(visit.new_pass, 0, state.ncur)
+        cur = jnp.where(visit.new_pass, 0, state.cur)
+        ncur = jnp.sum(cur)
         occ = state.occ
         ids = visit.ids
         valid = ids >= 0
@@ -148,13 +175,22 @@ def make_pf_policy(spec: PfSpec):
             moved = resD & ~curD
             M = moved | admitD
             nM = jnp.sum(M, dtype=jnp.int32)
-            r_c = r - _count_lt(jnp.where(moved, rD, ABSENT).astype(jnp.int16), r) + nM.astype(jnp.int16)
-            rD_cur = rD - nv_aboveD - _lower(rD, moved) + nM
-            rD_moved = jnp.sum(M[None, :] & (ids[None, :] > ids[:, None]), axis=1, dtype=jnp.int32)
+            if ls:  # the moved demand enters the current tier at the top of layer l's group
+                ncd = jnp.sum(curD, dtype=jnp.int32)
+                cur = _take_victims(cur, jnp.clip(ncur - ncd - thresh, 0, nev), onehot(l) * ncd)
+                top = _above(cur, l)
+            else:
+                top = jnp.zeros((), jnp.int32)
+            rr = r - _count_lt(jnp.where(moved, rD, ABSENT).astype(jnp.int16), r)
+            r_c = rr + jnp.where(rr >= top, nM, 0).astype(jnp.int16)
+            rD_cur = rD - nv_aboveD - _lower(rD, moved)
+            rD_cur = rD_cur + jnp.where(rD_cur >= top, nM, 0)
+            rD_moved = top + jnp.sum(M[None, :] & (ids[None, :] > ids[:, None]), axis=1, dtype=jnp.int32)
             rD_new = jnp.where(M, rD_moved, rD_cur)
             dp = resD | admitD
             if ls:
-                ncur = ncur - jnp.clip(ncur - jnp.sum(curD, dtype=jnp.int32) - thresh, 0, nev) + nM
+                cur = cur + onehot(l) * nM
+                ncur = jnp.sum(cur)
         r = jnp.where(r >= GONE, r, jnp.where(gone, GONE, r_c)).astype(jnp.int16)
         r = r.at[loc_drop].set(jnp.where(dp, rD_new, r0D).astype(jnp.int16), mode="drop")
         pfu = jnp.where(gone, False, state.pfu).at[loc_drop].set(False, mode="drop")
@@ -167,14 +203,19 @@ def make_pf_policy(spec: PfSpec):
         rP = jnp.where(pv, r[pidx], ABSENT).astype(jnp.int16)
         resP = rP < GONE
         n_res = jnp.sum(resP, dtype=jnp.int32)
-        if ls:  # resident stale proposals re-marked current: to the top, later proposals higher
+        pl = jnp.where(pv, visit.pf_ids // E, 0)                      # proposals' layers
+        sameQ = pl[None, :] == pl[:, None]
+        if ls:  # resident stale proposals re-marked current: top of their layer's group, later higher
             R = resP & (rP.astype(jnp.int32) >= ncur)
             nR = jnp.sum(R, dtype=jnp.int32)
-            rR_new = jnp.sum(laterQ & R[None, :], axis=1, dtype=jnp.int32)
-            up = nR.astype(jnp.int16) - _count_lt(jnp.where(R, rP, ABSENT).astype(jnp.int16), r)
-            r = jnp.where(r < GONE, r + up, r).astype(jnp.int16)
+            Rcnt = jnp.zeros((L,), jnp.int32).at[pl].add(R.astype(jnp.int32))
+            up_cur = _suffix(Rcnt)[lay]                                # R entering at or above a current x
+            up_st = nR.astype(jnp.int16) - _count_lt(jnp.where(R, rP, ABSENT).astype(jnp.int16), r)
+            r = jnp.where(r < ncur, r + up_cur, jnp.where(r < GONE, r + up_st, r)).astype(jnp.int16)
+            cur = cur + Rcnt
+            rR_new = _above(cur, pl) + jnp.sum(laterQ & sameQ & R[None, :], axis=1, dtype=jnp.int32)
             r = r.at[pdrop].set(jnp.where(R, rR_new.astype(jnp.int16), r[pidx]), mode="drop")
-            ncur = ncur + nR
+            ncur = jnp.sum(cur)
         A = pv & ~resP
         a = jnp.sum(A, dtype=jnp.int32)
         rDp = jnp.where(valid, r[loc], ABSENT).astype(jnp.int16)
@@ -187,22 +228,32 @@ def make_pf_policy(spec: PfSpec):
         thresh2 = m2 - nev2
         rstar2, ev_posP = _rstar(rDp, pin, thresh2)
         gone2 = (r >= rstar2) & (r < GONE) & ~inD
-        r_pin = rDp + n_adm - jnp.clip(ev_posP - thresh2, 0, nev2)
-        if ls:
-            ncur = ncur - jnp.clip(ncur - jnp.sum(pin & (rDp.astype(jnp.int32) < ncur), dtype=jnp.int32) - thresh2,
-                                   0, nev2) + n_adm
-        r = jnp.where(r >= GONE, r, jnp.where(gone2, GONE, r + n_adm.astype(jnp.int16))).astype(jnp.int16)
-        r = r.at[loc_drop].set(jnp.where(pin, r_pin.astype(jnp.int16), r[loc]), mode="drop")
         ca = jnp.sum(earlierQ & A[None, :], axis=1, dtype=jnp.int32)
         adm = A & (ca < n_adm)
-        r = r.at[pdrop].set(jnp.where(adm, (n_adm - 1 - ca).astype(jnp.int16), r[pidx]), mode="drop")
+        if ls:  # new prefetches: current, top of their layer's group (later proposals higher)
+            npc = jnp.sum(pin & (rDp.astype(jnp.int32) < ncur), dtype=jnp.int32)
+            cur = _take_victims(cur, jnp.clip(ncur - npc - thresh2, 0, nev2), onehot(l) * npc)
+            Acnt = jnp.zeros((L,), jnp.int32).at[pl].add(adm.astype(jnp.int32))
+            up_cur = _suffix(Acnt)[lay]
+            up = jnp.where(r < ncur, up_cur, n_adm)
+            r_pin = rDp - jnp.clip(ev_posP - thresh2, 0, nev2) + _suffix(Acnt)[l]
+            cur = cur + Acnt
+            r_adm = _above(cur, pl) + jnp.sum(laterQ & sameQ & adm[None, :], axis=1, dtype=jnp.int32)
+            ncur = jnp.sum(cur)
+        else:
+            up = n_adm
+            r_pin = rDp + n_adm - jnp.clip(ev_posP - thresh2, 0, nev2)
+            r_adm = n_adm - 1 - ca
+        r = jnp.where(r >= GONE, r, jnp.where(gone2, GONE, r + up)).astype(jnp.int16)
+        r = r.at[loc_drop].set(jnp.where(pin, r_pin.astype(jnp.int16), r[loc]), mode="drop")
+        r = r.at[pdrop].set(jnp.where(adm, r_adm.astype(jnp.int16), r[pidx]), mode="drop")
         pfu = jnp.where(gone2, False, pfu)
         pfu = pfu.at[pdrop].set(adm | pfu[pidx], mode="drop")
         occ = occ - nev2 + n_adm
         max_occ = jnp.maximum(max_occ, occ)
         info = jnp.stack([nd, nh, nm, coll, nev + nev2, nm - na]).astype(jnp.int32)
         pinfo = jnp.stack([a, n_res, a - n_adm, useful]).astype(jnp.int32)
-        new = PfState(rank=r, occ=occ, ncur=ncur, pfu=pfu, per_layer=state.per_layer.at[:, l].add(info),
+        new = PfState(rank=r, occ=occ, cur=cur, pfu=pfu, per_layer=state.per_layer.at[:, l].add(info),
                       pf=state.pf.at[:, l].add(pinfo), max_occ=max_occ)
         return new, nm
 

@@ -72,8 +72,6 @@ def run_instant(trace: Trace, policy: str, capacities, plan: PrefetchPlan, *,
     steps = prepare_steps(trace, "pinned")
     if plan.ids.shape[0] != steps.num_steps:
         raise ValueError(f"plan has {plan.ids.shape[0]} visits, trace {trace.source} has {steps.num_steps}")
-    if policy == "ls" and plan.config.depth != 1:
-        raise ValueError("the prefetch engine runs 'ls' with a lookahead of 1 layer only (deeper: reference)")
     caps = np.atleast_1d(np.asarray(capacities, np.int64))
     if np.any(caps < 0) or np.any(caps > 16000):
         raise ValueError("capacities must be in [0, 16000]")

@@ -52,6 +52,20 @@ def test_random_traces(policy):
             check(t, policy, make_plan(t, cfg), caps)
 
 
+@pytest.mark.parametrize("depth", [2, 3])
+def test_least_stale_deeper_lookahead(depth):
+    """Prefetches for several layers ahead sit in the current tier by layer: the per-layer
+    counts place every entry exactly (random traces with prefill, and synthetic OLMoE)."""
+    for seed in range(3):
+        t = random_trace(L=4, E=5, K=2, P=12, max_tokens=3, seed=seed)
+        for cfg in (PrefetchConfig("oracle", "all", depth=depth),
+                    PrefetchConfig("oracle_degraded", "all", recall=0.7, precision=0.6, seed=seed, depth=depth)):
+            check(t, "ls", make_plan(t, cfg), [0, 1, 2, 4, 7, 11, 20])
+    s = synthetic.generate("olmoe-1b-7b", num_requests=2, prompt_len=6, gen_len=10, seed=3)
+    check(s, "ls", make_plan(s, PrefetchConfig("oracle_degraded", "all", recall=0.8, precision=0.8, depth=depth)),
+          [10, 51, 256, 1024])
+
+
 @pytest.mark.parametrize("policy", PF_POLICIES)
 def test_synthetic_olmoe_with_prefill_and_recorded_predictions(policy):
     t = synthetic.generate("olmoe-1b-7b", num_requests=2, prompt_len=6, gen_len=12, seed=3, pred_noise=1.0)
@@ -88,7 +102,5 @@ def test_errors():
     plan = make_plan(t, PrefetchConfig("oracle", "all"))
     with pytest.raises(ValueError, match="reference"):
         run_instant(t, "belady", [10], plan)
-    with pytest.raises(ValueError, match="lookahead of 1"):
-        run_instant(t, "ls", [10], make_plan(t, PrefetchConfig("oracle", "all", depth=2)))
     with pytest.raises(ValueError, match="visits"):
         run_instant(t.slice_passes(0, 2), "lru", [10], plan)
