@@ -79,6 +79,7 @@ class PfSpec(NamedTuple):
     num_experts: int
     width: int
     prefetch_width: int
+    depth: int = 1  # plan lookahead; > 1 needs Least-Stale's per-layer placement (slower)
 
 
 def _lower(a, valid):
@@ -118,10 +119,16 @@ def make_pf_policy(spec: PfSpec):
     L, E, W, Q = spec.num_layers, spec.num_experts, spec.width, spec.prefetch_width
     N = L * E
     ls, fifo = spec.policy == "ls", spec.policy == "fifo"
+    # with a one-layer lookahead every entry lands in the highest current layer, i.e. on top of
+    # the whole tier, so the per-layer tables reduce to scalars (saves two [N] passes per visit)
+    deep = ls and spec.depth > 1
     earlier = jnp.arange(W)[None, :] < jnp.arange(W)[:, None]     # [W, W]: j' before j
     earlierQ = jnp.arange(Q)[None, :] < jnp.arange(Q)[:, None]    # [Q, Q]
     laterQ = jnp.arange(Q)[None, :] > jnp.arange(Q)[:, None]
-    lay = jnp.arange(N, dtype=jnp.int32) // E                        # each id's layer (static)
+    def per_id(table):
+        """[L] per-layer values -> [N] per id (ids are layer-major): a broadcast, not a gather
+        (a config-dependent gather of N elements is slow on XLA:CPU)."""
+        return jnp.broadcast_to(table[:, None], (L, E)).reshape(N)
 
     def onehot(l):
         return (jnp.arange(L) == l).astype(jnp.int32)
@@ -129,7 +136,7 @@ def make_pf_policy(spec: PfSpec):
     def init(params: Params) -> PfState:
         del params
         return PfState(rank=jnp.full((N,), ABSENT, jnp.int16), occ=jnp.zeros((), jnp.int32),
-                       cur=jnp.zeros((L,), jnp.int32), pfu=jnp.zeros((N,), bool),
+                       cur=jnp.zeros((L if deep else 1,), jnp.int32), pfu=jnp.zeros((N,), bool),
                        per_layer=jnp.zeros((NCOUNT, L), jnp.int32), pf=jnp.zeros((len(PF_COUNTER_NAMES), L), jnp.int32),
                        max_occ=jnp.zeros((), jnp.int32))
 
@@ -175,22 +182,28 @@ def make_pf_policy(spec: PfSpec):
             moved = resD & ~curD
             M = moved | admitD
             nM = jnp.sum(M, dtype=jnp.int32)
-            if ls:  # the moved demand enters the current tier at the top of layer l's group
-                ncd = jnp.sum(curD, dtype=jnp.int32)
-                cur = _take_victims(cur, jnp.clip(ncur - ncd - thresh, 0, nev), onehot(l) * ncd)
+            ncd = jnp.sum(curD, dtype=jnp.int32)
+            cv = jnp.clip(ncur - ncd - thresh, 0, nev)             # current-tier victims
+            top = jnp.zeros((), jnp.int32)
+            if deep:  # the moved demand enters the current tier at the top of layer l's group
+                cur = _take_victims(cur, cv, onehot(l) * ncd)
                 top = _above(cur, l)
-            else:
-                top = jnp.zeros((), jnp.int32)
             rr = r - _count_lt(jnp.where(moved, rD, ABSENT).astype(jnp.int16), r)
-            r_c = rr + jnp.where(rr >= top, nM, 0).astype(jnp.int16)
             rD_cur = rD - nv_aboveD - _lower(rD, moved)
-            rD_cur = rD_cur + jnp.where(rD_cur >= top, nM, 0)
+            if deep:
+                r_c = rr + jnp.where(rr >= top, nM, 0).astype(jnp.int16)
+                rD_cur = rD_cur + jnp.where(rD_cur >= top, nM, 0)
+            else:  # nothing current outranks the visit's layer: the moved demand goes on top
+                r_c = rr + nM.astype(jnp.int16)
+                rD_cur = rD_cur + nM
             rD_moved = top + jnp.sum(M[None, :] & (ids[None, :] > ids[:, None]), axis=1, dtype=jnp.int32)
             rD_new = jnp.where(M, rD_moved, rD_cur)
             dp = resD | admitD
-            if ls:
+            if deep:
                 cur = cur + onehot(l) * nM
-                ncur = jnp.sum(cur)
+            elif ls:
+                cur = cur - cv + nM
+            ncur = jnp.sum(cur)
         r = jnp.where(r >= GONE, r, jnp.where(gone, GONE, r_c)).astype(jnp.int16)
         r = r.at[loc_drop].set(jnp.where(dp, rD_new, r0D).astype(jnp.int16), mode="drop")
         pfu = jnp.where(gone, False, state.pfu).at[loc_drop].set(False, mode="drop")
@@ -208,12 +221,18 @@ def make_pf_policy(spec: PfSpec):
         if ls:  # resident stale proposals re-marked current: top of their layer's group, later higher
             R = resP & (rP.astype(jnp.int32) >= ncur)
             nR = jnp.sum(R, dtype=jnp.int32)
-            Rcnt = jnp.zeros((L,), jnp.int32).at[pl].add(R.astype(jnp.int32))
-            up_cur = _suffix(Rcnt)[lay]                                # R entering at or above a current x
+            Rcnt = jnp.zeros((L,), jnp.int32).at[pl].add(R.astype(jnp.int32)) if deep else None
             up_st = nR.astype(jnp.int16) - _count_lt(jnp.where(R, rP, ABSENT).astype(jnp.int16), r)
-            r = jnp.where(r < ncur, r + up_cur, jnp.where(r < GONE, r + up_st, r)).astype(jnp.int16)
-            cur = cur + Rcnt
-            rR_new = _above(cur, pl) + jnp.sum(laterQ & sameQ & R[None, :], axis=1, dtype=jnp.int32)
+            if deep:  # a current expert moves down by the re-marks at or above its layer
+                r = jnp.where(r < ncur, r + per_id(_suffix(Rcnt)), jnp.where(r < GONE, r + up_st, r)).astype(jnp.int16)
+            else:  # no R is above a current expert: up_st is nR there
+                r = jnp.where(r < GONE, r + up_st, r).astype(jnp.int16)
+            if deep:
+                cur = cur + Rcnt
+                rR_new = _above(cur, pl) + jnp.sum(laterQ & sameQ & R[None, :], axis=1, dtype=jnp.int32)
+            else:  # all proposals are of layer l + 1, the highest current layer: to the very top
+                cur = cur + nR
+                rR_new = jnp.sum(laterQ & R[None, :], axis=1, dtype=jnp.int32)
             r = r.at[pdrop].set(jnp.where(R, rR_new.astype(jnp.int16), r[pidx]), mode="drop")
             ncur = jnp.sum(cur)
         A = pv & ~resP
@@ -230,17 +249,19 @@ def make_pf_policy(spec: PfSpec):
         gone2 = (r >= rstar2) & (r < GONE) & ~inD
         ca = jnp.sum(earlierQ & A[None, :], axis=1, dtype=jnp.int32)
         adm = A & (ca < n_adm)
-        if ls:  # new prefetches: current, top of their layer's group (later proposals higher)
+        if deep:  # new prefetches: current, top of their layer's group (later proposals higher)
             npc = jnp.sum(pin & (rDp.astype(jnp.int32) < ncur), dtype=jnp.int32)
             cur = _take_victims(cur, jnp.clip(ncur - npc - thresh2, 0, nev2), onehot(l) * npc)
             Acnt = jnp.zeros((L,), jnp.int32).at[pl].add(adm.astype(jnp.int32))
-            up_cur = _suffix(Acnt)[lay]
-            up = jnp.where(r < ncur, up_cur, n_adm)
+            up = jnp.where(r < ncur, per_id(_suffix(Acnt)), n_adm)
             r_pin = rDp - jnp.clip(ev_posP - thresh2, 0, nev2) + _suffix(Acnt)[l]
             cur = cur + Acnt
             r_adm = _above(cur, pl) + jnp.sum(laterQ & sameQ & adm[None, :], axis=1, dtype=jnp.int32)
             ncur = jnp.sum(cur)
         else:
+            if ls:  # one-layer lookahead: new prefetches go on top of everything
+                npc = jnp.sum(pin & (rDp.astype(jnp.int32) < ncur), dtype=jnp.int32)
+                cur = cur - jnp.clip(ncur - npc - thresh2, 0, nev2) + n_adm
             up = n_adm
             r_pin = rDp + n_adm - jnp.clip(ev_posP - thresh2, 0, nev2)
             r_adm = n_adm - 1 - ca

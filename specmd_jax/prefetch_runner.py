@@ -75,7 +75,7 @@ def run_instant(trace: Trace, policy: str, capacities, plan: PrefetchPlan, *,
     caps = np.atleast_1d(np.asarray(capacities, np.int64))
     if np.any(caps < 0) or np.any(caps > 16000):
         raise ValueError("capacities must be in [0, 16000]")
-    spec = PfSpec(policy, L, E, steps.width, int(plan.ids.shape[1]))
+    spec = PfSpec(policy, L, E, steps.width, int(plan.ids.shape[1]), int(plan.config.depth))
     init, run = _runner(spec)
     B, S = caps.shape[0], steps.num_steps
     params = Params(capacity=jnp.asarray(caps, jnp.int32), seed=jnp.zeros(B, jnp.uint32))
