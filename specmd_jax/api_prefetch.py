@@ -50,27 +50,29 @@ def _plan(trace, prefetch, train) -> Optional[PrefetchPlan]:
 
 def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None, *,
                    fractions: Optional[Sequence[float]] = None,
-                   prefetch: Union[None, PrefetchConfig, PrefetchPlan] = None,
+                   prefetch: Union[None, PrefetchConfig, PrefetchPlan, Sequence] = None,
                    hardware: Sequence[Hardware] = (Hardware(),), timing: str = "async",
                    train: Optional[Trace] = None, progress: bool = False) -> pd.DataFrame:
-    """Replay ``trace`` with ``policy`` and a prefetch plan for every capacity x hardware profile.
+    """Replay ``trace`` with ``policy`` for every prefetch setting x capacity x hardware profile.
 
     Args:
         trace: a trace (pinned mode, global pool).
         policy: eviction policy name.
         capacities / fractions: cache sizes (slots, or fractions of all expert bytes).
         prefetch: ``None`` (demand only), a :class:`PrefetchConfig` (plan made here; ``train``
-            is the training trace of the ``transition`` predictor) or a ready :class:`PrefetchPlan`.
+            is the training trace of the ``transition`` predictor), a ready :class:`PrefetchPlan`,
+            or a list of these: on the JAX engines every (setting, capacity, hardware) triple is
+            one configuration of the same compiled program.
         hardware: profiles to time (see ``timing.HARDWARE_PRESETS``).
         timing: ``"async"`` or ``"instant"`` (see the module docstring).
         progress: a tqdm bar over reference runs.
 
     Returns:
-        One row per (capacity, hardware): parameters, ``engine``, the demand counters
-        (``demands, hits, late, misses, collisions, evictions, bypass``), prefetch counters
-        (``pf_*``), ``hit_rate`` / ``collision_rate`` (per demand), ``stall_ms``, ``ttft_ms`` (mean
-        over requests with a prefill pass), ``tpot_ms`` (mean decode pass), and the plan's
-        trace-level ``pred_precision`` / ``pred_recall``.
+        One row per (prefetch setting, capacity, hardware): parameters, ``engine``, the demand
+        counters (``demands, hits, late, misses, collisions, evictions, bypass``), prefetch counters
+        (``pf_*``), ``hit_rate`` / ``late_rate`` / ``collision_rate`` (per demand), ``stall_ms``,
+        ``ttft_ms`` (mean over requests with a prefill pass), ``tpot_ms`` (mean decode pass), and
+        the plan's trace-level ``pred_precision`` / ``pred_recall``.
     """
     if timing not in TIMINGS:
         raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
@@ -79,73 +81,78 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     caps = capacity_slots(trace, fractions) if fractions is not None else np.atleast_1d(np.asarray(capacities, np.int64))
     fr = np.atleast_1d(np.asarray(fractions, np.float64)) if fractions is not None else caps / trace.shape.num_ids
     hws = list(hardware)
-    plan = _plan(trace, prefetch, train)
-    quality = prediction_quality(trace, plan) if plan is not None else {"precision": np.nan, "recall": np.nan}
+    settings = list(prefetch) if isinstance(prefetch, (list, tuple)) else [prefetch]
+    plans = [_plan(trace, pf, train) for pf in settings]
+    empty = PrefetchPlan(ids=np.full((trace.num_visits, 1), -1, np.int32), config=PrefetchConfig(), source=trace.source)
+    labels = ["none" if p is None else _describe(p.config) for p in plans]
+    quality = [prediction_quality(trace, p) if p is not None else {"precision": np.nan, "recall": np.nan}
+               for p in plans]
     rows = []
     if timing == "instant" and policy in PF_POLICIES:
         from .prefetch_runner import run_instant, timing as time_of  # jax only when used
-        p = plan if plan is not None else PrefetchPlan(ids=np.full((trace.num_visits, 1), -1, np.int32),
-                                                       config=PrefetchConfig(), source=trace.source)
-        r = run_instant(trace, policy, caps, p)
-        for h in hws:
+        r = run_instant(trace, policy, caps, [p if p is not None else empty for p in plans])
+        for hi, h in enumerate(hws):
             tm = time_of(trace, r.pass_misses, h)
-            for i, c in enumerate(caps):
-                row = dict(zip(COUNTER_NAMES, r.totals[i].tolist()))
-                row.update(late=0, **{k: int(r.pf_totals[k][i]) for k in PF_COLUMNS})
-                row.update(stall_ticks=int(tm["stall_ticks"][i]), ttft_ticks=float(tm["ttft_ticks"][i]),
-                           tpot_ticks=float(tm["tpot_ticks"][i]))
-                rows.append(_meta(row, i, c, fr, h, "jax-instant"))
+            for b in range(len(r.plan_index)):
+                k, i = int(r.plan_index[b]), b % len(caps)
+                row = dict(zip(COUNTER_NAMES, r.totals[b].tolist()))
+                row.update(late=0, **{n: int(r.pf_totals[n][b]) for n in PF_COLUMNS})
+                row.update(stall_ticks=int(tm["stall_ticks"][b]), ttft_ticks=float(tm["ttft_ticks"][b]),
+                           tpot_ticks=float(tm["tpot_ticks"][b]))
+                rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-instant", k))
     elif timing == "async" and policy in ASYNC_POLICIES:
         from .prefetch_runner import run_async  # jax only when used
-        p = plan if plan is not None else PrefetchPlan(ids=np.full((trace.num_visits, 1), -1, np.int32),
-                                                       config=PrefetchConfig(), source=trace.source)
-        r = run_async(trace, policy, caps, p, hws)
+        r = run_async(trace, policy, caps, [p if p is not None else empty for p in plans], hws)
         H = len(hws)
-        for hi, h in enumerate(hws):
-            for i, c in enumerate(caps):
-                b = i * H + hi
-                row = dict(zip(COUNTER_NAMES, r.totals[b].tolist()))
-                row.update({k: int(v[b]) for k, v in r.pf_totals.items() if k != "pf_unused_end"})
-                row.update(stall_ticks=int(r.stall_ticks[b].sum()), ttft_ticks=float(r.ttft_ticks[b]),
-                           tpot_ticks=float(r.tpot_ticks[b]))
-                rows.append(_meta(row, i, c, fr, h, "jax-async"))
+        for b in range(len(r.plan_index)):
+            k, i, hi = int(r.plan_index[b]), (b // H) % len(caps), b % H
+            row = dict(zip(COUNTER_NAMES, r.totals[b].tolist()))
+            row.update({n: int(v[b]) for n, v in r.pf_totals.items() if n != "pf_unused_end"})
+            row.update(stall_ticks=int(r.stall_ticks[b].sum()), ttft_ticks=float(r.ttft_ticks[b]),
+                       tpot_ticks=float(r.tpot_ticks[b]))
+            rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-async", k))
     else:
-        jobs = [(i, c, h) for h in hws for i, c in enumerate(caps)]
+        jobs = [(k, i, c, hi) for k in range(len(plans)) for hi in range(len(hws)) for i, c in enumerate(caps)]
         bar = None
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=len(jobs), desc=f"{policy} {timing} (reference)", unit="config")
-        for i, c, h in jobs:
-            ref = simulate_timed(trace, policy, int(c), plan=plan, hardware=h, instant_prefetch=timing == "instant")
-            row = {k: ref.totals[k] for k in ref.totals}
+        for k, i, c, hi in jobs:
+            ref = simulate_timed(trace, policy, int(c), plan=plans[k], hardware=hws[hi],
+                                 instant_prefetch=timing == "instant")
+            row = {n: ref.totals[n] for n in ref.totals}
             row["ttft_ticks"] = float(np.mean(list(ref.ttft_ticks.values()))) if ref.ttft_ticks else float("nan")
             row["tpot_ticks"] = float(ref.tpot_ticks)
-            rows.append(_meta(row, i, c, fr, h, f"reference-{timing}"))
+            rows.append(_meta(row, i, c, fr, hws, hi, f"reference-{timing}", k))
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows).sort_values(["setting", "hardware_index", "capacity_index"], kind="stable")
+    df = df.drop(columns=["hardware_index", "capacity_index"]).reset_index(drop=True)
+    k = df.pop("setting").to_numpy()
     df.insert(0, "trace", trace.source)
     df.insert(1, "model", trace.shape.name)
     df.insert(2, "policy", policy)
     df.insert(3, "timing", timing)
-    df.insert(4, "prefetch", "none" if plan is None else _describe(plan.config))
+    df.insert(4, "prefetch", [labels[x] for x in k])
     d = df["demands"].where(df["demands"] > 0)
     df["hit_rate"] = df["hits"] / d
     df["late_rate"] = df["late"] / d
     df["collision_rate"] = df["collisions"] / d
-    for k in ("stall", "ttft", "tpot"):
-        df[f"{k}_ms"] = df.pop(f"{k}_ticks") * TICK_S * 1e3
-    df["pred_precision"] = quality["precision"]
-    df["pred_recall"] = quality["recall"]
+    for n in ("stall", "ttft", "tpot"):
+        df[f"{n}_ms"] = df.pop(f"{n}_ticks") * TICK_S * 1e3
+    df["pred_precision"] = [quality[x]["precision"] for x in k]
+    df["pred_recall"] = [quality[x]["recall"] for x in k]
     df["bytes_moved"] = (df["misses"] + df["pf_issued"]) * trace.shape.expert_bytes  # instant copies move bytes too
     return df
 
 
-def _meta(row, i, c, fr, h, engine):
+def _meta(row, i, c, fr, hws, hi, engine, setting):
+    h = hws[hi]
     row.update(capacity_slots=int(c), capacity_fraction=float(fr[i]), hardware=h.name,
-               bandwidth_gbps=h.bandwidth_gbps, latency_us=h.latency_us, engine=engine)
+               bandwidth_gbps=h.bandwidth_gbps, latency_us=h.latency_us, engine=engine, setting=setting,
+               capacity_index=i, hardware_index=hi)
     return row
 
 

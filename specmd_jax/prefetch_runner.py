@@ -29,9 +29,11 @@ _COMPILED: dict = {}
 
 
 @functools.lru_cache(maxsize=None)
-def _runner(spec: PfSpec):
+def _runner(spec: PfSpec, multi: bool = False):
     init, step = make_pf_policy(spec)
-    vstep = jax.vmap(step, in_axes=(0, None, 0))
+    # multi: each configuration has its own plan (pf_ids batched), the rest of the visit is shared
+    vis_axes = PfVisit(layer=None, new_pass=None, ids=None, pf_ids=0) if multi else None
+    vstep = jax.vmap(step, in_axes=(0, vis_axes, 0))
 
     def run(params, states, xs):
         def body(st, x):
@@ -53,6 +55,8 @@ class PfResult:
             ``pf_unused_end`` (admitted, still resident and never demanded at the end).
         resident: bool[B, N]; max_occupancy: int64[B].
         pass_misses: int64[B, P] demand misses per pass.
+        plan_index: int64[B] the plan of each configuration (several plans: plan-major,
+            ``config = plan * len(capacities) + capacity index``).
     """
 
     totals: np.ndarray
@@ -63,24 +67,58 @@ class PfResult:
     pass_misses: np.ndarray
     compile_s: float
     run_s: float
+    plan_index: np.ndarray = None
 
 
-def run_instant(trace: Trace, policy: str, capacities, plan: PrefetchPlan, *,
-                chunk_steps: int = 8192) -> PfResult:
-    """Replay ``trace`` with ``plan``'s proposals inserted instantly, for every capacity at once."""
+def _plans(plan, S: int, source: str):
+    """(list of plans, stacked ids int32[n_plans, S, Qmax], max depth); validates the sizes."""
+    plans = [plan] if isinstance(plan, PrefetchPlan) else list(plan)
+    if not plans:
+        raise ValueError("no prefetch plan given")
+    for p in plans:
+        if p.ids.shape[0] != S:
+            raise ValueError(f"plan has {p.ids.shape[0]} visits, trace {source} has {S}")
+    Q = max(p.ids.shape[1] for p in plans)
+    stack = np.full((len(plans), S, Q), -1, np.int32)
+    for i, p in enumerate(plans):
+        stack[i, :, : p.ids.shape[1]] = p.ids
+    return plans, stack, max(int(p.config.depth) for p in plans)
+
+
+def _pf_chunk(stack: np.ndarray, lo: int, hi: int, pad: int, reps: int, multi: bool) -> np.ndarray:
+    """Proposals of steps [lo, hi) padded to the chunk: int32[chunk, Q] (one plan) or
+    int32[chunk, n_plans * reps, Q] (one row per configuration, plan-major)."""
+    a = stack[:, lo:hi]
+    if pad:
+        a = np.concatenate([a, np.full((a.shape[0], pad, a.shape[2]), -1, np.int32)], axis=1)
+    if not multi:
+        return a[0]
+    return np.repeat(a.transpose(1, 0, 2), reps, axis=1)
+
+
+def run_instant(trace: Trace, policy: str, capacities, plan, *, chunk_steps: int = 8192) -> PfResult:
+    """Replay ``trace`` with proposals inserted instantly, for every capacity at once.
+
+    ``plan`` is a :class:`PrefetchPlan` or a list of them: with several, every (plan, capacity)
+    pair is a configuration of the same compiled program (prefetch parameters as a vmapped axis).
+    """
     L, E = trace.shape.num_layers, trace.shape.num_experts
     steps = prepare_steps(trace, "pinned")
-    if plan.ids.shape[0] != steps.num_steps:
-        raise ValueError(f"plan has {plan.ids.shape[0]} visits, trace {trace.source} has {steps.num_steps}")
-    caps = np.atleast_1d(np.asarray(capacities, np.int64))
-    if np.any(caps < 0) or np.any(caps > 16000):
+    S = steps.num_steps
+    plans, stack, depth = _plans(plan, S, trace.source)
+    multi = len(plans) > 1
+    caps0 = np.atleast_1d(np.asarray(capacities, np.int64))
+    if np.any(caps0 < 0) or np.any(caps0 > 16000):
         raise ValueError("capacities must be in [0, 16000]")
-    spec = PfSpec(policy, L, E, steps.width, int(plan.ids.shape[1]), int(plan.config.depth))
-    init, run = _runner(spec)
-    B, S = caps.shape[0], steps.num_steps
+    caps = np.tile(caps0, len(plans))
+    spec = PfSpec(policy, L, E, steps.width, int(stack.shape[2]), depth)
+    init, run = _runner(spec, multi)
+    B = caps.shape[0]
     params = Params(capacity=jnp.asarray(caps, jnp.int32), seed=jnp.zeros(B, jnp.uint32))
     states = init(params)
     chunk = max(1, min(int(chunk_steps), 1 << max(0, (S - 1).bit_length())))
+    if multi:  # keep the per-configuration proposals of a chunk under ~64 MiB
+        chunk = max(1, min(chunk, (64 << 20) // max(1, B * stack.shape[2] * 4)))
 
     def xs_of(lo):
         hi = min(S, lo + chunk)
@@ -91,9 +129,10 @@ def run_instant(trace: Trace, policy: str, capacities, plan: PrefetchPlan, *,
             return np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)]) if pad else a
 
         return PfVisit(layer=jnp.asarray(take(steps.layer, 0)), new_pass=jnp.asarray(take(steps.new_pass, False)),
-                       ids=jnp.asarray(take(steps.ids, -1)), pf_ids=jnp.asarray(take(plan.ids, -1)))
+                       ids=jnp.asarray(take(steps.ids, -1)),
+                       pf_ids=jnp.asarray(_pf_chunk(stack, lo, hi, pad, len(caps0), multi)))
 
-    key = (spec, B, chunk)
+    key = (spec, multi, B, chunk)
     t0 = time.perf_counter()
     compiled = _COMPILED.get(key)
     if compiled is None:
@@ -117,7 +156,8 @@ def run_instant(trace: Trace, policy: str, capacities, plan: PrefetchPlan, *,
     names["pf_wasted"] = admitted - names["pf_useful"] - unused
     return PfResult(totals=per.sum(axis=2), per_layer=per, pf_totals=names,
                     resident=np.asarray(states.rank) < GONE, max_occupancy=np.asarray(states.max_occ, np.int64),
-                    pass_misses=pass_misses, compile_s=compile_s, run_s=run_s)
+                    pass_misses=pass_misses, compile_s=compile_s, run_s=run_s,
+                    plan_index=np.repeat(np.arange(len(plans)), len(caps0)))
 
 
 def timing(trace: Trace, pass_misses: np.ndarray, hardware: Hardware) -> dict:
@@ -161,13 +201,16 @@ class AsyncResult:
     tpot_ticks: np.ndarray
     compile_s: float
     run_s: float
+    plan_index: np.ndarray = None
 
 
 @functools.lru_cache(maxsize=None)
-def _async_runner(spec):
-    from .engine_async import make_async_policy
+def _async_runner(spec, multi: bool = False):
+    from .engine_async import AsyncVisit, make_async_policy
     init, step = make_async_policy(spec)
-    vstep = jax.vmap(step, in_axes=(0, None, 0))
+    vis_axes = AsyncVisit(live=None, layer=None, new_pass=None, prefill=None, tokens=None, ids=None,
+                          pf_ids=0) if multi else None
+    vstep = jax.vmap(step, in_axes=(0, vis_axes, 0))
 
     def run(params, states, xs):
         return lax.scan(lambda st, x: vstep(st, x, params), states, xs)
@@ -175,19 +218,21 @@ def _async_runner(spec):
     return jax.jit(jax.vmap(init)), jax.jit(run, donate_argnums=(1,))
 
 
-def run_async(trace: Trace, policy: str, capacities, plan: PrefetchPlan, hardware, *,
+def run_async(trace: Trace, policy: str, capacities, plan, hardware, *,
               chunk_steps: int = 8192) -> AsyncResult:
-    """Asynchronous-prefetch replay of ``trace`` for every (capacity, hardware profile) pair in
-    one compiled program (:mod:`specmd_jax.engine_async`; ``lru`` and ``fifo``)."""
+    """Asynchronous-prefetch replay of ``trace`` for every (plan, capacity, hardware profile)
+    in one compiled program (:mod:`specmd_jax.engine_async`; ``lru`` and ``fifo``). ``plan``:
+    a :class:`PrefetchPlan` or a list (configurations plan-major, then capacity, then hardware)."""
     from .engine_async import ASYNC_COUNTER_NAMES, AsyncParams, AsyncSpec, AsyncVisit
     L = trace.shape.num_layers
     steps = prepare_steps(trace, "pinned")
-    if plan.ids.shape[0] != steps.num_steps:
-        raise ValueError(f"plan has {plan.ids.shape[0]} visits, trace {trace.source} has {steps.num_steps}")
-    caps = np.atleast_1d(np.asarray(capacities, np.int64))
+    plans, stack, _ = _plans(plan, steps.num_steps, trace.source)
+    multi = len(plans) > 1
+    caps0 = np.atleast_1d(np.asarray(capacities, np.int64))
     hws = list(hardware)
-    if np.any(caps < 0) or np.any(caps > 16000):
+    if np.any(caps0 < 0) or np.any(caps0 > 16000):
         raise ValueError("capacities must be in [0, 16000]")
+    caps = np.tile(caps0, len(plans))
     H = len(hws)
     B = len(caps) * H
     eb = trace.shape.expert_bytes
@@ -198,8 +243,8 @@ def run_async(trace: Trace, policy: str, capacities, plan: PrefetchPlan, hardwar
     params = AsyncParams(capacity=jnp.asarray(cap_b, jnp.int32), xfer=jnp.asarray(hw_num[hb, 0], jnp.int32),
                          c_dec=jnp.asarray(hw_num[hb, 1], jnp.int32), c_pre0=jnp.asarray(hw_num[hb, 2], jnp.int32),
                          c_pre1=jnp.asarray(hw_num[hb, 3], jnp.int32))
-    spec = AsyncSpec(policy, L, trace.shape.num_experts, steps.width, int(plan.ids.shape[1]))
-    init, run = _async_runner(spec)
+    spec = AsyncSpec(policy, L, trace.shape.num_experts, steps.width, int(stack.shape[2]))
+    init, run = _async_runner(spec, multi)
     states = init(params)
     S = steps.num_steps
     pre = trace.pass_phase == PREFILL
@@ -207,6 +252,8 @@ def run_async(trace: Trace, policy: str, capacities, plan: PrefetchPlan, hardwar
     prefill = pre[step_pass]
     tokens = trace.pass_tokens[step_pass].astype(np.int32)
     chunk = max(1, min(int(chunk_steps), 1 << max(0, (S - 1).bit_length())))
+    if multi:
+        chunk = max(1, min(chunk, (64 << 20) // max(1, B * stack.shape[2] * 4)))
 
     def xs_of(lo):
         hi = min(S, lo + chunk)
@@ -218,9 +265,10 @@ def run_async(trace: Trace, policy: str, capacities, plan: PrefetchPlan, hardwar
 
         return AsyncVisit(live=jnp.asarray(take(np.ones(S, bool), False)), layer=jnp.asarray(take(steps.layer, 0)), new_pass=jnp.asarray(take(steps.new_pass, False)),
                           prefill=jnp.asarray(take(prefill, False)), tokens=jnp.asarray(take(tokens, 0)),
-                          ids=jnp.asarray(take(steps.ids, -1)), pf_ids=jnp.asarray(take(plan.ids, -1)))
+                          ids=jnp.asarray(take(steps.ids, -1)),
+                          pf_ids=jnp.asarray(_pf_chunk(stack, lo, hi, pad, len(caps0) * H, multi)))
 
-    key = ("async", spec, B, chunk)
+    key = ("async", spec, multi, B, chunk)
     t0 = time.perf_counter()
     compiled = _COMPILED.get(key)
     if compiled is None:
@@ -261,4 +309,5 @@ def run_async(trace: Trace, policy: str, capacities, plan: PrefetchPlan, hardwar
     return AsyncResult(capacities=cap_b, hardware=[hws[i] for i in hb], totals=per.sum(axis=2), per_layer=per,
                        pf_totals=names, resident=np.asarray(states.rank) < GONE,
                        max_occupancy=np.asarray(states.max_occ, np.int64), pass_ticks=pass_ticks,
-                       stall_ticks=stall_l, ttft_ticks=ttft, tpot_ticks=tpot, compile_s=compile_s, run_s=run_s)
+                       stall_ticks=stall_l, ttft_ticks=ttft, tpot_ticks=tpot, compile_s=compile_s, run_s=run_s,
+                       plan_index=np.repeat(np.arange(len(plans)), len(caps0) * H))

@@ -131,3 +131,21 @@ def test_fig6_quick(tmp_path):
     syn = res[res["trace"].str.startswith("synthetic")].set_index("strategy")
     assert syn.loc["recorded topk x2", "recall"] >= syn.loc["recorded topk x1", "recall"]   # overfetch recalls more
     assert syn.loc["recorded topk x2", "precision"] <= syn.loc["recorded topk x1", "precision"]
+
+
+def test_several_prefetch_settings_in_one_program(trace):
+    """A list of prefetch settings is one more vmapped axis on the JAX engines: each setting's
+    rows equal a separate sweep with that setting alone (instant: lru/ls; async: lru)."""
+    hws = [HARDWARE_PRESETS["a100-5gbps"], HARDWARE_PRESETS["pcie4-x16"]]
+    settings = [None, PrefetchConfig("recorded", "topk"), PrefetchConfig("recorded", "topk", overfetch=2.0),
+                PrefetchConfig("oracle_degraded", "all", recall=0.8, precision=0.8, depth=2)]
+    for policy, timing in (("ls", "instant"), ("lru", "async")):
+        many = sj.sweep_prefetch(trace, policy, capacities=[10, 51, 256], prefetch=settings, hardware=hws,
+                                 timing=timing)
+        assert len(many) == 4 * 3 * 2
+        assert list(many["prefetch"].unique()) == ["none", "recorded topk x1", "recorded topk x2",
+                                                   "oracle_degraded r0.8/p0.8 all d2"]
+        for k, pf in enumerate(settings):
+            one = sj.sweep_prefetch(trace, policy, capacities=[10, 51, 256], prefetch=pf, hardware=hws, timing=timing)
+            part = many.iloc[k * 6:(k + 1) * 6].reset_index(drop=True)
+            pd.testing.assert_frame_equal(part, one, check_dtype=False)
