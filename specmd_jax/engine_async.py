@@ -166,7 +166,7 @@ def make_async_policy(spec: AsyncSpec):
         qidx = jnp.where(inb, NONE, qidx)
         occ = occ - nev + n_adm
         new = dict(st, rank=r2, occ=occ, pfu=pfu, qidx=qidx, head=head + c, max_occ=jnp.maximum(st["max_occ"], occ))
-        return new, (nev, n_dem - n_dem_adm, n_pf, n_pf - n_pf_adm), dem_adm
+        return new, (nev, n_dem - n_dem_adm, n_pf, n_pf - n_pf_adm)
 
     def step(state: AsyncState, visit: AsyncVisit, params: AsyncParams):
         st = {k: getattr(state, k) for k in _FIELDS}
@@ -211,7 +211,7 @@ def make_async_policy(spec: AsyncSpec):
         done_l = st["ring"][jnp.where(late, qD, 0) % N]
         t_ready = jnp.maximum(t, jnp.max(jnp.where(miss, done_m, jnp.where(late, done_l, t))))
         dem_q = jnp.where(late, qD, jnp.where(miss, q_m, NONE))
-        st, (ev1, byp, arr1, drop1), _ = admit(st, t_ready, cap, D, dem_q)
+        st, (ev1, byp, arr1, drop1) = admit(st, t_ready, cap, D, dem_q)
         # use: LRU moves the resident demand to the top (ids ascending, lowest id lowest)
         if lru:
             r = st["rank"]
@@ -240,7 +240,7 @@ def make_async_policy(spec: AsyncSpec):
         comp = jnp.where(visit.prefill, params.c_pre0 + visit.tokens * params.c_pre1, params.c_dec).astype(jnp.int32)
         comp = jnp.where(visit.live, comp, 0)
         t_end = t_ready + comp
-        st, (ev2, _, arr2, drop2), _ = admit(st, t_end, cap, D, jnp.full((W,), NONE, jnp.int32))
+        st, (ev2, _, arr2, drop2) = admit(st, t_end, cap, D, jnp.full((W,), NONE, jnp.int32))
         st["t"] = t_end
         # int32 ticks relative to the pass start: a sum that wraps becomes smaller than its base
         st["ovf"] = (st["ovf"] | (t_ready < t) | (t_end < t_ready) | jnp.any(miss & (done_m < start))
