@@ -195,19 +195,8 @@ def make_policy(spec: Spec) -> Policy:
         cap = cap.astype(jnp.int32)
 
         inD = jnp.zeros((M,), bool).at[loc_drop].set(True, mode="drop")
-        r0D = r[loc]
-        rD = jnp.where(valid, r0D, ABSENT).astype(jnp.int16)
-        resD = rD < GONE
-        missD = valid & ~resD
-        nd = jnp.sum(valid, dtype=jnp.int32)
-        nh = jnp.sum(resD, dtype=jnp.int32)
-        nm = nd - nh
-        coll = jnp.sum(rD == GONE, dtype=jnp.int32)
+        r0D, rD, resD, missD, nd, nh, nm, coll, m, nev, na = classify_demand(r, loc, valid, occ, cap)
         rD = jnp.where(resD, rD, ABSENT).astype(jnp.int16)
-        free = cap - occ
-        m = occ - nh  # evictable residents
-        nev = jnp.clip(nm - free, 0, m)
-        na = jnp.minimum(nm, free + nev)
         resident = r < GONE
         evictable = resident & ~inD
         # admission: the first `na` missing ids (ids ascending within the step)
@@ -317,6 +306,38 @@ def make_policy(spec: Spec) -> Policy:
         return (ev3 & (c < take[:, None].astype(jnp.float32))).reshape(N)
 
     return Policy(spec.policy, init, shared_init, shared_step, step)
+
+
+class Demand(NamedTuple):
+    """A visit's demand against one configuration's ranks (pinned semantics, ``semantics``)."""
+
+    r0D: Any    # int16[W] ranks of the demanded ids as stored (sentinels included)
+    rD: Any     # int16[W] the same, ``ABSENT`` on padding (``GONE`` kept: collisions)
+    resD: Any   # bool[W] hit
+    missD: Any  # bool[W] miss
+    nd: Any     # demands
+    nh: Any     # hits
+    nm: Any     # misses
+    coll: Any   # collision misses
+    m: Any      # evictable residents (occupancy minus hits)
+    nev: Any    # evictions: clip(misses - free, 0, evictable)
+    na: Any     # admitted misses (the rest bypass)
+
+
+def classify_demand(r, loc, valid, occ, cap) -> Demand:
+    """Hits, misses, collisions and the eviction/admission counts of one visit (shared by the
+    demand-only and the prefetch engines)."""
+    r0D = r[loc]
+    rD = jnp.where(valid, r0D, ABSENT).astype(jnp.int16)
+    resD = rD < GONE
+    nd = jnp.sum(valid, dtype=jnp.int32)
+    nh = jnp.sum(resD, dtype=jnp.int32)
+    nm = nd - nh
+    free = cap - occ
+    m = occ - nh
+    nev = jnp.clip(nm - free, 0, m)
+    return Demand(r0D, rD, resD, valid & ~resD, nd, nh, nm, jnp.sum(rD == GONE, dtype=jnp.int32), m, nev,
+                  jnp.minimum(nm, free + nev))
 
 
 def _count_lt(a, r):

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 from jax import lax
 
-from .engine import ABSENT, GONE, NCOUNT, Params, _count_lt
+from .engine import ABSENT, GONE, NCOUNT, Params, _count_lt, classify_demand
 from .pytree import pytree_dataclass
 
 PF_POLICIES = ("lru", "ls", "fifo")
@@ -154,19 +154,8 @@ def make_pf_policy(spec: PfSpec):
         loc_drop = jnp.where(valid, ids, N)
         inD = jnp.zeros((N,), bool).at[loc_drop].set(True, mode="drop")
         # ---------------------------------------------------------------- the visit's demand
-        r0D = r[loc]
-        rD = jnp.where(valid, r0D, ABSENT).astype(jnp.int16)
-        resD = rD < GONE
-        missD = valid & ~resD
-        nh = jnp.sum(resD, dtype=jnp.int32)
-        nd = jnp.sum(valid, dtype=jnp.int32)
-        nm = nd - nh
-        coll = jnp.sum(rD == GONE, dtype=jnp.int32)
+        r0D, rD, resD, missD, nd, nh, nm, coll, m, nev, na = classify_demand(r, loc, valid, occ, cap)
         useful = jnp.sum(resD & state.pfu[loc], dtype=jnp.int32)
-        free = cap - occ
-        m = occ - nh
-        nev = jnp.clip(nm - free, 0, m)
-        na = jnp.minimum(nm, free + nev)
         cm = jnp.sum(earlier & missD[None, :], axis=1, dtype=jnp.int32)
         admitD = missD & (cm < na)
         thresh = m - nev

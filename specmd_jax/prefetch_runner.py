@@ -85,6 +85,30 @@ def _plans(plan, S: int, source: str):
     return plans, stack, max(int(p.config.depth) for p in plans)
 
 
+def _take(a: np.ndarray, lo: int, hi: int, pad: int, fill) -> np.ndarray:
+    """Rows [lo, hi) of ``a``, padded with ``pad`` rows of ``fill`` (a chunk of the scan's xs)."""
+    a = a[lo:hi]
+    return np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)]) if pad else a
+
+
+def _run_chunks(key, run, params, states, xs_of, S: int, chunk: int):
+    """Compile once per ``key`` (cached), then scan the trace chunk by chunk.
+
+    Returns (states, per-step outputs as numpy [S, ...], compile_s, run_s)."""
+    t0 = time.perf_counter()
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        compiled = _COMPILED[key] = run.lower(params, states, xs_of(0)).compile()
+    compile_s = time.perf_counter() - t0
+    ys = []
+    t0 = time.perf_counter()
+    for lo in range(0, S, chunk):
+        states, y = compiled(params, states, xs_of(lo))
+        ys.append(np.asarray(y)[: min(chunk, S - lo)])
+    jax.block_until_ready(states)
+    return states, np.concatenate(ys), compile_s, time.perf_counter() - t0
+
+
 def _pf_chunk(stack: np.ndarray, lo: int, hi: int, pad: int, reps: int, multi: bool) -> np.ndarray:
     """Proposals of steps [lo, hi) padded to the chunk: int32[chunk, Q] (one plan) or
     int32[chunk, n_plans * reps, Q] (one row per configuration, plan-major)."""
@@ -123,29 +147,13 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, chunk_steps: int
     def xs_of(lo):
         hi = min(S, lo + chunk)
         pad = chunk - (hi - lo)
-
-        def take(a, fill):
-            a = a[lo:hi]
-            return np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)]) if pad else a
-
-        return PfVisit(layer=jnp.asarray(take(steps.layer, 0)), new_pass=jnp.asarray(take(steps.new_pass, False)),
-                       ids=jnp.asarray(take(steps.ids, -1)),
+        return PfVisit(layer=jnp.asarray(_take(steps.layer, lo, hi, pad, 0)),
+                       new_pass=jnp.asarray(_take(steps.new_pass, lo, hi, pad, False)),
+                       ids=jnp.asarray(_take(steps.ids, lo, hi, pad, -1)),
                        pf_ids=jnp.asarray(_pf_chunk(stack, lo, hi, pad, len(caps0), multi)))
 
-    key = (spec, multi, B, chunk)
-    t0 = time.perf_counter()
-    compiled = _COMPILED.get(key)
-    if compiled is None:
-        compiled = _COMPILED[key] = run.lower(params, states, xs_of(0)).compile()
-    compile_s = time.perf_counter() - t0
-    misses = []
-    t0 = time.perf_counter()
-    for lo in range(0, S, chunk):
-        states, nm = compiled(params, states, xs_of(lo))
-        misses.append(np.asarray(nm)[: min(chunk, S - lo)])
-    jax.block_until_ready(states)
-    run_s = time.perf_counter() - t0
-    per_step = np.concatenate(misses).astype(np.int64)          # [S, B]
+    states, nm, compile_s, run_s = _run_chunks((spec, multi, B, chunk), run, params, states, xs_of, S, chunk)
+    per_step = nm.astype(np.int64)                               # [S, B]
     pass_misses = per_step.reshape(trace.num_passes, L, B).sum(axis=1).T
     per = np.asarray(states.per_layer, np.int64)
     pf = np.asarray(states.pf, np.int64).sum(axis=2)
@@ -255,39 +263,28 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *,
     if multi:
         chunk = max(1, min(chunk, (64 << 20) // max(1, B * stack.shape[2] * 4)))
 
+    live = np.ones(S, bool)
+
     def xs_of(lo):
         hi = min(S, lo + chunk)
         pad = chunk - (hi - lo)
-
-        def take(a, fill):
-            a = a[lo:hi]
-            return np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)]) if pad else a
-
-        return AsyncVisit(live=jnp.asarray(take(np.ones(S, bool), False)), layer=jnp.asarray(take(steps.layer, 0)), new_pass=jnp.asarray(take(steps.new_pass, False)),
-                          prefill=jnp.asarray(take(prefill, False)), tokens=jnp.asarray(take(tokens, 0)),
-                          ids=jnp.asarray(take(steps.ids, -1)),
+        return AsyncVisit(live=jnp.asarray(_take(live, lo, hi, pad, False)),
+                          layer=jnp.asarray(_take(steps.layer, lo, hi, pad, 0)),
+                          new_pass=jnp.asarray(_take(steps.new_pass, lo, hi, pad, False)),
+                          prefill=jnp.asarray(_take(prefill, lo, hi, pad, False)),
+                          tokens=jnp.asarray(_take(tokens, lo, hi, pad, 0)),
+                          ids=jnp.asarray(_take(steps.ids, lo, hi, pad, -1)),
                           pf_ids=jnp.asarray(_pf_chunk(stack, lo, hi, pad, len(caps0) * H, multi)))
 
-    key = ("async", spec, multi, B, chunk)
-    t0 = time.perf_counter()
-    compiled = _COMPILED.get(key)
-    if compiled is None:
-        compiled = _COMPILED[key] = run.lower(params, states, xs_of(0)).compile()
-    compile_s = time.perf_counter() - t0
-    ends = []
-    t0 = time.perf_counter()
-    for lo in range(0, S, chunk):
-        states, te = compiled(params, states, xs_of(lo))
-        ends.append(np.asarray(te)[: min(chunk, S - lo)])
-    jax.block_until_ready(states)
-    run_s = time.perf_counter() - t0
+    states, ends, compile_s, run_s = _run_chunks(("async", spec, multi, B, chunk), run, params, states, xs_of,
+                                                 S, chunk)
     ovf = np.asarray(states.ovf)
     if ovf.any():
         b = int(np.argmax(ovf))
         raise ValueError(f"a pass lasted over 2**31 ticks (214 s) for capacity {int(cap_b[b])} on hardware "
                          f"{hws[hb[b]].name!r} ({hws[hb[b]].bandwidth_gbps} GB/s): int32 time overflow; use the "
                          "reference (reference_timed) for such settings")
-    t_end = np.concatenate(ends).astype(np.int64).T                   # [B, S], relative to pass start
+    t_end = ends.astype(np.int64).T                                   # [B, S], relative to pass start
     last = np.flatnonzero(np.r_[steps.new_pass[1:], True])            # last visit of each pass
     pass_ticks = t_end[:, last]
     t_start = np.where(steps.new_pass[None, :], 0, np.concatenate([np.zeros((B, 1), np.int64), t_end[:, :-1]], 1))

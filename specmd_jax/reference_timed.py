@@ -40,14 +40,13 @@ class TimedResult:
     pass_ticks: list
     ttft_ticks: dict
     transfer_ticks: int
+    decode_pass_ticks: list = dataclasses.field(default_factory=list)
 
     @property
     def tpot_ticks(self) -> float:
         """Mean decode pass duration (NaN without decode passes)."""
         d = self.decode_pass_ticks
         return sum(d) / len(d) if d else float("nan")
-
-    decode_pass_ticks: list = dataclasses.field(default_factory=list)
 
 
 def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Hardware = INSTANT,

@@ -82,11 +82,16 @@ def test_errors(trace):
         Hardware(bandwidth_gbps=0.0)
 
 
+def _quick(script: str, out) -> None:
+    """Run ``experiments/<script> --quick --out <out>`` and require success."""
+    p = subprocess.run([sys.executable, str(ROOT / "experiments" / script), "--quick", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
 @pytest.mark.slow
 def test_prefetch_study_quick(tmp_path):
-    p = subprocess.run([sys.executable, str(ROOT / "experiments" / "prefetch_study.py"), "--quick", "--out",
-                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stdout + p.stderr
+    _quick("prefetch_study.py", tmp_path)
     res = pd.read_csv(tmp_path / "results.csv")
     rat = pd.read_csv(tmp_path / "collision_ratios.csv")
     # (synthetic: none + 4 plans; qwen3: none + 3 plans) x 2 policies x 2 timings x 3 capacities x 4 hardware
@@ -113,9 +118,7 @@ def test_system_presets():
 
 @pytest.mark.slow
 def test_table2_quick(tmp_path):
-    p = subprocess.run([sys.executable, str(ROOT / "experiments" / "table2.py"), "--quick", "--out", str(tmp_path)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stdout + p.stderr
+    _quick("table2.py", tmp_path)
     res = pd.read_csv(tmp_path / "table2.csv")
     assert len(res) == 2 * 4 * 2 and set(res["eviction"]) >= {"ls", "lru", "sb", "lfu"}
     assert (res["ttft_ms"] > 0).all() and (tmp_path / "table2.png").read_bytes()[:4] == b"\x89PNG"
@@ -123,9 +126,7 @@ def test_table2_quick(tmp_path):
 
 @pytest.mark.slow
 def test_fig6_quick(tmp_path):
-    p = subprocess.run([sys.executable, str(ROOT / "experiments" / "fig6.py"), "--quick", "--out", str(tmp_path)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stdout + p.stderr
+    _quick("fig6.py", tmp_path)
     res = pd.read_csv(tmp_path / "fig6.csv")
     assert len(res) == 2 * 5 and res["precision"].between(0, 1).all() and res["recall"].between(0, 1).all()
     syn = res[res["trace"].str.startswith("synthetic")].set_index("strategy")
