@@ -13,11 +13,10 @@ Engines: ``timing="instant"`` (prefetches land at once; times follow from miss c
 JAX engine (:mod:`specmd_jax.engine_pf`) for ``lru``/``ls``/``fifo`` - every capacity in one
 vmapped scan and every hardware profile from the same run - and the pure-Python reference for
 other policies. ``timing="async"`` (copies complete on a FIFO copy engine; late prefetches) runs
-the JAX asynchronous engine (:mod:`specmd_jax.engine_async`) for ``lru``/``fifo`` - every
+the JAX asynchronous engine (:mod:`specmd_jax.engine_async`) for ``lru``/``ls``/``fifo`` - every
 (capacity, hardware) pair in one vmapped scan - and the exact reference
-(:mod:`specmd_jax.reference_timed`) once per configuration for the other policies (Least-Stale
-among them for now; about a second per configuration on the real Qwen3 trace). Each row names
-the engine that produced it.
+(:mod:`specmd_jax.reference_timed`) once per configuration for the other policies (about a
+second per configuration on the real Qwen3 trace). Each row names the engine that produced it.
 """
 
 from __future__ import annotations

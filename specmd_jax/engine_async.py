@@ -1,4 +1,4 @@
-"""JAX engine with asynchronous prefetch on a FIFO copy engine (``lru``, ``fifo``; global pool).
+"""JAX engine with asynchronous prefetch on a FIFO copy engine (``lru``, ``ls``, ``fifo``; global pool).
 
 The kernel twin of :func:`reference_timed.simulate_timed` (``instant_prefetch=False``): copies
 complete on one FIFO engine, late prefetches stall, arrivals are admitted in batches with the
@@ -18,9 +18,18 @@ State per configuration, dense over the ``N`` expert ids plus a ring of copy com
   (rebased at each pass, so int32 ticks overflow only if one pass lasts over 2**31 ticks = 214 s;
   ``ovf`` records it and the runner raises).
 
-Least-Stale is not here yet: a late arrival for an already executed layer belongs *inside* the
-current tier (ordered by layer), not on top, which needs per-layer counts of the current tier;
-``ls`` with asynchronous timing runs in the reference for now.
+Least-Stale (key: pass it last entered the current tier, layer, entry order; ``semantics``) keeps
+the current tier as the top ``sum(cur)`` ranks, one contiguous block per layer, highest layer on
+top (as :mod:`engine_pf`'s deep path). What asynchrony adds is that one arrival batch can hold
+prefetches for several layers, including layers already executed (late arrivals), and each
+enters at the top of *its* layer's block in arrival order. Ranks inside a block need a prefetch's
+arrival order among the batch members of its layer, found elementwise: ``lc[x]`` numbers the
+copies of each layer in issue order (``icnt[L]`` issued, ``done[L]`` arrived per layer), and the
+engine completes copies in issue order, so a batch holds a prefix of each layer's pending copies
+and ``x``'s place in it is ``lc[x] - done[layer]`` minus the demanded members ahead of it.
+Demanded copies arrive unmarked (below every stale expert, as the reference's key -1) and their
+use moves them to the top of the visit layer's block; a resident stale proposal is re-marked at
+issue. The other policies with asynchronous timing run in the reference.
 """
 
 from __future__ import annotations
@@ -31,10 +40,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from .engine import ABSENT, GONE, NCOUNT, _count_lt
-from .engine_pf import _rstar
+from .engine_pf import _above, _rstar, _suffix, _take_victims
 from .pytree import pytree_dataclass
 
-ASYNC_POLICIES = ("lru", "fifo")
+ASYNC_POLICIES = ("lru", "ls", "fifo")
 ASYNC_COUNTER_NAMES = ("late", "pf_issued", "pf_resident", "pf_pending", "pf_arrived", "pf_dropped", "pf_useful")
 NONE = jnp.iinfo(jnp.int32).max
 
@@ -66,9 +75,14 @@ class AsyncState:
     pf: Any
     max_occ: Any
     ovf: Any
+    cur: Any   # int32[L] Least-Stale current tier per layer ([0] for other policies)
+    lc: Any    # int32[N] per-layer issue number of x's queued copy (ls; else [0])
+    icnt: Any  # int32[L] copies issued per layer (ls; else [0])
+    done: Any  # int32[L] copies arrived per layer (ls; else [0])
 
 
-_FIELDS = ("rank", "occ", "pfu", "qidx", "ring", "head", "tail", "t", "eng", "per_layer", "pf", "max_occ", "ovf")
+_FIELDS = ("rank", "occ", "pfu", "qidx", "ring", "head", "tail", "t", "eng", "per_layer", "pf", "max_occ", "ovf",
+           "cur", "lc", "icnt", "done")
 
 
 @pytree_dataclass
@@ -101,7 +115,17 @@ def make_async_policy(spec: AsyncSpec):
                          "reference (reference_timed.simulate_timed)")
     L, E, W, Q = spec.num_layers, spec.num_experts, spec.width, spec.prefetch_width
     N = L * E
-    lru = spec.policy == "lru"
+    lru, ls = spec.policy == "lru", spec.policy == "ls"
+    laterQ = jnp.arange(Q)[None, :] > jnp.arange(Q)[:, None]
+    layer_of = jnp.arange(N) // E
+
+    def per_id(table):
+        """[L] per-layer values -> [N] per id (a broadcast; ids are layer-major)."""
+        return jnp.broadcast_to(table[:, None], (L, E)).reshape(N)
+
+    def per_layer_count(mask):
+        """int32[L] members of a bool[N] mask per layer."""
+        return jnp.sum(mask.reshape(L, E), axis=1, dtype=jnp.int32)
     earlier = jnp.arange(W)[None, :] < jnp.arange(W)[:, None]
     earlierQ = jnp.arange(Q)[None, :] < jnp.arange(Q)[:, None]
     nbits = max(1, int(N).bit_length())
@@ -113,7 +137,9 @@ def make_async_policy(spec: AsyncSpec):
                           qidx=jnp.full((N,), NONE, jnp.int32), ring=jnp.zeros((N,), jnp.int32), head=z, tail=z,
                           t=z, eng=z, per_layer=jnp.zeros((NCOUNT, L), jnp.int32),
                           pf=jnp.zeros((len(ASYNC_COUNTER_NAMES), L), jnp.int32), max_occ=z,
-                          ovf=jnp.zeros((), bool))
+                          ovf=jnp.zeros((), bool), cur=jnp.zeros((L if ls else 0,), jnp.int32),
+                          lc=jnp.zeros((N if ls else 0,), jnp.int32), icnt=jnp.zeros((L if ls else 0,), jnp.int32),
+                          done=jnp.zeros((L if ls else 0,), jnp.int32))
 
     def count_done(ring, head, tail, T):
         """#{k in [head, tail) : ring[k mod N] <= T} (ring is sorted over the window)."""
@@ -126,15 +152,19 @@ def make_async_policy(spec: AsyncSpec):
         lo, _ = lax.fori_loop(0, nbits + 1, body, (head, tail))
         return lo - head
 
-    def admit(st, T, cap, D, dem_q):
+    def admit(st, T, cap, D, dem_q, l):
         """Arrival batch of every copy done by ``T``; ``D`` (ids, valid, loc, loc_drop, inD) pinned.
-        ``dem_q`` int32[W]: issue numbers of D's queued copies (NONE otherwise)."""
+        ``dem_q`` int32[W]: issue numbers of D's queued copies (NONE otherwise), or ``None`` when
+        the batch cannot hold any (after the demand has been served: a static shortcut)."""
         r, occ, pfu, qidx = st["rank"], st["occ"], st["pfu"], st["qidx"]
         ids, valid, loc, loc_drop, inD = D
         c = count_done(st["ring"], st["head"], st["tail"], T)
         head = st["head"]
         inb = (qidx >= head) & (qidx < head + c)                       # members, elementwise
-        demb = valid & (dem_q >= head) & (dem_q < head + c)            # D's copies in this batch
+        if dem_q is None:
+            demb = jnp.zeros((W,), bool)
+        else:
+            demb = valid & (dem_q >= head) & (dem_q < head + c)        # D's copies in this batch
         n_dem = jnp.sum(demb, dtype=jnp.int32)
         n_pf = c - n_dem
         rDp = jnp.where(valid, r[loc], ABSENT).astype(jnp.int16)
@@ -150,21 +180,48 @@ def make_async_policy(spec: AsyncSpec):
         rstar, ev_pos = _rstar(rDp, pin, thresh)
         gone = (r >= rstar) & (r < GONE) & ~inD
         # arrival order among the batch's prefetches: issue order minus D's copies issued earlier
-        dq = jnp.where(demb, dem_q, NONE)
-        o = (qidx - head) - jnp.sum(dq[:, None] < qidx[None, :], axis=0, dtype=jnp.int32) if W else qidx - head
+        o = qidx - head
+        if dem_q is not None and W:
+            dq = jnp.where(demb, dem_q, NONE)
+            o = o - jnp.sum(dq[:, None] < qidx[None, :], axis=0, dtype=jnp.int32)
         pf_in = inb & ~inD
         pf_adm = pf_in & (o < n_pf_adm)
-        r2 = jnp.where(r >= GONE, r, jnp.where(gone, GONE, r + n_adm.astype(jnp.int16))).astype(jnp.int16)
-        r2 = jnp.where(pf_adm, (n_pf_adm - 1 - o).astype(jnp.int16), r2)
-        # pinned hits below R* move up past the victims; demanded arrivals: ascending id, under the prefetches
         j = jnp.sum(earlier & demb[None, :], axis=1, dtype=jnp.int32)
         dem_adm = demb & (j < n_dem_adm)
-        newD = jnp.where(pin, rDp + n_adm - jnp.clip(ev_pos - thresh, 0, nev),
-                         jnp.where(dem_adm, n_pf_adm + n_dem_adm - 1 - j, r2[loc]))
+        occ_new = occ - nev + n_adm
+        if ls:
+            # current-tier victims leave from the bottom (lowest layers first, skipping the pinned)
+            cur, ncur = st["cur"], jnp.sum(st["cur"])
+            pin_cur = pin & (rDp.astype(jnp.int32) < ncur)
+            npc = jnp.sum(pin_cur, dtype=jnp.int32)
+            cur = _take_victims(cur, jnp.clip(ncur - npc - thresh, 0, nev), (jnp.arange(L) == l) * npc)
+            acnt = per_layer_count(pf_adm)
+            sfx = _suffix(acnt)                       # entries landing above a current expert of layer m
+            cur2 = cur + acnt
+            # a prefetch's place among its layer's batch members (issue order = arrival order)
+            w = st["lc"] - per_id(st["done"])
+            if dem_q is not None:
+                dlc = jnp.where(demb, st["lc"][loc], NONE)
+                w = w - jnp.where(layer_of == l, jnp.sum(dlc[:, None] < st["lc"][None, :], axis=0, dtype=jnp.int32), 0)
+            r_pf = per_id(_suffix(cur2) - cur2 + acnt - 1) - w          # top of its layer's block
+            r_keep = r + jnp.where(r < ncur, per_id(sfx), n_pf_adm)
+            r2 = jnp.where(r >= GONE, r, jnp.where(gone, GONE, r_keep)).astype(jnp.int16)
+            r2 = jnp.where(pf_adm, r_pf, r2).astype(jnp.int16)
+            # pinned: past the victims below them, under the entries above; demanded copies arrive
+            # unmarked (key -1): the bottom, ascending id lowest
+            newD = jnp.where(pin, rDp - jnp.clip(ev_pos - thresh, 0, nev) + jnp.where(pin_cur, sfx[l], n_pf_adm),
+                             jnp.where(dem_adm, occ_new - 1 - j, r2[loc]))
+            st = dict(st, cur=cur2, done=st["done"] + per_layer_count(inb))
+        else:
+            r2 = jnp.where(r >= GONE, r, jnp.where(gone, GONE, r + n_adm.astype(jnp.int16))).astype(jnp.int16)
+            r2 = jnp.where(pf_adm, (n_pf_adm - 1 - o).astype(jnp.int16), r2)
+            # pinned hits below R* move up past the victims; demanded arrivals: ascending id, under the prefetches
+            newD = jnp.where(pin, rDp + n_adm - jnp.clip(ev_pos - thresh, 0, nev),
+                             jnp.where(dem_adm, n_pf_adm + n_dem_adm - 1 - j, r2[loc]))
         r2 = r2.at[loc_drop].set(newD.astype(jnp.int16), mode="drop")
         pfu = jnp.where(gone, False, pfu) | pf_adm
         qidx = jnp.where(inb, NONE, qidx)
-        occ = occ - nev + n_adm
+        occ = occ_new
         new = dict(st, rank=r2, occ=occ, pfu=pfu, qidx=qidx, head=head + c, max_occ=jnp.maximum(st["max_occ"], occ))
         return new, (nev, n_dem - n_dem_adm, n_pf, n_pf - n_pf_adm)
 
@@ -179,6 +236,8 @@ def make_async_policy(spec: AsyncSpec):
                               lambda a: a, st["rank"])
         st["ring"] = lax.cond(visit.new_pass, lambda a: a - shift, lambda a: a, st["ring"])
         st["t"] = st["t"] - shift
+        if ls:
+            st["cur"] = jnp.where(visit.new_pass, 0, st["cur"])
         st["eng"] = st["eng"] - shift
         t = st["t"]
         ids = visit.ids
@@ -205,13 +264,16 @@ def make_async_policy(spec: AsyncSpec):
         done_m = start + (k + 1) * xfer
         q_m = st["tail"] + k
         st["qidx"] = st["qidx"].at[jnp.where(miss, ids, N)].set(q_m, mode="drop")
+        if ls:  # per-layer issue numbers (the demand is all of layer l)
+            st["lc"] = st["lc"].at[jnp.where(miss, ids, N)].set(st["icnt"][l] + k, mode="drop")
+            st["icnt"] = st["icnt"].at[l].add(nm)
         st["ring"] = st["ring"].at[jnp.where(miss, q_m % N, N)].set(done_m, mode="drop")
         st["tail"] = st["tail"] + nm
         st["eng"] = jnp.where(nm > 0, start + nm * xfer, st["eng"])
         done_l = st["ring"][jnp.where(late, qD, 0) % N]
         t_ready = jnp.maximum(t, jnp.max(jnp.where(miss, done_m, jnp.where(late, done_l, t))))
         dem_q = jnp.where(late, qD, jnp.where(miss, q_m, NONE))
-        st, (ev1, byp, arr1, drop1) = admit(st, t_ready, cap, D, dem_q)
+        st, (ev1, byp, arr1, drop1) = admit(st, t_ready, cap, D, dem_q, l)
         # use: LRU moves the resident demand to the top (ids ascending, lowest id lowest)
         if lru:
             r = st["rank"]
@@ -222,6 +284,20 @@ def make_async_policy(spec: AsyncSpec):
             rc = jnp.where(r < GONE, r - below + nU.astype(jnp.int16), r).astype(jnp.int16)
             top = jnp.sum(used[None, :] & (ids[None, :] > ids[:, None]), axis=1, dtype=jnp.int32)
             st["rank"] = rc.at[loc_drop].set(jnp.where(used, top, rc[loc]).astype(jnp.int16), mode="drop")
+        elif ls:
+            # use: the demand not yet current enters the tier at the top of layer l's block
+            # (one entry number: ascending id, lowest id lowest); current ones keep their place
+            r, cur = st["rank"], st["cur"]
+            ncur = jnp.sum(cur)
+            rU = jnp.where(valid, r[loc], ABSENT).astype(jnp.int16)
+            moved = (rU < GONE) & (rU.astype(jnp.int32) >= ncur)
+            nM = jnp.sum(moved, dtype=jnp.int32)
+            top = _above(cur, l)
+            rr = r - _count_lt(jnp.where(moved, rU, ABSENT).astype(jnp.int16), r)
+            rc = jnp.where(r < GONE, rr + jnp.where(rr >= top, nM, 0).astype(jnp.int16), r).astype(jnp.int16)
+            rD_moved = top + jnp.sum(moved[None, :] & (ids[None, :] > ids[:, None]), axis=1, dtype=jnp.int32)
+            st["rank"] = rc.at[loc_drop].set(jnp.where(moved, rD_moved, rc[loc]).astype(jnp.int16), mode="drop")
+            st["cur"] = cur.at[l].add(nM)
         st["pfu"] = st["pfu"].at[loc_drop].set(False, mode="drop")
         # prefetch issue at t_ready (overlaps the layer's compute)
         pv = visit.pf_ids >= 0
@@ -230,6 +306,27 @@ def make_async_policy(spec: AsyncSpec):
         pendP = pv & ~resP & (st["qidx"][pidx] != NONE)
         iss = pv & ~resP & ~pendP
         n_iss = jnp.sum(iss, dtype=jnp.int32)
+        pl = jnp.where(pv, visit.pf_ids // E, 0)                           # proposals' layers
+        sameQ = pl[None, :] == pl[:, None]
+        pdrop = jnp.where(pv, visit.pf_ids, N)
+        if ls:
+            # a resident stale proposal is re-marked current: top of its layer's block, later higher
+            r, cur = st["rank"], st["cur"]
+            ncur = jnp.sum(cur)
+            rP = jnp.where(pv, r[pidx], ABSENT).astype(jnp.int16)
+            R = resP & (rP.astype(jnp.int32) >= ncur)
+            nR = jnp.sum(R, dtype=jnp.int32)
+            rcnt = jnp.zeros((L,), jnp.int32).at[pl].add(R.astype(jnp.int32))
+            up_st = nR.astype(jnp.int16) - _count_lt(jnp.where(R, rP, ABSENT).astype(jnp.int16), r)
+            r = jnp.where(r < ncur, r + per_id(_suffix(rcnt)), jnp.where(r < GONE, r + up_st, r)).astype(jnp.int16)
+            cur = cur + rcnt
+            rR_new = _above(cur, pl) + jnp.sum(laterQ & sameQ & R[None, :], axis=1, dtype=jnp.int32)
+            st["rank"] = r.at[pdrop].set(jnp.where(R, rR_new.astype(jnp.int16), r[pidx]), mode="drop")
+            st["cur"] = cur
+            # per-layer issue numbers of the new copies
+            lcq = st["icnt"][pl] + jnp.sum(earlierQ & sameQ & iss[None, :], axis=1, dtype=jnp.int32)
+            st["lc"] = st["lc"].at[jnp.where(iss, visit.pf_ids, N)].set(lcq, mode="drop")
+            st["icnt"] = st["icnt"].at[pl].add(iss.astype(jnp.int32))
         startp = jnp.maximum(t_ready, st["eng"])
         kp = jnp.sum(earlierQ & iss[None, :], axis=1, dtype=jnp.int32)
         q_p = st["tail"] + kp
@@ -240,7 +337,7 @@ def make_async_policy(spec: AsyncSpec):
         comp = jnp.where(visit.prefill, params.c_pre0 + visit.tokens * params.c_pre1, params.c_dec).astype(jnp.int32)
         comp = jnp.where(visit.live, comp, 0)
         t_end = t_ready + comp
-        st, (ev2, _, arr2, drop2) = admit(st, t_end, cap, D, jnp.full((W,), NONE, jnp.int32))
+        st, (ev2, _, arr2, drop2) = admit(st, t_end, cap, D, None, l)
         st["t"] = t_end
         # int32 ticks relative to the pass start: a sum that wraps becomes smaller than its base
         st["ovf"] = (st["ovf"] | (t_ready < t) | (t_end < t_ready) | jnp.any(miss & (done_m < start))

@@ -30,10 +30,11 @@ def test_table_and_engines(trace):
     a = sj.sweep_prefetch(trace, "ls", fractions=[0.05, 0.25], prefetch=pf, hardware=hws, timing="async")
     i = sj.sweep_prefetch(trace, "ls", fractions=[0.05, 0.25], prefetch=pf, hardware=hws, timing="instant")
     b = sj.sweep_prefetch(trace, "belady", fractions=[0.05], prefetch=pf, hardware=hws[:1], timing="instant")
-    assert len(a) == len(i) == 4 and len(b) == 1
-    assert set(a["engine"]) == {"reference-async"} and set(i["engine"]) == {"jax-instant"}
-    assert set(b["engine"]) == {"reference-instant"}
-    for df in (a, i, b):
+    s = sj.sweep_prefetch(trace, "sb", fractions=[0.05], prefetch=pf, hardware=hws[:1], timing="async")
+    assert len(a) == len(i) == 4 and len(b) == len(s) == 1
+    assert set(a["engine"]) == {"jax-async"} and set(i["engine"]) == {"jax-instant"}
+    assert set(b["engine"]) == {"reference-instant"} and set(s["engine"]) == {"reference-async"}
+    for df in (a, i, b, s):
         assert (df["hits"] + df["late"] + df["misses"] == df["demands"]).all()
         for c in ("hit_rate", "late_rate", "collision_rate"):
             assert df[c].between(0, 1).all()

@@ -1,4 +1,4 @@
-"""The JAX asynchronous-prefetch engine (lru, fifo) equals the timed reference exactly: every
+"""The JAX asynchronous-prefetch engine (lru, ls, fifo) equals the timed reference exactly: every
 counter, the prefetch counters, resident sets, occupancy, every pass time and the per-layer
 stall, for all (capacity, hardware) pairs of one vmapped run, on random, synthetic and real
 traces, with lookahead 1 and 2, slow, fast and free links."""
@@ -64,14 +64,31 @@ def test_synthetic_olmoe_with_prefill(policy):
 def test_real_traces(qwen_trace, mixtral_trace):
     q = qwen_trace.slice_passes(0, 10)
     check(q, "lru", make_plan(q, PrefetchConfig("reuse", "all")), [61, 307, 1536], HWS[:1])
+    check(q, "ls", make_plan(q, PrefetchConfig("transition", "topk", overfetch=2.0), train=qwen_trace.slice_passes(10, 60)),
+          [61, 307, 1536], HWS[:2])
     m = mixtral_trace.slice_passes(0, 50)
     check(m, "fifo", make_plan(m, PrefetchConfig("oracle", "topk")), [2, 12, 64], HWS[::2])
+    check(m, "ls", make_plan(m, PrefetchConfig("oracle_degraded", "all", recall=0.7, precision=0.5, depth=2)),
+          [2, 12, 64], HWS[::2])
 
 
-def test_overflow_is_an_error_and_ls_is_refused():
+def test_least_stale_late_arrivals_of_several_layers():
+    """Deep lookahead on a slow link: arrival batches hold prefetches for several layers, some
+    already executed (late), which Least-Stale must file inside the current tier by layer."""
+    slow = [Hardware(bandwidth_gbps=0.3, latency_us=50.0, decode_layer_us=10.0), HWS[0]]
+    late = 0
+    for seed in range(4):
+        t = random_trace(L=4, E=5, K=2, P=20, max_tokens=3, seed=100 + seed)
+        plan = make_plan(t, PrefetchConfig("oracle_degraded", "all", recall=0.5, precision=0.4, seed=seed, depth=3))
+        check(t, "ls", plan, [1, 2, 4, 6, 9, 20], slow)
+        late += simulate_timed(t, "ls", 6, plan=plan, hardware=slow[0]).totals["late"]
+    assert late > 0  # the scenario is exercised
+
+
+def test_overflow_is_an_error_and_other_policies_are_refused():
     t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=16, gen_len=2, seed=0, pred_noise=1.0)
     plan = make_plan(t, PrefetchConfig("recorded", "topk"))
     with pytest.raises(ValueError, match="214 s"):     # ~300 copies of 12 MiB at 0.01 GB/s in one pass
         run_async(t, "lru", [16], plan, [Hardware(bandwidth_gbps=0.01)])
     with pytest.raises(ValueError, match="reference"):
-        run_async(t, "ls", [16], plan, [Hardware()])
+        run_async(t, "lfu", [16], plan, [Hardware()])

@@ -28,7 +28,7 @@ def test_default_run(tmp_path):
     df = pd.read_csv(tmp_path / "results.csv")
     assert sorted(df["policy"].unique()) == ["lru", "ls"] and len(df) == 2 * 3
     eng = df.groupby("policy")["engine"].first()
-    assert eng["lru"] == "jax-async" and eng["ls"] == "reference-async" and (df["hardware"] == "a100-5gbps").all()
+    assert eng["lru"] == "jax-async" and eng["ls"] == "jax-async" and (df["hardware"] == "a100-5gbps").all()
     assert (df["hits"] + df["late"] + df["misses"] == df["demands"]).all()
     assert "prediction precision/recall" in (tmp_path / "trace.txt").read_text() and "results.csv" in out
 
