@@ -4,7 +4,8 @@ on the synthetic OLMoE preset (4-bit experts, recorded next-layer predictions) a
 Qwen3-30B-A3B trace (no recorded predictions: an oracle degraded to recall = precision = 0.8
 stands in, and the table says so). The paper's OLMoE numbers are printed beside ours.
 
-Exact async reference engine (one configuration per row). Writes ``<out>/table2.csv``,
+Asynchronous engines: the vmapped JAX kernel for ``lru``/``ls``, the exact reference for the
+score and frequency policies (``sb``, ``lfu``); each row's ``engine`` column says which. Writes ``<out>/table2.csv``,
 ``<out>/table2.md`` and ``<out>/table2.png``. Run: ``python experiments/table2.py``.
 """
 
@@ -60,7 +61,7 @@ def main(argv=None):
                 rows.append({"trace": tname, "system": key, "label": sys_.label, "eviction": variant.eviction,
                              "prefetch": r["prefetch"], "ttft_ms": r["ttft_ms"], "tpot_ms": r["tpot_ms"],
                              "hit_rate": r["hit_rate"], "late_rate": r["late_rate"], "collisions": r["collisions"],
-                             "notes": "; ".join(variant.run_notes() + (("predictor: oracle degraded to 0.8/0.8",)
+                             "engine": r["engine"], "notes": "; ".join(variant.run_notes() + (("predictor: oracle degraded to 0.8/0.8",)
                                                                      if pred and pf is not None else ()))})
             print(f"{tname:24s} {key:15s} {time.perf_counter() - t0:6.1f} s", flush=True)
     res = pd.DataFrame(rows)
@@ -70,7 +71,7 @@ def main(argv=None):
     lines = ["# Table 2 shape: Least-Stale as a drop-in eviction policy", "",
              f"- command: `{' '.join(sys.argv) if argv is None else argv}`",
              f"- {a.fraction:.0%} capacity, hardware `{a.hardware}` ({hw.bandwidth_gbps} GB/s, {hw.latency_us} us/copy, "
-             f"decode layer {hw.decode_layer_us} us), asynchronous prefetch (FIFO copy engine), exact reference",
+             f"decode layer {hw.decode_layer_us} us), asynchronous prefetch (FIFO copy engine); engines exact against the reference (`table2.csv` column `engine`: JAX for lru/ls, reference for sb/lfu)",
              "- TTFT = mean prefill pass time per request; TPOT = mean decode pass time; change = LS vs own",
              "", "| trace | system | own eviction | TTFT own (ms) | TTFT LS (ms) | TTFT change | TPOT own | TPOT LS | "
              "TPOT change | paper TTFT change (OLMoE) | notes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
