@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import heapq
 
+from .miss import PROXY_COUNTERS, MissConfig, Precision, check_levels, decide, visit_details
 from .reference import floyd_pick, policy_key, steps_of
-from .semantics import INF_STEP, POLICIES, layer_capacity
+from .semantics import INF_STEP, POLICIES, SB_SCALE, layer_capacity
 from .timing import INSTANT, Hardware
 from .trace import PREFILL
 
 COUNTERS = ("demands", "hits", "late", "misses", "collisions", "evictions", "bypass",
             "pf_issued", "pf_resident", "pf_pending", "pf_arrived", "pf_dropped", "pf_useful",
-            "pf_wasted", "stall_ticks")
+            "pf_wasted", "stall_ticks", "dropped", "substituted") + PROXY_COUNTERS
+REFERENCE_POLICIES = POLICIES + ("lhu",)  # lhu: mixed precision (specmd_jax.miss), reference only
 # random-policy hash seeds of the three arrival batches of a visit (demand batch = the seed itself,
 # so a replay without prefetch draws exactly what the demand-only reference draws)
 _SEED_INSTANT, _SEED_COMPUTE = 0xA5A5A5A5, 0x5A5A5A5A
@@ -50,11 +51,19 @@ class TimedResult:
 
 
 def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Hardware = INSTANT,
-                   instant_prefetch: bool = False, partitioned: bool = False, seed: int = 0) -> TimedResult:
+                   instant_prefetch: bool = False, partitioned: bool = False, seed: int = 0,
+                   precision: Precision = None, miss: MissConfig = None) -> TimedResult:
     """Replay ``trace`` with prefetch ``plan`` (a :class:`prefetch.PrefetchPlan` or ``None``) on
-    ``hardware`` through one cache configuration (pinned mode)."""
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; known: {POLICIES}")
+    ``hardware`` through one cache configuration (pinned mode).
+
+    ``capacity`` is in units of ``precision`` (:mod:`specmd_jax.miss`; slots with the default
+    single level); ``miss`` is the miss policy (default ``fetch``)."""
+    if policy not in REFERENCE_POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; known: {REFERENCE_POLICIES}")
+    prec = precision if precision is not None else Precision()
+    mcfg = miss if miss is not None else MissConfig()
+    check_levels(policy, prec)
+    lv_units, lv_bits = prec.units, prec.bits
     if policy == "sb" and trace.weights is None:
         raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
     L, E = trace.shape.num_layers, trace.shape.num_experts
@@ -62,7 +71,8 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
     if plan is not None and plan.ids.shape[0] != len(steps):
         raise ValueError(f"plan has {plan.ids.shape[0]} visits, trace has {len(steps)}")
     proposals = [[int(g) for g in row if g >= 0] for row in plan.ids.tolist()] if plan is not None else None
-    xfer = hardware.transfer_ticks(trace.shape.expert_bytes)
+    xfer_lv = [hardware.transfer_ticks(prec.level_bytes(trace.shape.expert_bytes, i)) for i in range(len(lv_bits))]
+    xfer = xfer_lv[0]
     phase = trace.pass_phase.tolist()
     tokens = trace.pass_tokens.tolist()
     request = trace.pass_request.tolist()
@@ -79,7 +89,7 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
     tot = dict.fromkeys(COUNTERS, 0)
     per = {k: [0] * L for k in COUNTERS}
     resident: dict = {}                      # id -> record
-    pending: dict = {}                       # id -> (completion tick, issue number) of its queued copy
+    pending: dict = {}                       # id -> (completion tick, issue number, level) of its queued copy
     issued = 0
     occ = [0] * (L if partitioned else 1)
     score: dict = {}
@@ -102,32 +112,46 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
         return layer_capacity(capacity, L, q) if partitioned else capacity
 
     def arrive(batch, D, l, s, rseed):
-        """Admit one arrival batch (list of ids in completion order) with ``D`` pinned."""
+        """Admit one arrival batch (list of ``(id, level)`` in completion order) with ``D`` pinned."""
         nonlocal seq, max_occ
+        level = dict(batch)
+        batch = [g for g, _ in batch]
         inb = set(batch)
         dem = sorted(g for g in batch if g in D)
         order = dem + [g for g in batch if g not in D]
         vpool = pool_of(l * E)
         for q in sorted({pool_of(g) for g in order}):
             A = [g for g in order if pool_of(g) == q]
-            free = cap_of(q) - occ[q]
+            free = max(cap_of(q) - occ[q], 0)
             evictable = [x for x in resident if pool_of(x) == q and x not in D and x not in inb]
-            n_adm = min(len(A), max(free, 0) + len(evictable))
-            nev = max(0, n_adm - max(free, 0))
-            if nev:
-                if policy == "random":
+            room = free + sum(lv_units[resident[x]["lvl"]] for x in evictable)
+            n_adm, need = 0, 0
+            for g in A:  # the longest prefix that fits (miss.py: byte-capacity eviction)
+                if need + lv_units[level[g]] > room:
+                    break
+                need += lv_units[level[g]]
+                n_adm += 1
+            need = max(0, need - free)
+            if need:
+                if policy == "random":  # equal sizes (miss.check_levels): a known victim count
                     evictable.sort(key=lambda x: policy_key(policy, resident[x], x, l, E, score, nextuse))
-                    victims = floyd_pick(evictable, nev, rseed, s, 0 if q == vpool else 4096 * (1 + q))
+                    victims = floyd_pick(evictable, -(-need // lv_units[0]), rseed, s,
+                                         0 if q == vpool else 4096 * (1 + q))
                 else:
-                    victims = heapq.nsmallest(
-                        nev, evictable, key=lambda x: policy_key(policy, resident[x], x, l, E, score, nextuse))
+                    evictable.sort(key=lambda x: policy_key(policy, resident[x], x, l, E, score, nextuse))
+                    victims, freed = [], 0
+                    for x in evictable:
+                        if freed >= need:
+                            break
+                        victims.append(x)
+                        freed += lv_units[resident[x]["lvl"]]
                 for x in victims:
                     if resident[x]["pf"]:
                         add("pf_wasted", l)
+                    occ[q] -= lv_units[resident[x]["lvl"]]
                     del resident[x]
                     evicted_in_pass.add(x)
-                add("evictions", l, nev)
-                occ[q] -= nev
+                add("evictions", l, len(victims))
             for i, g in enumerate(A):
                 demand = g in D
                 if not demand:
@@ -138,19 +162,19 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
                 seq += 1
                 # a prefetch enters the current tier at arrival; a demanded copy is marked by its use
                 resident[g] = {"ins": seq, "last": seq, "freq": 0, "mark": -1 if demand else p, "entry": seq,
-                               "pf": not demand}
+                               "pf": not demand, "lvl": level[g], "hp": 0}
                 if policy == "belady" and not demand:
                     nextuse[g] = next_demand(g, s)
-                occ[q] += 1
+                occ[q] += lv_units[level[g]]
             max_occ = max(max_occ, occ[q])
             assert occ[q] <= max(cap_of(q), 0), "occupancy exceeded capacity"
 
     def arrivals_until(limit):
         # completion order = issue order (one FIFO engine; equal times only when copies are free)
-        due = sorted((d, k, g) for g, (d, k) in pending.items() if d <= limit)
-        for _, _, g in due:
+        due = sorted((d, k, g, lv) for g, (d, k, lv) in pending.items() if d <= limit)
+        for _, _, g, _ in due:
             del pending[g]
-        return [g for _, _, g in due]
+        return [(g, lv) for _, _, g, lv in due]
 
     for s, (p, l, new_pass, ids, units) in enumerate(steps):
         if new_pass:
@@ -158,10 +182,10 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
             if s:
                 pass_ticks.append(t - pass_start)
             pass_start = t
-        D = set(ids)
         hits = [g for g in ids if g in resident]
         late = [g for g in ids if g not in resident and g in pending]
         miss = [g for g in ids if g not in resident and g not in pending]
+        vscore, vrank, vpairs, vunits = visit_details(trace, p, l, SB_SCALE)
         add("demands", l, len(ids))
         add("hits", l, len(hits))
         add("late", l, len(late))
@@ -175,23 +199,53 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
             score[g] = score.get(g, 0) + u
             if policy == "belady":
                 nextuse[g] = next_demand(g, s)
+        # miss policy (specmd_jax.miss) on everything not resident; X = the executed set
+        dset = set(ids)
+        others = sorted(x for x in resident if x // E == l and x not in dset) if mcfg.policy == "substitute" else []
+        dec = decide(mcfg, len(lv_bits), sorted(late + miss), ids, vscore, vrank, score, others, SB_SCALE)
+        fetched = [g for g in miss if dec[g][0] == "fetch"]
+        waited = [g for g in late if dec[g][0] == "fetch"]
+        subs = {g: dec[g][1] for g in late + miss if dec[g][0] == "sub"}
+        add("dropped", l, sum(1 for g in late + miss if dec[g][0] == "drop"))
+        add("substituted", l, len(subs))
+        served_lvl = {g: resident[g]["lvl"] for g in hits}
+        served_lvl.update({g: pending[g][2] for g in waited})
+        served_lvl.update({g: dec[g][1] for g in fetched})
+        for g in ids:
+            add("pairs", l, vpairs[g])
+            add("units_total", l, vunits[g])
+            if g in served_lvl:
+                add("pairs_served", l, vpairs[g])
+                add("bits_served", l, vpairs[g] * lv_bits[served_lvl[g]])
+                if served_lvl[g] == 0:
+                    add("units_full", l, vunits[g])
+            elif g in subs:
+                add("pairs_substituted", l, vpairs[g])
+                add("units_substituted", l, vunits[g])
+                add("bits_served", l, vpairs[g] * lv_bits[resident[subs[g]]["lvl"]])
+            else:
+                add("pairs_dropped", l, vpairs[g])
+                add("units_dropped", l, vunits[g])
+        D = set(hits) | set(fetched) | set(waited) | set(subs.values())
         # 3-5. demand copies behind the queue; wait; arrivals up to t_ready
-        for g in miss:  # ids ascending
-            engine_free = max(t, engine_free) + xfer
+        for g in fetched:  # ids ascending
+            engine_free = max(t, engine_free) + xfer_lv[dec[g][1]]
             issued += 1
-            pending[g] = (engine_free, issued)
-        t_ready = max([t] + [pending[g][0] for g in late + miss])
+            pending[g] = (engine_free, issued, dec[g][1])
+        t_ready = max([t] + [pending[g][0] for g in waited + fetched])
         add("stall_ticks", l, t_ready - t)
         arrive(arrivals_until(t_ready), D, l, s, seed)
         # 6. use
         seq += 1
-        for g in ids:
+        for g in sorted(D):
             r = resident.get(g)
             if r is None:  # bypassed
                 continue
             r["freq"] += 1
+            r["hp"] += r["lvl"] == 0
             r["last"] = seq
-            r["pf"] = False
+            if g in dset:  # a substitute is used, but was not demanded
+                r["pf"] = False
             if r["mark"] != p:  # enters the current tier (a prefetch this pass already put it there)
                 r["mark"], r["entry"] = p, seq
         # 7. prefetch issue
@@ -212,9 +266,9 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
                 else:
                     engine_free = max(t_ready, engine_free) + xfer
                     issued += 1
-                    pending[g] = (engine_free, issued)
+                    pending[g] = (engine_free, issued, 0)
         if instant:
-            arrive(instant, D, l, s, seed ^ _SEED_INSTANT)
+            arrive([(g, 0) for g in instant], D, l, s, seed ^ _SEED_INSTANT)
         # 8-9. compute; arrivals during it
         t_end = t_ready + hardware.compute_ticks(phase[p] == PREFILL, tokens[p])
         arrive(arrivals_until(t_end), D, l, s, seed ^ _SEED_COMPUTE)
