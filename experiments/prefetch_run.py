@@ -23,13 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import specmd_jax as sj  # noqa: E402
 from specmd_jax.app_config import ConfigError, build_trace, resolve_capacities, resolve_policies  # noqa: E402
+from specmd_jax.miss import MissConfig, Precision  # noqa: E402
 from specmd_jax.prefetch import PrefetchConfig  # noqa: E402
 from specmd_jax.systems import get_system  # noqa: E402
 from specmd_jax.timing import HARDWARE_PRESETS  # noqa: E402
 from specmd_jax.trace import TraceError  # noqa: E402
 
-SHOW = ["policy", "prefetch", "capacity_fraction", "hardware", "hit_rate", "late_rate", "collision_rate",
-        "ttft_ms", "tpot_ms"]
+SHOW = ["policy", "prefetch", "miss", "capacity_fraction", "hardware", "hit_rate", "late_rate", "collision_rate",
+        "ttft_ms", "tpot_ms", "proxy_mass_full_precision"]
 
 
 def _hardware(cfg_hw) -> list:
@@ -57,6 +58,22 @@ def _prefetch(cfg_pf: dict, system) -> PrefetchConfig | None:
         raise ConfigError(f"prefetch: {e}") from None
 
 
+def _miss_precision(cfg: dict, system) -> tuple[MissConfig, Precision]:
+    m = dict(cfg.get("miss") or {})
+    p = dict(cfg.get("precision") or {"level_fractions": [1.0], "stored_bits": 16})
+    if system is not None:
+        m["policy"], p["level_fractions"] = system.miss, list(system.level_fractions)
+    try:
+        m["thresholds"] = tuple(m.get("thresholds", ()))
+        miss = MissConfig(**m)
+        bits = int(p["stored_bits"])
+        prec = Precision(tuple((f"{max(1, round(bits * f))}bit", max(1, round(bits * f)))
+                               for f in p["level_fractions"]), base_bits=bits)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ConfigError(f"miss/precision: {e}") from None
+    return miss, prec
+
+
 def run(cfg: dict) -> pd.DataFrame:
     trace = build_trace(cfg["trace"])
     sizes = resolve_capacities(trace, cfg["sweep"])
@@ -65,6 +82,7 @@ def run(cfg: dict) -> pd.DataFrame:
         raise ConfigError(f"timing must be async or instant, got {cfg.get('timing')!r}")
     system = get_system(cfg["system"]["name"]) if cfg.get("system") else None
     pf = _prefetch(cfg["prefetch"], system)
+    miss, prec = _miss_precision(cfg, system)
     if pf is not None and pf.predictor == "recorded" and not trace.has_predictions:
         raise ConfigError(f"prefetch.predictor=recorded, but trace {trace.source} has no recorded predictions: "
                           "set trace.pred_noise=1.0 (synthetic) or prefetch.predictor=oracle_degraded "
@@ -77,12 +95,14 @@ def run(cfg: dict) -> pd.DataFrame:
         runs = [(p, None) for p in resolve_policies(cfg.get("policies"), None, "pinned")]
         notes = []
     print(f"trace: {trace.describe()}")
-    print(f"prefetch: {pf}; timing: {cfg['timing']}; hardware: {', '.join(h.name for h in hws)}")
+    print(f"prefetch: {pf}; miss: {miss.label()}; precision: {'/'.join(prec.names)}; timing: {cfg['timing']}; "
+          f"hardware: {', '.join(h.name for h in hws)}")
     frames = []
     for pol, s in runs:
         t0 = time.perf_counter()
         try:
             df = sj.sweep_prefetch(trace, pol, **sizes, prefetch=pf, hardware=hws, timing=cfg["timing"],
+                                   miss=miss, precision=prec, engine=cfg.get("engine", "auto"),
                                    progress=bool(cfg.get("progress")))
         except ValueError as e:
             raise ConfigError(f"policy {pol}: {e}") from None

@@ -3,9 +3,10 @@ TTFT/TPOT with next-layer prefetching, asynchronous (copies complete on a FIFO c
 instantaneous, at 1/5/25 % capacity across link bandwidths, on the synthetic OLMoE preset (with
 recorded next-layer predictions) and the real Qwen3-30B-A3B trace.
 
-Engines: the vmapped JAX engines, exact against the reference: async rows run every
-(capacity, link) pair in one scan, instant rows every capacity in one scan with all links
-timed from the same run. The ``engine`` column of each row names it. Writes ``<out>/results.csv``, ``<out>/summary.md`` (the
+Engines: ``sweep_prefetch(engine="auto")``: the vmapped JAX engines (instant rows: every
+capacity in one scan, all links timed from the same run) and, for asynchronous sweeps this small
+(12 configurations), the exact reference, which is faster there; the numbers are the same either
+way (tested). The ``engine`` column of each row names it. Writes ``<out>/results.csv``, ``<out>/summary.md`` (the
 LS / LRU collision ratio per setting, and what explains it) and ``<out>/*.png``.
 
 Run: ``python experiments/prefetch_study.py`` (about 3 minutes on 2 CPU cores; ``--quick`` for a
@@ -138,7 +139,7 @@ def summary(res: pd.DataFrame, rat: pd.DataFrame, args, files, wall: float) -> s
              f"- synthetic OLMoE: {args.requests} requests x ({args.prompt_len} prompt + {args.gen_len} generated) "
              f"tokens, pred_noise={args.pred_noise}, experts at {args.expert_bits} bits",
              "- timing: `async` = copies complete on one FIFO copy engine (demand misses queue behind "
-             "prefetches; late prefetches stall), JAX async engine; `instant` = prefetches land at once "
+             "prefetches; late prefetches stall); `instant` = prefetches land at once "
              "(policy effect only), JAX engine. Semantics: `specmd_jax/timing.py`.",
              "- collision = a demand miss on an expert evicted earlier in the same pass; "
              "`lru_over_ls` = LRU collisions / LS collisions (paper, 5 %: 2.6-8.6x; 1 %: up to 85x).", ""]

@@ -30,12 +30,19 @@ from .api import capacity_slots
 from .engine import COUNTER_NAMES
 from .engine_async import ASYNC_POLICIES
 from .engine_pf import PF_POLICIES
+from .miss import MissConfig, Precision, proxy_rates
 from .prefetch import PrefetchConfig, PrefetchPlan, make_plan, prediction_quality
 from .reference_timed import simulate_timed
 from .timing import TICK_S, Hardware
 from .trace import Trace
 
 TIMINGS = ("instant", "async")
+ENGINES = ("auto", "jax", "reference")
+# async sweeps smaller than this run on the reference under engine="auto": the JAX kernel pays
+# ~40 passes over [configs, N] per visit, which only amortises over many configurations
+# (measured on 2 cores, full Qwen3 trace, 12 configurations: Least-Stale 32-57 s in JAX vs
+# ~12 s in the reference; at 1024 configurations JAX is 16x faster, outputs/bench/prefetch_cpu.md)
+AUTO_ASYNC_MIN_CONFIGS = 32
 PF_COLUMNS = ("pf_issued", "pf_resident", "pf_dropped", "pf_useful", "pf_wasted")
 
 
@@ -51,7 +58,9 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
                    fractions: Optional[Sequence[float]] = None,
                    prefetch: Union[None, PrefetchConfig, PrefetchPlan, Sequence] = None,
                    hardware: Sequence[Hardware] = (Hardware(),), timing: str = "async",
-                   train: Optional[Trace] = None, progress: bool = False) -> pd.DataFrame:
+                   train: Optional[Trace] = None, progress: bool = False,
+                   miss: Optional[MissConfig] = None, precision: Optional[Precision] = None,
+                   engine: str = "auto") -> pd.DataFrame:
     """Replay ``trace`` with ``policy`` for every prefetch setting x capacity x hardware profile.
 
     Args:
@@ -65,19 +74,44 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         hardware: profiles to time (see ``timing.HARDWARE_PRESETS``).
         timing: ``"async"`` or ``"instant"`` (see the module docstring).
         progress: a tqdm bar over reference runs.
+        miss: miss policy (:mod:`specmd_jax.miss`; default ``fetch``).
+        precision: precision levels (default: one level, the trace's ``expert_bytes``). With
+            levels, ``capacities`` are in units (``Precision.units``) and fractions convert
+            through bytes. A non-default miss policy or precision, and ``lhu``, run on the exact
+            reference (JAX kernels for these: not yet).
+        engine: ``"jax"`` (the vmapped kernels where they exist), ``"reference"`` (always the
+            exact Python reference) or ``"auto"``: JAX, except asynchronous sweeps of fewer than
+            ``AUTO_ASYNC_MIN_CONFIGS`` configurations, where the reference is faster. Every
+            engine gives the same numbers (tested); each row names the one that ran.
 
     Returns:
         One row per (prefetch setting, capacity, hardware): parameters, ``engine``, the demand
         counters (``demands, hits, late, misses, collisions, evictions, bypass``), prefetch counters
         (``pf_*``), ``hit_rate`` / ``late_rate`` / ``collision_rate`` (per demand), ``stall_ms``,
         ``ttft_ms`` (mean over requests with a prefill pass), ``tpot_ms`` (mean decode pass), and
-        the plan's trace-level ``pred_precision`` / ``pred_recall``.
+        the plan's trace-level ``pred_precision`` / ``pred_recall``, ``miss``, ``precision`` and
+        the quality *proxies* (``proxy_served_as_routed``, ``proxy_mass_full_precision``,
+        ``proxy_mass_dropped``, ``proxy_mass_substituted``, ``proxy_mean_bits``: counted over
+        routed (token, expert) pairs; the mass ones weight pairs by router weight, NaN without
+        weights). A trace cannot measure model quality: these are proxies, not accuracy.
     """
     if timing not in TIMINGS:
         raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if (capacities is None) == (fractions is None):
         raise ValueError("give exactly one of capacities= (slots) or fractions=")
-    caps = capacity_slots(trace, fractions) if fractions is not None else np.atleast_1d(np.asarray(capacities, np.int64))
+    mcfg = miss if miss is not None else MissConfig()
+    prec = precision if precision is not None else Precision()
+    default_dims = mcfg.policy == "fetch" and prec.plain and policy != "lhu"
+    if fractions is not None and not default_dims:
+        capacity_slots(trace, fractions)  # validates the fractions
+        caps = np.array([prec.capacity_units(f * trace.shape.total_expert_bytes, trace.shape.expert_bytes)
+                         for f in np.atleast_1d(np.asarray(fractions, np.float64))], np.int64)
+    elif fractions is not None:
+        caps = capacity_slots(trace, fractions)
+    else:
+        caps = np.atleast_1d(np.asarray(capacities, np.int64))
     fr = np.atleast_1d(np.asarray(fractions, np.float64)) if fractions is not None else caps / trace.shape.num_ids
     hws = list(hardware)
     settings = list(prefetch) if isinstance(prefetch, (list, tuple)) else [prefetch]
@@ -87,7 +121,10 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     quality = [prediction_quality(trace, p) if p is not None else {"precision": np.nan, "recall": np.nan}
                for p in plans]
     rows = []
-    if timing == "instant" and policy in PF_POLICIES:
+    n_cfg = len(caps) * len(plans) * (len(hws) if timing == "async" else 1)
+    use_jax = engine == "jax" or (engine == "auto" and (timing == "instant" or n_cfg >= AUTO_ASYNC_MIN_CONFIGS))
+    jax_ok = default_dims and use_jax
+    if timing == "instant" and policy in PF_POLICIES and jax_ok:
         from .prefetch_runner import run_instant, timing as time_of  # jax only when used
         r = run_instant(trace, policy, caps, [p if p is not None else empty for p in plans])
         for hi, h in enumerate(hws):
@@ -99,7 +136,7 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
                 row.update(stall_ticks=int(tm["stall_ticks"][b]), ttft_ticks=float(tm["ttft_ticks"][b]),
                            tpot_ticks=float(tm["tpot_ticks"][b]))
                 rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-instant", k))
-    elif timing == "async" and policy in ASYNC_POLICIES:
+    elif timing == "async" and policy in ASYNC_POLICIES and jax_ok:
         from .prefetch_runner import run_async  # jax only when used
         r = run_async(trace, policy, caps, [p if p is not None else empty for p in plans], hws)
         H = len(hws)
@@ -118,7 +155,7 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
             bar = tqdm(total=len(jobs), desc=f"{policy} {timing} (reference)", unit="config")
         for k, i, c, hi in jobs:
             ref = simulate_timed(trace, policy, int(c), plan=plans[k], hardware=hws[hi],
-                                 instant_prefetch=timing == "instant")
+                                 instant_prefetch=timing == "instant", miss=mcfg, precision=prec)
             row = {n: ref.totals[n] for n in ref.totals}
             row["ttft_ticks"] = float(np.mean(list(ref.ttft_ticks.values()))) if ref.ttft_ticks else float("nan")
             row["tpot_ticks"] = float(ref.tpot_ticks)
@@ -143,7 +180,22 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         df[f"{n}_ms"] = df.pop(f"{n}_ticks") * TICK_S * 1e3
     df["pred_precision"] = [quality[x]["precision"] for x in k]
     df["pred_recall"] = [quality[x]["recall"] for x in k]
-    df["bytes_moved"] = (df["misses"] + df["pf_issued"]) * trace.shape.expert_bytes  # instant copies move bytes too
+    df.insert(5, "miss", mcfg.label())
+    df.insert(6, "precision", "/".join(prec.names))
+    if "units_moved" not in df:  # a JAX engine: fetch at one precision
+        df["bytes_moved"] = (df["misses"] + df["pf_issued"]) * trace.shape.expert_bytes  # instant copies move bytes too
+        # fetch at one precision serves every routed pair as routed, at full precision
+        pairs = trace.experts.shape[0] * trace.shape.top_k
+        full = {"pairs": pairs, "pairs_served": pairs, "pairs_dropped": 0, "pairs_substituted": 0,
+                "units_total": 1 if trace.weights is not None else 0, "units_full": 1 if trace.weights is not None else 0,
+                "units_dropped": 0, "units_substituted": 0, "bits_served": pairs * prec.bits[0]}
+        for key, v in proxy_rates(full).items():
+            df[key] = v
+    else:
+        df["bytes_moved"] = df["units_moved"] * prec.unit_bytes(trace.shape.expert_bytes)
+        rates = [proxy_rates(r) for r in df.to_dict("records")]
+        for key in rates[0] if rates else ():
+            df[key] = [r[key] for r in rates]
     return df
 
 

@@ -95,6 +95,11 @@ class Precision:
             raise ValueError(f"base_bits must be > 0, got {self.base_bits!r}")
 
     @property
+    def plain(self) -> bool:
+        """One level at the stored precision: the slot cache of the other engines."""
+        return len(self.levels) == 1 and self.levels[0][1] == int(self.base_bits)
+
+    @property
     def bits(self) -> tuple:
         return tuple(b for _, b in self.levels)
 

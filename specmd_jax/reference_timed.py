@@ -19,7 +19,7 @@ from .trace import PREFILL
 
 COUNTERS = ("demands", "hits", "late", "misses", "collisions", "evictions", "bypass",
             "pf_issued", "pf_resident", "pf_pending", "pf_arrived", "pf_dropped", "pf_useful",
-            "pf_wasted", "stall_ticks", "dropped", "substituted") + PROXY_COUNTERS
+            "pf_wasted", "stall_ticks", "dropped", "substituted", "units_moved") + PROXY_COUNTERS
 REFERENCE_POLICIES = POLICIES + ("lhu",)  # lhu: mixed precision (specmd_jax.miss), reference only
 # random-policy hash seeds of the three arrival batches of a visit (demand batch = the seed itself,
 # so a replay without prefetch draws exactly what the demand-only reference draws)
@@ -230,6 +230,7 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
         # 3-5. demand copies behind the queue; wait; arrivals up to t_ready
         for g in fetched:  # ids ascending
             engine_free = max(t, engine_free) + xfer_lv[dec[g][1]]
+            add("units_moved", l, lv_units[dec[g][1]])
             issued += 1
             pending[g] = (engine_free, issued, dec[g][1])
         t_ready = max([t] + [pending[g][0] for g in waited + fetched])
@@ -261,6 +262,7 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
                 add("pf_pending", l)
             else:
                 add("pf_issued", l)
+                add("units_moved", l, lv_units[0])
                 if instant_prefetch:
                     instant.append(g)
                 else:

@@ -1,15 +1,16 @@
 """Prior systems as SpecMD policy tuples (prefetch, eviction, miss, routing), SpecMD Table 1/2.
 
-Sources: SpecMD §3.5 / Table 1 rows Config#1-#5 (see ``../shared/SPECMD.md`` §3.5). Only the
-prefetch and eviction dimensions exist in this build; the miss and routing dimensions (issue 4)
-run as *fetch* and *standard* routing until then, and every substitution is listed in
-``System.notes`` so that tables can say so:
+Sources: SpecMD §3.5 / Table 1 rows Config#1-#5 (see ``../shared/SPECMD.md`` §3.5). Prefetch,
+eviction and miss handling (:mod:`specmd_jax.miss`) run as the paper names them; the routing
+dimension (cache-aware routing) is not built yet and runs as *standard*, which
+:meth:`System.run_notes` says so that tables can print it:
 
-* HOBBIT evicts by LHU (least high-precision used), which needs mixed precisions (issue 4); with
-  one precision every use is a high-precision use, so LHU reduces to least-frequently-used and
-  ``lfu`` stands in for it.
-* Zhu et al.'s miss policy is substitution, HOBBIT's a precision cascade, MixtureCache's routing
-  is cache-aware: all run as fetch / standard here.
+* Zhu et al. substitute missing experts (``substitute``: closest running gate score, our stand-in
+  for their router-score proximity).
+* HOBBIT evicts by LHU with a precision cascade: its experts can be held at the stored precision
+  or at half of it (``level_fractions = (1, 0.5)``: int4 and int2 for the paper's 4-bit Table 1
+  setting), chosen by router-weight thresholds.
+* MixtureCache's cache-aware routing runs as standard routing.
 
 "Spec" (Eliseev-style speculative next-layer prefetch) is top-k x 1.0 of the next layer's
 predicted scores; "Score" is the 80th-percentile selector (SpecMD §3.4). The predictor is the
@@ -22,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from .miss import MissConfig, Precision
 from .prefetch import PrefetchConfig
 
 
@@ -34,8 +36,9 @@ class System:
         label: citation label.
         selector: ``None`` (no prefetch), ``"topk"`` (Spec) or ``"percentile"`` (Score, 80th).
         eviction: eviction policy name in this build.
-        miss: miss policy named by the paper (runs as fetch until issue 4).
-        routing: routing policy named by the paper (runs as standard until issue 4).
+        miss: miss policy (:data:`specmd_jax.miss.MISS_POLICIES`), default numbers.
+        routing: routing policy named by the paper (runs as standard: not built yet).
+        level_fractions: precision levels as fractions of the stored bits, highest first.
         notes: substitutions made in this build.
     """
 
@@ -45,7 +48,16 @@ class System:
     eviction: str
     miss: str = "fetch"
     routing: str = "standard"
+    level_fractions: tuple = (1.0,)
     notes: tuple = ()
+
+    def miss_config(self) -> MissConfig:
+        return MissConfig(self.miss)
+
+    def precision(self, stored_bits: int = 16) -> Precision:
+        """Precision levels for experts stored at ``stored_bits`` bits (the trace's ``expert_bytes``)."""
+        bits = [max(1, int(round(stored_bits * f))) for f in self.level_fractions]
+        return Precision(tuple((f"{b}bit", b) for b in bits), base_bits=stored_bits)
 
     def prefetch(self, predictor: str = "recorded", **kw) -> Optional[PrefetchConfig]:
         """The prefetch config of this system with ``predictor`` (and extra fields, e.g. recall)."""
@@ -59,10 +71,8 @@ class System:
 
     def run_notes(self) -> tuple:
         n = list(self.notes)
-        if self.miss != "fetch":
-            n.append(f"miss policy '{self.miss}' runs as fetch (issue 4 not landed)")
         if self.routing != "standard":
-            n.append(f"routing '{self.routing}' runs as standard (issue 4 not landed)")
+            n.append(f"routing '{self.routing}' runs as standard (cache-aware routing not built yet)")
         return tuple(n)
 
 
@@ -70,10 +80,10 @@ SYSTEMS = {
     # Config#1: Spec, LRU, Fetch, Stnd (Mixtral-offloading)
     "eliseev23": System("eliseev23", "Eliseev & Mazur '23", "topk", "lru"),
     # Config#2: Score, ScoreE, Subs, Stnd
-    "zhu25": System("zhu25", "Zhu et al. '25", "percentile", "sb", miss="substitution"),
+    "zhu25": System("zhu25", "Zhu et al. '25", "percentile", "sb", miss="substitute",
+                    notes=("substitution by closest running gate score (traces hold only top-k scores)",)),
     # Config#3: Spec, LHU, Cascade, Stnd
-    "hobbit24": System("hobbit24", "HOBBIT '24", "topk", "lfu", miss="cascade",
-                       notes=("LHU runs as lfu: with a single precision every use is high-precision",)),
+    "hobbit24": System("hobbit24", "HOBBIT '24", "topk", "lhu", miss="cascade", level_fractions=(1.0, 0.5)),
     # Config#4: No prefetch, LRU, Fetch, Mod
     "mixturecache25": System("mixturecache25", "MixtureCache '25", None, "lru", routing="cache-aware"),
     # Config#5: Score, LS, Fetch, Stnd (SpecMD's pick)

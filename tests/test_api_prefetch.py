@@ -27,7 +27,11 @@ def trace():
 def test_table_and_engines(trace):
     hws = [HARDWARE_PRESETS["a100-5gbps"], HARDWARE_PRESETS["pcie5-x16"]]
     pf = PrefetchConfig("recorded", "topk")
-    a = sj.sweep_prefetch(trace, "ls", fractions=[0.05, 0.25], prefetch=pf, hardware=hws, timing="async")
+    a = sj.sweep_prefetch(trace, "ls", fractions=[0.05, 0.25], prefetch=pf, hardware=hws, timing="async", engine="jax")
+    auto = sj.sweep_prefetch(trace, "ls", fractions=[0.05, 0.25], prefetch=pf, hardware=hws, timing="async")
+    assert set(auto["engine"]) == {"reference-async"}  # 4 configurations: the reference is faster
+    shared = ["hits", "late", "misses", "collisions", "evictions", "pf_issued", "pf_wasted", "ttft_ms", "tpot_ms"]
+    pd.testing.assert_frame_equal(auto[shared], a[shared], check_dtype=False)
     i = sj.sweep_prefetch(trace, "ls", fractions=[0.05, 0.25], prefetch=pf, hardware=hws, timing="instant")
     b = sj.sweep_prefetch(trace, "belady", fractions=[0.05], prefetch=pf, hardware=hws[:1], timing="instant")
     s = sj.sweep_prefetch(trace, "sb", fractions=[0.05], prefetch=pf, hardware=hws[:1], timing="async")
@@ -51,7 +55,7 @@ def test_async_engines_agree(trace):
     from specmd_jax.reference_timed import simulate_timed
     hws = [HARDWARE_PRESETS["a100-5gbps"], HARDWARE_PRESETS["edge-unified"]]
     pf = PrefetchConfig("recorded", "percentile")
-    df = sj.sweep_prefetch(trace, "lru", capacities=[10, 51], prefetch=pf, hardware=hws, timing="async")
+    df = sj.sweep_prefetch(trace, "lru", capacities=[10, 51], prefetch=pf, hardware=hws, timing="async", engine="jax")
     assert set(df["engine"]) == {"jax-async"} and len(df) == 4
     plan = sj.make_plan(trace, pf)
     for _, r in df.iterrows():
@@ -110,7 +114,10 @@ def test_system_presets():
     assert get_system("specmd").prefetch().selector == "percentile" and get_system("specmd").eviction == "ls"
     assert get_system("mixturecache25").prefetch() is None
     h = get_system("hobbit24")
-    assert h.eviction == "lfu" and any("LHU" in n for n in h.run_notes()) and any("cascade" in n for n in h.run_notes())
+    assert h.eviction == "lhu" and h.miss_config().policy == "cascade" and h.run_notes() == ()
+    assert h.precision(4).bits == (4, 2) and h.precision(4).base_bits == 4
+    assert get_system("zhu25").miss_config().policy == "substitute"
+    assert any("cache-aware" in n for n in get_system("mixturecache25").run_notes())
     assert h.with_eviction("ls").eviction == "ls" and h.with_eviction("ls").prefetch() == h.prefetch()
     assert get_system("eliseev23").prefetch("oracle_degraded", recall=0.5).recall == 0.5
     with pytest.raises(ValueError, match="unknown system"):

@@ -123,8 +123,10 @@ def test_reference_imports_no_jax():
         "    def find_spec(self, name, path, target=None):\n"
         "        if name.split('.')[0] in ('jax', 'jaxlib'): raise ImportError('jax blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import specmd_jax.reference as r, specmd_jax.synthetic as s\n"
+        "import specmd_jax.reference as r, specmd_jax.synthetic as s, specmd_jax.reference_timed as rt\n"
+        "from specmd_jax.miss import MissConfig, PRECISION_PRESETS\n"
         "t = s.generate(num_requests=1, prompt_len=4, gen_len=4)\n"
+        "rt.simulate_timed(t, 'lhu', 50, miss=MissConfig('cascade'), precision=PRECISION_PRESETS['int4-int2'])\n"
         "print(r.simulate(t, 'ls', 50).totals['demands'])\n"
         "assert not any(m.split('.')[0] in ('jax', 'jaxlib') for m in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

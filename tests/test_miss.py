@@ -143,3 +143,29 @@ def test_substitute_serves_residents_only_and_pins_them():
     plan = make_plan(t, PrefetchConfig("reuse", "all"))
     warm = simulate_timed(t, "lru", 6, plan=plan, instant_prefetch=True, hardware=HW, miss=MissConfig("substitute"))
     assert warm.totals["substituted"] > 0
+
+
+def test_sweep_prefetch_surface():
+    """sweep_prefetch takes the miss and precision dimensions: non-default ones run on the
+    reference and report proxies; the default rows from the JAX engines report the exact
+    trivial proxies (everything served as routed at full precision)."""
+    import specmd_jax as sj
+    t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=4, gen_len=6, seed=2, pred_noise=1.0)
+    pf = PrefetchConfig("recorded", "topk")
+    hw = [Hardware()]
+    base = sj.sweep_prefetch(t, "lru", fractions=[0.05, 0.25], prefetch=pf, hardware=hw, engine="jax")
+    assert set(base["engine"]) == {"jax-async"} and (base["proxy_mass_full_precision"] == 1).all()
+    assert (base["proxy_mean_bits"] == 16).all() and (base["miss"] == "fetch").all()
+    drop = sj.sweep_prefetch(t, "lru", fractions=[0.05, 0.25], prefetch=pf, hardware=hw,
+                             miss=MissConfig("drop_priority", rank_threshold=2))
+    assert set(drop["engine"]) == {"reference-async"} and (drop["proxy_mass_dropped"] > 0).all()
+    assert (drop["ttft_ms"] <= base["ttft_ms"]).all()
+    mixed = sj.sweep_prefetch(t, "lhu", fractions=[0.05], prefetch=pf, hardware=hw, precision=MIXED,
+                              miss=MissConfig("fetch_lowest"))
+    # 5 % of all expert bytes in int2 units (int8/int4/int2 of fp16-sized experts: 1/8 each)
+    assert int(mixed["capacity_slots"].iloc[0]) == int(0.05 * t.shape.num_ids * 8)
+    assert mixed["precision"].iloc[0] == "int8/int4/int2" and mixed["proxy_mean_bits"].iloc[0] < 8
+    ref = simulate_timed(t, "lhu", int(mixed["capacity_slots"].iloc[0]), plan=make_plan(t, pf), hardware=hw[0],
+                         precision=MIXED, miss=MissConfig("fetch_lowest"))
+    assert int(mixed["misses"].iloc[0]) == ref.totals["misses"]
+    assert mixed["bytes_moved"].iloc[0] == ref.totals["units_moved"] * MIXED.unit_bytes(t.shape.expert_bytes)

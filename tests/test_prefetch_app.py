@@ -28,9 +28,15 @@ def test_default_run(tmp_path):
     df = pd.read_csv(tmp_path / "results.csv")
     assert sorted(df["policy"].unique()) == ["lru", "ls"] and len(df) == 2 * 3
     eng = df.groupby("policy")["engine"].first()
-    assert eng["lru"] == "jax-async" and eng["ls"] == "jax-async" and (df["hardware"] == "a100-5gbps").all()
+    # 3 configurations per policy: engine=auto picks the reference (faster at this size)
+    assert eng["lru"] == "reference-async" and eng["ls"] == "reference-async" and (df["hardware"] == "a100-5gbps").all()
     assert (df["hits"] + df["late"] + df["misses"] == df["demands"]).all()
     assert "prediction precision/recall" in (tmp_path / "trace.txt").read_text() and "results.csv" in out
+
+
+def test_engine_jax_from_the_command_line(tmp_path):
+    _run([*TINY, "engine=jax", f"hydra.run.dir={tmp_path}"])
+    assert set(pd.read_csv(tmp_path / "results.csv")["engine"]) == {"jax-async"}
 
 
 def test_system_with_ls_dropin_over_all_hardware(tmp_path):
@@ -38,7 +44,9 @@ def test_system_with_ls_dropin_over_all_hardware(tmp_path):
     df = pd.read_csv(tmp_path / "results.csv")
     assert list(df["policy"].unique()) == ["sb", "ls"] and len(df) == 2 * 3 * 5
     assert set(df["system"]) == {"zhu25", "zhu25+ls"} and set(df["prefetch"]) == {"recorded p80"}
-    assert "runs as fetch" in out and "runs as fetch" in (tmp_path / "trace.txt").read_text()
+    assert set(df["miss"]) == {"substitute"} and set(df["engine"]) == {"reference-instant"}
+    assert (df["proxy_mass_substituted"] + df["proxy_mass_dropped"] > 0).all()
+    assert "running gate score" in out and "running gate score" in (tmp_path / "trace.txt").read_text()
 
 
 def test_startup_errors(tmp_path, traces_dir):
@@ -49,3 +57,13 @@ def test_startup_errors(tmp_path, traces_dir):
     assert p.returncode != 0 and "no recorded predictions" in p.stderr + p.stdout
     p = _run([*TINY, "prefetch.selector=best", f"hydra.run.dir={tmp_path}"], ok=False)
     assert p.returncode != 0 and "unknown selector" in p.stderr + p.stdout
+    p = _run([*TINY, "miss.policy=skip", f"hydra.run.dir={tmp_path}"], ok=False)
+    assert p.returncode != 0 and "unknown miss policy 'skip'" in p.stderr + p.stdout
+
+
+def test_miss_and_precision_from_the_command_line(tmp_path):
+    _run([*TINY, "policies=[lru]", "miss.policy=cascade", "miss.thresholds=[0.3]",
+          "precision.level_fractions=[1.0,0.25]", f"hydra.run.dir={tmp_path}"])
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert set(df["miss"]) == {"cascade(0.3)"} and set(df["precision"]) == {"16bit/4bit"}
+    assert set(df["engine"]) == {"reference-async"} and (df["proxy_mean_bits"] < 16).all()

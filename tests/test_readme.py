@@ -30,5 +30,5 @@ def test_readme_prefetch_example_runs(tmp_path, monkeypatch):
     exec(compile(blocks[1], "README.md", "exec"), ns)  # noqa: S102 - our own documentation
     fast, slow = ns["fast"], ns["slow"]
     assert len(fast) == len(slow) == 4
-    assert set(fast["engine"]) == {"jax-instant"} and set(slow["engine"]) == {"jax-async"}
+    assert set(fast["engine"]) == {"jax-instant"} and set(slow["engine"]) == {"reference-async"}
     assert (slow["late"] > 0).any() and (fast["late"] == 0).all()
