@@ -4,8 +4,9 @@ on the synthetic OLMoE preset (4-bit experts, recorded next-layer predictions) a
 Qwen3-30B-A3B trace (no recorded predictions: an oracle degraded to recall = precision = 0.8
 stands in, and the table says so). The paper's OLMoE numbers are printed beside ours.
 
-Asynchronous engines: the vmapped JAX kernel for ``lru``/``ls``, the exact reference for the
-score and frequency policies (``sb``, ``lfu``); each row's ``engine`` column says which. Writes ``<out>/table2.csv``,
+One configuration per row, so ``sweep_prefetch(engine="auto")`` runs the exact reference; each
+row's ``engine`` column says so. Miss policies and precision levels are each system's own
+(:mod:`specmd_jax.systems`); the table lists them and the quality proxies are in the CSV. Writes ``<out>/table2.csv``,
 ``<out>/table2.md`` and ``<out>/table2.png``. Run: ``python experiments/table2.py``.
 """
 
@@ -76,7 +77,7 @@ def main(argv=None):
     lines = ["# Table 2 shape: Least-Stale as a drop-in eviction policy", "",
              f"- command: `{' '.join(sys.argv) if argv is None else argv}`",
              f"- {a.fraction:.0%} capacity, hardware `{a.hardware}` ({hw.bandwidth_gbps} GB/s, {hw.latency_us} us/copy, "
-             f"decode layer {hw.decode_layer_us} us), asynchronous prefetch (FIFO copy engine); engines exact against the reference (`table2.csv` column `engine`: JAX for lru/ls, reference for sb/lfu)",
+             f"decode layer {hw.decode_layer_us} us), asynchronous prefetch (FIFO copy engine); one configuration per row, so `engine=auto` runs the exact reference (`table2.csv` column `engine`)",
              "- TTFT = mean prefill pass time per request; TPOT = mean decode pass time; change = LS vs own",
              "", "| trace | system | own eviction, miss (precision) | TTFT own (ms) | TTFT LS (ms) | TTFT change | TPOT own | TPOT LS | "
              "TPOT change | paper TTFT change (OLMoE) | notes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
