@@ -25,6 +25,7 @@ import specmd_jax as sj  # noqa: E402
 from specmd_jax.app_config import ConfigError, build_trace, resolve_capacities, resolve_policies  # noqa: E402
 from specmd_jax.miss import MissConfig, Precision  # noqa: E402
 from specmd_jax.prefetch import PrefetchConfig  # noqa: E402
+from specmd_jax.routing import RoutingConfig  # noqa: E402
 from specmd_jax.systems import get_system  # noqa: E402
 from specmd_jax.timing import HARDWARE_PRESETS  # noqa: E402
 from specmd_jax.trace import TraceError  # noqa: E402
@@ -74,6 +75,15 @@ def _miss_precision(cfg: dict, system) -> tuple[MissConfig, Precision]:
     return miss, prec
 
 
+def _routing(cfg: dict, system) -> RoutingConfig:
+    if system is not None:
+        return system.routing_config()
+    try:
+        return RoutingConfig(**dict(cfg.get("routing") or {}))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"routing: {e}") from None
+
+
 def run(cfg: dict) -> pd.DataFrame:
     trace = build_trace(cfg["trace"])
     sizes = resolve_capacities(trace, cfg["sweep"])
@@ -83,6 +93,7 @@ def run(cfg: dict) -> pd.DataFrame:
     system = get_system(cfg["system"]["name"]) if cfg.get("system") else None
     pf = _prefetch(cfg["prefetch"], system)
     miss, prec = _miss_precision(cfg, system)
+    routing = _routing(cfg, system)
     if pf is not None and pf.predictor == "recorded" and not trace.has_predictions:
         raise ConfigError(f"prefetch.predictor=recorded, but trace {trace.source} has no recorded predictions: "
                           "set trace.pred_noise=1.0 (synthetic) or prefetch.predictor=oracle_degraded "
@@ -95,14 +106,15 @@ def run(cfg: dict) -> pd.DataFrame:
         runs = [(p, None) for p in resolve_policies(cfg.get("policies"), None, "pinned")]
         notes = []
     print(f"trace: {trace.describe()}")
-    print(f"prefetch: {pf}; miss: {miss.label()}; precision: {'/'.join(prec.names)}; timing: {cfg['timing']}; "
+    print(f"prefetch: {pf}; miss: {miss.label()}; precision: {'/'.join(prec.names)}; "
+          f"routing: {routing.label(trace)}; timing: {cfg['timing']}; "
           f"hardware: {', '.join(h.name for h in hws)}")
     frames = []
     for pol, s in runs:
         t0 = time.perf_counter()
         try:
             df = sj.sweep_prefetch(trace, pol, **sizes, prefetch=pf, hardware=hws, timing=cfg["timing"],
-                                   miss=miss, precision=prec, engine=cfg.get("engine", "auto"),
+                                   miss=miss, precision=prec, routing=routing, engine=cfg.get("engine", "auto"),
                                    progress=bool(cfg.get("progress")))
         except ValueError as e:
             raise ConfigError(f"policy {pol}: {e}") from None

@@ -39,7 +39,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args(argv)
     syn = sj.synthetic.generate("olmoe-1b-7b", num_requests=1 if a.quick else a.requests,
-                                prompt_len=8 if a.quick else 32, gen_len=12 if a.quick else 64, seed=0, pred_noise=1.0)
+                                prompt_len=8 if a.quick else 32, gen_len=12 if a.quick else 64, seed=0, pred_noise=1.0,
+                                with_logits=True)
     syn = dataclasses.replace(syn, shape=dataclasses.replace(syn.shape, expert_bytes=syn.shape.expert_bytes // 4))
     traces = {"synthetic-olmoe (4-bit)": (syn, {})}
     stored_bits = {"synthetic-olmoe (4-bit)": 4, "qwen3-real": 16}  # bits behind each trace's expert_bytes
@@ -58,13 +59,14 @@ def main(argv=None):
             for variant in (sys_, sys_.with_eviction("ls")):
                 pf = variant.prefetch(**pred) if pred else variant.prefetch()
                 df = sj.sweep_prefetch(t, variant.eviction, fractions=[a.fraction], prefetch=pf, hardware=[hw],
-                                       timing="async", miss=variant.miss_config(),
+                                       timing="async", miss=variant.miss_config(), routing=variant.routing_config(),
                                        precision=variant.precision(stored_bits[tname]))
                 r = df.iloc[0]
                 rows.append({"trace": tname, "system": key, "label": sys_.label, "eviction": variant.eviction,
                              "prefetch": r["prefetch"], "ttft_ms": r["ttft_ms"], "tpot_ms": r["tpot_ms"],
                              "hit_rate": r["hit_rate"], "late_rate": r["late_rate"], "collisions": r["collisions"],
                              "engine": r["engine"], "miss": r["miss"], "precision": r["precision"],
+                             "routing": r["routing"], "proxy_mass_rerouted": r["proxy_mass_rerouted"],
                              "proxy_mass_full_precision": r["proxy_mass_full_precision"],
                              "proxy_mass_dropped": r["proxy_mass_dropped"],
                              "proxy_mass_substituted": r["proxy_mass_substituted"], "notes": "; ".join(variant.run_notes() + (("predictor: oracle degraded to 0.8/0.8",)
@@ -79,12 +81,12 @@ def main(argv=None):
              f"- {a.fraction:.0%} capacity, hardware `{a.hardware}` ({hw.bandwidth_gbps} GB/s, {hw.latency_us} us/copy, "
              f"decode layer {hw.decode_layer_us} us), asynchronous prefetch (FIFO copy engine); one configuration per row, so `engine=auto` runs the exact reference (`table2.csv` column `engine`)",
              "- TTFT = mean prefill pass time per request; TPOT = mean decode pass time; change = LS vs own",
-             "", "| trace | system | own eviction, miss (precision) | TTFT own (ms) | TTFT LS (ms) | TTFT change | TPOT own | TPOT LS | "
+             "", "| trace | system | own eviction, miss (precision), routing | TTFT own (ms) | TTFT LS (ms) | TTFT change | TPOT own | TPOT LS | "
              "TPOT change | paper TTFT change (OLMoE) | notes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (tname, key), g in res.groupby(["trace", "system"], sort=False):
         own, ls = g.iloc[0], g.iloc[1]
         paper = PAPER_TABLE2_OLMOE.get(key)
-        lines.append(f"| {tname} | {own['label']} | {own['eviction']}, miss {own['miss']} ({own['precision']}) | {own['ttft_ms']:.1f} | {ls['ttft_ms']:.1f} | "
+        lines.append(f"| {tname} | {own['label']} | {own['eviction']}, miss {own['miss']} ({own['precision']}), routing {own['routing']} | {own['ttft_ms']:.1f} | {ls['ttft_ms']:.1f} | "
                      f"{100 * (1 - ls['ttft_ms'] / own['ttft_ms']):+.1f}% | {own['tpot_ms']:.2f} | {ls['tpot_ms']:.2f} | "
                      f"{100 * (1 - ls['tpot_ms'] / own['tpot_ms']):+.1f}% | "
                      f"{'+' + str(paper[2]) + '%' if paper and tname.startswith('synthetic') else '-'} | {own['notes']} |")

@@ -31,6 +31,7 @@ from .engine import COUNTER_NAMES
 from .engine_async import ASYNC_POLICIES
 from .engine_pf import PF_POLICIES
 from .miss import MissConfig, Precision, proxy_rates
+from .routing import RoutingConfig
 from .prefetch import PrefetchConfig, PrefetchPlan, make_plan, prediction_quality
 from .reference_timed import simulate_timed
 from .timing import TICK_S, Hardware
@@ -60,7 +61,7 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
                    hardware: Sequence[Hardware] = (Hardware(),), timing: str = "async",
                    train: Optional[Trace] = None, progress: bool = False,
                    miss: Optional[MissConfig] = None, precision: Optional[Precision] = None,
-                   engine: str = "auto") -> pd.DataFrame:
+                   routing: Optional[RoutingConfig] = None, engine: str = "auto") -> pd.DataFrame:
     """Replay ``trace`` with ``policy`` for every prefetch setting x capacity x hardware profile.
 
     Args:
@@ -77,8 +78,10 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         miss: miss policy (:mod:`specmd_jax.miss`; default ``fetch``).
         precision: precision levels (default: one level, the trace's ``expert_bytes``). With
             levels, ``capacities`` are in units (``Precision.units``) and fractions convert
-            through bytes. A non-default miss policy or precision, and ``lhu``, run on the exact
-            reference (JAX kernels for these: not yet).
+            through bytes.
+        routing: routing policy (:mod:`specmd_jax.routing`; default ``standard``). A non-default
+            miss policy, precision or routing, and ``lhu``, run on the exact reference (JAX
+            kernels for these: not yet).
         engine: ``"jax"`` (the vmapped kernels where they exist), ``"reference"`` (always the
             exact Python reference) or ``"auto"``: JAX, except asynchronous sweeps of fewer than
             ``AUTO_ASYNC_MIN_CONFIGS`` configurations, where the reference is faster. Every
@@ -103,7 +106,8 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         raise ValueError("give exactly one of capacities= (slots) or fractions=")
     mcfg = miss if miss is not None else MissConfig()
     prec = precision if precision is not None else Precision()
-    default_dims = mcfg.policy == "fetch" and prec.plain and policy != "lhu"
+    rcfg = routing if routing is not None else RoutingConfig()
+    default_dims = mcfg.policy == "fetch" and prec.plain and policy != "lhu" and not rcfg.active
     if fractions is not None and not default_dims:
         capacity_slots(trace, fractions)  # validates the fractions
         caps = np.array([prec.capacity_units(f * trace.shape.total_expert_bytes, trace.shape.expert_bytes)
@@ -155,7 +159,7 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
             bar = tqdm(total=len(jobs), desc=f"{policy} {timing} (reference)", unit="config")
         for k, i, c, hi in jobs:
             ref = simulate_timed(trace, policy, int(c), plan=plans[k], hardware=hws[hi],
-                                 instant_prefetch=timing == "instant", miss=mcfg, precision=prec)
+                                 instant_prefetch=timing == "instant", miss=mcfg, precision=prec, routing=rcfg)
             row = {n: ref.totals[n] for n in ref.totals}
             row["ttft_ticks"] = float(np.mean(list(ref.ttft_ticks.values()))) if ref.ttft_ticks else float("nan")
             row["tpot_ticks"] = float(ref.tpot_ticks)
@@ -182,13 +186,16 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     df["pred_recall"] = [quality[x]["recall"] for x in k]
     df.insert(5, "miss", mcfg.label())
     df.insert(6, "precision", "/".join(prec.names))
+    df.insert(7, "routing", rcfg.label(trace))
     if "units_moved" not in df:  # a JAX engine: fetch at one precision
         df["bytes_moved"] = (df["misses"] + df["pf_issued"]) * trace.shape.expert_bytes  # instant copies move bytes too
         # fetch at one precision serves every routed pair as routed, at full precision
         pairs = trace.experts.shape[0] * trace.shape.top_k
-        full = {"pairs": pairs, "pairs_served": pairs, "pairs_dropped": 0, "pairs_substituted": 0,
-                "units_total": 1 if trace.weights is not None else 0, "units_full": 1 if trace.weights is not None else 0,
-                "units_dropped": 0, "units_substituted": 0, "bits_served": pairs * prec.bits[0]}
+        w = 1 if trace.weights is not None else 0
+        full = {"tokens": trace.experts.shape[0], "tokens_changed": 0, "pairs": pairs, "pairs_served": pairs,
+                "pairs_dropped": 0, "pairs_substituted": 0, "pairs_rerouted": 0, "units_total": w, "units_full": w,
+                "units_dropped": 0, "units_substituted": 0, "units_rerouted": 0, "exec_pairs": pairs,
+                "bits_served": pairs * prec.bits[0]}
         for key, v in proxy_rates(full).items():
             df[key] = v
     else:

@@ -55,10 +55,11 @@ Executed set
     arrival batches and *used* (recency, frequency, Least-Stale's current tier); dropped experts
     are neither.
 
-Quality proxies (counted over routed (token, expert) pairs; names say *proxy* in tables)
-    pairs served as routed (any precision), dropped, substituted; router-weight units served as
-    routed at level 0, dropped, substituted; bits summed over served pairs (as routed and
-    substituted).
+Quality proxies (counted over the *recorded* (token, expert) pairs; names say *proxy* in tables)
+    pairs served as routed (any precision), dropped, substituted, rerouted away (routing,
+    :mod:`specmd_jax.routing`); the same as router-weight units (full precision for "served");
+    tokens whose top-K set changed; bits summed over the pairs that ran (as routed after
+    routing, or substituted) and their count.
 
 ``lhu`` (least high-precision used, HOBBIT '24) evicts by ``(uses served at level 0 since
 insertion, last use, id)``; with one level it is ``lfu``.
@@ -71,8 +72,9 @@ import math
 from typing import Optional
 
 MISS_POLICIES = ("fetch", "fetch_lowest", "fetch_priority", "cascade", "drop_priority", "substitute")
-PROXY_COUNTERS = ("pairs", "pairs_served", "pairs_dropped", "pairs_substituted", "units_total",
-                  "units_full", "units_dropped", "units_substituted", "bits_served")
+PROXY_COUNTERS = ("tokens", "tokens_changed", "pairs", "pairs_served", "pairs_dropped", "pairs_substituted",
+                  "pairs_rerouted", "units_total", "units_full", "units_dropped", "units_substituted",
+                  "units_rerouted", "exec_pairs", "bits_served")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,35 +216,31 @@ def decide(cfg: MissConfig, nlevels: int, missing: list, demand: list, score: di
     return out
 
 
-def visit_details(trace, p: int, l: int, scale: int) -> tuple[dict, dict, dict, dict]:
-    """``(score, rank, pairs, units)`` dicts over the global ids demanded at visit ``(p, l)``."""
-    L, E = trace.shape.num_layers, trace.shape.num_experts
-    c = p * L + l
-    a, b = int(trace.cell_offsets[c]), int(trace.cell_offsets[c + 1])
-    ex = trace.experts[a:b].tolist()
-    w = trace.weights[a:b].tolist() if trace.weights is not None else None
-    score, rank, pairs, units = {}, {}, {}, {}
-    for i, row in enumerate(ex):
-        for k, e in enumerate(row):
+def row_details(rows: list, wrows: list, l: int, E: int, scale: int) -> tuple[dict, dict, dict]:
+    """``(score, rank, units)`` dicts over the global ids the visit's (routed) token rows demand
+    (``rows``: per-token expert lists in rank order; ``wrows``: their weights)."""
+    score, rank, units = {}, {}, {}
+    for row, ws in zip(rows, wrows):
+        for k, (e, w) in enumerate(zip(row, ws)):
             g = l * E + e
-            u = round(w[i][k] * scale) if w is not None else 0
+            u = round(w * scale)
             score[g] = max(score.get(g, 0), u)
             rank[g] = min(rank.get(g, k), k)
-            pairs[g] = pairs.get(g, 0) + 1
             units[g] = units.get(g, 0) + u
-    return score, rank, pairs, units
+    return score, rank, units
 
 
 def proxy_rates(tot: dict) -> dict:
     """Quality proxies as rates from :data:`PROXY_COUNTERS` totals (NaN where undefined)."""
     def div(a, b):
         return a / b if b else float("nan")
-    served = tot["pairs_served"] + tot["pairs_substituted"]
     return {"proxy_served_as_routed": div(tot["pairs_served"], tot["pairs"]),
             "proxy_mass_full_precision": div(tot["units_full"], tot["units_total"]),
             "proxy_mass_dropped": div(tot["units_dropped"], tot["units_total"]),
             "proxy_mass_substituted": div(tot["units_substituted"], tot["units_total"]),
-            "proxy_mean_bits": div(tot["bits_served"], served)}
+            "proxy_mass_rerouted": div(tot["units_rerouted"], tot["units_total"]),
+            "proxy_mean_bits": div(tot["bits_served"], tot["exec_pairs"]),
+            "proxy_tokens_rerouted": div(tot["tokens_changed"], tot["tokens"])}
 
 
 def check_levels(policy: str, precision: Optional[Precision]) -> None:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import bisect
 import dataclasses
 
-from .miss import PROXY_COUNTERS, MissConfig, Precision, check_levels, decide, visit_details
+import numpy as np
+
+from .miss import PROXY_COUNTERS, MissConfig, Precision, check_levels, decide, row_details
+from .routing import RoutingConfig, gap_means, route_rows
 from .reference import floyd_pick, policy_key, steps_of
 from .semantics import INF_STEP, POLICIES, SB_SCALE, layer_capacity
 from .timing import INSTANT, Hardware
@@ -52,17 +55,24 @@ class TimedResult:
 
 def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Hardware = INSTANT,
                    instant_prefetch: bool = False, partitioned: bool = False, seed: int = 0,
-                   precision: Precision = None, miss: MissConfig = None) -> TimedResult:
+                   precision: Precision = None, miss: MissConfig = None,
+                   routing: RoutingConfig = None) -> TimedResult:
     """Replay ``trace`` with prefetch ``plan`` (a :class:`prefetch.PrefetchPlan` or ``None``) on
     ``hardware`` through one cache configuration (pinned mode).
 
     ``capacity`` is in units of ``precision`` (:mod:`specmd_jax.miss`; slots with the default
-    single level); ``miss`` is the miss policy (default ``fetch``)."""
+    single level); ``miss`` is the miss policy (default ``fetch``); ``routing`` the routing
+    policy (:mod:`specmd_jax.routing`; default ``standard``)."""
     if policy not in REFERENCE_POLICIES:
         raise ValueError(f"unknown policy {policy!r}; known: {REFERENCE_POLICIES}")
     prec = precision if precision is not None else Precision()
     mcfg = miss if miss is not None else MissConfig()
     check_levels(policy, prec)
+    rcfg = routing if routing is not None else RoutingConfig()
+    if rcfg.active and policy == "belady":
+        raise ValueError("belady's next uses come from the recorded routing: it cannot run with cache-aware routing")
+    deltas = gap_means(trace) if rcfg.active else None
+    off = trace.cell_offsets.tolist()
     lv_units, lv_bits = prec.units, prec.bits
     if policy == "sb" and trace.weights is None:
         raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
@@ -182,10 +192,21 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
             if s:
                 pass_ticks.append(t - pass_start)
             pass_start = t
+        # routing (specmd_jax.routing): the visit's tokens re-ranked against the cache at its start
+        a, b = off[s], off[s + 1]
+        rec_rows = trace.experts[a:b].tolist()
+        rec_w = trace.weights[a:b].tolist() if trace.weights is not None else [[0.0] * len(r) for r in rec_rows]
+        if rcfg.active:
+            cached = {x - l * E for x in resident if x // E == l}
+            new_rows, new_w = route_rows(trace, a, b, cached, np.float32(rcfg.lam) * deltas[s])
+        else:
+            new_rows, new_w = rec_rows, rec_w
+        vscore, vrank, vunits = row_details(new_rows, new_w, l, E, SB_SCALE)
+        ids = sorted(vscore)
+        units = [vunits[g] for g in ids]
         hits = [g for g in ids if g in resident]
         late = [g for g in ids if g not in resident and g in pending]
         miss = [g for g in ids if g not in resident and g not in pending]
-        vscore, vrank, vpairs, vunits = visit_details(trace, p, l, SB_SCALE)
         add("demands", l, len(ids))
         add("hits", l, len(hits))
         add("late", l, len(late))
@@ -211,21 +232,34 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
         served_lvl = {g: resident[g]["lvl"] for g in hits}
         served_lvl.update({g: pending[g][2] for g in waited})
         served_lvl.update({g: dec[g][1] for g in fetched})
-        for g in ids:
-            add("pairs", l, vpairs[g])
-            add("units_total", l, vunits[g])
-            if g in served_lvl:
-                add("pairs_served", l, vpairs[g])
-                add("bits_served", l, vpairs[g] * lv_bits[served_lvl[g]])
-                if served_lvl[g] == 0:
-                    add("units_full", l, vunits[g])
-            elif g in subs:
-                add("pairs_substituted", l, vpairs[g])
-                add("units_substituted", l, vunits[g])
-                add("bits_served", l, vpairs[g] * lv_bits[resident[subs[g]]["lvl"]])
-            else:
-                add("pairs_dropped", l, vpairs[g])
-                add("units_dropped", l, vunits[g])
+        # quality proxies: the recorded (token, expert) pairs, and the bits of what ran
+        for i, row in enumerate(rec_rows):
+            new = set(new_rows[i])
+            add("tokens", l)
+            add("tokens_changed", l, int(new != set(row)))
+            for e, w in zip(row, rec_w[i]):
+                g, u = l * E + e, round(w * SB_SCALE)
+                add("pairs", l)
+                add("units_total", l, u)
+                if e not in new:
+                    add("pairs_rerouted", l)
+                    add("units_rerouted", l, u)
+                elif g in served_lvl:
+                    add("pairs_served", l)
+                    if served_lvl[g] == 0:
+                        add("units_full", l, u)
+                elif g in subs:
+                    add("pairs_substituted", l)
+                    add("units_substituted", l, u)
+                else:
+                    add("pairs_dropped", l)
+                    add("units_dropped", l, u)
+            for e in new_rows[i]:
+                g = l * E + e
+                ran = served_lvl.get(g, resident[subs[g]]["lvl"] if g in subs else None)
+                if ran is not None:
+                    add("exec_pairs", l)
+                    add("bits_served", l, lv_bits[ran])
         D = set(hits) | set(fetched) | set(waited) | set(subs.values())
         # 3-5. demand copies behind the queue; wait; arrivals up to t_ready
         for g in fetched:  # ids ascending

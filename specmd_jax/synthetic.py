@@ -20,7 +20,13 @@ Predictions (``pred_noise`` set): at visit ``(p, l)`` the predicted score of exp
 where ``z`` are the next layer's true router logits and ``routed`` marks the experts it actually
 chose: a stand-in for "the next layer's gate on the current hidden state" whose quality one
 number controls (0: the routed experts nearly always score highest; ~10: almost no signal).
-Drawn from a separate random stream, so the routing does not depend on ``pred_noise``. The bonuses decide selection and rank only; leaving them out of the weights
+Drawn from a separate random stream, so the routing does not depend on ``pred_noise``.
+
+Router logits (``with_logits``): per routed token, the selection scores ``log w + Gumbel +
+bonuses`` of all ``E`` experts of its layer (the ids are their top-``K``), for cache-aware
+routing. The bonuses are part of them: they stand for the hidden-state preference that makes
+an expert nearly certain, so a cache bias can displace the marginal choices but hardly a
+bonused one. The bonuses decide selection and rank only; leaving them out of the weights
 keeps the weights non-degenerate (a bonus is "large" only so that it nearly forces a choice).
 """
 
@@ -55,12 +61,13 @@ def _check(skew, reuse, cross_layer, num_requests, prompt_len, gen_len, pred_noi
 
 
 def _route(shape: ModelShape, R: int, T: int, skew: float, reuse: float, cross_layer: float,
-           rng: np.random.Generator, keep_logits: bool = False):
+           rng: np.random.Generator, keep_logits: bool = False, keep_scores: bool = False):
     """Route ``R`` independent token sequences of length ``T``.
 
     Returns:
         ids int64[R, T, L, K] (rank order), weights float32[R, T, L, K] and, if ``keep_logits``,
-        the router logits float32[R, T, L, E] (else ``None``).
+        the router logits float32[R, T, L, E] (else ``None``) and, if ``keep_scores``, the
+        selection scores (logits + bonuses) float32[R, T, L, E] (else ``None``).
     """
     L, E, K = shape.num_layers, shape.num_experts, shape.top_k
     logw = np.empty((L, E))
@@ -72,6 +79,7 @@ def _route(shape: ModelShape, R: int, T: int, skew: float, reuse: float, cross_l
     wts = np.zeros((R, T, L, K), np.float32)
     rows = np.arange(R)[:, None]
     logits = np.zeros((R, T, L, E), np.float32) if keep_logits else None
+    scores = np.zeros((R, T, L, E), np.float32) if keep_scores else None
     for t in range(T):
         z = logw[None] + rng.gumbel(size=(R, L, E))           # router logits [R, L, E]
         if keep_logits:
@@ -84,13 +92,15 @@ def _route(shape: ModelShape, R: int, T: int, skew: float, reuse: float, cross_l
                 s[rows, ids[:, t - 1, l]] += BONUS * keep[:, l]
             if l > 0:
                 s[rows, pi[l][ids[:, t, l - 1]]] += BONUS * cross[:, l]
+            if keep_scores:
+                scores[:, t, l] = s
             top = np.argpartition(-s, K - 1, axis=1)[:, :K] if K < E else np.tile(np.arange(E), (R, 1))
             top = np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind="stable"), 1)
             ids[:, t, l] = top
             zc = np.take_along_axis(z[:, l], top, 1)
             ez = np.exp(zc - zc.max(axis=1, keepdims=True))
             wts[:, t, l] = ez / ez.sum(axis=1, keepdims=True)
-    return ids, wts, logits
+    return ids, wts, logits, scores
 
 
 def _predicted(ids: np.ndarray, logits: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
@@ -111,7 +121,7 @@ def _predicted(ids: np.ndarray, logits: np.ndarray, noise: float, rng: np.random
 
 def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int = 2, prompt_len: int = 32,
              gen_len: int = 64, skew: float = 1.0, reuse: float = 0.5, cross_layer: float = 0.3, seed: int = 0,
-             with_weights: bool = True, pred_noise: Optional[float] = None) -> Trace:
+             with_weights: bool = True, pred_noise: Optional[float] = None, with_logits: bool = False) -> Trace:
     """A deterministic synthetic trace: per request one PREFILL pass then ``gen_len`` DECODE passes.
 
     Args:
@@ -126,6 +136,7 @@ def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int
         with_weights: attach float32 router weights.
         pred_noise: attach next-layer predictions (``pred_scores``) of this noise level (see the
             module docstring); ``None``: no predictions.
+        with_logits: attach the router logits of every routed token (see the module docstring).
 
     Returns:
         A validated trace with ``P = num_requests * (gen_len + (prompt_len > 0))`` passes;
@@ -139,8 +150,8 @@ def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int
     L, K = shape.num_layers, shape.top_k
     n, pl, gl = int(num_requests), int(prompt_len), int(gen_len)
     rng = np.random.default_rng(seed)
-    ids, wts, logits = _route(shape, n, pl + gl, float(skew), float(reuse), float(cross_layer), rng,
-                              keep_logits=pred_noise is not None)
+    ids, wts, logits, scores = _route(shape, n, pl + gl, float(skew), float(reuse), float(cross_layer), rng,
+                                      keep_logits=pred_noise is not None, keep_scores=bool(with_logits))
     pred_blocks = []
     if pred_noise is not None:
         pt = _predicted(ids, logits, float(pred_noise), np.random.default_rng([seed, 1]))   # [R, T, L, E]
@@ -149,8 +160,13 @@ def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int
                 pred_blocks.append(pt[r, :pl].sum(axis=0))          # prefill pass: [L, E]
             pred_blocks.append(pt[r, pl:].reshape(-1, shape.num_experts))   # decode passes: [gl * L, E]
     # Row order: pass, layer, token. Prefill pass: [L, pl, K]; decode passes: [gl, L, K].
-    ex_blocks, w_blocks, phase, tokens = [], [], [], []
+    ex_blocks, w_blocks, lg_blocks, phase, tokens = [], [], [], [], []
+    E = shape.num_experts
     for r in range(n):
+        if with_logits:
+            if pl:
+                lg_blocks.append(scores[r, :pl].transpose(1, 0, 2).reshape(-1, E))
+            lg_blocks.append(scores[r, pl:].reshape(-1, E))
         if pl:
             ex_blocks.append(ids[r, :pl].transpose(1, 0, 2).reshape(-1, K))
             w_blocks.append(wts[r, :pl].transpose(1, 0, 2).reshape(-1, K))
@@ -165,17 +181,20 @@ def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int
     offsets = np.concatenate(([0], np.cumsum(counts)))
     src = (f"synthetic.generate(model={shape.name!r}, num_requests={n}, prompt_len={pl}, gen_len={gl}, "
            f"skew={skew}, reuse={reuse}, cross_layer={cross_layer}, seed={seed}"
-           + (f", pred_noise={pred_noise})" if pred_noise is not None else ")"))
+           + (f", pred_noise={pred_noise}" if pred_noise is not None else "")
+           + (", with_logits=True)" if with_logits else ")"))
     return make_trace(shape, np.repeat(np.arange(n), (pl > 0) + gl), phase, tokens, offsets,
                       np.concatenate(ex_blocks), np.concatenate(w_blocks) if with_weights else None,
                       source=src, notes=(f"synthetic: Zipf popularity, reuse bonus, cross-layer bonus; "
                                          f"{per_pass} passes",),
-                      pred_scores=np.concatenate(pred_blocks) if pred_blocks else None)
+                      pred_scores=np.concatenate(pred_blocks) if pred_blocks else None,
+                      logits=np.concatenate(lg_blocks) if lg_blocks else None)
 
 
 def decode_stream(model: Union[str, ModelShape] = "olmoe-1b-7b", tokens: int = 256, *, skew: float = 1.0,
                   reuse: float = 0.5, cross_layer: float = 0.3, seed: int = 0, with_weights: bool = True,
-                  pred_noise: Optional[float] = None) -> Trace:
+                  pred_noise: Optional[float] = None, with_logits: bool = False) -> Trace:
     """One request of ``tokens`` decode passes and no prefill (see :func:`generate`)."""
     return generate(model, num_requests=1, prompt_len=0, gen_len=tokens, skew=skew, reuse=reuse,
-                    cross_layer=cross_layer, seed=seed, with_weights=with_weights, pred_noise=pred_noise)
+                    cross_layer=cross_layer, seed=seed, with_weights=with_weights, pred_noise=pred_noise,
+                    with_logits=with_logits)

@@ -1,16 +1,17 @@
 """Prior systems as SpecMD policy tuples (prefetch, eviction, miss, routing), SpecMD Table 1/2.
 
-Sources: SpecMD §3.5 / Table 1 rows Config#1-#5 (see ``../shared/SPECMD.md`` §3.5). Prefetch,
-eviction and miss handling (:mod:`specmd_jax.miss`) run as the paper names them; the routing
-dimension (cache-aware routing) is not built yet and runs as *standard*, which
-:meth:`System.run_notes` says so that tables can print it:
+Sources: SpecMD §3.5 / Table 1 rows Config#1-#5 (see ``../shared/SPECMD.md`` §3.5). All four
+dimensions run as the paper names them (prefetch, eviction, miss handling :mod:`specmd_jax.miss`,
+routing :mod:`specmd_jax.routing`); where ours stands in for theirs, :meth:`System.run_notes`
+says so that tables can print it:
 
 * Zhu et al. substitute missing experts (``substitute``: closest running gate score, our stand-in
   for their router-score proximity).
 * HOBBIT evicts by LHU with a precision cascade: its experts can be held at the stored precision
   or at half of it (``level_fractions = (1, 0.5)``: int4 and int2 for the paper's 4-bit Table 1
   setting), chosen by router-weight thresholds.
-* MixtureCache's cache-aware routing runs as standard routing.
+* MixtureCache routes cache-aware with ``lam = 0.3`` (the paper: "0.1-0.5 work best"); on a
+  trace without router logits only the recorded candidates are re-ranked.
 
 "Spec" (Eliseev-style speculative next-layer prefetch) is top-k x 1.0 of the next layer's
 predicted scores; "Score" is the 80th-percentile selector (SpecMD §3.4). The predictor is the
@@ -25,6 +26,7 @@ from typing import Optional
 
 from .miss import MissConfig, Precision
 from .prefetch import PrefetchConfig
+from .routing import RoutingConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +39,7 @@ class System:
         selector: ``None`` (no prefetch), ``"topk"`` (Spec) or ``"percentile"`` (Score, 80th).
         eviction: eviction policy name in this build.
         miss: miss policy (:data:`specmd_jax.miss.MISS_POLICIES`), default numbers.
-        routing: routing policy named by the paper (runs as standard: not built yet).
+        routing: routing policy (:data:`specmd_jax.routing.ROUTINGS`) and ``lam`` its strength.
         level_fractions: precision levels as fractions of the stored bits, highest first.
         notes: substitutions made in this build.
     """
@@ -48,11 +50,15 @@ class System:
     eviction: str
     miss: str = "fetch"
     routing: str = "standard"
+    lam: float = 0.0
     level_fractions: tuple = (1.0,)
     notes: tuple = ()
 
     def miss_config(self) -> MissConfig:
         return MissConfig(self.miss)
+
+    def routing_config(self) -> RoutingConfig:
+        return RoutingConfig(self.routing, self.lam)
 
     def precision(self, stored_bits: int = 16) -> Precision:
         """Precision levels for experts stored at ``stored_bits`` bits (the trace's ``expert_bytes``)."""
@@ -70,10 +76,7 @@ class System:
         return dataclasses.replace(self, eviction=eviction, name=f"{self.name}+{eviction}")
 
     def run_notes(self) -> tuple:
-        n = list(self.notes)
-        if self.routing != "standard":
-            n.append(f"routing '{self.routing}' runs as standard (cache-aware routing not built yet)")
-        return tuple(n)
+        return tuple(self.notes)
 
 
 SYSTEMS = {
@@ -85,7 +88,7 @@ SYSTEMS = {
     # Config#3: Spec, LHU, Cascade, Stnd
     "hobbit24": System("hobbit24", "HOBBIT '24", "topk", "lhu", miss="cascade", level_fractions=(1.0, 0.5)),
     # Config#4: No prefetch, LRU, Fetch, Mod
-    "mixturecache25": System("mixturecache25", "MixtureCache '25", None, "lru", routing="cache-aware"),
+    "mixturecache25": System("mixturecache25", "MixtureCache '25", None, "lru", routing="cache_aware", lam=0.3),
     # Config#5: Score, LS, Fetch, Stnd (SpecMD's pick)
     "specmd": System("specmd", "SpecMD (Config#5)", "percentile", "ls"),
 }

@@ -12,7 +12,13 @@ layer ``l + 1``, the score a real system had at visit ``(p, l)`` (the next layer
 the current hidden state, summed over the pass's tokens); a row of NaN means "no prediction"
 (always so for the last layer).
 
-On disk (``.npz``, ``format_version`` = 2; version 1 files, without predictions, still load) the
+Optionally a trace carries the *router logits* of every routed token: ``logits[r]`` holds the
+scores the router ranked all ``E`` experts of the row's layer by (its recorded experts are their
+top-``K``, in rank order; validated). Cache-aware routing (:mod:`specmd_jax.routing`) re-ranks
+with them.
+
+On disk (``.npz``, ``format_version`` = 3; versions 1 and 2, without predictions or logits,
+still load) the
 same arrays are stored under their field names plus the model shape and provenance strings. :func:`validate` runs on every load and on construction
 from readers and the synthetic generator; its errors name the file, the field and the value.
 """
@@ -26,8 +32,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 PREFILL, DECODE = 0, 1
 
 
@@ -91,6 +97,7 @@ class Trace:
     source: str = "<memory>"
     notes: tuple = ()
     pred_scores: Optional[np.ndarray] = None
+    logits: Optional[np.ndarray] = None
 
     @property
     def num_passes(self) -> int:
@@ -107,6 +114,10 @@ class Trace:
     @property
     def has_predictions(self) -> bool:
         return self.pred_scores is not None
+
+    @property
+    def has_logits(self) -> bool:
+        return self.logits is not None
 
     def cell_rows(self, p: int, l: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """Rows (experts int16[r, K], weights float32[r, K] or None) of cell (p, l)."""
@@ -132,6 +143,7 @@ class Trace:
             pass_tokens=self.pass_tokens[start:stop], cell_offsets=off - a,
             experts=self.experts[a:b], weights=None if self.weights is None else self.weights[a:b],
             pred_scores=None if self.pred_scores is None else self.pred_scores[start * L: stop * L],
+            logits=None if self.logits is None else self.logits[a:b],
             source=f"{self.source}[passes {start}:{stop}]")
 
 
@@ -213,12 +225,31 @@ def validate(t: Trace, where: Optional[str] = None) -> Trace:
             p = int(np.argmax(last))
             _fail(where, "pred_scores", f"pass {p}, last layer {L - 1}: has scores, but there is no next layer "
                                         "in the pass (must be NaN)")
+    if t.logits is not None:
+        lg = t.logits
+        if lg.shape != (t.experts.shape[0], s.num_experts):
+            _fail(where, "logits", f"shape {lg.shape} != ({t.experts.shape[0]}, {s.num_experts}) (rows x E)")
+        if not np.all(np.isfinite(lg)):
+            r, e = map(int, np.argwhere(~np.isfinite(lg))[0])
+            _fail(where, "logits", f"row {r} expert {e}: logit {float(lg[r, e])!r} is not finite")
+        if len(lg):
+            ex = t.experts.astype(np.int64)
+            chosen = np.take_along_axis(lg, ex, axis=1)
+            mask = np.ones(lg.shape, bool)
+            np.put_along_axis(mask, ex, False, axis=1)
+            rest = np.where(mask, lg, -np.inf).max(axis=1) if s.top_k < s.num_experts else np.full(len(lg), -np.inf)
+            bad = (np.diff(chosen, axis=1) > 0).any(axis=1) | (chosen.min(axis=1) < rest)
+            if bad.any():
+                r = int(np.argmax(bad))
+                _fail(where, "logits", f"row {r}: the recorded experts {t.experts[r].tolist()} are not the top-"
+                                       f"{s.top_k} of the logits in rank order (their logits "
+                                       f"{[round(float(x), 4) for x in chosen[r]]}, best other {float(rest[r]):.4f})")
     return t
 
 
 def make_trace(shape: ModelShape, pass_request: Sequence[int], pass_phase: Sequence[int],
                pass_tokens: Sequence[int], cell_offsets, experts, weights=None, source="<memory>",
-               notes: Sequence[str] = (), pred_scores=None) -> Trace:
+               notes: Sequence[str] = (), pred_scores=None, logits=None) -> Trace:
     """Build and validate a :class:`Trace` from array-likes (dtypes normalised)."""
     t = Trace(shape=shape,
               pass_request=np.asarray(pass_request, np.int32),
@@ -229,7 +260,8 @@ def make_trace(shape: ModelShape, pass_request: Sequence[int], pass_phase: Seque
               np.zeros((0, shape.top_k), np.int16),
               weights=None if weights is None else np.asarray(weights, np.float32),
               source=source, notes=tuple(notes),
-              pred_scores=None if pred_scores is None else np.asarray(pred_scores, np.float32))
+              pred_scores=None if pred_scores is None else np.asarray(pred_scores, np.float32),
+              logits=None if logits is None else np.asarray(logits, np.float32))
     if t.experts.ndim == 2 and t.experts.size and np.asarray(experts).max() >= 2 ** 15:
         _fail(source, "experts", f"expert id {int(np.asarray(experts).max())} too large")
     return validate(t)
@@ -245,6 +277,8 @@ def save_trace(t: Trace, path: str) -> None:
         arrays["weights"] = t.weights
     if t.pred_scores is not None:
         arrays["pred_scores"] = t.pred_scores
+    if t.logits is not None:
+        arrays["logits"] = t.logits
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     with open(path, "wb") as f:
@@ -295,5 +329,6 @@ def load_npz(path: str) -> Trace:
                   experts=_int_field(z, "experts", np.int16, path),
                   weights=z["weights"].astype(np.float32) if "weights" in z else None,
                   pred_scores=z["pred_scores"].astype(np.float32) if "pred_scores" in z else None,
+                  logits=z["logits"].astype(np.float32) if "logits" in z else None,
                   source=str(meta.get("source", path)), notes=tuple(meta.get("notes", ())))
     return validate(t, where=path)

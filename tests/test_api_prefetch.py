@@ -117,7 +117,7 @@ def test_system_presets():
     assert h.eviction == "lhu" and h.miss_config().policy == "cascade" and h.run_notes() == ()
     assert h.precision(4).bits == (4, 2) and h.precision(4).base_bits == 4
     assert get_system("zhu25").miss_config().policy == "substitute"
-    assert any("cache-aware" in n for n in get_system("mixturecache25").run_notes())
+    assert get_system("mixturecache25").routing_config().lam == 0.3 and get_system("eliseev23").routing_config().lam == 0
     assert h.with_eviction("ls").eviction == "ls" and h.with_eviction("ls").prefetch() == h.prefetch()
     assert get_system("eliseev23").prefetch("oracle_degraded", recall=0.5).recall == 0.5
     with pytest.raises(ValueError, match="unknown system"):

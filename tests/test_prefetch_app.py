@@ -67,3 +67,14 @@ def test_miss_and_precision_from_the_command_line(tmp_path):
     df = pd.read_csv(tmp_path / "results.csv")
     assert set(df["miss"]) == {"cascade(0.3)"} and set(df["precision"]) == {"16bit/4bit"}
     assert set(df["engine"]) == {"reference-async"} and (df["proxy_mean_bits"] < 16).all()
+
+
+def test_routing_from_the_command_line_and_mixturecache(tmp_path):
+    _run([*TINY, "policies=[lru]", "routing.policy=cache_aware", "routing.lam=0.5", f"hydra.run.dir={tmp_path}"])
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert set(df["routing"]) == {"cache_aware(lam=0.5)"} and (df["proxy_tokens_rerouted"] > 0).any()
+    _run([*TINY, "system=mixturecache25", "ls_dropin=false", f"hydra.run.dir={tmp_path / 'mc'}"])
+    mc = pd.read_csv(tmp_path / "mc" / "results.csv")
+    assert set(mc["routing"]) == {"cache_aware(lam=0.3)"} and set(mc["prefetch"]) == {"none"}
+    p = _run([*TINY, "routing.policy=sticky", f"hydra.run.dir={tmp_path / 'bad'}"], ok=False)
+    assert p.returncode != 0 and "unknown routing policy 'sticky'" in p.stderr + p.stdout
