@@ -59,14 +59,15 @@ def _prefetch(cfg_pf: dict, system) -> PrefetchConfig | None:
         raise ConfigError(f"prefetch: {e}") from None
 
 
-def _miss_precision(cfg: dict, system) -> tuple[MissConfig, Precision]:
+def _miss_precision(cfg: dict, system) -> tuple[list, Precision]:
     m = dict(cfg.get("miss") or {})
     p = dict(cfg.get("precision") or {"level_fractions": [1.0], "stored_bits": 16})
     if system is not None:
         m["policy"], p["level_fractions"] = system.miss, list(system.level_fractions)
     try:
         m["thresholds"] = tuple(m.get("thresholds", ()))
-        miss = MissConfig(**m)
+        ranks = m.pop("rank_threshold", 3)
+        miss = [MissConfig(**m, rank_threshold=r) for r in (ranks if isinstance(ranks, (list, tuple)) else [ranks])]
         bits = int(p["stored_bits"])
         prec = Precision(tuple((f"{max(1, round(bits * f))}bit", max(1, round(bits * f)))
                                for f in p["level_fractions"]), base_bits=bits)
@@ -106,7 +107,7 @@ def run(cfg: dict) -> pd.DataFrame:
         runs = [(p, None) for p in resolve_policies(cfg.get("policies"), None, "pinned")]
         notes = []
     print(f"trace: {trace.describe()}")
-    print(f"prefetch: {pf}; miss: {miss.label()}; precision: {'/'.join(prec.names)}; "
+    print(f"prefetch: {pf}; miss: {', '.join(x.label() for x in miss)}; precision: {'/'.join(prec.names)}; "
           f"routing: {routing.label(trace)}; timing: {cfg['timing']}; "
           f"hardware: {', '.join(h.name for h in hws)}")
     frames = []

@@ -32,6 +32,7 @@ from .engine_async import ASYNC_POLICIES
 from .engine_pf import PF_POLICIES
 from .miss import MissConfig, Precision, proxy_rates
 from .routing import RoutingConfig
+from .semantics import SB_SCALE
 from .prefetch import PrefetchConfig, PrefetchPlan, make_plan, prediction_quality
 from .reference_timed import simulate_timed
 from .timing import TICK_S, Hardware
@@ -75,13 +76,15 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         hardware: profiles to time (see ``timing.HARDWARE_PRESETS``).
         timing: ``"async"`` or ``"instant"`` (see the module docstring).
         progress: a tqdm bar over reference runs.
-        miss: miss policy (:mod:`specmd_jax.miss`; default ``fetch``).
+        miss: miss policy (:mod:`specmd_jax.miss`; default ``fetch``), or a list of them: one
+            more configuration axis (on the asynchronous JAX engine, ``drop_priority``
+            thresholds are vmapped data next to capacities and hardware).
         precision: precision levels (default: one level, the trace's ``expert_bytes``). With
             levels, ``capacities`` are in units (``Precision.units``) and fractions convert
             through bytes.
         routing: routing policy (:mod:`specmd_jax.routing`; default ``standard``). A non-default
-            miss policy, precision or routing, and ``lhu``, run on the exact reference (JAX
-            kernels for these: not yet).
+            miss policy other than ``drop_priority`` (asynchronous JAX engine), a precision or
+            routing, and ``lhu``, run on the exact reference (JAX kernels for these: not yet).
         engine: ``"jax"`` (the vmapped kernels where they exist), ``"reference"`` (always the
             exact Python reference) or ``"auto"``: JAX, except asynchronous sweeps of fewer than
             ``AUTO_ASYNC_MIN_CONFIGS`` configurations, where the reference is faster. Every
@@ -104,11 +107,13 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if (capacities is None) == (fractions is None):
         raise ValueError("give exactly one of capacities= (slots) or fractions=")
-    mcfg = miss if miss is not None else MissConfig()
+    misses = list(miss) if isinstance(miss, (list, tuple)) else [miss if miss is not None else MissConfig()]
+    if not misses or not all(isinstance(m, MissConfig) for m in misses):
+        raise TypeError("miss must be a MissConfig or a non-empty list of them")
     prec = precision if precision is not None else Precision()
     rcfg = routing if routing is not None else RoutingConfig()
-    default_dims = mcfg.policy == "fetch" and prec.plain and policy != "lhu" and not rcfg.active
-    if fractions is not None and not default_dims:
+    plain = prec.plain and policy != "lhu" and not rcfg.active
+    if fractions is not None and not plain:
         capacity_slots(trace, fractions)  # validates the fractions
         caps = np.array([prec.capacity_units(f * trace.shape.total_expert_bytes, trace.shape.expert_bytes)
                          for f in np.atleast_1d(np.asarray(fractions, np.float64))], np.int64)
@@ -125,10 +130,14 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     quality = [prediction_quality(trace, p) if p is not None else {"precision": np.nan, "recall": np.nan}
                for p in plans]
     rows = []
-    n_cfg = len(caps) * len(plans) * (len(hws) if timing == "async" else 1)
+    M = len(misses)
+    n_cfg = len(caps) * len(plans) * M * (len(hws) if timing == "async" else 1)
     use_jax = engine == "jax" or (engine == "auto" and (timing == "instant" or n_cfg >= AUTO_ASYNC_MIN_CONFIGS))
-    jax_ok = default_dims and use_jax
-    if timing == "instant" and policy in PF_POLICIES and jax_ok:
+    # the kernels run fetch at one precision with standard routing; the async one also drop_priority
+    instant_ok = use_jax and plain and all(m.policy == "fetch" for m in misses) and policy in PF_POLICIES
+    async_ok = (use_jax and plain and all(m.policy in ("fetch", "drop_priority") for m in misses)
+                and policy in ASYNC_POLICIES)
+    if timing == "instant" and instant_ok:
         from .prefetch_runner import run_instant, timing as time_of  # jax only when used
         r = run_instant(trace, policy, caps, [p if p is not None else empty for p in plans])
         for hi, h in enumerate(hws):
@@ -136,39 +145,43 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
             for b in range(len(r.plan_index)):
                 k, i = int(r.plan_index[b]), b % len(caps)
                 row = dict(zip(COUNTER_NAMES, r.totals[b].tolist()))
-                row.update(late=0, **{n: int(r.pf_totals[n][b]) for n in PF_COLUMNS})
+                row.update(late=0, dropped=0, pairs_dropped=0, units_dropped=0,
+                           **{n: int(r.pf_totals[n][b]) for n in PF_COLUMNS})
                 row.update(stall_ticks=int(tm["stall_ticks"][b]), ttft_ticks=float(tm["ttft_ticks"][b]),
                            tpot_ticks=float(tm["tpot_ticks"][b]))
-                rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-instant", k))
-    elif timing == "async" and policy in ASYNC_POLICIES and jax_ok:
-        from .prefetch_runner import run_async  # jax only when used
-        r = run_async(trace, policy, caps, [p if p is not None else empty for p in plans], hws)
-        H = len(hws)
+                rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-instant", k, 0))
+    elif timing == "async" and async_ok:
+        from .prefetch_runner import NO_DROP, run_async  # jax only when used
+        drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]
+        r = run_async(trace, policy, caps, [p if p is not None else empty for p in plans], hws, drop_ranks=drops)
+        H, C = len(hws), len(caps)
         for b in range(len(r.plan_index)):
-            k, i, hi = int(r.plan_index[b]), (b // H) % len(caps), b % H
+            k, i, hi, mi = int(r.plan_index[b]), (b // (H * M)) % C, (b // M) % H, b % M
             row = dict(zip(COUNTER_NAMES, r.totals[b].tolist()))
             row.update({n: int(v[b]) for n, v in r.pf_totals.items() if n != "pf_unused_end"})
             row.update(stall_ticks=int(r.stall_ticks[b].sum()), ttft_ticks=float(r.ttft_ticks[b]),
                        tpot_ticks=float(r.tpot_ticks[b]))
-            rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-async", k))
+            rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-async", k, mi))
     else:
-        jobs = [(k, i, c, hi) for k in range(len(plans)) for hi in range(len(hws)) for i, c in enumerate(caps)]
+        jobs = [(k, i, c, hi, mi) for k in range(len(plans)) for hi in range(len(hws)) for i, c in enumerate(caps)
+                for mi in range(M)]
         bar = None
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=len(jobs), desc=f"{policy} {timing} (reference)", unit="config")
-        for k, i, c, hi in jobs:
+        for k, i, c, hi, mi in jobs:
             ref = simulate_timed(trace, policy, int(c), plan=plans[k], hardware=hws[hi],
-                                 instant_prefetch=timing == "instant", miss=mcfg, precision=prec, routing=rcfg)
+                                 instant_prefetch=timing == "instant", miss=misses[mi], precision=prec, routing=rcfg)
             row = {n: ref.totals[n] for n in ref.totals}
             row["ttft_ticks"] = float(np.mean(list(ref.ttft_ticks.values()))) if ref.ttft_ticks else float("nan")
             row["tpot_ticks"] = float(ref.tpot_ticks)
-            rows.append(_meta(row, i, c, fr, hws, hi, f"reference-{timing}", k))
+            rows.append(_meta(row, i, c, fr, hws, hi, f"reference-{timing}", k, mi))
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
-    df = pd.DataFrame(rows).sort_values(["setting", "hardware_index", "capacity_index"], kind="stable")
+    df = pd.DataFrame(rows).sort_values(["setting", "hardware_index", "capacity_index", "miss_index"], kind="stable")
+    mi = df.pop("miss_index").to_numpy()
     df = df.drop(columns=["hardware_index", "capacity_index"]).reset_index(drop=True)
     k = df.pop("setting").to_numpy()
     df.insert(0, "trace", trace.source)
@@ -184,33 +197,34 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         df[f"{n}_ms"] = df.pop(f"{n}_ticks") * TICK_S * 1e3
     df["pred_precision"] = [quality[x]["precision"] for x in k]
     df["pred_recall"] = [quality[x]["recall"] for x in k]
-    df.insert(5, "miss", mcfg.label())
+    df.insert(5, "miss", [misses[x].label() for x in mi])
     df.insert(6, "precision", "/".join(prec.names))
     df.insert(7, "routing", rcfg.label(trace))
-    if "units_moved" not in df:  # a JAX engine: fetch at one precision
-        df["bytes_moved"] = (df["misses"] + df["pf_issued"]) * trace.shape.expert_bytes  # instant copies move bytes too
-        # fetch at one precision serves every routed pair as routed, at full precision
+    if "units_moved" not in df:  # a JAX engine: one precision, standard routing, fetch or drop
+        fetched = df["fetched"] if "fetched" in df else df["misses"]  # copies of demand misses
+        df["bytes_moved"] = (fetched + df["pf_issued"]) * trace.shape.expert_bytes
         pairs = trace.experts.shape[0] * trace.shape.top_k
-        w = 1 if trace.weights is not None else 0
-        full = {"tokens": trace.experts.shape[0], "tokens_changed": 0, "pairs": pairs, "pairs_served": pairs,
-                "pairs_dropped": 0, "pairs_substituted": 0, "pairs_rerouted": 0, "units_total": w, "units_full": w,
-                "units_dropped": 0, "units_substituted": 0, "units_rerouted": 0, "exec_pairs": pairs,
-                "bits_served": pairs * prec.bits[0]}
-        for key, v in proxy_rates(full).items():
-            df[key] = v
+        units = int(np.rint(trace.weights.astype(np.float64) * SB_SCALE).sum()) if trace.weights is not None else 0
+        for c, v in {"tokens": trace.experts.shape[0], "tokens_changed": 0, "pairs": pairs, "pairs_substituted": 0,
+                     "pairs_rerouted": 0, "units_total": units, "units_substituted": 0, "units_rerouted": 0}.items():
+            df[c] = v
+        df["pairs_served"] = pairs - df["pairs_dropped"]
+        df["units_full"] = units - df["units_dropped"]
+        df["exec_pairs"] = df["pairs_served"]
+        df["bits_served"] = df["exec_pairs"] * prec.bits[0]
     else:
         df["bytes_moved"] = df["units_moved"] * prec.unit_bytes(trace.shape.expert_bytes)
-        rates = [proxy_rates(r) for r in df.to_dict("records")]
-        for key in rates[0] if rates else ():
-            df[key] = [r[key] for r in rates]
+    rates = [proxy_rates(r) for r in df.to_dict("records")]
+    for key in rates[0] if rates else ():
+        df[key] = [r[key] for r in rates]
     return df
 
 
-def _meta(row, i, c, fr, hws, hi, engine, setting):
+def _meta(row, i, c, fr, hws, hi, engine, setting, miss_index):
     h = hws[hi]
     row.update(capacity_slots=int(c), capacity_fraction=float(fr[i]), hardware=h.name,
                bandwidth_gbps=h.bandwidth_gbps, latency_us=h.latency_us, engine=engine, setting=setting,
-               capacity_index=i, hardware_index=hi)
+               capacity_index=i, hardware_index=hi, miss_index=miss_index)
     return row
 
 

@@ -44,20 +44,25 @@ from .engine_pf import _above, _rstar, _suffix, _take_victims
 from .pytree import pytree_dataclass
 
 ASYNC_POLICIES = ("lru", "ls", "fifo")
-ASYNC_COUNTER_NAMES = ("late", "pf_issued", "pf_resident", "pf_pending", "pf_arrived", "pf_dropped", "pf_useful")
+ASYNC_COUNTER_NAMES = ("late", "pf_issued", "pf_resident", "pf_pending", "pf_arrived", "pf_dropped", "pf_useful",
+                       "dropped", "pairs_dropped", "units_dropped", "fetched")
 NONE = jnp.iinfo(jnp.int32).max
 
 
 @pytree_dataclass
 class AsyncParams:
     """Numeric parameters of one configuration (vmappable): ``capacity`` slots, ``xfer`` ticks per
-    copy, compute ticks per layer: ``c_dec`` (decode), ``c_pre0`` + ``c_pre1`` per prompt token."""
+    copy, compute ticks per layer: ``c_dec`` (decode), ``c_pre0`` + ``c_pre1`` per prompt token;
+    ``drop_rank``: the ``drop_priority`` miss policy's threshold (a demanded expert that is not
+    resident and whose best router rank in the visit is ``>= drop_rank`` is dropped:
+    :mod:`specmd_jax.miss`); ``fetch`` is a threshold no rank reaches."""
 
     capacity: Any
     xfer: Any
     c_dec: Any
     c_pre0: Any
     c_pre1: Any
+    drop_rank: Any
 
 
 @pytree_dataclass
@@ -98,6 +103,9 @@ class AsyncVisit:
     tokens: Any
     ids: Any
     pf_ids: Any
+    rank: Any   # int32[W] best router rank of each demanded id in the visit
+    pairs: Any  # int32[W] tokens routing it
+    units: Any  # int32[W] its summed quantised router weight
 
 
 class AsyncSpec(NamedTuple):
@@ -241,23 +249,29 @@ def make_async_policy(spec: AsyncSpec):
         st["eng"] = st["eng"] - shift
         t = st["t"]
         ids = visit.ids
-        valid = ids >= 0
-        loc = jnp.where(valid, ids, 0)
-        loc_drop = jnp.where(valid, ids, N)
-        inD = jnp.zeros((N,), bool).at[loc_drop].set(True, mode="drop")
-        D = (ids, valid, loc, loc_drop, inD)
+        demanded = ids >= 0
+        loc = jnp.where(demanded, ids, 0)
+        loc_drop = jnp.where(demanded, ids, N)
         r = st["rank"]
-        rD = jnp.where(valid, r[loc], ABSENT).astype(jnp.int16)
+        rD = jnp.where(demanded, r[loc], ABSENT).astype(jnp.int16)
         hit = rD < GONE
-        qD = jnp.where(valid, st["qidx"][loc], NONE)
-        late = valid & ~hit & (qD != NONE)
-        miss = valid & ~hit & ~late
-        nd = jnp.sum(valid, dtype=jnp.int32)
+        qD = jnp.where(demanded, st["qidx"][loc], NONE)
+        late_all = demanded & ~hit & (qD != NONE)
+        miss_all = demanded & ~hit & ~late_all
+        nd = jnp.sum(demanded, dtype=jnp.int32)
         nh = jnp.sum(hit, dtype=jnp.int32)
-        nl = jnp.sum(late, dtype=jnp.int32)
-        nm = nd - nh - nl
-        coll = jnp.sum(miss & (rD == GONE), dtype=jnp.int32)
+        nl = jnp.sum(late_all, dtype=jnp.int32)
+        nm_all = nd - nh - nl
+        coll = jnp.sum(miss_all & (rD == GONE), dtype=jnp.int32)
         useful = jnp.sum(hit & st["pfu"][loc], dtype=jnp.int32) + nl
+        # miss policy (drop_priority; fetch = a threshold no rank reaches): the executed set
+        # (hits, fetched and waited-for experts) is what is pinned and used
+        drop = (late_all | miss_all) & (visit.rank >= params.drop_rank)
+        late, miss = late_all & ~drop, miss_all & ~drop
+        valid = demanded & ~drop
+        nm = jnp.sum(miss, dtype=jnp.int32)
+        inD = jnp.zeros((N,), bool).at[jnp.where(valid, ids, N)].set(True, mode="drop")
+        D = (ids, valid, loc, loc_drop, inD)
         # demand copies, ascending id, behind everything queued
         start = jnp.maximum(t, st["eng"])
         k = jnp.sum(earlier & miss[None, :], axis=1, dtype=jnp.int32)
@@ -298,7 +312,7 @@ def make_async_policy(spec: AsyncSpec):
             rD_moved = top + jnp.sum(moved[None, :] & (ids[None, :] > ids[:, None]), axis=1, dtype=jnp.int32)
             st["rank"] = rc.at[loc_drop].set(jnp.where(moved, rD_moved, rc[loc]).astype(jnp.int16), mode="drop")
             st["cur"] = cur.at[l].add(nM)
-        st["pfu"] = st["pfu"].at[loc_drop].set(False, mode="drop")
+        st["pfu"] = st["pfu"].at[jnp.where(valid, ids, N)].set(False, mode="drop")
         # prefetch issue at t_ready (overlaps the layer's compute)
         pv = visit.pf_ids >= 0
         pidx = jnp.where(pv, visit.pf_ids, 0)
@@ -342,9 +356,11 @@ def make_async_policy(spec: AsyncSpec):
         # int32 ticks relative to the pass start: a sum that wraps becomes smaller than its base
         st["ovf"] = (st["ovf"] | (t_ready < t) | (t_end < t_ready) | jnp.any(miss & (done_m < start))
                      | jnp.any(iss & (startp + (kp + 1) * xfer < startp)))
-        info = jnp.stack([nd, nh, nm, coll, ev1 + ev2, byp]).astype(jnp.int32)
+        info = jnp.stack([nd, nh, nm_all, coll, ev1 + ev2, byp]).astype(jnp.int32)
         pinfo = jnp.stack([nl, n_iss, jnp.sum(resP, dtype=jnp.int32), jnp.sum(pendP, dtype=jnp.int32),
-                           arr1 + arr2, drop1 + drop2, useful]).astype(jnp.int32)
+                           arr1 + arr2, drop1 + drop2, useful, jnp.sum(drop, dtype=jnp.int32),
+                           jnp.sum(jnp.where(drop, visit.pairs, 0)), jnp.sum(jnp.where(drop, visit.units, 0)),
+                           nm]).astype(jnp.int32)
         st["per_layer"] = st["per_layer"].at[:, l].add(info)
         st["pf"] = st["pf"].at[:, l].add(pinfo)
         return AsyncState(**st), t_end

@@ -210,6 +210,25 @@ class AsyncResult:
     compile_s: float
     run_s: float
     plan_index: np.ndarray = None
+    drop_rank: np.ndarray = None
+
+
+NO_DROP = 2 ** 30  # a drop_priority threshold no router rank reaches: the fetch policy
+
+
+def demand_ranks(trace: Trace, steps) -> tuple[np.ndarray, np.ndarray]:
+    """``(rank, pairs)`` int32[S, W] for pinned ``steps``: the best router rank of each demanded
+    id in its visit and the tokens routing it (``NO_DROP`` / 0 on padding)."""
+    E, K = trace.shape.num_experts, trace.shape.top_k
+    V = trace.num_visits
+    cell = np.repeat(np.repeat(np.arange(V, dtype=np.int64), np.diff(trace.cell_offsets)), K)
+    key = cell * E + trace.experts.reshape(-1).astype(np.int64)
+    best = np.full(V * E, NO_DROP, np.int64)
+    np.minimum.at(best, key, np.tile(np.arange(K), trace.experts.shape[0]))
+    pairs = np.bincount(key, minlength=V * E)
+    ok = steps.ids >= 0
+    k2 = np.arange(steps.num_steps)[:, None] * E + np.where(ok, steps.ids % E, 0)
+    return (np.where(ok, best[k2], NO_DROP).astype(np.int32), np.where(ok, pairs[k2], 0).astype(np.int32))
 
 
 @functools.lru_cache(maxsize=None)
@@ -217,7 +236,7 @@ def _async_runner(spec, multi: bool = False):
     from .engine_async import AsyncVisit, make_async_policy
     init, step = make_async_policy(spec)
     vis_axes = AsyncVisit(live=None, layer=None, new_pass=None, prefill=None, tokens=None, ids=None,
-                          pf_ids=0) if multi else None
+                          pf_ids=0, rank=None, pairs=None, units=None) if multi else None
     vstep = jax.vmap(step, in_axes=(0, vis_axes, 0))
 
     def run(params, states, xs):
@@ -226,11 +245,13 @@ def _async_runner(spec, multi: bool = False):
     return jax.jit(jax.vmap(init)), jax.jit(run, donate_argnums=(1,))
 
 
-def run_async(trace: Trace, policy: str, capacities, plan, hardware, *,
+def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, drop_ranks=None,
               chunk_steps: int = 8192) -> AsyncResult:
-    """Asynchronous-prefetch replay of ``trace`` for every (plan, capacity, hardware profile)
-    in one compiled program (:mod:`specmd_jax.engine_async`; ``lru`` and ``fifo``). ``plan``:
-    a :class:`PrefetchPlan` or a list (configurations plan-major, then capacity, then hardware)."""
+    """Asynchronous-prefetch replay of ``trace`` for every (plan, capacity, hardware profile,
+    drop threshold) in one compiled program (:mod:`specmd_jax.engine_async`; ``lru``, ``ls``,
+    ``fifo``). ``plan``: a :class:`PrefetchPlan` or a list; ``drop_ranks``: thresholds of the
+    ``drop_priority`` miss policy (``None`` or ``NO_DROP``: fetch). Configurations are plan-major,
+    then capacity, then hardware, then drop threshold."""
     from .engine_async import ASYNC_COUNTER_NAMES, AsyncParams, AsyncSpec, AsyncVisit
     L = trace.shape.num_layers
     steps = prepare_steps(trace, "pinned")
@@ -242,15 +263,22 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *,
         raise ValueError("capacities must be in [0, 16000]")
     caps = np.tile(caps0, len(plans))
     H = len(hws)
-    B = len(caps) * H
+    drops = np.atleast_1d(np.asarray([NO_DROP] if drop_ranks is None else drop_ranks, np.int64))
+    if np.any(drops < 0):
+        raise ValueError(f"drop ranks must be >= 0, got {drops.tolist()}")
+    M = len(drops)
+    B = len(caps) * H * M
     eb = trace.shape.expert_bytes
     hw_num = np.array([[h.transfer_ticks(eb), h.compute_ticks(False, 0), h.compute_ticks(True, 0),
                         h.compute_ticks(True, 1) - h.compute_ticks(True, 0)] for h in hws], np.int64)
-    cap_b = np.repeat(caps, H)
-    hb = np.tile(np.arange(H), len(caps))
+    cap_b = np.repeat(caps, H * M)
+    hb = np.tile(np.repeat(np.arange(H), M), len(caps))
+    mb = np.tile(np.arange(M), len(caps) * H)
     params = AsyncParams(capacity=jnp.asarray(cap_b, jnp.int32), xfer=jnp.asarray(hw_num[hb, 0], jnp.int32),
                          c_dec=jnp.asarray(hw_num[hb, 1], jnp.int32), c_pre0=jnp.asarray(hw_num[hb, 2], jnp.int32),
-                         c_pre1=jnp.asarray(hw_num[hb, 3], jnp.int32))
+                         c_pre1=jnp.asarray(hw_num[hb, 3], jnp.int32),
+                         drop_rank=jnp.asarray(np.minimum(drops[mb], NO_DROP), jnp.int32))
+    vrank, vpairs = demand_ranks(trace, steps)
     spec = AsyncSpec(policy, L, trace.shape.num_experts, steps.width, int(stack.shape[2]))
     init, run = _async_runner(spec, multi)
     states = init(params)
@@ -274,7 +302,10 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *,
                           prefill=jnp.asarray(_take(prefill, lo, hi, pad, False)),
                           tokens=jnp.asarray(_take(tokens, lo, hi, pad, 0)),
                           ids=jnp.asarray(_take(steps.ids, lo, hi, pad, -1)),
-                          pf_ids=jnp.asarray(_pf_chunk(stack, lo, hi, pad, len(caps0) * H, multi)))
+                          pf_ids=jnp.asarray(_pf_chunk(stack, lo, hi, pad, len(caps0) * H * M, multi)),
+                          rank=jnp.asarray(_take(vrank, lo, hi, pad, NO_DROP)),
+                          pairs=jnp.asarray(_take(vpairs, lo, hi, pad, 0)),
+                          units=jnp.asarray(_take(steps.units, lo, hi, pad, 0)))
 
     states, ends, compile_s, run_s = _run_chunks(("async", spec, multi, B, chunk), run, params, states, xs_of,
                                                  S, chunk)
@@ -307,4 +338,4 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *,
                        pf_totals=names, resident=np.asarray(states.rank) < GONE,
                        max_occupancy=np.asarray(states.max_occ, np.int64), pass_ticks=pass_ticks,
                        stall_ticks=stall_l, ttft_ticks=ttft, tpot_ticks=tpot, compile_s=compile_s, run_s=run_s,
-                       plan_index=np.repeat(np.arange(len(plans)), len(caps0) * H))
+                       plan_index=np.repeat(np.arange(len(plans)), len(caps0) * H * M), drop_rank=drops[mb])

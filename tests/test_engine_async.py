@@ -92,3 +92,31 @@ def test_overflow_is_an_error_and_other_policies_are_refused():
         run_async(t, "lru", [16], plan, [Hardware(bandwidth_gbps=0.01)])
     with pytest.raises(ValueError, match="reference"):
         run_async(t, "lfu", [16], plan, [Hardware()])
+
+
+@pytest.mark.parametrize("policy", ASYNC_POLICIES)
+def test_drop_priority_thresholds_as_a_vmapped_axis(policy):
+    """The drop_priority miss policy in the kernel: thresholds are data (one more config axis),
+    and every (capacity, hardware, threshold) equals the reference exactly, dropped mass too."""
+    from specmd_jax.miss import MissConfig
+    from specmd_jax.prefetch_runner import NO_DROP
+    cases = [(random_trace(L=3, E=6, K=3, P=12, max_tokens=3, seed=11), PrefetchConfig("reuse", "all")),
+             (synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=5, gen_len=8, seed=4, pred_noise=1.0),
+              PrefetchConfig("recorded", "topk"))]
+    for t, cfg in cases:
+        plan = make_plan(t, cfg)
+        drops = [NO_DROP, 0, 1, 2]
+        caps = [1, 3, 8, 40]
+        r = run_async(t, policy, caps, plan, HWS[:2], drop_ranks=drops)
+        assert len(r.capacities) == len(caps) * 2 * len(drops)
+        for b in range(len(r.capacities)):
+            c, h, d = int(r.capacities[b]), r.hardware[b], int(r.drop_rank[b])
+            miss = MissConfig() if d == NO_DROP else MissConfig("drop_priority", rank_threshold=d)
+            ref = simulate_timed(t, policy, c, plan=plan, hardware=h, miss=miss)
+            ctx = f"{t.source} {policy} cap={c} {h.bandwidth_gbps} GB/s drop>={d}"
+            assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
+            got = {k: int(r.pf_totals[k][b]) for k in PF + ("dropped", "pairs_dropped", "units_dropped")}
+            assert got == {k: ref.totals[k] for k in got}, ctx
+            assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
+            assert r.pass_ticks[b].tolist() == ref.pass_ticks, ctx
+        assert int(r.pf_totals["dropped"].sum()) > 0  # the thresholds bite

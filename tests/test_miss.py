@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 
 from conftest import random_trace
@@ -169,3 +170,21 @@ def test_sweep_prefetch_surface():
                          precision=MIXED, miss=MissConfig("fetch_lowest"))
     assert int(mixed["misses"].iloc[0]) == ref.totals["misses"]
     assert mixed["bytes_moved"].iloc[0] == ref.totals["units_moved"] * MIXED.unit_bytes(t.shape.expert_bytes)
+
+
+def test_drop_thresholds_vmapped_through_sweep_prefetch():
+    """A list of drop_priority thresholds is one axis of one JAX program; rows equal the
+    reference's, bytes moved included."""
+    import specmd_jax as sj
+    t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=4, gen_len=6, seed=2, pred_noise=1.0)
+    pf = PrefetchConfig("recorded", "topk")
+    misses = [MissConfig()] + [MissConfig("drop_priority", rank_threshold=r) for r in (1, 2, 4)]
+    kw = dict(fractions=[0.05, 0.25], prefetch=pf, hardware=[HW], miss=misses)
+    j = sj.sweep_prefetch(t, "ls", engine="jax", **kw)
+    r = sj.sweep_prefetch(t, "ls", engine="reference", **kw)
+    assert set(j["engine"]) == {"jax-async"} and set(r["engine"]) == {"reference-async"} and len(j) == 8
+    assert j["miss"].tolist() == r["miss"].tolist()
+    cols = ["capacity_slots", "hits", "late", "misses", "collisions", "dropped", "ttft_ms", "tpot_ms", "bytes_moved",
+            "proxy_served_as_routed", "proxy_mass_full_precision", "proxy_mass_dropped", "proxy_mean_bits"]
+    pd.testing.assert_frame_equal(j[cols], r[cols], check_dtype=False)
+    assert (j.loc[j["miss"] != "fetch", "proxy_mass_dropped"] > 0).all()

@@ -78,3 +78,13 @@ def test_routing_from_the_command_line_and_mixturecache(tmp_path):
     assert set(mc["routing"]) == {"cache_aware(lam=0.3)"} and set(mc["prefetch"]) == {"none"}
     p = _run([*TINY, "routing.policy=sticky", f"hydra.run.dir={tmp_path / 'bad'}"], ok=False)
     assert p.returncode != 0 and "unknown routing policy 'sticky'" in p.stderr + p.stdout
+
+
+def test_drop_thresholds_list_from_the_command_line(tmp_path):
+    _run([*TINY, "policies=[lru]", "miss.policy=drop_priority", "miss.rank_threshold=[1,2,8]", "engine=jax",
+          f"hydra.run.dir={tmp_path}"])
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert set(df["engine"]) == {"jax-async"} and len(df) == 3 * 3
+    assert set(df["miss"]) == {"drop_priority(rank>=1)", "drop_priority(rank>=2)", "drop_priority(rank>=8)"}
+    d = df.groupby("miss")["proxy_mass_dropped"].mean()
+    assert d["drop_priority(rank>=1)"] >= d["drop_priority(rank>=2)"] >= d["drop_priority(rank>=8)"] == 0
