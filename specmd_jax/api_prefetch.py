@@ -133,24 +133,25 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     M = len(misses)
     n_cfg = len(caps) * len(plans) * M * (len(hws) if timing == "async" else 1)
     use_jax = engine == "jax" or (engine == "auto" and (timing == "instant" or n_cfg >= AUTO_ASYNC_MIN_CONFIGS))
-    # the kernels run fetch at one precision with standard routing; the async one also drop_priority
-    instant_ok = use_jax and plain and all(m.policy == "fetch" for m in misses) and policy in PF_POLICIES
-    async_ok = (use_jax and plain and all(m.policy in ("fetch", "drop_priority") for m in misses)
-                and policy in ASYNC_POLICIES)
-    if timing == "instant" and instant_ok:
-        from .prefetch_runner import run_instant, timing as time_of  # jax only when used
-        r = run_instant(trace, policy, caps, [p if p is not None else empty for p in plans])
+    # the kernels run fetch and drop_priority (thresholds vmapped) at one precision with standard routing
+    jax_ok = use_jax and plain and all(m.policy in ("fetch", "drop_priority") for m in misses)
+    if timing == "instant" and jax_ok and policy in PF_POLICIES:
+        from .prefetch_runner import NO_DROP, run_instant, timing as time_of  # jax only when used
+        drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]
+        r = run_instant(trace, policy, caps, [p if p is not None else empty for p in plans], drop_ranks=drops)
+        C = len(caps)
         for hi, h in enumerate(hws):
             tm = time_of(trace, r.pass_misses, h)
             for b in range(len(r.plan_index)):
-                k, i = int(r.plan_index[b]), b % len(caps)
+                k, i, mi = int(r.plan_index[b]), (b // M) % C, b % M
                 row = dict(zip(COUNTER_NAMES, r.totals[b].tolist()))
-                row.update(late=0, dropped=0, pairs_dropped=0, units_dropped=0,
-                           **{n: int(r.pf_totals[n][b]) for n in PF_COLUMNS})
+                row.update(late=0, fetched=int(r.pass_misses[b].sum()),
+                           **{n: int(r.pf_totals[n][b]) for n in (*PF_COLUMNS, "dropped", "pairs_dropped",
+                                                                  "units_dropped")})
                 row.update(stall_ticks=int(tm["stall_ticks"][b]), ttft_ticks=float(tm["ttft_ticks"][b]),
                            tpot_ticks=float(tm["tpot_ticks"][b]))
-                rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-instant", k, 0))
-    elif timing == "async" and async_ok:
+                rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-instant", k, mi))
+    elif timing == "async" and jax_ok and policy in ASYNC_POLICIES:
         from .prefetch_runner import NO_DROP, run_async  # jax only when used
         drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]
         r = run_async(trace, policy, caps, [p if p is not None else empty for p in plans], hws, drop_ranks=drops)

@@ -31,11 +31,22 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 from jax import lax
 
-from .engine import ABSENT, GONE, NCOUNT, Params, _count_lt, classify_demand
+from .engine import ABSENT, GONE, NCOUNT, _count_lt, classify_demand
 from .pytree import pytree_dataclass
 
 PF_POLICIES = ("lru", "ls", "fifo")
-PF_COUNTER_NAMES = ("pf_issued", "pf_resident", "pf_dropped", "pf_useful")
+PF_COUNTER_NAMES = ("pf_issued", "pf_resident", "pf_dropped", "pf_useful", "dropped", "pairs_dropped",
+                    "units_dropped")
+
+
+@pytree_dataclass
+class PfParams:
+    """Numeric parameters of one configuration (vmappable): ``capacity`` slots and ``drop_rank``,
+    the ``drop_priority`` threshold (a missing expert whose best router rank in the visit is
+    ``>= drop_rank`` is dropped; :mod:`specmd_jax.miss`; ``fetch``: a threshold no rank reaches)."""
+
+    capacity: Any
+    drop_rank: Any
 
 
 @pytree_dataclass
@@ -71,6 +82,9 @@ class PfVisit:
     new_pass: Any
     ids: Any
     pf_ids: Any
+    rank: Any   # int32[W] best router rank of each demanded id in the visit
+    pairs: Any  # int32[W] tokens routing it
+    units: Any  # int32[W] its summed quantised router weight
 
 
 class PfSpec(NamedTuple):
@@ -133,14 +147,14 @@ def make_pf_policy(spec: PfSpec):
     def onehot(l):
         return (jnp.arange(L) == l).astype(jnp.int32)
 
-    def init(params: Params) -> PfState:
+    def init(params: PfParams) -> PfState:
         del params
         return PfState(rank=jnp.full((N,), ABSENT, jnp.int16), occ=jnp.zeros((), jnp.int32),
                        cur=jnp.zeros((L if deep else 1,), jnp.int32), pfu=jnp.zeros((N,), bool),
                        per_layer=jnp.zeros((NCOUNT, L), jnp.int32), pf=jnp.zeros((len(PF_COUNTER_NAMES), L), jnp.int32),
                        max_occ=jnp.zeros((), jnp.int32))
 
-    def step(state: PfState, visit: PfVisit, params: Params):
+    def step(state: PfState, visit: PfVisit, params: PfParams):
         l = visit.layer
         cap = params.capacity.astype(jnp.int32)
         r = lax.cond(visit.new_pass, lambda a: jnp.where(a == GONE, ABSENT, a).astype(jnp.int16), lambda a: a,
@@ -149,11 +163,16 @@ def make_pf_policy(spec: PfSpec):
         ncur = jnp.sum(cur)
         occ = state.occ
         ids = visit.ids
-        valid = ids >= 0
-        loc = jnp.where(valid, ids, 0)
-        loc_drop = jnp.where(valid, ids, N)
-        inD = jnp.zeros((N,), bool).at[loc_drop].set(True, mode="drop")
+        demanded = ids >= 0
+        loc = jnp.where(demanded, ids, 0)
+        loc_drop = jnp.where(demanded, ids, N)
         # ---------------------------------------------------------------- the visit's demand
+        # miss policy first (drop_priority; fetch = a threshold no rank reaches): dropped experts
+        # are counted as misses but neither fetched, pinned nor used
+        full = classify_demand(r, loc, demanded, occ, cap)
+        drop = full.missD & (visit.rank >= params.drop_rank)
+        valid = demanded & ~drop
+        inD = jnp.zeros((N,), bool).at[jnp.where(valid, ids, N)].set(True, mode="drop")
         r0D, rD, resD, missD, nd, nh, nm, coll, m, nev, na = classify_demand(r, loc, valid, occ, cap)
         useful = jnp.sum(resD & state.pfu[loc], dtype=jnp.int32)
         cm = jnp.sum(earlier & missD[None, :], axis=1, dtype=jnp.int32)
@@ -261,8 +280,10 @@ def make_pf_policy(spec: PfSpec):
         pfu = pfu.at[pdrop].set(adm | pfu[pidx], mode="drop")
         occ = occ - nev2 + n_adm
         max_occ = jnp.maximum(max_occ, occ)
-        info = jnp.stack([nd, nh, nm, coll, nev + nev2, nm - na]).astype(jnp.int32)
-        pinfo = jnp.stack([a, n_res, a - n_adm, useful]).astype(jnp.int32)
+        info = jnp.stack([full.nd, nh, full.nm, full.coll, nev + nev2, nm - na]).astype(jnp.int32)
+        pinfo = jnp.stack([a, n_res, a - n_adm, useful, jnp.sum(drop, dtype=jnp.int32),
+                           jnp.sum(jnp.where(drop, visit.pairs, 0)), jnp.sum(jnp.where(drop, visit.units, 0))
+                           ]).astype(jnp.int32)
         new = PfState(rank=r, occ=occ, cur=cur, pfu=pfu, per_layer=state.per_layer.at[:, l].add(info),
                       pf=state.pf.at[:, l].add(pinfo), max_occ=max_occ)
         return new, nm

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .engine import GONE, Params
-from .engine_pf import PF_COUNTER_NAMES, PfSpec, PfVisit, make_pf_policy
+from .engine import GONE
+from .engine_pf import PF_COUNTER_NAMES, PfParams, PfSpec, PfVisit, make_pf_policy
 from .prefetch import PrefetchPlan
 from .timing import Hardware
 from .trace import PREFILL, Trace
@@ -27,12 +27,31 @@ from .visits import prepare_steps
 
 _COMPILED: dict = {}
 
+NO_DROP = 2 ** 30  # a drop_priority threshold no router rank reaches: the fetch policy
+
+
+def demand_ranks(trace: Trace, steps) -> tuple[np.ndarray, np.ndarray]:
+    """``(rank, pairs)`` int32[S, W] for pinned ``steps``: the best router rank of each demanded
+    id in its visit and the tokens routing it (``NO_DROP`` / 0 on padding)."""
+    E, K = trace.shape.num_experts, trace.shape.top_k
+    V = trace.num_visits
+    cell = np.repeat(np.repeat(np.arange(V, dtype=np.int64), np.diff(trace.cell_offsets)), K)
+    key = cell * E + trace.experts.reshape(-1).astype(np.int64)
+    best = np.full(V * E, NO_DROP, np.int64)
+    np.minimum.at(best, key, np.tile(np.arange(K), trace.experts.shape[0]))
+    pairs = np.bincount(key, minlength=V * E)
+    ok = steps.ids >= 0
+    k2 = np.arange(steps.num_steps)[:, None] * E + np.where(ok, steps.ids % E, 0)
+    return (np.where(ok, best[k2], NO_DROP).astype(np.int32), np.where(ok, pairs[k2], 0).astype(np.int32))
+
+
 
 @functools.lru_cache(maxsize=None)
 def _runner(spec: PfSpec, multi: bool = False):
     init, step = make_pf_policy(spec)
     # multi: each configuration has its own plan (pf_ids batched), the rest of the visit is shared
-    vis_axes = PfVisit(layer=None, new_pass=None, ids=None, pf_ids=0) if multi else None
+    vis_axes = PfVisit(layer=None, new_pass=None, ids=None, pf_ids=0, rank=None, pairs=None,
+                       units=None) if multi else None
     vstep = jax.vmap(step, in_axes=(0, vis_axes, 0))
 
     def run(params, states, xs):
@@ -55,8 +74,9 @@ class PfResult:
             ``pf_unused_end`` (admitted, still resident and never demanded at the end).
         resident: bool[B, N]; max_occupancy: int64[B].
         pass_misses: int64[B, P] demand misses per pass.
-        plan_index: int64[B] the plan of each configuration (several plans: plan-major,
-            ``config = plan * len(capacities) + capacity index``).
+        plan_index: int64[B] the plan of each configuration (configurations are plan-major,
+            then capacity, then drop threshold).
+        drop_rank: int64[B] the ``drop_priority`` threshold of each configuration.
     """
 
     totals: np.ndarray
@@ -68,6 +88,7 @@ class PfResult:
     compile_s: float
     run_s: float
     plan_index: np.ndarray = None
+    drop_rank: np.ndarray = None
 
 
 def _plans(plan, S: int, source: str):
@@ -120,11 +141,14 @@ def _pf_chunk(stack: np.ndarray, lo: int, hi: int, pad: int, reps: int, multi: b
     return np.repeat(a.transpose(1, 0, 2), reps, axis=1)
 
 
-def run_instant(trace: Trace, policy: str, capacities, plan, *, chunk_steps: int = 8192) -> PfResult:
+def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
+                chunk_steps: int = 8192) -> PfResult:
     """Replay ``trace`` with proposals inserted instantly, for every capacity at once.
 
     ``plan`` is a :class:`PrefetchPlan` or a list of them: with several, every (plan, capacity)
     pair is a configuration of the same compiled program (prefetch parameters as a vmapped axis).
+    ``drop_ranks``: thresholds of the ``drop_priority`` miss policy, one more axis (``None``:
+    fetch).
     """
     L, E = trace.shape.num_layers, trace.shape.num_experts
     steps = prepare_steps(trace, "pinned")
@@ -134,11 +158,17 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, chunk_steps: int
     caps0 = np.atleast_1d(np.asarray(capacities, np.int64))
     if np.any(caps0 < 0) or np.any(caps0 > 16000):
         raise ValueError("capacities must be in [0, 16000]")
-    caps = np.tile(caps0, len(plans))
+    drops = np.atleast_1d(np.asarray([NO_DROP] if drop_ranks is None else drop_ranks, np.int64))
+    if np.any(drops < 0):
+        raise ValueError(f"drop ranks must be >= 0, got {drops.tolist()}")
+    M = len(drops)
+    caps = np.repeat(np.tile(caps0, len(plans)), M)
+    db = np.tile(drops, len(plans) * len(caps0))
     spec = PfSpec(policy, L, E, steps.width, int(stack.shape[2]), depth)
     init, run = _runner(spec, multi)
     B = caps.shape[0]
-    params = Params(capacity=jnp.asarray(caps, jnp.int32), seed=jnp.zeros(B, jnp.uint32))
+    params = PfParams(capacity=jnp.asarray(caps, jnp.int32), drop_rank=jnp.asarray(np.minimum(db, NO_DROP), jnp.int32))
+    vrank, vpairs = demand_ranks(trace, steps)
     states = init(params)
     chunk = max(1, min(int(chunk_steps), 1 << max(0, (S - 1).bit_length())))
     if multi:  # keep the per-configuration proposals of a chunk under ~64 MiB
@@ -150,7 +180,10 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, chunk_steps: int
         return PfVisit(layer=jnp.asarray(_take(steps.layer, lo, hi, pad, 0)),
                        new_pass=jnp.asarray(_take(steps.new_pass, lo, hi, pad, False)),
                        ids=jnp.asarray(_take(steps.ids, lo, hi, pad, -1)),
-                       pf_ids=jnp.asarray(_pf_chunk(stack, lo, hi, pad, len(caps0), multi)))
+                       pf_ids=jnp.asarray(_pf_chunk(stack, lo, hi, pad, len(caps0) * M, multi)),
+                       rank=jnp.asarray(_take(vrank, lo, hi, pad, NO_DROP)),
+                       pairs=jnp.asarray(_take(vpairs, lo, hi, pad, 0)),
+                       units=jnp.asarray(_take(steps.units, lo, hi, pad, 0)))
 
     states, nm, compile_s, run_s = _run_chunks((spec, multi, B, chunk), run, params, states, xs_of, S, chunk)
     per_step = nm.astype(np.int64)                               # [S, B]
@@ -165,7 +198,7 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, chunk_steps: int
     return PfResult(totals=per.sum(axis=2), per_layer=per, pf_totals=names,
                     resident=np.asarray(states.rank) < GONE, max_occupancy=np.asarray(states.max_occ, np.int64),
                     pass_misses=pass_misses, compile_s=compile_s, run_s=run_s,
-                    plan_index=np.repeat(np.arange(len(plans)), len(caps0)))
+                    plan_index=np.repeat(np.arange(len(plans)), len(caps0) * M), drop_rank=db)
 
 
 def timing(trace: Trace, pass_misses: np.ndarray, hardware: Hardware) -> dict:
@@ -211,24 +244,6 @@ class AsyncResult:
     run_s: float
     plan_index: np.ndarray = None
     drop_rank: np.ndarray = None
-
-
-NO_DROP = 2 ** 30  # a drop_priority threshold no router rank reaches: the fetch policy
-
-
-def demand_ranks(trace: Trace, steps) -> tuple[np.ndarray, np.ndarray]:
-    """``(rank, pairs)`` int32[S, W] for pinned ``steps``: the best router rank of each demanded
-    id in its visit and the tokens routing it (``NO_DROP`` / 0 on padding)."""
-    E, K = trace.shape.num_experts, trace.shape.top_k
-    V = trace.num_visits
-    cell = np.repeat(np.repeat(np.arange(V, dtype=np.int64), np.diff(trace.cell_offsets)), K)
-    key = cell * E + trace.experts.reshape(-1).astype(np.int64)
-    best = np.full(V * E, NO_DROP, np.int64)
-    np.minimum.at(best, key, np.tile(np.arange(K), trace.experts.shape[0]))
-    pairs = np.bincount(key, minlength=V * E)
-    ok = steps.ids >= 0
-    k2 = np.arange(steps.num_steps)[:, None] * E + np.where(ok, steps.ids % E, 0)
-    return (np.where(ok, best[k2], NO_DROP).astype(np.int32), np.where(ok, pairs[k2], 0).astype(np.int32))
 
 
 @functools.lru_cache(maxsize=None)

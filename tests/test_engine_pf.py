@@ -104,3 +104,27 @@ def test_errors():
         run_instant(t, "belady", [10], plan)
     with pytest.raises(ValueError, match="visits"):
         run_instant(t.slice_passes(0, 2), "lru", [10], plan)
+
+
+@pytest.mark.parametrize("policy", PF_POLICIES)
+def test_drop_priority_thresholds_as_a_vmapped_axis(policy):
+    """drop_priority in the instant kernel: thresholds are one more configuration axis, and
+    every (capacity, threshold) equals the reference (counts, dropped mass, pass times)."""
+    from specmd_jax.miss import MissConfig
+    from specmd_jax.prefetch_runner import NO_DROP
+    t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=5, gen_len=8, seed=4, pred_noise=1.0)
+    plan = make_plan(t, PrefetchConfig("recorded", "topk"))
+    drops, caps = [NO_DROP, 0, 2], [3, 40, 300]
+    r = run_instant(t, policy, caps, plan, drop_ranks=drops)
+    tm = timing(t, r.pass_misses, HW)
+    assert len(r.drop_rank) == len(caps) * len(drops)
+    for b, (c, d) in enumerate(zip(np.repeat(caps, len(drops)), r.drop_rank)):
+        miss = MissConfig() if d == NO_DROP else MissConfig("drop_priority", rank_threshold=int(d))
+        ref = simulate_timed(t, policy, int(c), plan=plan, hardware=HW, instant_prefetch=True, miss=miss)
+        ctx = f"{policy} cap={c} drop>={d}"
+        assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
+        got = {k: int(r.pf_totals[k][b]) for k in PF_COUNTERS + ("dropped", "pairs_dropped", "units_dropped")}
+        assert got == {k: ref.totals[k] for k in got}, ctx
+        assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
+        assert tm["pass_ticks"][b].tolist() == ref.pass_ticks, ctx
+    assert int(r.pf_totals["dropped"].sum()) > 0

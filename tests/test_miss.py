@@ -188,3 +188,7 @@ def test_drop_thresholds_vmapped_through_sweep_prefetch():
             "proxy_served_as_routed", "proxy_mass_full_precision", "proxy_mass_dropped", "proxy_mean_bits"]
     pd.testing.assert_frame_equal(j[cols], r[cols], check_dtype=False)
     assert (j.loc[j["miss"] != "fetch", "proxy_mass_dropped"] > 0).all()
+    ji = sj.sweep_prefetch(t, "lru", timing="instant", engine="jax", **kw)
+    ri = sj.sweep_prefetch(t, "lru", timing="instant", engine="reference", **kw)
+    assert set(ji["engine"]) == {"jax-instant"} and ji["miss"].tolist() == ri["miss"].tolist()
+    pd.testing.assert_frame_equal(ji[cols], ri[cols], check_dtype=False)
