@@ -135,6 +135,7 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     use_jax = engine == "jax" or (engine == "auto" and (timing == "instant" or n_cfg >= AUTO_ASYNC_MIN_CONFIGS))
     # the kernels run fetch and drop_priority (thresholds vmapped) at one precision with standard routing
     jax_ok = use_jax and plain and all(m.policy in ("fetch", "drop_priority") for m in misses)
+    sub_ok = use_jax and plain and M == 1 and misses[0].policy == "substitute"  # asynchronous kernel only
     if timing == "instant" and jax_ok and policy in PF_POLICIES:
         from .prefetch_runner import NO_DROP, run_instant, timing as time_of  # jax only when used
         drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]
@@ -151,10 +152,11 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
                 row.update(stall_ticks=int(tm["stall_ticks"][b]), ttft_ticks=float(tm["ttft_ticks"][b]),
                            tpot_ticks=float(tm["tpot_ticks"][b]))
                 rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-instant", k, mi))
-    elif timing == "async" and jax_ok and policy in ASYNC_POLICIES:
+    elif timing == "async" and (jax_ok or sub_ok) and policy in ASYNC_POLICIES:
         from .prefetch_runner import NO_DROP, run_async  # jax only when used
-        drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]
-        r = run_async(trace, policy, caps, [p if p is not None else empty for p in plans], hws, drop_ranks=drops)
+        drops = None if sub_ok else [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]
+        r = run_async(trace, policy, caps, [p if p is not None else empty for p in plans], hws, drop_ranks=drops,
+                      substitute=sub_ok)
         H, C = len(hws), len(caps)
         for b in range(len(r.plan_index)):
             k, i, hi, mi = int(r.plan_index[b]), (b // (H * M)) % C, (b // M) % H, b % M
@@ -206,12 +208,14 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         df["bytes_moved"] = (fetched + df["pf_issued"]) * trace.shape.expert_bytes
         pairs = trace.experts.shape[0] * trace.shape.top_k
         units = int(np.rint(trace.weights.astype(np.float64) * SB_SCALE).sum()) if trace.weights is not None else 0
-        for c, v in {"tokens": trace.experts.shape[0], "tokens_changed": 0, "pairs": pairs, "pairs_substituted": 0,
-                     "pairs_rerouted": 0, "units_total": units, "units_substituted": 0, "units_rerouted": 0}.items():
+        for c in ("pairs_substituted", "units_substituted"):
+            df[c] = df[c] if c in df else 0
+        for c, v in {"tokens": trace.experts.shape[0], "tokens_changed": 0, "pairs": pairs,
+                     "pairs_rerouted": 0, "units_total": units, "units_rerouted": 0}.items():
             df[c] = v
-        df["pairs_served"] = pairs - df["pairs_dropped"]
-        df["units_full"] = units - df["units_dropped"]
-        df["exec_pairs"] = df["pairs_served"]
+        df["pairs_served"] = pairs - df["pairs_dropped"] - df["pairs_substituted"]
+        df["units_full"] = units - df["units_dropped"] - df["units_substituted"]
+        df["exec_pairs"] = df["pairs_served"] + df["pairs_substituted"]
         df["bits_served"] = df["exec_pairs"] * prec.bits[0]
     else:
         df["bytes_moved"] = df["units_moved"] * prec.unit_bytes(trace.shape.expert_bytes)

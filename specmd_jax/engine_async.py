@@ -45,7 +45,8 @@ from .pytree import pytree_dataclass
 
 ASYNC_POLICIES = ("lru", "ls", "fifo")
 ASYNC_COUNTER_NAMES = ("late", "pf_issued", "pf_resident", "pf_pending", "pf_arrived", "pf_dropped", "pf_useful",
-                       "dropped", "pairs_dropped", "units_dropped", "fetched")
+                       "dropped", "pairs_dropped", "units_dropped", "fetched", "substituted",
+                       "pairs_substituted", "units_substituted")
 NONE = jnp.iinfo(jnp.int32).max
 
 
@@ -106,6 +107,8 @@ class AsyncVisit:
     rank: Any   # int32[W] best router rank of each demanded id in the visit
     pairs: Any  # int32[W] tokens routing it
     units: Any  # int32[W] its summed quantised router weight
+    lscore: Any  # int32[E] running gate score of the visit layer's experts after the visit
+                 # (``substitute``; shape [1] otherwise)
 
 
 class AsyncSpec(NamedTuple):
@@ -114,6 +117,7 @@ class AsyncSpec(NamedTuple):
     num_experts: int
     width: int
     prefetch_width: int
+    substitute: bool = False  # miss policy ``substitute`` (else fetch / drop_priority by drop_rank)
 
 
 def make_async_policy(spec: AsyncSpec):
@@ -124,6 +128,7 @@ def make_async_policy(spec: AsyncSpec):
     L, E, W, Q = spec.num_layers, spec.num_experts, spec.width, spec.prefetch_width
     N = L * E
     lru, ls = spec.policy == "lru", spec.policy == "ls"
+    sub = spec.substitute
     laterQ = jnp.arange(Q)[None, :] > jnp.arange(Q)[:, None]
     layer_of = jnp.arange(N) // E
 
@@ -165,7 +170,7 @@ def make_async_policy(spec: AsyncSpec):
         ``dem_q`` int32[W]: issue numbers of D's queued copies (NONE otherwise), or ``None`` when
         the batch cannot hold any (after the demand has been served: a static shortcut)."""
         r, occ, pfu, qidx = st["rank"], st["occ"], st["pfu"], st["qidx"]
-        ids, valid, loc, loc_drop, inD = D
+        ids, valid, loc, loc_drop, inD, pids, pvalid = D
         c = count_done(st["ring"], st["head"], st["tail"], T)
         head = st["head"]
         inb = (qidx >= head) & (qidx < head + c)                       # members, elementwise
@@ -175,7 +180,8 @@ def make_async_policy(spec: AsyncSpec):
             demb = valid & (dem_q >= head) & (dem_q < head + c)        # D's copies in this batch
         n_dem = jnp.sum(demb, dtype=jnp.int32)
         n_pf = c - n_dem
-        rDp = jnp.where(valid, r[loc], ABSENT).astype(jnp.int16)
+        ploc = jnp.where(pvalid, pids, 0)
+        rDp = jnp.where(pvalid, r[ploc], ABSENT).astype(jnp.int16)   # the pinned: executed residents
         pin = rDp < GONE
         npin = jnp.sum(pin, dtype=jnp.int32)
         free = jnp.maximum(cap - occ, 0)
@@ -209,7 +215,7 @@ def make_async_policy(spec: AsyncSpec):
             # a prefetch's place among its layer's batch members (issue order = arrival order)
             w = st["lc"] - per_id(st["done"])
             if dem_q is not None:
-                dlc = jnp.where(demb, st["lc"][loc], NONE)
+                dlc = jnp.where(demb, st["lc"][loc], NONE)   # (demb is over the demand ids)
                 w = w - jnp.where(layer_of == l, jnp.sum(dlc[:, None] < st["lc"][None, :], axis=0, dtype=jnp.int32), 0)
             r_pf = per_id(_suffix(cur2) - cur2 + acnt - 1) - w          # top of its layer's block
             r_keep = r + jnp.where(r < ncur, per_id(sfx), n_pf_adm)
@@ -217,16 +223,17 @@ def make_async_policy(spec: AsyncSpec):
             r2 = jnp.where(pf_adm, r_pf, r2).astype(jnp.int16)
             # pinned: past the victims below them, under the entries above; demanded copies arrive
             # unmarked (key -1): the bottom, ascending id lowest
-            newD = jnp.where(pin, rDp - jnp.clip(ev_pos - thresh, 0, nev) + jnp.where(pin_cur, sfx[l], n_pf_adm),
-                             jnp.where(dem_adm, occ_new - 1 - j, r2[loc]))
+            newP = rDp - jnp.clip(ev_pos - thresh, 0, nev) + jnp.where(pin_cur, sfx[l], n_pf_adm)
+            newA = occ_new - 1 - j
             st = dict(st, cur=cur2, done=st["done"] + per_layer_count(inb))
         else:
             r2 = jnp.where(r >= GONE, r, jnp.where(gone, GONE, r + n_adm.astype(jnp.int16))).astype(jnp.int16)
             r2 = jnp.where(pf_adm, (n_pf_adm - 1 - o).astype(jnp.int16), r2)
             # pinned hits below R* move up past the victims; demanded arrivals: ascending id, under the prefetches
-            newD = jnp.where(pin, rDp + n_adm - jnp.clip(ev_pos - thresh, 0, nev),
-                             jnp.where(dem_adm, n_pf_adm + n_dem_adm - 1 - j, r2[loc]))
-        r2 = r2.at[loc_drop].set(newD.astype(jnp.int16), mode="drop")
+            newP = rDp + n_adm - jnp.clip(ev_pos - thresh, 0, nev)
+            newA = n_pf_adm + n_dem_adm - 1 - j
+        r2 = r2.at[jnp.where(pin, pids, N)].set(newP.astype(jnp.int16), mode="drop")
+        r2 = r2.at[jnp.where(dem_adm, ids, N)].set(newA.astype(jnp.int16), mode="drop")
         pfu = jnp.where(gone, False, pfu) | pf_adm
         qidx = jnp.where(inb, NONE, qidx)
         occ = occ_new
@@ -264,14 +271,39 @@ def make_async_policy(spec: AsyncSpec):
         nm_all = nd - nh - nl
         coll = jnp.sum(miss_all & (rD == GONE), dtype=jnp.int32)
         useful = jnp.sum(hit & st["pfu"][loc], dtype=jnp.int32) + nl
-        # miss policy (drop_priority; fetch = a threshold no rank reaches): the executed set
-        # (hits, fetched and waited-for experts) is what is pinned and used
-        drop = (late_all | miss_all) & (visit.rank >= params.drop_rank)
-        late, miss = late_all & ~drop, miss_all & ~drop
-        valid = demanded & ~drop
+        # miss policy: the executed set (hits, fetched and waited-for experts, substitutes) is what
+        # is pinned and used (specmd_jax.miss)
+        missing = late_all | miss_all
+        if sub:
+            # the resident expert of layer l, not demanded, with the closest running gate score
+            # (lowest id on ties): a [W, E] distance table shared by all configurations, masked
+            # by this configuration's residents
+            blk = lax.dynamic_slice_in_dim(r, l * E, E)
+            dem_blk = lax.dynamic_slice_in_dim(jnp.zeros((N,), bool).at[loc_drop].set(True, mode="drop"), l * E, E)
+            cand = (blk < GONE) & ~dem_blk
+            own = visit.lscore[jnp.where(demanded, ids - l * E, 0)]
+            dist = jnp.abs(visit.lscore[None, :] - own[:, None])
+            best = jnp.argmin(jnp.where(cand[None, :], dist, jnp.iinfo(jnp.int32).max), axis=1).astype(jnp.int32)
+            has = jnp.any(cand)
+            subd = missing & has
+            drop = missing & ~has
+            sid = jnp.where(subd, l * E + best, -1)
+            first = ~jnp.any(earlier & (sid[None, :] == sid[:, None]) & subd[None, :], axis=1)
+            sub_ok = subd & first                                  # distinct substitutes
+            late, miss = jnp.zeros_like(late_all), jnp.zeros_like(miss_all)
+            valid = hit
+            pids = jnp.concatenate([ids, sid])
+            pvalid = jnp.concatenate([valid, sub_ok])
+        else:
+            drop = missing & (visit.rank >= params.drop_rank)
+            subd = jnp.zeros_like(drop)
+            late, miss = late_all & ~drop, miss_all & ~drop
+            valid = demanded & ~drop
+            pids, pvalid = ids, valid
         nm = jnp.sum(miss, dtype=jnp.int32)
-        inD = jnp.zeros((N,), bool).at[jnp.where(valid, ids, N)].set(True, mode="drop")
-        D = (ids, valid, loc, loc_drop, inD)
+        inD = jnp.zeros((N,), bool).at[jnp.where(pvalid, pids, N)].set(True, mode="drop")
+        D = (ids, valid, loc, loc_drop, inD, pids, pvalid)
+        ploc = jnp.where(pvalid, pids, 0)
         # demand copies, ascending id, behind everything queued
         start = jnp.maximum(t, st["eng"])
         k = jnp.sum(earlier & miss[None, :], axis=1, dtype=jnp.int32)
@@ -291,26 +323,26 @@ def make_async_policy(spec: AsyncSpec):
         # use: LRU moves the resident demand to the top (ids ascending, lowest id lowest)
         if lru:
             r = st["rank"]
-            rU = jnp.where(valid, r[loc], ABSENT).astype(jnp.int16)
+            rU = jnp.where(pvalid, r[ploc], ABSENT).astype(jnp.int16)
             used = rU < GONE
             nU = jnp.sum(used, dtype=jnp.int32)
             below = _count_lt(jnp.where(used, rU, ABSENT).astype(jnp.int16), r)   # used ones above x
             rc = jnp.where(r < GONE, r - below + nU.astype(jnp.int16), r).astype(jnp.int16)
-            top = jnp.sum(used[None, :] & (ids[None, :] > ids[:, None]), axis=1, dtype=jnp.int32)
-            st["rank"] = rc.at[loc_drop].set(jnp.where(used, top, rc[loc]).astype(jnp.int16), mode="drop")
+            top = jnp.sum(used[None, :] & (pids[None, :] > pids[:, None]), axis=1, dtype=jnp.int32)
+            st["rank"] = rc.at[jnp.where(used, pids, N)].set(top.astype(jnp.int16), mode="drop")
         elif ls:
             # use: the demand not yet current enters the tier at the top of layer l's block
             # (one entry number: ascending id, lowest id lowest); current ones keep their place
             r, cur = st["rank"], st["cur"]
             ncur = jnp.sum(cur)
-            rU = jnp.where(valid, r[loc], ABSENT).astype(jnp.int16)
+            rU = jnp.where(pvalid, r[ploc], ABSENT).astype(jnp.int16)
             moved = (rU < GONE) & (rU.astype(jnp.int32) >= ncur)
             nM = jnp.sum(moved, dtype=jnp.int32)
             top = _above(cur, l)
             rr = r - _count_lt(jnp.where(moved, rU, ABSENT).astype(jnp.int16), r)
             rc = jnp.where(r < GONE, rr + jnp.where(rr >= top, nM, 0).astype(jnp.int16), r).astype(jnp.int16)
-            rD_moved = top + jnp.sum(moved[None, :] & (ids[None, :] > ids[:, None]), axis=1, dtype=jnp.int32)
-            st["rank"] = rc.at[loc_drop].set(jnp.where(moved, rD_moved, rc[loc]).astype(jnp.int16), mode="drop")
+            rD_moved = top + jnp.sum(moved[None, :] & (pids[None, :] > pids[:, None]), axis=1, dtype=jnp.int32)
+            st["rank"] = rc.at[jnp.where(moved, pids, N)].set(rD_moved.astype(jnp.int16), mode="drop")
             st["cur"] = cur.at[l].add(nM)
         st["pfu"] = st["pfu"].at[jnp.where(valid, ids, N)].set(False, mode="drop")
         # prefetch issue at t_ready (overlaps the layer's compute)
@@ -360,7 +392,8 @@ def make_async_policy(spec: AsyncSpec):
         pinfo = jnp.stack([nl, n_iss, jnp.sum(resP, dtype=jnp.int32), jnp.sum(pendP, dtype=jnp.int32),
                            arr1 + arr2, drop1 + drop2, useful, jnp.sum(drop, dtype=jnp.int32),
                            jnp.sum(jnp.where(drop, visit.pairs, 0)), jnp.sum(jnp.where(drop, visit.units, 0)),
-                           nm]).astype(jnp.int32)
+                           nm, jnp.sum(subd, dtype=jnp.int32), jnp.sum(jnp.where(subd, visit.pairs, 0)),
+                           jnp.sum(jnp.where(subd, visit.units, 0))]).astype(jnp.int32)
         st["per_layer"] = st["per_layer"].at[:, l].add(info)
         st["pf"] = st["pf"].at[:, l].add(pinfo)
         return AsyncState(**st), t_end

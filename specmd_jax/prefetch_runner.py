@@ -30,6 +30,18 @@ _COMPILED: dict = {}
 NO_DROP = 2 ** 30  # a drop_priority threshold no router rank reaches: the fetch policy
 
 
+def running_scores(trace: Trace, steps) -> np.ndarray:
+    """int32[S, E]: running gate score (cumulative quantised router weight, ``sb``'s score) of the
+    visit layer's experts after each pinned visit (the ``substitute`` miss policy's distance)."""
+    L, E = trace.shape.num_layers, trace.shape.num_experts
+    S = steps.num_steps
+    u = np.zeros((S, E), np.int64)
+    ok = steps.ids >= 0
+    rows = np.broadcast_to(np.arange(S)[:, None], ok.shape)
+    np.add.at(u, (rows[ok], steps.ids[ok] % E), steps.units[ok])
+    return u.reshape(-1, L, E).cumsum(axis=0).reshape(S, E).astype(np.int32)
+
+
 def demand_ranks(trace: Trace, steps) -> tuple[np.ndarray, np.ndarray]:
     """``(rank, pairs)`` int32[S, W] for pinned ``steps``: the best router rank of each demanded
     id in its visit and the tokens routing it (``NO_DROP`` / 0 on padding)."""
@@ -251,7 +263,7 @@ def _async_runner(spec, multi: bool = False):
     from .engine_async import AsyncVisit, make_async_policy
     init, step = make_async_policy(spec)
     vis_axes = AsyncVisit(live=None, layer=None, new_pass=None, prefill=None, tokens=None, ids=None,
-                          pf_ids=0, rank=None, pairs=None, units=None) if multi else None
+                          pf_ids=0, rank=None, pairs=None, units=None, lscore=None) if multi else None
     vstep = jax.vmap(step, in_axes=(0, vis_axes, 0))
 
     def run(params, states, xs):
@@ -261,12 +273,13 @@ def _async_runner(spec, multi: bool = False):
 
 
 def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, drop_ranks=None,
-              chunk_steps: int = 8192) -> AsyncResult:
+              substitute: bool = False, chunk_steps: int = 8192) -> AsyncResult:
     """Asynchronous-prefetch replay of ``trace`` for every (plan, capacity, hardware profile,
     drop threshold) in one compiled program (:mod:`specmd_jax.engine_async`; ``lru``, ``ls``,
     ``fifo``). ``plan``: a :class:`PrefetchPlan` or a list; ``drop_ranks``: thresholds of the
     ``drop_priority`` miss policy (``None`` or ``NO_DROP``: fetch). Configurations are plan-major,
-    then capacity, then hardware, then drop threshold."""
+    then capacity, then hardware, then drop threshold. ``substitute``: the ``substitute`` miss
+    policy instead (``drop_ranks`` must then be ``None``)."""
     from .engine_async import ASYNC_COUNTER_NAMES, AsyncParams, AsyncSpec, AsyncVisit
     L = trace.shape.num_layers
     steps = prepare_steps(trace, "pinned")
@@ -294,7 +307,10 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, drop_ran
                          c_pre1=jnp.asarray(hw_num[hb, 3], jnp.int32),
                          drop_rank=jnp.asarray(np.minimum(drops[mb], NO_DROP), jnp.int32))
     vrank, vpairs = demand_ranks(trace, steps)
-    spec = AsyncSpec(policy, L, trace.shape.num_experts, steps.width, int(stack.shape[2]))
+    if substitute and drop_ranks is not None:
+        raise ValueError("substitute and drop_ranks are two miss policies: give one")
+    spec = AsyncSpec(policy, L, trace.shape.num_experts, steps.width, int(stack.shape[2]), bool(substitute))
+    lscore = running_scores(trace, steps) if substitute else np.zeros((steps.num_steps, 1), np.int32)
     init, run = _async_runner(spec, multi)
     states = init(params)
     S = steps.num_steps
@@ -320,7 +336,8 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, drop_ran
                           pf_ids=jnp.asarray(_pf_chunk(stack, lo, hi, pad, len(caps0) * H * M, multi)),
                           rank=jnp.asarray(_take(vrank, lo, hi, pad, NO_DROP)),
                           pairs=jnp.asarray(_take(vpairs, lo, hi, pad, 0)),
-                          units=jnp.asarray(_take(steps.units, lo, hi, pad, 0)))
+                          units=jnp.asarray(_take(steps.units, lo, hi, pad, 0)),
+                          lscore=jnp.asarray(_take(lscore, lo, hi, pad, 0)))
 
     states, ends, compile_s, run_s = _run_chunks(("async", spec, multi, B, chunk), run, params, states, xs_of,
                                                  S, chunk)

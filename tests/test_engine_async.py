@@ -120,3 +120,30 @@ def test_drop_priority_thresholds_as_a_vmapped_axis(policy):
             assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
             assert r.pass_ticks[b].tolist() == ref.pass_ticks, ctx
         assert int(r.pf_totals["dropped"].sum()) > 0  # the thresholds bite
+
+
+@pytest.mark.parametrize("policy", ASYNC_POLICIES)
+def test_substitute_matches_the_reference(policy):
+    """The substitute miss policy in the kernel (closest running gate score among the layer's
+    residents, pinned and used) equals the reference, with prefetch warming the cache."""
+    from specmd_jax.miss import MissConfig
+    cases = [(random_trace(L=3, E=6, K=2, P=14, max_tokens=3, seed=12), PrefetchConfig("reuse", "all")),
+             (random_trace(L=4, E=5, K=3, P=10, max_tokens=2, seed=13),
+              PrefetchConfig("oracle_degraded", "all", recall=0.7, precision=0.5, seed=2, depth=2)),
+             (synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=5, gen_len=8, seed=4, pred_noise=1.0),
+              PrefetchConfig("recorded", "percentile"))]
+    for t, cfg in cases:
+        plan = make_plan(t, cfg)
+        caps = [1, 3, 8, 40]
+        r = run_async(t, policy, caps, plan, HWS, substitute=True)
+        for b in range(len(r.capacities)):
+            c, h = int(r.capacities[b]), r.hardware[b]
+            ref = simulate_timed(t, policy, c, plan=plan, hardware=h, miss=MissConfig("substitute"))
+            ctx = f"{t.source} {policy} cap={c} {h.bandwidth_gbps} GB/s"
+            assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
+            keys = PF + ("dropped", "pairs_dropped", "units_dropped", "substituted", "pairs_substituted",
+                         "units_substituted")
+            assert {k: int(r.pf_totals[k][b]) for k in keys} == {k: ref.totals[k] for k in keys}, ctx
+            assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
+            assert r.pass_ticks[b].tolist() == ref.pass_ticks, ctx
+        assert int(r.pf_totals["substituted"].sum()) > 0

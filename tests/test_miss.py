@@ -192,3 +192,17 @@ def test_drop_thresholds_vmapped_through_sweep_prefetch():
     ri = sj.sweep_prefetch(t, "lru", timing="instant", engine="reference", **kw)
     assert set(ji["engine"]) == {"jax-instant"} and ji["miss"].tolist() == ri["miss"].tolist()
     pd.testing.assert_frame_equal(ji[cols], ri[cols], check_dtype=False)
+
+
+def test_substitute_runs_on_the_async_kernel():
+    import specmd_jax as sj
+    t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=4, gen_len=8, seed=5, pred_noise=1.0)
+    kw = dict(fractions=[0.25, 0.5], prefetch=PrefetchConfig("recorded", "percentile"), hardware=[Hardware()],
+              miss=MissConfig("substitute"))
+    j = sj.sweep_prefetch(t, "lru", engine="jax", **kw)
+    r = sj.sweep_prefetch(t, "lru", engine="reference", **kw)
+    assert set(j["engine"]) == {"jax-async"} and set(r["engine"]) == {"reference-async"}
+    cols = ["hits", "misses", "dropped", "substituted", "ttft_ms", "tpot_ms", "bytes_moved", "proxy_served_as_routed",
+            "proxy_mass_full_precision", "proxy_mass_dropped", "proxy_mass_substituted", "proxy_mean_bits"]
+    pd.testing.assert_frame_equal(j[cols], r[cols], check_dtype=False)
+    assert (j["proxy_mass_substituted"] > 0).all()
