@@ -66,8 +66,11 @@ def _miss_precision(cfg: dict, system) -> tuple[list, Precision]:
         m["policy"], p["level_fractions"] = system.miss, list(system.level_fractions)
     try:
         m["thresholds"] = tuple(m.get("thresholds", ()))
-        ranks = m.pop("rank_threshold", 3)
-        miss = [MissConfig(**m, rank_threshold=r) for r in (ranks if isinstance(ranks, (list, tuple)) else [ranks])]
+        # a list in rank_threshold or percentile is one vmapped axis of configurations
+        ranks, pcts = m.pop("rank_threshold", 3), m.pop("percentile", 60.0)
+        ranks = ranks if isinstance(ranks, (list, tuple)) else [ranks]
+        pcts = pcts if isinstance(pcts, (list, tuple)) else [pcts]
+        miss = [MissConfig(**m, rank_threshold=r, percentile=q) for r in ranks for q in pcts]
         bits = int(p["stored_bits"])
         prec = Precision(tuple((f"{max(1, round(bits * f))}bit", max(1, round(bits * f)))
                                for f in p["level_fractions"]), base_bits=bits)

@@ -30,7 +30,7 @@ from .api import capacity_slots
 from .engine import COUNTER_NAMES
 from .engine_async import ASYNC_POLICIES
 from .engine_pf import PF_POLICIES
-from .miss import MissConfig, Precision, proxy_rates
+from .miss import MissConfig, Precision, proxy_rates, structural_kind
 from .routing import RoutingConfig
 from .semantics import SB_SCALE
 from .prefetch import PrefetchConfig, PrefetchPlan, make_plan, prediction_quality
@@ -135,7 +135,15 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     use_jax = engine == "jax" or (engine == "auto" and (timing == "instant" or n_cfg >= AUTO_ASYNC_MIN_CONFIGS))
     # the kernels run fetch and drop_priority (thresholds vmapped) at one precision with standard routing
     jax_ok = use_jax and plain and all(m.policy in ("fetch", "drop_priority") for m in misses)
-    sub_ok = use_jax and plain and M == 1 and misses[0].policy == "substitute"  # asynchronous kernel only
+    # the asynchronous kernel also runs substitute and the level-choosing policies, and precision
+    # levels with lru / fifo (weighted ranks); routing and lhu stay on the reference
+    try:
+        structural_kind(misses)
+        one_kind = True
+    except ValueError:
+        one_kind = False
+    async_ok = (use_jax and one_kind and not rcfg.active and policy in ASYNC_POLICIES
+                and (prec.units == (1,) or policy in ("lru", "fifo")))
     if timing == "instant" and jax_ok and policy in PF_POLICIES:
         from .prefetch_runner import NO_DROP, run_instant, timing as time_of  # jax only when used
         drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]
@@ -152,11 +160,10 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
                 row.update(stall_ticks=int(tm["stall_ticks"][b]), ttft_ticks=float(tm["ttft_ticks"][b]),
                            tpot_ticks=float(tm["tpot_ticks"][b]))
                 rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-instant", k, mi))
-    elif timing == "async" and (jax_ok or sub_ok) and policy in ASYNC_POLICIES:
-        from .prefetch_runner import NO_DROP, run_async  # jax only when used
-        drops = None if sub_ok else [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]
-        r = run_async(trace, policy, caps, [p if p is not None else empty for p in plans], hws, drop_ranks=drops,
-                      substitute=sub_ok)
+    elif timing == "async" and async_ok:
+        from .prefetch_runner import run_async  # jax only when used
+        r = run_async(trace, policy, caps, [p if p is not None else empty for p in plans], hws, misses=misses,
+                      precision=prec)
         H, C = len(hws), len(caps)
         for b in range(len(r.plan_index)):
             k, i, hi, mi = int(r.plan_index[b]), (b // (H * M)) % C, (b // M) % H, b % M
@@ -203,9 +210,7 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     df.insert(5, "miss", [misses[x].label() for x in mi])
     df.insert(6, "precision", "/".join(prec.names))
     df.insert(7, "routing", rcfg.label(trace))
-    if "units_moved" not in df:  # a JAX engine: one precision, standard routing, fetch or drop
-        fetched = df["fetched"] if "fetched" in df else df["misses"]  # copies of demand misses
-        df["bytes_moved"] = (fetched + df["pf_issued"]) * trace.shape.expert_bytes
+    if "pairs" not in df:  # a JAX engine (standard routing): complete the proxy counters
         pairs = trace.experts.shape[0] * trace.shape.top_k
         units = int(np.rint(trace.weights.astype(np.float64) * SB_SCALE).sum()) if trace.weights is not None else 0
         for c in ("pairs_substituted", "units_substituted"):
@@ -214,11 +219,12 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
                      "pairs_rerouted": 0, "units_total": units, "units_rerouted": 0}.items():
             df[c] = v
         df["pairs_served"] = pairs - df["pairs_dropped"] - df["pairs_substituted"]
-        df["units_full"] = units - df["units_dropped"] - df["units_substituted"]
-        df["exec_pairs"] = df["pairs_served"] + df["pairs_substituted"]
-        df["bits_served"] = df["exec_pairs"] * prec.bits[0]
-    else:
-        df["bytes_moved"] = df["units_moved"] * prec.unit_bytes(trace.shape.expert_bytes)
+        if "units_full" not in df:  # instant engine: one precision, fetch or drop
+            df["units_full"] = units - df["units_dropped"]
+            df["exec_pairs"] = df["pairs_served"]
+            df["bits_served"] = df["exec_pairs"] * prec.bits[0]
+            df["units_moved"] = df["fetched"] + df["pf_issued"]
+    df["bytes_moved"] = df["units_moved"] * prec.unit_bytes(trace.shape.expert_bytes)
     rates = [proxy_rates(r) for r in df.to_dict("records")]
     for key in rates[0] if rates else ():
         df[key] = [r[key] for r in rates]

@@ -46,7 +46,8 @@ from .pytree import pytree_dataclass
 ASYNC_POLICIES = ("lru", "ls", "fifo")
 ASYNC_COUNTER_NAMES = ("late", "pf_issued", "pf_resident", "pf_pending", "pf_arrived", "pf_dropped", "pf_useful",
                        "dropped", "pairs_dropped", "units_dropped", "fetched", "substituted",
-                       "pairs_substituted", "units_substituted")
+                       "pairs_substituted", "units_substituted", "units_full", "exec_pairs", "bits_served",
+                       "units_moved")
 NONE = jnp.iinfo(jnp.int32).max
 
 
@@ -64,6 +65,10 @@ class AsyncParams:
     c_pre0: Any
     c_pre1: Any
     drop_rank: Any
+    xfer_lv: Any = None    # int32[levels] ticks per copy at each precision level (xfer_lv[0] == xfer)
+    pct_milli: Any = None  # fetch_priority: percentile in thousandths
+    degrade: Any = None    # fetch_priority: level the degraded experts are fetched at
+    cas_th: Any = None     # int32[cascade_len] cascade thresholds in router-weight units
 
 
 @pytree_dataclass
@@ -85,10 +90,11 @@ class AsyncState:
     lc: Any    # int32[N] per-layer issue number of x's queued copy (ls; else [0])
     icnt: Any  # int32[L] copies issued per layer (ls; else [0])
     done: Any  # int32[L] copies arrived per layer (ls; else [0])
+    ul: Any    # int32[N] units of each resident (mixed precision; else [0])
 
 
 _FIELDS = ("rank", "occ", "pfu", "qidx", "ring", "head", "tail", "t", "eng", "per_layer", "pf", "max_occ", "ovf",
-           "cur", "lc", "icnt", "done")
+           "cur", "lc", "icnt", "done", "ul")
 
 
 @pytree_dataclass
@@ -109,6 +115,8 @@ class AsyncVisit:
     units: Any  # int32[W] its summed quantised router weight
     lscore: Any  # int32[E] running gate score of the visit layer's experts after the visit
                  # (``substitute``; shape [1] otherwise)
+    score: Any = None  # int32[W] best quantised router weight of each demanded id (miss levels)
+    spos: Any = None   # int32[W] its position in the demand sorted by (score, id) ascending
 
 
 class AsyncSpec(NamedTuple):
@@ -118,6 +126,18 @@ class AsyncSpec(NamedTuple):
     width: int
     prefetch_width: int
     substitute: bool = False  # miss policy ``substitute`` (else fetch / drop_priority by drop_rank)
+    units: tuple = (1,)       # units per precision level (specmd_jax.miss.Precision.units), highest first
+    miss_kind: str = "fetch"  # fetch (with drop_rank) | fetch_lowest | fetch_priority | cascade
+    cascade_len: int = 0      # number of cascade thresholds
+    bits: tuple = (16,)       # bits per precision level (quality proxies)
+
+
+def rank_sentinels(spec: "AsyncSpec") -> tuple:
+    """``(dtype, ABSENT, GONE)`` of the rank table: int16 slot ranks, or int32 weighted ranks
+    (mixed precision: units of the more protected residents) with sentinels above any sum."""
+    if len(spec.units) == 1 and spec.units[0] == 1:
+        return jnp.int16, ABSENT, GONE
+    return jnp.int32, 2 ** 30 + 1, 2 ** 30
 
 
 def make_async_policy(spec: AsyncSpec):
@@ -127,8 +147,17 @@ def make_async_policy(spec: AsyncSpec):
                          "reference (reference_timed.simulate_timed)")
     L, E, W, Q = spec.num_layers, spec.num_experts, spec.width, spec.prefetch_width
     N = L * E
+    rdt, A_, G_ = rank_sentinels(spec)
     lru, ls = spec.policy == "lru", spec.policy == "ls"
     sub = spec.substitute
+    mixed = rdt == jnp.int32          # weighted ranks: units of the more protected residents
+    UNITS = jnp.asarray(spec.units, jnp.int32)
+    BITS = jnp.asarray(spec.bits, jnp.int32)
+    u0, NL, kind = int(spec.units[0]), len(spec.units), spec.miss_kind
+    if mixed and ls:
+        raise ValueError("precision levels in the asynchronous engine: lru and fifo; ls runs in the reference")
+    if kind not in ("fetch", "fetch_lowest", "fetch_priority", "cascade"):
+        raise ValueError(f"unknown miss kind {kind!r}")
     laterQ = jnp.arange(Q)[None, :] > jnp.arange(Q)[:, None]
     layer_of = jnp.arange(N) // E
 
@@ -140,19 +169,38 @@ def make_async_policy(spec: AsyncSpec):
         """int32[L] members of a bool[N] mask per layer."""
         return jnp.sum(mask.reshape(L, E), axis=1, dtype=jnp.int32)
     earlier = jnp.arange(W)[None, :] < jnp.arange(W)[:, None]
+    incl = jnp.arange(W)[None, :] <= jnp.arange(W)[:, None]       # [j, j'] j' <= j
+    later = jnp.arange(W)[None, :] > jnp.arange(W)[:, None]       # [j, j'] j' > j
+
+    def wsum(a, w, r, greater: bool):
+        """int32[N]: ``sum_j w[j] * (a[j] > r[x])`` (or ``<``) for every x; rows 8 at a time."""
+        def part(aa, ww):
+            cmp = aa[:, None] > r[None, :] if greater else aa[:, None] < r[None, :]
+            return jnp.sum(jnp.where(cmp, ww[:, None], 0), axis=0, dtype=jnp.int32)
+        n = a.shape[0]
+        if n <= 16:
+            return part(a, w)
+        g = n // 8
+        tail = part(a[g * 8:], w[g * 8:])
+        return lax.fori_loop(0, g, lambda i, acc: acc + part(lax.dynamic_slice_in_dim(a, i * 8, 8),
+                                                             lax.dynamic_slice_in_dim(w, i * 8, 8)), tail)
+
+    def level_of(u):
+        """Precision level of residents holding ``u`` units (levels have distinct units)."""
+        return jnp.sum(UNITS[None, :] > u[:, None], axis=1, dtype=jnp.int32)
     earlierQ = jnp.arange(Q)[None, :] < jnp.arange(Q)[:, None]
     nbits = max(1, int(N).bit_length())
 
     def init(params: AsyncParams) -> AsyncState:
         del params
         z = jnp.zeros((), jnp.int32)
-        return AsyncState(rank=jnp.full((N,), ABSENT, jnp.int16), occ=z, pfu=jnp.zeros((N,), bool),
+        return AsyncState(rank=jnp.full((N,), A_, rdt), occ=z, pfu=jnp.zeros((N,), bool),
                           qidx=jnp.full((N,), NONE, jnp.int32), ring=jnp.zeros((N,), jnp.int32), head=z, tail=z,
                           t=z, eng=z, per_layer=jnp.zeros((NCOUNT, L), jnp.int32),
                           pf=jnp.zeros((len(ASYNC_COUNTER_NAMES), L), jnp.int32), max_occ=z,
                           ovf=jnp.zeros((), bool), cur=jnp.zeros((L if ls else 0,), jnp.int32),
                           lc=jnp.zeros((N if ls else 0,), jnp.int32), icnt=jnp.zeros((L if ls else 0,), jnp.int32),
-                          done=jnp.zeros((L if ls else 0,), jnp.int32))
+                          done=jnp.zeros((L if ls else 0,), jnp.int32), ul=jnp.zeros((N if mixed else 0,), jnp.int32))
 
     def count_done(ring, head, tail, T):
         """#{k in [head, tail) : ring[k mod N] <= T} (ring is sorted over the window)."""
@@ -181,8 +229,8 @@ def make_async_policy(spec: AsyncSpec):
         n_dem = jnp.sum(demb, dtype=jnp.int32)
         n_pf = c - n_dem
         ploc = jnp.where(pvalid, pids, 0)
-        rDp = jnp.where(pvalid, r[ploc], ABSENT).astype(jnp.int16)   # the pinned: executed residents
-        pin = rDp < GONE
+        rDp = jnp.where(pvalid, r[ploc], A_).astype(rdt)   # the pinned: executed residents
+        pin = rDp < G_
         npin = jnp.sum(pin, dtype=jnp.int32)
         free = jnp.maximum(cap - occ, 0)
         m = occ - npin
@@ -192,7 +240,7 @@ def make_async_policy(spec: AsyncSpec):
         nev = jnp.maximum(0, n_adm - free)
         thresh = m - nev
         rstar, ev_pos = _rstar(rDp, pin, thresh)
-        gone = (r >= rstar) & (r < GONE) & ~inD
+        gone = (r >= rstar) & (r < G_) & ~inD
         # arrival order among the batch's prefetches: issue order minus D's copies issued earlier
         o = qidx - head
         if dem_q is not None and W:
@@ -219,25 +267,78 @@ def make_async_policy(spec: AsyncSpec):
                 w = w - jnp.where(layer_of == l, jnp.sum(dlc[:, None] < st["lc"][None, :], axis=0, dtype=jnp.int32), 0)
             r_pf = per_id(_suffix(cur2) - cur2 + acnt - 1) - w          # top of its layer's block
             r_keep = r + jnp.where(r < ncur, per_id(sfx), n_pf_adm)
-            r2 = jnp.where(r >= GONE, r, jnp.where(gone, GONE, r_keep)).astype(jnp.int16)
-            r2 = jnp.where(pf_adm, r_pf, r2).astype(jnp.int16)
+            r2 = jnp.where(r >= G_, r, jnp.where(gone, G_, r_keep)).astype(rdt)
+            r2 = jnp.where(pf_adm, r_pf, r2).astype(rdt)
             # pinned: past the victims below them, under the entries above; demanded copies arrive
             # unmarked (key -1): the bottom, ascending id lowest
             newP = rDp - jnp.clip(ev_pos - thresh, 0, nev) + jnp.where(pin_cur, sfx[l], n_pf_adm)
             newA = occ_new - 1 - j
             st = dict(st, cur=cur2, done=st["done"] + per_layer_count(inb))
         else:
-            r2 = jnp.where(r >= GONE, r, jnp.where(gone, GONE, r + n_adm.astype(jnp.int16))).astype(jnp.int16)
-            r2 = jnp.where(pf_adm, (n_pf_adm - 1 - o).astype(jnp.int16), r2)
+            r2 = jnp.where(r >= G_, r, jnp.where(gone, G_, r + n_adm.astype(rdt))).astype(rdt)
+            r2 = jnp.where(pf_adm, (n_pf_adm - 1 - o).astype(rdt), r2)
             # pinned hits below R* move up past the victims; demanded arrivals: ascending id, under the prefetches
             newP = rDp + n_adm - jnp.clip(ev_pos - thresh, 0, nev)
             newA = n_pf_adm + n_dem_adm - 1 - j
-        r2 = r2.at[jnp.where(pin, pids, N)].set(newP.astype(jnp.int16), mode="drop")
-        r2 = r2.at[jnp.where(dem_adm, ids, N)].set(newA.astype(jnp.int16), mode="drop")
+        r2 = r2.at[jnp.where(pin, pids, N)].set(newP.astype(rdt), mode="drop")
+        r2 = r2.at[jnp.where(dem_adm, ids, N)].set(newA.astype(rdt), mode="drop")
         pfu = jnp.where(gone, False, pfu) | pf_adm
         qidx = jnp.where(inb, NONE, qidx)
         occ = occ_new
         new = dict(st, rank=r2, occ=occ, pfu=pfu, qidx=qidx, head=head + c, max_occ=jnp.maximum(st["max_occ"], occ))
+        return new, (nev, n_dem - n_dem_adm, n_pf, n_pf - n_pf_adm)
+
+    def admit_w(st, T, cap, D, dem_q, dem_u, l):
+        """:func:`admit` with precision levels (``specmd_jax.miss``: byte-capacity eviction):
+        ranks are *weighted* (units of the more protected residents), the batch is admitted as
+        its longest fitting prefix (demand copies first, ascending id, then prefetches of ``u0``
+        units each), and the victims are the fewest least protected evictables freeing enough."""
+        r, occ, pfu, qidx, ul = st["rank"], st["occ"], st["pfu"], st["qidx"], st["ul"]
+        ids, valid, loc, loc_drop, inD, pids, pvalid = D
+        c = count_done(st["ring"], st["head"], st["tail"], T)
+        head = st["head"]
+        inb = (qidx >= head) & (qidx < head + c)
+        if dem_q is None:
+            demb, du = jnp.zeros((W,), bool), jnp.zeros((W,), jnp.int32)
+        else:
+            demb = valid & (dem_q >= head) & (dem_q < head + c)
+            du = jnp.where(demb, dem_u, 0)
+        n_dem = jnp.sum(demb, dtype=jnp.int32)
+        n_pf = c - n_dem
+        ploc = jnp.where(pvalid, pids, 0)
+        rP = jnp.where(pvalid, r[ploc], A_)
+        pin = rP < G_
+        pu = jnp.where(pin, ul[ploc], 0)
+        free = jnp.maximum(cap - occ, 0)
+        room = free + occ - jnp.sum(pu)
+        cum = jnp.sum(jnp.where(incl, du[None, :], 0), axis=1)            # ascending id, inclusive
+        dem_adm = demb & (cum <= room)
+        n_dem_adm = jnp.sum(dem_adm, dtype=jnp.int32)
+        dem_units = jnp.sum(jnp.where(dem_adm, du, 0))
+        n_pf_adm = jnp.where(n_dem_adm == n_dem, jnp.minimum(n_pf, jnp.maximum(room - dem_units, 0) // u0), 0)
+        adm_u = dem_units + n_pf_adm * u0
+        need = jnp.maximum(0, adm_u - free)
+        res = r < G_
+        below = occ - r - ul - wsum(rP, pu, r, True)     # evictable units less protected than x
+        gone = res & ~inD & (below < need)
+        freed = jnp.sum(jnp.where(gone, ul, 0))
+        nev = jnp.sum(gone, dtype=jnp.int32)
+        below_p = occ - rP - pu - jnp.sum(jnp.where(rP[None, :] > rP[:, None], pu[None, :], 0), axis=1)
+        victims_above = jnp.maximum(0, freed - below_p)
+        o = qidx - head
+        if dem_q is not None and W:
+            dq = jnp.where(demb, dem_q, NONE)
+            o = o - jnp.sum(dq[:, None] < qidx[None, :], axis=0, dtype=jnp.int32)
+        pf_adm = inb & ~inD & (o < n_pf_adm)
+        r2 = jnp.where(~res, r, jnp.where(gone, G_, r + adm_u))
+        r2 = jnp.where(pf_adm, (n_pf_adm - 1 - o) * u0, r2)
+        newA = n_pf_adm * u0 + jnp.sum(jnp.where(later & dem_adm[None, :], du[None, :], 0), axis=1)
+        r2 = r2.at[jnp.where(pin, pids, N)].set(rP - victims_above + adm_u, mode="drop")
+        r2 = r2.at[jnp.where(dem_adm, ids, N)].set(newA, mode="drop")
+        ul2 = jnp.where(pf_adm, u0, ul).at[jnp.where(dem_adm, ids, N)].set(du, mode="drop")
+        occ_new = occ - freed + adm_u
+        new = dict(st, rank=r2.astype(rdt), ul=ul2, occ=occ_new, pfu=jnp.where(gone, False, pfu) | pf_adm,
+                   qidx=jnp.where(inb, NONE, qidx), head=head + c, max_occ=jnp.maximum(st["max_occ"], occ_new))
         return new, (nev, n_dem - n_dem_adm, n_pf, n_pf - n_pf_adm)
 
     def step(state: AsyncState, visit: AsyncVisit, params: AsyncParams):
@@ -247,7 +348,7 @@ def make_async_policy(spec: AsyncSpec):
         xfer = params.xfer.astype(jnp.int32)
         # pass start: clear "evicted in this pass", rebase the clock
         shift = jnp.where(visit.new_pass, st["t"], 0)
-        st["rank"] = lax.cond(visit.new_pass, lambda a: jnp.where(a == GONE, ABSENT, a).astype(jnp.int16),
+        st["rank"] = lax.cond(visit.new_pass, lambda a: jnp.where(a == G_, A_, a).astype(rdt),
                               lambda a: a, st["rank"])
         st["ring"] = lax.cond(visit.new_pass, lambda a: a - shift, lambda a: a, st["ring"])
         st["t"] = st["t"] - shift
@@ -260,8 +361,8 @@ def make_async_policy(spec: AsyncSpec):
         loc = jnp.where(demanded, ids, 0)
         loc_drop = jnp.where(demanded, ids, N)
         r = st["rank"]
-        rD = jnp.where(demanded, r[loc], ABSENT).astype(jnp.int16)
-        hit = rD < GONE
+        rD = jnp.where(demanded, r[loc], A_).astype(rdt)
+        hit = rD < G_
         qD = jnp.where(demanded, st["qidx"][loc], NONE)
         late_all = demanded & ~hit & (qD != NONE)
         miss_all = demanded & ~hit & ~late_all
@@ -269,7 +370,7 @@ def make_async_policy(spec: AsyncSpec):
         nh = jnp.sum(hit, dtype=jnp.int32)
         nl = jnp.sum(late_all, dtype=jnp.int32)
         nm_all = nd - nh - nl
-        coll = jnp.sum(miss_all & (rD == GONE), dtype=jnp.int32)
+        coll = jnp.sum(miss_all & (rD == G_), dtype=jnp.int32)
         useful = jnp.sum(hit & st["pfu"][loc], dtype=jnp.int32) + nl
         # miss policy: the executed set (hits, fetched and waited-for experts, substitutes) is what
         # is pinned and used (specmd_jax.miss)
@@ -280,7 +381,7 @@ def make_async_policy(spec: AsyncSpec):
             # by this configuration's residents
             blk = lax.dynamic_slice_in_dim(r, l * E, E)
             dem_blk = lax.dynamic_slice_in_dim(jnp.zeros((N,), bool).at[loc_drop].set(True, mode="drop"), l * E, E)
-            cand = (blk < GONE) & ~dem_blk
+            cand = (blk < G_) & ~dem_blk
             own = visit.lscore[jnp.where(demanded, ids - l * E, 0)]
             dist = jnp.abs(visit.lscore[None, :] - own[:, None])
             best = jnp.argmin(jnp.where(cand[None, :], dist, jnp.iinfo(jnp.int32).max), axis=1).astype(jnp.int32)
@@ -290,6 +391,7 @@ def make_async_policy(spec: AsyncSpec):
             sid = jnp.where(subd, l * E + best, -1)
             first = ~jnp.any(earlier & (sid[None, :] == sid[:, None]) & subd[None, :], axis=1)
             sub_ok = subd & first                                  # distinct substitutes
+            sub_lev = level_of(st["ul"][jnp.where(subd, sid, 0)]) if mixed else jnp.zeros((W,), jnp.int32)
             late, miss = jnp.zeros_like(late_all), jnp.zeros_like(miss_all)
             valid = hit
             pids = jnp.concatenate([ids, sid])
@@ -297,6 +399,7 @@ def make_async_policy(spec: AsyncSpec):
         else:
             drop = missing & (visit.rank >= params.drop_rank)
             subd = jnp.zeros_like(drop)
+            sub_lev = jnp.zeros((W,), jnp.int32)
             late, miss = late_all & ~drop, miss_all & ~drop
             valid = demanded & ~drop
             pids, pvalid = ids, valid
@@ -304,10 +407,21 @@ def make_async_policy(spec: AsyncSpec):
         inD = jnp.zeros((N,), bool).at[jnp.where(pvalid, pids, N)].set(True, mode="drop")
         D = (ids, valid, loc, loc_drop, inD, pids, pvalid)
         ploc = jnp.where(pvalid, pids, 0)
+        # precision level of each fetched miss (specmd_jax.miss; waited-for copies are prefetches: 0)
+        if kind == "fetch_lowest":
+            lvl = jnp.full((W,), NL - 1, jnp.int32)
+        elif kind == "fetch_priority":
+            cut = params.pct_milli * nd // 100000
+            lvl = jnp.where(visit.spos < cut, jnp.minimum(params.degrade, NL - 1), 0).astype(jnp.int32)
+        elif kind == "cascade":
+            lvl = jnp.minimum(jnp.sum(visit.score[:, None] < params.cas_th[None, :], axis=1, dtype=jnp.int32), NL - 1)
+        else:
+            lvl = jnp.zeros((W,), jnp.int32)
+        xj = params.xfer_lv[lvl] if mixed else jnp.broadcast_to(xfer, (W,))
         # demand copies, ascending id, behind everything queued
         start = jnp.maximum(t, st["eng"])
         k = jnp.sum(earlier & miss[None, :], axis=1, dtype=jnp.int32)
-        done_m = start + (k + 1) * xfer
+        done_m = start + jnp.sum(jnp.where(incl & miss[None, :], xj[None, :], 0), axis=1)
         q_m = st["tail"] + k
         st["qidx"] = st["qidx"].at[jnp.where(miss, ids, N)].set(q_m, mode="drop")
         if ls:  # per-layer issue numbers (the demand is all of layer l)
@@ -315,40 +429,54 @@ def make_async_policy(spec: AsyncSpec):
             st["icnt"] = st["icnt"].at[l].add(nm)
         st["ring"] = st["ring"].at[jnp.where(miss, q_m % N, N)].set(done_m, mode="drop")
         st["tail"] = st["tail"] + nm
-        st["eng"] = jnp.where(nm > 0, start + nm * xfer, st["eng"])
+        st["eng"] = jnp.where(nm > 0, start + jnp.sum(jnp.where(miss, xj, 0)), st["eng"])
         done_l = st["ring"][jnp.where(late, qD, 0) % N]
         t_ready = jnp.maximum(t, jnp.max(jnp.where(miss, done_m, jnp.where(late, done_l, t))))
         dem_q = jnp.where(late, qD, jnp.where(miss, q_m, NONE))
-        st, (ev1, byp, arr1, drop1) = admit(st, t_ready, cap, D, dem_q, l)
+        # executed levels (quality proxies): hits at the level they hold, fetched at lvl, waited at 0
+        lev_hit = level_of(st["ul"][loc]) if mixed else jnp.zeros((W,), jnp.int32)
+        lev = jnp.where(hit, lev_hit, jnp.where(miss, lvl, 0))
+        if mixed:
+            st, (ev1, byp, arr1, drop1) = admit_w(st, t_ready, cap, D, dem_q, jnp.where(late, u0, UNITS[lvl]), l)
+        else:
+            st, (ev1, byp, arr1, drop1) = admit(st, t_ready, cap, D, dem_q, l)
         # use: LRU moves the resident demand to the top (ids ascending, lowest id lowest)
-        if lru:
+        if lru and mixed:
             r = st["rank"]
-            rU = jnp.where(pvalid, r[ploc], ABSENT).astype(jnp.int16)
-            used = rU < GONE
+            rU = jnp.where(pvalid, r[ploc], A_)
+            used = rU < G_
+            uu = jnp.where(used, st["ul"][ploc], 0)
+            rc = jnp.where(r < G_, r - wsum(rU, uu, r, False) + jnp.sum(uu), r)
+            top = jnp.sum(jnp.where(used[None, :] & (pids[None, :] > pids[:, None]), uu[None, :], 0), axis=1)
+            st["rank"] = rc.at[jnp.where(used, pids, N)].set(top, mode="drop").astype(rdt)
+        elif lru:
+            r = st["rank"]
+            rU = jnp.where(pvalid, r[ploc], A_).astype(rdt)
+            used = rU < G_
             nU = jnp.sum(used, dtype=jnp.int32)
-            below = _count_lt(jnp.where(used, rU, ABSENT).astype(jnp.int16), r)   # used ones above x
-            rc = jnp.where(r < GONE, r - below + nU.astype(jnp.int16), r).astype(jnp.int16)
+            below = _count_lt(jnp.where(used, rU, A_).astype(rdt), r)   # used ones above x
+            rc = jnp.where(r < G_, r - below + nU.astype(rdt), r).astype(rdt)
             top = jnp.sum(used[None, :] & (pids[None, :] > pids[:, None]), axis=1, dtype=jnp.int32)
-            st["rank"] = rc.at[jnp.where(used, pids, N)].set(top.astype(jnp.int16), mode="drop")
+            st["rank"] = rc.at[jnp.where(used, pids, N)].set(top.astype(rdt), mode="drop")
         elif ls:
             # use: the demand not yet current enters the tier at the top of layer l's block
             # (one entry number: ascending id, lowest id lowest); current ones keep their place
             r, cur = st["rank"], st["cur"]
             ncur = jnp.sum(cur)
-            rU = jnp.where(pvalid, r[ploc], ABSENT).astype(jnp.int16)
-            moved = (rU < GONE) & (rU.astype(jnp.int32) >= ncur)
+            rU = jnp.where(pvalid, r[ploc], A_).astype(rdt)
+            moved = (rU < G_) & (rU.astype(jnp.int32) >= ncur)
             nM = jnp.sum(moved, dtype=jnp.int32)
             top = _above(cur, l)
-            rr = r - _count_lt(jnp.where(moved, rU, ABSENT).astype(jnp.int16), r)
-            rc = jnp.where(r < GONE, rr + jnp.where(rr >= top, nM, 0).astype(jnp.int16), r).astype(jnp.int16)
+            rr = r - _count_lt(jnp.where(moved, rU, A_).astype(rdt), r)
+            rc = jnp.where(r < G_, rr + jnp.where(rr >= top, nM, 0).astype(rdt), r).astype(rdt)
             rD_moved = top + jnp.sum(moved[None, :] & (pids[None, :] > pids[:, None]), axis=1, dtype=jnp.int32)
-            st["rank"] = rc.at[jnp.where(moved, pids, N)].set(rD_moved.astype(jnp.int16), mode="drop")
+            st["rank"] = rc.at[jnp.where(moved, pids, N)].set(rD_moved.astype(rdt), mode="drop")
             st["cur"] = cur.at[l].add(nM)
         st["pfu"] = st["pfu"].at[jnp.where(valid, ids, N)].set(False, mode="drop")
         # prefetch issue at t_ready (overlaps the layer's compute)
         pv = visit.pf_ids >= 0
         pidx = jnp.where(pv, visit.pf_ids, 0)
-        resP = pv & (st["rank"][pidx] < GONE)
+        resP = pv & (st["rank"][pidx] < G_)
         pendP = pv & ~resP & (st["qidx"][pidx] != NONE)
         iss = pv & ~resP & ~pendP
         n_iss = jnp.sum(iss, dtype=jnp.int32)
@@ -359,15 +487,15 @@ def make_async_policy(spec: AsyncSpec):
             # a resident stale proposal is re-marked current: top of its layer's block, later higher
             r, cur = st["rank"], st["cur"]
             ncur = jnp.sum(cur)
-            rP = jnp.where(pv, r[pidx], ABSENT).astype(jnp.int16)
+            rP = jnp.where(pv, r[pidx], A_).astype(rdt)
             R = resP & (rP.astype(jnp.int32) >= ncur)
             nR = jnp.sum(R, dtype=jnp.int32)
             rcnt = jnp.zeros((L,), jnp.int32).at[pl].add(R.astype(jnp.int32))
-            up_st = nR.astype(jnp.int16) - _count_lt(jnp.where(R, rP, ABSENT).astype(jnp.int16), r)
-            r = jnp.where(r < ncur, r + per_id(_suffix(rcnt)), jnp.where(r < GONE, r + up_st, r)).astype(jnp.int16)
+            up_st = nR.astype(rdt) - _count_lt(jnp.where(R, rP, A_).astype(rdt), r)
+            r = jnp.where(r < ncur, r + per_id(_suffix(rcnt)), jnp.where(r < G_, r + up_st, r)).astype(rdt)
             cur = cur + rcnt
             rR_new = _above(cur, pl) + jnp.sum(laterQ & sameQ & R[None, :], axis=1, dtype=jnp.int32)
-            st["rank"] = r.at[pdrop].set(jnp.where(R, rR_new.astype(jnp.int16), r[pidx]), mode="drop")
+            st["rank"] = r.at[pdrop].set(jnp.where(R, rR_new.astype(rdt), r[pidx]), mode="drop")
             st["cur"] = cur
             # per-layer issue numbers of the new copies
             lcq = st["icnt"][pl] + jnp.sum(earlierQ & sameQ & iss[None, :], axis=1, dtype=jnp.int32)
@@ -383,7 +511,10 @@ def make_async_policy(spec: AsyncSpec):
         comp = jnp.where(visit.prefill, params.c_pre0 + visit.tokens * params.c_pre1, params.c_dec).astype(jnp.int32)
         comp = jnp.where(visit.live, comp, 0)
         t_end = t_ready + comp
-        st, (ev2, _, arr2, drop2) = admit(st, t_end, cap, D, None, l)
+        if mixed:
+            st, (ev2, _, arr2, drop2) = admit_w(st, t_end, cap, D, None, None, l)
+        else:
+            st, (ev2, _, arr2, drop2) = admit(st, t_end, cap, D, None, l)
         st["t"] = t_end
         # int32 ticks relative to the pass start: a sum that wraps becomes smaller than its base
         st["ovf"] = (st["ovf"] | (t_ready < t) | (t_end < t_ready) | jnp.any(miss & (done_m < start))
@@ -393,7 +524,12 @@ def make_async_policy(spec: AsyncSpec):
                            arr1 + arr2, drop1 + drop2, useful, jnp.sum(drop, dtype=jnp.int32),
                            jnp.sum(jnp.where(drop, visit.pairs, 0)), jnp.sum(jnp.where(drop, visit.units, 0)),
                            nm, jnp.sum(subd, dtype=jnp.int32), jnp.sum(jnp.where(subd, visit.pairs, 0)),
-                           jnp.sum(jnp.where(subd, visit.units, 0))]).astype(jnp.int32)
+                           jnp.sum(jnp.where(subd, visit.units, 0)),
+                           jnp.sum(jnp.where(valid & (lev == 0), visit.units, 0)),
+                           jnp.sum(jnp.where(valid | subd, visit.pairs, 0)),
+                           jnp.sum(jnp.where(valid, visit.pairs * BITS[lev], 0))
+                           + jnp.sum(jnp.where(subd, visit.pairs * BITS[sub_lev], 0)),
+                           jnp.sum(jnp.where(miss, UNITS[lvl], 0)) + n_iss * u0]).astype(jnp.int32)
         st["per_layer"] = st["per_layer"].at[:, l].add(info)
         st["pf"] = st["pf"].at[:, l].add(pinfo)
         return AsyncState(**st), t_end

@@ -32,8 +32,10 @@ including a *late* one whose prefetch copy is still in flight)
     ``fetch_lowest``    fetch at the lowest level ("fetch-lowest-bit").
     ``fetch_priority``  fetch at level 0, except the visit's low-importance experts: those whose
                         position in the visit's demand sorted by (score, id) ascending is below
-                        ``floor(percentile / 100 * |D|)`` are fetched at ``degrade_level``
-                        (paper: "degrades low-importance experts (bottom 60th percentile)").
+                        ``floor(percentile / 100 * |D|)`` (integers: the percentile in
+                        thousandths, ``round(percentile * 1000) * |D| // 100000``) are fetched at
+                        ``degrade_level`` (paper: "degrades low-importance experts (bottom 60th
+                        percentile)").
     ``cascade``         HOBBIT's precision cascade: level ``i`` = number of ``thresholds``
                         (router weights, descending) above the expert's score (a score at or
                         above ``thresholds[0]`` gets level 0), clipped to the lowest level.
@@ -165,6 +167,15 @@ class MissConfig:
         if any(a < b for a, b in zip(th, th[1:])):
             raise ValueError(f"cascade thresholds must be descending, got {th}")
 
+    @property
+    def percentile_milli(self) -> int:
+        """The percentile in thousandths (the integer the decisions use)."""
+        return int(round(float(self.percentile) * 1000))
+
+    def threshold_units(self, scale: int) -> tuple:
+        """``cascade`` thresholds as integer router-weight units."""
+        return tuple(int(round(t * scale)) for t in self.thresholds)
+
     def label(self) -> str:
         extra = {"fetch_priority": f"(p{self.percentile:g}->L{self.degrade_level})",
                  "cascade": f"({','.join(f'{t:g}' for t in self.thresholds)})",
@@ -193,9 +204,9 @@ def decide(cfg: MissConfig, nlevels: int, missing: list, demand: list, score: di
     out = {}
     if cfg.policy == "fetch_priority":
         order = sorted(demand, key=lambda g: (score[g], g))
-        cut = int(math.floor(float(cfg.percentile) / 100.0 * len(demand) + 1e-9))
+        cut = cfg.percentile_milli * len(demand) // 100000
         degraded = set(order[:cut])
-    th_units = [int(round(t * scale)) for t in cfg.thresholds]
+    th_units = cfg.threshold_units(scale)
     for g in missing:
         if cfg.policy == "fetch":
             out[g] = ("fetch", 0)
@@ -241,6 +252,21 @@ def proxy_rates(tot: dict) -> dict:
             "proxy_mass_rerouted": div(tot["units_rerouted"], tot["units_total"]),
             "proxy_mean_bits": div(tot["bits_served"], tot["exec_pairs"]),
             "proxy_tokens_rerouted": div(tot["tokens_changed"], tot["tokens"])}
+
+
+def structural_kind(misses) -> tuple[str, bool]:
+    """The structure a list of :class:`MissConfig` shares in one JAX program: ``(kind, substitute)``
+    (fetch and drop_priority mix; any other policy only with itself). Raises ValueError."""
+    pols = {m.policy for m in misses}
+    if pols <= {"fetch", "drop_priority"}:
+        return "fetch", False
+    if pols == {"substitute"}:
+        return "fetch", True
+    if len(pols) == 1 and pols <= {"fetch_lowest", "fetch_priority", "cascade"}:
+        if len({len(m.thresholds) for m in misses}) > 1:
+            raise ValueError("cascade configurations of one run need the same number of thresholds")
+        return pols.pop(), False
+    raise ValueError(f"one asynchronous run takes fetch/drop_priority, or one other miss policy; got {sorted(pols)}")
 
 
 def check_levels(policy: str, precision: Optional[Precision]) -> None:

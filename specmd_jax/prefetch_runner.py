@@ -21,6 +21,7 @@ from jax import lax
 from .engine import GONE
 from .engine_pf import PF_COUNTER_NAMES, PfParams, PfSpec, PfVisit, make_pf_policy
 from .prefetch import PrefetchPlan
+from .semantics import SB_SCALE
 from .timing import Hardware
 from .trace import PREFILL, Trace
 from .visits import prepare_steps
@@ -255,7 +256,7 @@ class AsyncResult:
     compile_s: float
     run_s: float
     plan_index: np.ndarray = None
-    drop_rank: np.ndarray = None
+    miss_index: np.ndarray = None  # int64[B] index into run_async's ``misses`` of each configuration
 
 
 @functools.lru_cache(maxsize=None)
@@ -263,7 +264,8 @@ def _async_runner(spec, multi: bool = False):
     from .engine_async import AsyncVisit, make_async_policy
     init, step = make_async_policy(spec)
     vis_axes = AsyncVisit(live=None, layer=None, new_pass=None, prefill=None, tokens=None, ids=None,
-                          pf_ids=0, rank=None, pairs=None, units=None, lscore=None) if multi else None
+                          pf_ids=0, rank=None, pairs=None, units=None, lscore=None, score=None,
+                          spos=None) if multi else None
     vstep = jax.vmap(step, in_axes=(0, vis_axes, 0))
 
     def run(params, states, xs):
@@ -272,44 +274,74 @@ def _async_runner(spec, multi: bool = False):
     return jax.jit(jax.vmap(init)), jax.jit(run, donate_argnums=(1,))
 
 
-def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, drop_ranks=None,
-              substitute: bool = False, chunk_steps: int = 8192) -> AsyncResult:
-    """Asynchronous-prefetch replay of ``trace`` for every (plan, capacity, hardware profile,
-    drop threshold) in one compiled program (:mod:`specmd_jax.engine_async`; ``lru``, ``ls``,
-    ``fifo``). ``plan``: a :class:`PrefetchPlan` or a list; ``drop_ranks``: thresholds of the
-    ``drop_priority`` miss policy (``None`` or ``NO_DROP``: fetch). Configurations are plan-major,
-    then capacity, then hardware, then drop threshold. ``substitute``: the ``substitute`` miss
-    policy instead (``drop_ranks`` must then be ``None``)."""
-    from .engine_async import ASYNC_COUNTER_NAMES, AsyncParams, AsyncSpec, AsyncVisit
+def visit_scores(trace: Trace, steps) -> tuple[np.ndarray, np.ndarray]:
+    """``(score, spos)`` int32[S, W] for pinned ``steps``: each demanded id's best quantised router
+    weight in the visit, and its position in the visit's demand sorted by (score, id) ascending."""
+    E, K = trace.shape.num_experts, trace.shape.top_k
+    V = trace.num_visits
+    cell = np.repeat(np.repeat(np.arange(V, dtype=np.int64), np.diff(trace.cell_offsets)), K)
+    key = cell * E + trace.experts.reshape(-1).astype(np.int64)
+    best = np.zeros(V * E, np.int64)
+    if trace.weights is not None:
+        np.maximum.at(best, key, np.rint(trace.weights.reshape(-1).astype(np.float64) * SB_SCALE).astype(np.int64))
+    ok = steps.ids >= 0
+    k2 = np.arange(steps.num_steps)[:, None] * E + np.where(ok, steps.ids % E, 0)
+    score = np.where(ok, best[k2], 0)
+    big = np.iinfo(np.int64).max // 4
+    srt = np.where(ok, score * (2 ** 20) + np.where(ok, steps.ids, 0), big)    # (score, id), padding last
+    spos = np.argsort(np.argsort(srt, axis=1, kind="stable"), axis=1, kind="stable")
+    return score.astype(np.int32), spos.astype(np.int32)
+
+
+def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=None, precision=None,
+              chunk_steps: int = 8192) -> AsyncResult:
+    """Asynchronous-prefetch replay of ``trace`` for every (plan, capacity, hardware profile, miss
+    configuration) in one compiled program (:mod:`specmd_jax.engine_async`; ``lru``, ``ls``,
+    ``fifo``). ``plan``: a :class:`PrefetchPlan` or a list. ``misses``: a list of
+    :class:`~specmd_jax.miss.MissConfig` sharing one structure (fetch and drop_priority mix;
+    otherwise one policy whose numbers vary: thresholds, percentiles, levels); default fetch.
+    ``precision``: :class:`~specmd_jax.miss.Precision` levels (``capacities`` then in units; mixed
+    levels: lru and fifo). Configurations are plan-major, then capacity, hardware, miss."""
+    from .engine_async import ASYNC_COUNTER_NAMES, AsyncParams, AsyncSpec, AsyncVisit, rank_sentinels
+    from .miss import MissConfig, Precision, structural_kind
+    misses = list(misses) if misses is not None else [MissConfig()]
+    prec = precision if precision is not None else Precision()
+    kind, substitute = structural_kind(misses)
     L = trace.shape.num_layers
     steps = prepare_steps(trace, "pinned")
     plans, stack, _ = _plans(plan, steps.num_steps, trace.source)
     multi = len(plans) > 1
     caps0 = np.atleast_1d(np.asarray(capacities, np.int64))
     hws = list(hardware)
-    if np.any(caps0 < 0) or np.any(caps0 > 16000):
-        raise ValueError("capacities must be in [0, 16000]")
+    if np.any(caps0 < 0) or np.any(caps0 > (16000 if prec.units == (1,) else 2 ** 28)):
+        raise ValueError("capacities must be in [0, 16000] slots (or units)")
     caps = np.tile(caps0, len(plans))
     H = len(hws)
-    drops = np.atleast_1d(np.asarray([NO_DROP] if drop_ranks is None else drop_ranks, np.int64))
-    if np.any(drops < 0):
-        raise ValueError(f"drop ranks must be >= 0, got {drops.tolist()}")
-    M = len(drops)
+    M = len(misses)
     B = len(caps) * H * M
     eb = trace.shape.expert_bytes
-    hw_num = np.array([[h.transfer_ticks(eb), h.compute_ticks(False, 0), h.compute_ticks(True, 0),
+    NL = len(prec.units)
+    xlv = np.array([[h.transfer_ticks(prec.level_bytes(eb, i)) for i in range(NL)] for h in hws], np.int64)
+    hw_num = np.array([[h.compute_ticks(False, 0), h.compute_ticks(True, 0),
                         h.compute_ticks(True, 1) - h.compute_ticks(True, 0)] for h in hws], np.int64)
     cap_b = np.repeat(caps, H * M)
     hb = np.tile(np.repeat(np.arange(H), M), len(caps))
     mb = np.tile(np.arange(M), len(caps) * H)
-    params = AsyncParams(capacity=jnp.asarray(cap_b, jnp.int32), xfer=jnp.asarray(hw_num[hb, 0], jnp.int32),
-                         c_dec=jnp.asarray(hw_num[hb, 1], jnp.int32), c_pre0=jnp.asarray(hw_num[hb, 2], jnp.int32),
-                         c_pre1=jnp.asarray(hw_num[hb, 3], jnp.int32),
-                         drop_rank=jnp.asarray(np.minimum(drops[mb], NO_DROP), jnp.int32))
+    drop = np.array([m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses], np.int64)
+    ncas = len(misses[0].thresholds) if kind == "cascade" else 0
+    cas = np.array([m.threshold_units(SB_SCALE) if kind == "cascade" else () for m in misses], np.int64).reshape(M, ncas)
+    params = AsyncParams(capacity=jnp.asarray(cap_b, jnp.int32), xfer=jnp.asarray(xlv[hb, 0], jnp.int32),
+                         c_dec=jnp.asarray(hw_num[hb, 0], jnp.int32), c_pre0=jnp.asarray(hw_num[hb, 1], jnp.int32),
+                         c_pre1=jnp.asarray(hw_num[hb, 2], jnp.int32),
+                         drop_rank=jnp.asarray(np.minimum(drop[mb], NO_DROP), jnp.int32),
+                         xfer_lv=jnp.asarray(xlv[hb], jnp.int32),
+                         pct_milli=jnp.asarray([misses[i].percentile_milli for i in mb], jnp.int32),
+                         degrade=jnp.asarray([misses[i].degrade_level for i in mb], jnp.int32),
+                         cas_th=jnp.asarray(cas[mb], jnp.int32))
     vrank, vpairs = demand_ranks(trace, steps)
-    if substitute and drop_ranks is not None:
-        raise ValueError("substitute and drop_ranks are two miss policies: give one")
-    spec = AsyncSpec(policy, L, trace.shape.num_experts, steps.width, int(stack.shape[2]), bool(substitute))
+    vscore, vspos = visit_scores(trace, steps)
+    spec = AsyncSpec(policy, L, trace.shape.num_experts, steps.width, int(stack.shape[2]), bool(substitute),
+                     units=tuple(prec.units), miss_kind=kind, cascade_len=ncas, bits=tuple(prec.bits))
     lscore = running_scores(trace, steps) if substitute else np.zeros((steps.num_steps, 1), np.int32)
     init, run = _async_runner(spec, multi)
     states = init(params)
@@ -337,7 +369,9 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, drop_ran
                           rank=jnp.asarray(_take(vrank, lo, hi, pad, NO_DROP)),
                           pairs=jnp.asarray(_take(vpairs, lo, hi, pad, 0)),
                           units=jnp.asarray(_take(steps.units, lo, hi, pad, 0)),
-                          lscore=jnp.asarray(_take(lscore, lo, hi, pad, 0)))
+                          lscore=jnp.asarray(_take(lscore, lo, hi, pad, 0)),
+                          score=jnp.asarray(_take(vscore, lo, hi, pad, 0)),
+                          spos=jnp.asarray(_take(vspos, lo, hi, pad, 0)))
 
     states, ends, compile_s, run_s = _run_chunks(("async", spec, multi, B, chunk), run, params, states, xs_of,
                                                  S, chunk)
@@ -351,8 +385,8 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, drop_ran
     last = np.flatnonzero(np.r_[steps.new_pass[1:], True])            # last visit of each pass
     pass_ticks = t_end[:, last]
     t_start = np.where(steps.new_pass[None, :], 0, np.concatenate([np.zeros((B, 1), np.int64), t_end[:, :-1]], 1))
-    comp = np.where(prefill[None, :], hw_num[hb, 2][:, None] + tokens[None, :] * hw_num[hb, 3][:, None],
-                    hw_num[hb, 1][:, None])
+    comp = np.where(prefill[None, :], hw_num[hb, 1][:, None] + tokens[None, :] * hw_num[hb, 2][:, None],
+                    hw_num[hb, 0][:, None])
     stall = t_end - t_start - comp                                    # [B, S]
     stall_l = np.stack([stall[:, steps.layer == l].sum(axis=1) for l in range(L)], 1)
     reqs = np.unique(trace.pass_request[pre])
@@ -362,12 +396,14 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, drop_ran
     per = np.asarray(states.per_layer, np.int64)
     pf = np.asarray(states.pf, np.int64)
     names = {n: pf[:, i].sum(axis=1) for i, n in enumerate(ASYNC_COUNTER_NAMES)}
-    unused = (np.asarray(states.pfu) & (np.asarray(states.rank) < GONE)).sum(axis=1)
+    gone_sentinel = rank_sentinels(spec)[2]
+    resident = np.asarray(states.rank) < gone_sentinel
+    unused = (np.asarray(states.pfu) & resident).sum(axis=1)
     admitted = names["pf_arrived"] - names["pf_dropped"]
     names["pf_unused_end"] = unused
     names["pf_wasted"] = admitted - (names["pf_useful"] - names["late"]) - unused
     return AsyncResult(capacities=cap_b, hardware=[hws[i] for i in hb], totals=per.sum(axis=2), per_layer=per,
-                       pf_totals=names, resident=np.asarray(states.rank) < GONE,
+                       pf_totals=names, resident=resident,
                        max_occupancy=np.asarray(states.max_occ, np.int64), pass_ticks=pass_ticks,
                        stall_ticks=stall_l, ttft_ticks=ttft, tpot_ticks=tpot, compile_s=compile_s, run_s=run_s,
-                       plan_index=np.repeat(np.arange(len(plans)), len(caps0) * H * M), drop_rank=drops[mb])
+                       plan_index=np.repeat(np.arange(len(plans)), len(caps0) * H * M), miss_index=mb)

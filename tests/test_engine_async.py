@@ -99,19 +99,18 @@ def test_drop_priority_thresholds_as_a_vmapped_axis(policy):
     """The drop_priority miss policy in the kernel: thresholds are data (one more config axis),
     and every (capacity, hardware, threshold) equals the reference exactly, dropped mass too."""
     from specmd_jax.miss import MissConfig
-    from specmd_jax.prefetch_runner import NO_DROP
     cases = [(random_trace(L=3, E=6, K=3, P=12, max_tokens=3, seed=11), PrefetchConfig("reuse", "all")),
              (synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=5, gen_len=8, seed=4, pred_noise=1.0),
               PrefetchConfig("recorded", "topk"))]
     for t, cfg in cases:
         plan = make_plan(t, cfg)
-        drops = [NO_DROP, 0, 1, 2]
+        misses = [MissConfig()] + [MissConfig("drop_priority", rank_threshold=d) for d in (0, 1, 2)]
         caps = [1, 3, 8, 40]
-        r = run_async(t, policy, caps, plan, HWS[:2], drop_ranks=drops)
-        assert len(r.capacities) == len(caps) * 2 * len(drops)
+        r = run_async(t, policy, caps, plan, HWS[:2], misses=misses)
+        assert len(r.capacities) == len(caps) * 2 * len(misses)
         for b in range(len(r.capacities)):
-            c, h, d = int(r.capacities[b]), r.hardware[b], int(r.drop_rank[b])
-            miss = MissConfig() if d == NO_DROP else MissConfig("drop_priority", rank_threshold=d)
+            c, h, miss = int(r.capacities[b]), r.hardware[b], misses[r.miss_index[b]]
+            d = miss.rank_threshold if miss.policy == "drop_priority" else "-"
             ref = simulate_timed(t, policy, c, plan=plan, hardware=h, miss=miss)
             ctx = f"{t.source} {policy} cap={c} {h.bandwidth_gbps} GB/s drop>={d}"
             assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
@@ -135,7 +134,7 @@ def test_substitute_matches_the_reference(policy):
     for t, cfg in cases:
         plan = make_plan(t, cfg)
         caps = [1, 3, 8, 40]
-        r = run_async(t, policy, caps, plan, HWS, substitute=True)
+        r = run_async(t, policy, caps, plan, HWS, misses=[MissConfig("substitute")])
         for b in range(len(r.capacities)):
             c, h = int(r.capacities[b]), r.hardware[b]
             ref = simulate_timed(t, policy, c, plan=plan, hardware=h, miss=MissConfig("substitute"))
@@ -147,3 +146,36 @@ def test_substitute_matches_the_reference(policy):
             assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
             assert r.pass_ticks[b].tolist() == ref.pass_ticks, ctx
         assert int(r.pf_totals["substituted"].sum()) > 0
+
+
+@pytest.mark.parametrize("policy", ["lru", "fifo"])
+def test_precision_levels_and_level_choosing_miss_policies(policy):
+    """Byte capacity at mixed precision (weighted ranks) with fetch_lowest, fetch_priority
+    (percentiles vmapped), cascade (thresholds vmapped), drop_priority and substitute: every
+    configuration equals the reference exactly, occupancy in units and quality proxies included."""
+    from specmd_jax.miss import PRECISION_PRESETS, MissConfig
+    prec = PRECISION_PRESETS["fp16-int8-int4-int2"]
+    cases = [(random_trace(L=3, E=6, K=3, P=12, max_tokens=3, seed=21), PrefetchConfig("reuse", "all")),
+             (synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=5, gen_len=8, seed=6, pred_noise=1.0),
+              PrefetchConfig("recorded", "topk"))]
+    groups = [[MissConfig("fetch_lowest")],
+              [MissConfig("fetch_priority", percentile=p, degrade_level=d) for p, d in ((60, 1), (30, 3), (100, 2))],
+              [MissConfig("cascade", thresholds=th) for th in ((0.2, 0.1, 0.05), (0.5, 0.3, 0.01))],
+              [MissConfig(), MissConfig("drop_priority", rank_threshold=1)],
+              [MissConfig("substitute")]]
+    keys = ("late", "pf_issued", "pf_resident", "pf_pending", "pf_arrived", "pf_dropped", "pf_useful", "pf_wasted",
+            "dropped", "substituted", "units_full", "exec_pairs", "bits_served")
+    for t, cfg in cases:
+        plan = make_plan(t, cfg)
+        caps = [0, 7, 20, 64, 300]
+        for misses in groups:
+            r = run_async(t, policy, caps, plan, HWS, misses=misses, precision=prec)
+            for b in range(len(r.capacities)):
+                c, h, m = int(r.capacities[b]), r.hardware[b], misses[r.miss_index[b]]
+                ref = simulate_timed(t, policy, c, plan=plan, hardware=h, miss=m, precision=prec)
+                ctx = f"{t.source} {policy} cap={c} units {h.bandwidth_gbps} GB/s {m.label()}"
+                assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
+                assert {k: int(r.pf_totals[k][b]) for k in keys} == {k: ref.totals[k] for k in keys}, ctx
+                assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
+                assert r.max_occupancy[b] == ref.max_occupancy <= c, ctx
+                assert r.pass_ticks[b].tolist() == ref.pass_ticks, ctx

@@ -206,3 +206,21 @@ def test_substitute_runs_on_the_async_kernel():
             "proxy_mass_full_precision", "proxy_mass_dropped", "proxy_mass_substituted", "proxy_mean_bits"]
     pd.testing.assert_frame_equal(j[cols], r[cols], check_dtype=False)
     assert (j["proxy_mass_substituted"] > 0).all()
+
+
+def test_precision_and_percentiles_vmapped_through_sweep_prefetch():
+    """Mixed precision with a list of fetch_priority percentiles runs as one JAX program (weighted
+    ranks) and equals the reference row by row, bytes and proxies included."""
+    import specmd_jax as sj
+    t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=4, gen_len=8, seed=8, pred_noise=1.0)
+    misses = [MissConfig("fetch_priority", percentile=p) for p in (0, 40, 60, 100)]
+    kw = dict(fractions=[0.05, 0.25], prefetch=PrefetchConfig("recorded", "topk"), hardware=[HW], miss=misses,
+              precision=PRECISION_PRESETS["fp16-int8-int4-int2"])
+    j = sj.sweep_prefetch(t, "fifo", engine="jax", **kw)
+    r = sj.sweep_prefetch(t, "fifo", engine="reference", **kw)
+    assert set(j["engine"]) == {"jax-async"} and set(r["engine"]) == {"reference-async"} and len(j) == 8
+    cols = ["capacity_slots", "miss", "hits", "late", "misses", "evictions", "ttft_ms", "tpot_ms", "bytes_moved",
+            "proxy_served_as_routed", "proxy_mass_full_precision", "proxy_mean_bits"]
+    pd.testing.assert_frame_equal(j[cols], r[cols], check_dtype=False)
+    bits = j.groupby("miss")["proxy_mean_bits"].mean()
+    assert bits["fetch_priority(p0->L1)"] > bits["fetch_priority(p100->L1)"]

@@ -88,3 +88,12 @@ def test_drop_thresholds_list_from_the_command_line(tmp_path):
     assert set(df["miss"]) == {"drop_priority(rank>=1)", "drop_priority(rank>=2)", "drop_priority(rank>=8)"}
     d = df.groupby("miss")["proxy_mass_dropped"].mean()
     assert d["drop_priority(rank>=1)"] >= d["drop_priority(rank>=2)"] >= d["drop_priority(rank>=8)"] == 0
+
+
+def test_percentiles_at_mixed_precision_from_the_command_line(tmp_path):
+    _run([*TINY, "policies=[lru]", "miss.policy=fetch_priority", "miss.percentile=[20,80]",
+          "precision.level_fractions=[1.0,0.5,0.25]", "engine=jax", f"hydra.run.dir={tmp_path}"])
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert set(df["engine"]) == {"jax-async"} and len(df) == 3 * 2 and set(df["precision"]) == {"16bit/8bit/4bit"}
+    bits = df.groupby("miss")["proxy_mean_bits"].mean()
+    assert bits["fetch_priority(p20->L1)"] > bits["fetch_priority(p80->L1)"]
