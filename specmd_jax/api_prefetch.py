@@ -147,7 +147,8 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     if timing == "instant" and jax_ok and policy in PF_POLICIES:
         from .prefetch_runner import NO_DROP, run_instant, timing as time_of  # jax only when used
         drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]
-        r = run_instant(trace, policy, caps, [p if p is not None else empty for p in plans], drop_ranks=drops)
+        r = run_instant(trace, policy, caps, [p if p is not None else empty for p in plans],
+                        drop_ranks=None if all(m.policy == "fetch" for m in misses) else drops)
         C = len(caps)
         for hi, h in enumerate(hws):
             tm = time_of(trace, r.pass_misses, h)

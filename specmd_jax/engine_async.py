@@ -130,6 +130,8 @@ class AsyncSpec(NamedTuple):
     miss_kind: str = "fetch"  # fetch (with drop_rank) | fetch_lowest | fetch_priority | cascade
     cascade_len: int = 0      # number of cascade thresholds
     bits: tuple = (16,)       # bits per precision level (quality proxies)
+    full_demand: bool = True  # no configuration drops or substitutes: the executed set is the demand,
+                              # shared by all configurations (a cheaper pinning mask)
 
 
 def rank_sentinels(spec: "AsyncSpec") -> tuple:
@@ -397,14 +399,17 @@ def make_async_policy(spec: AsyncSpec):
             pids = jnp.concatenate([ids, sid])
             pvalid = jnp.concatenate([valid, sub_ok])
         else:
-            drop = missing & (visit.rank >= params.drop_rank)
+            drop = jnp.zeros_like(missing) if spec.full_demand else missing & (visit.rank >= params.drop_rank)
             subd = jnp.zeros_like(drop)
             sub_lev = jnp.zeros((W,), jnp.int32)
             late, miss = late_all & ~drop, miss_all & ~drop
             valid = demanded & ~drop
             pids, pvalid = ids, valid
         nm = jnp.sum(miss, dtype=jnp.int32)
-        inD = jnp.zeros((N,), bool).at[jnp.where(pvalid, pids, N)].set(True, mode="drop")
+        if spec.full_demand and not sub:  # the demand's mask, the same for every configuration
+            inD = jnp.zeros((N,), bool).at[loc_drop].set(True, mode="drop")
+        else:
+            inD = jnp.zeros((N,), bool).at[jnp.where(pvalid, pids, N)].set(True, mode="drop")
         D = (ids, valid, loc, loc_drop, inD, pids, pvalid)
         ploc = jnp.where(pvalid, pids, 0)
         # precision level of each fetched miss (specmd_jax.miss; waited-for copies are prefetches: 0)

@@ -94,6 +94,7 @@ class PfSpec(NamedTuple):
     width: int
     prefetch_width: int
     depth: int = 1  # plan lookahead; > 1 needs Least-Stale's per-layer placement (slower)
+    full_demand: bool = True  # no drop thresholds: the executed set is the demand (one classification)
 
 
 def _lower(a, valid):
@@ -170,10 +171,15 @@ def make_pf_policy(spec: PfSpec):
         # miss policy first (drop_priority; fetch = a threshold no rank reaches): dropped experts
         # are counted as misses but neither fetched, pinned nor used
         full = classify_demand(r, loc, demanded, occ, cap)
-        drop = full.missD & (visit.rank >= params.drop_rank)
-        valid = demanded & ~drop
-        inD = jnp.zeros((N,), bool).at[jnp.where(valid, ids, N)].set(True, mode="drop")
-        r0D, rD, resD, missD, nd, nh, nm, coll, m, nev, na = classify_demand(r, loc, valid, occ, cap)
+        if spec.full_demand:
+            drop, valid = jnp.zeros_like(demanded), demanded
+            inD = jnp.zeros((N,), bool).at[loc_drop].set(True, mode="drop")
+            r0D, rD, resD, missD, nd, nh, nm, coll, m, nev, na = full
+        else:
+            drop = full.missD & (visit.rank >= params.drop_rank)
+            valid = demanded & ~drop
+            inD = jnp.zeros((N,), bool).at[jnp.where(valid, ids, N)].set(True, mode="drop")
+            r0D, rD, resD, missD, nd, nh, nm, coll, m, nev, na = classify_demand(r, loc, valid, occ, cap)
         useful = jnp.sum(resD & state.pfu[loc], dtype=jnp.int32)
         cm = jnp.sum(earlier & missD[None, :], axis=1, dtype=jnp.int32)
         admitD = missD & (cm < na)

@@ -177,7 +177,7 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
     M = len(drops)
     caps = np.repeat(np.tile(caps0, len(plans)), M)
     db = np.tile(drops, len(plans) * len(caps0))
-    spec = PfSpec(policy, L, E, steps.width, int(stack.shape[2]), depth)
+    spec = PfSpec(policy, L, E, steps.width, int(stack.shape[2]), depth, full_demand=drop_ranks is None)
     init, run = _runner(spec, multi)
     B = caps.shape[0]
     params = PfParams(capacity=jnp.asarray(caps, jnp.int32), drop_rank=jnp.asarray(np.minimum(db, NO_DROP), jnp.int32))
@@ -341,7 +341,8 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
     vrank, vpairs = demand_ranks(trace, steps)
     vscore, vspos = visit_scores(trace, steps)
     spec = AsyncSpec(policy, L, trace.shape.num_experts, steps.width, int(stack.shape[2]), bool(substitute),
-                     units=tuple(prec.units), miss_kind=kind, cascade_len=ncas, bits=tuple(prec.bits))
+                     units=tuple(prec.units), miss_kind=kind, cascade_len=ncas, bits=tuple(prec.bits),
+                     full_demand=not substitute and all(m.policy != "drop_priority" for m in misses))
     lscore = running_scores(trace, steps) if substitute else np.zeros((steps.num_steps, 1), np.int32)
     init, run = _async_runner(spec, multi)
     states = init(params)
