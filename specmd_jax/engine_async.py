@@ -282,8 +282,11 @@ def make_async_policy(spec: AsyncSpec):
             # pinned hits below R* move up past the victims; demanded arrivals: ascending id, under the prefetches
             newP = rDp + n_adm - jnp.clip(ev_pos - thresh, 0, nev)
             newA = n_pf_adm + n_dem_adm - 1 - j
-        r2 = r2.at[jnp.where(pin, pids, N)].set(newP.astype(rdt), mode="drop")
-        r2 = r2.at[jnp.where(dem_adm, ids, N)].set(newA.astype(rdt), mode="drop")
+        if sub:  # substitutes are pinned too: their own scatter
+            r2 = r2.at[jnp.where(pin, pids, N)].set(newP.astype(rdt), mode="drop")
+            r2 = r2.at[jnp.where(dem_adm, ids, N)].set(newA.astype(rdt), mode="drop")
+        else:  # the pinned are the demand's residents: one scatter at the demand's ids
+            r2 = r2.at[loc_drop].set(jnp.where(pin, newP, jnp.where(dem_adm, newA, r2[loc])).astype(rdt), mode="drop")
         pfu = jnp.where(gone, False, pfu) | pf_adm
         qidx = jnp.where(inb, NONE, qidx)
         occ = occ_new
