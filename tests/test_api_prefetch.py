@@ -128,7 +128,9 @@ def test_system_presets():
 def test_table2_quick(tmp_path):
     _quick("table2.py", tmp_path)
     res = pd.read_csv(tmp_path / "table2.csv")
-    assert len(res) == 2 * 4 * 2 and set(res["eviction"]) >= {"ls", "lru", "sb", "lfu"}
+    assert len(res) == 2 * 4 * 2 and set(res["eviction"]) >= {"ls", "lru", "sb", "lhu"}
+    assert set(res["miss"]) >= {"fetch", "substitute", "cascade(0.2,0.1,0.05)"}
+    assert res["proxy_mass_full_precision"].between(0, 1).all()
     assert (res["ttft_ms"] > 0).all() and (tmp_path / "table2.png").read_bytes()[:4] == b"\x89PNG"
 
 
