@@ -135,15 +135,14 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     use_jax = engine == "jax" or (engine == "auto" and (timing == "instant" or n_cfg >= AUTO_ASYNC_MIN_CONFIGS))
     # the kernels run fetch and drop_priority (thresholds vmapped) at one precision with standard routing
     jax_ok = use_jax and plain and all(m.policy in ("fetch", "drop_priority") for m in misses)
-    # the asynchronous kernel also runs substitute and the level-choosing policies, and precision
-    # levels with lru / fifo (weighted ranks); routing and lhu stay on the reference
+    # the asynchronous kernel also runs substitute, the level-choosing policies and precision
+    # levels (weighted ranks); routing and lhu stay on the reference
     try:
         structural_kind(misses)
         one_kind = True
     except ValueError:
         one_kind = False
-    async_ok = (use_jax and one_kind and not rcfg.active and policy in ASYNC_POLICIES
-                and (prec.units == (1,) or policy in ("lru", "fifo")))
+    async_ok = use_jax and one_kind and not rcfg.active and policy in ASYNC_POLICIES
     if timing == "instant" and jax_ok and policy in PF_POLICIES:
         from .prefetch_runner import NO_DROP, run_instant, timing as time_of  # jax only when used
         drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]

@@ -156,8 +156,6 @@ def make_async_policy(spec: AsyncSpec):
     UNITS = jnp.asarray(spec.units, jnp.int32)
     BITS = jnp.asarray(spec.bits, jnp.int32)
     u0, NL, kind = int(spec.units[0]), len(spec.units), spec.miss_kind
-    if mixed and ls:
-        raise ValueError("precision levels in the asynchronous engine: lru and fifo; ls runs in the reference")
     if kind not in ("fetch", "fetch_lowest", "fetch_priority", "cascade"):
         raise ValueError(f"unknown miss kind {kind!r}")
     laterQ = jnp.arange(Q)[None, :] > jnp.arange(Q)[:, None]
@@ -335,10 +333,32 @@ def make_async_policy(spec: AsyncSpec):
             dq = jnp.where(demb, dem_q, NONE)
             o = o - jnp.sum(dq[:, None] < qidx[None, :], axis=0, dtype=jnp.int32)
         pf_adm = inb & ~inD & (o < n_pf_adm)
-        r2 = jnp.where(~res, r, jnp.where(gone, G_, r + adm_u))
-        r2 = jnp.where(pf_adm, (n_pf_adm - 1 - o) * u0, r2)
-        newA = n_pf_adm * u0 + jnp.sum(jnp.where(later & dem_adm[None, :], du[None, :], 0), axis=1)
-        r2 = r2.at[jnp.where(pin, pids, N)].set(rP - victims_above + adm_u, mode="drop")
+        if ls:
+            # the current tier's blocks hold units; its victims leave from the bottom (lowest
+            # layers first, skipping the pinned), the rest of the freed units were stale
+            cur, ncur = st["cur"], jnp.sum(st["cur"])
+            pin_cur = pin & (rP < ncur)
+            pcu = jnp.sum(jnp.where(pin_cur, pu, 0))
+            stale_ev = occ - ncur - jnp.sum(jnp.where(pin & ~pin_cur, pu, 0))
+            cur = _take_victims(cur, jnp.maximum(freed - stale_ev, 0), (jnp.arange(L) == l) * pcu)
+            au = per_layer_count(pf_adm) * u0
+            sfx = _suffix(au)
+            cur2 = cur + au
+            w = st["lc"] - per_id(st["done"])
+            if dem_q is not None:
+                dlc = jnp.where(demb, st["lc"][loc], NONE)
+                w = w - jnp.where(layer_of == l, jnp.sum(dlc[:, None] < st["lc"][None, :], axis=0, dtype=jnp.int32), 0)
+            r2 = jnp.where(~res, r, jnp.where(gone, G_, r + jnp.where(r < ncur, per_id(sfx), n_pf_adm * u0)))
+            r2 = jnp.where(pf_adm, per_id(_suffix(cur2) - cur2 + au - u0) - w * u0, r2)
+            newP = rP - victims_above + jnp.where(pin_cur, sfx[l], n_pf_adm * u0)
+            newA = occ - freed + adm_u - cum                  # unmarked: the bottom, ascending id lowest
+            st = dict(st, cur=cur2, done=st["done"] + per_layer_count(inb))
+        else:
+            r2 = jnp.where(~res, r, jnp.where(gone, G_, r + adm_u))
+            r2 = jnp.where(pf_adm, (n_pf_adm - 1 - o) * u0, r2)
+            newP = rP - victims_above + adm_u
+            newA = n_pf_adm * u0 + jnp.sum(jnp.where(later & dem_adm[None, :], du[None, :], 0), axis=1)
+        r2 = r2.at[jnp.where(pin, pids, N)].set(newP, mode="drop")
         r2 = r2.at[jnp.where(dem_adm, ids, N)].set(newA, mode="drop")
         ul2 = jnp.where(pf_adm, u0, ul).at[jnp.where(dem_adm, ids, N)].set(du, mode="drop")
         occ_new = occ - freed + adm_u
@@ -466,6 +486,18 @@ def make_async_policy(spec: AsyncSpec):
             rc = jnp.where(r < G_, r - below + nU.astype(rdt), r).astype(rdt)
             top = jnp.sum(used[None, :] & (pids[None, :] > pids[:, None]), axis=1, dtype=jnp.int32)
             st["rank"] = rc.at[jnp.where(used, pids, N)].set(top.astype(rdt), mode="drop")
+        elif ls and mixed:  # as below, in units
+            r, cur = st["rank"], st["cur"]
+            ncur = jnp.sum(cur)
+            rU = jnp.where(pvalid, r[ploc], A_)
+            moved = (rU < G_) & (rU >= ncur)
+            mu = jnp.where(moved, st["ul"][ploc], 0)
+            top = _above(cur, l)
+            rr = r - wsum(jnp.where(moved, rU, A_), mu, r, False)
+            rc = jnp.where(r < G_, rr + jnp.where(rr >= top, jnp.sum(mu), 0), r)
+            rD_moved = top + jnp.sum(jnp.where(moved[None, :] & (pids[None, :] > pids[:, None]), mu[None, :], 0), axis=1)
+            st["rank"] = rc.at[jnp.where(moved, pids, N)].set(rD_moved, mode="drop").astype(rdt)
+            st["cur"] = cur.at[l].add(jnp.sum(mu))
         elif ls:
             # use: the demand not yet current enters the tier at the top of layer l's block
             # (one entry number: ascending id, lowest id lowest); current ones keep their place
@@ -497,12 +529,19 @@ def make_async_policy(spec: AsyncSpec):
             ncur = jnp.sum(cur)
             rP = jnp.where(pv, r[pidx], A_).astype(rdt)
             R = resP & (rP.astype(jnp.int32) >= ncur)
-            nR = jnp.sum(R, dtype=jnp.int32)
-            rcnt = jnp.zeros((L,), jnp.int32).at[pl].add(R.astype(jnp.int32))
-            up_st = nR.astype(rdt) - _count_lt(jnp.where(R, rP, A_).astype(rdt), r)
+            if mixed:  # in units: the re-marked experts hold their own levels
+                ru = jnp.where(R, st["ul"][pidx], 0)
+                rcnt = jnp.zeros((L,), jnp.int32).at[pl].add(ru)
+                up_st = jnp.sum(ru) - wsum(jnp.where(R, rP, A_), ru, r, False)
+                later_same = jnp.sum(jnp.where(laterQ & sameQ & R[None, :], ru[None, :], 0), axis=1)
+            else:
+                nR = jnp.sum(R, dtype=jnp.int32)
+                rcnt = jnp.zeros((L,), jnp.int32).at[pl].add(R.astype(jnp.int32))
+                up_st = nR.astype(rdt) - _count_lt(jnp.where(R, rP, A_).astype(rdt), r)
+                later_same = jnp.sum(laterQ & sameQ & R[None, :], axis=1, dtype=jnp.int32)
             r = jnp.where(r < ncur, r + per_id(_suffix(rcnt)), jnp.where(r < G_, r + up_st, r)).astype(rdt)
             cur = cur + rcnt
-            rR_new = _above(cur, pl) + jnp.sum(laterQ & sameQ & R[None, :], axis=1, dtype=jnp.int32)
+            rR_new = _above(cur, pl) + later_same
             st["rank"] = r.at[pdrop].set(jnp.where(R, rR_new.astype(rdt), r[pidx]), mode="drop")
             st["cur"] = cur
             # per-layer issue numbers of the new copies

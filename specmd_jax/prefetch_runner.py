@@ -301,7 +301,7 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
     :class:`~specmd_jax.miss.MissConfig` sharing one structure (fetch and drop_priority mix;
     otherwise one policy whose numbers vary: thresholds, percentiles, levels); default fetch.
     ``precision``: :class:`~specmd_jax.miss.Precision` levels (``capacities`` then in units; mixed
-    levels: lru and fifo). Configurations are plan-major, then capacity, hardware, miss."""
+    levels: weighted ranks). Configurations are plan-major, then capacity, hardware, miss."""
     from .engine_async import ASYNC_COUNTER_NAMES, AsyncParams, AsyncSpec, AsyncVisit, rank_sentinels
     from .miss import MissConfig, Precision, structural_kind
     misses = list(misses) if misses is not None else [MissConfig()]

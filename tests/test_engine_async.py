@@ -148,7 +148,7 @@ def test_substitute_matches_the_reference(policy):
         assert int(r.pf_totals["substituted"].sum()) > 0
 
 
-@pytest.mark.parametrize("policy", ["lru", "fifo"])
+@pytest.mark.parametrize("policy", ["lru", "ls", "fifo"])
 def test_precision_levels_and_level_choosing_miss_policies(policy):
     """Byte capacity at mixed precision (weighted ranks) with fetch_lowest, fetch_priority
     (percentiles vmapped), cascade (thresholds vmapped), drop_priority and substitute: every
@@ -179,3 +179,24 @@ def test_precision_levels_and_level_choosing_miss_policies(policy):
                 assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
                 assert r.max_occupancy[b] == ref.max_occupancy <= c, ctx
                 assert r.pass_ticks[b].tolist() == ref.pass_ticks, ctx
+
+
+def test_least_stale_at_mixed_precision_with_deep_lookahead():
+    """Least-Stale's per-layer blocks in units: deep lookahead on a slow link (late arrivals of
+    several layers), resident proposals re-marked, fetch_priority levels."""
+    from specmd_jax.miss import PRECISION_PRESETS, MissConfig
+    prec = PRECISION_PRESETS["int8-int4-int2"]
+    slow = [Hardware(bandwidth_gbps=0.3, latency_us=50.0, decode_layer_us=10.0), HWS[0]]
+    misses = [MissConfig("fetch_priority", percentile=p) for p in (0, 50)]
+    for seed in range(2):
+        t = random_trace(L=4, E=5, K=2, P=16, max_tokens=3, seed=200 + seed)
+        plan = make_plan(t, PrefetchConfig("oracle_degraded", "all", recall=0.6, precision=0.5, seed=seed, depth=3))
+        r = run_async(t, "ls", [1, 4, 9, 30], plan, slow, misses=misses, precision=prec)
+        for b in range(len(r.capacities)):
+            c, h, m = int(r.capacities[b]), r.hardware[b], misses[r.miss_index[b]]
+            ref = simulate_timed(t, "ls", c, plan=plan, hardware=h, miss=m, precision=prec)
+            ctx = f"seed {seed} cap={c} {h.bandwidth_gbps} GB/s {m.label()}"
+            assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
+            assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
+            assert r.pass_ticks[b].tolist() == ref.pass_ticks, ctx
+            assert int(r.pf_totals["bits_served"][b]) == ref.totals["bits_served"], ctx
