@@ -6,8 +6,10 @@ Rows: the demand-only vmapped scan (``runner.run_configs``), the instant-prefetc
 (``prefetch_runner.run_instant``, which also yields every hardware profile's times from the same
 run; the host timing step is timed separately), the asynchronous prefetch + timing engine
 (``prefetch_runner.run_async``, lru/fifo, one hardware profile, so the same number of
-configurations), and the exact async reference on one configuration (for scale). ``ratio_vs_demand_only`` = engine time / demand-only time of the same
-policy (the issue's target: <= 2x at 1024 configurations).
+configurations), the same at mixed precision (fp16/int8/int4/int2 levels, ``fetch_priority`` with
+four percentiles x ``configs / 4`` capacities: weighted ranks, issue 4), and the exact async
+reference on one configuration (for scale). ``ratio_vs_demand_only`` = engine time /
+demand-only time of the same policy (issue 3's target: <= 2x at 1024 configurations).
 
 Writes ``<out>/prefetch_<backend>.csv`` and ``.md``. Example::
 
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from specmd_jax import synthetic  # noqa: E402
 from specmd_jax.prefetch import PrefetchConfig, make_plan  # noqa: E402
 from specmd_jax.engine_async import ASYNC_POLICIES  # noqa: E402
+from specmd_jax.miss import PRECISION_PRESETS, MissConfig  # noqa: E402
 from specmd_jax.prefetch_runner import run_async, run_instant, timing  # noqa: E402
 from specmd_jax.reference_timed import simulate_timed  # noqa: E402
 from specmd_jax.runner import run_configs  # noqa: E402
@@ -79,6 +82,13 @@ def main(argv=None):
             q, qc, qs = best(lambda: run_async(t, pol, caps, plan, hws[:1]))
             engines.append(("async prefetch + timing (jax)", a.configs, qc, qs))
             print(f"{pol}: async prefetch + timing {qs:.2f}s ({qs / ds:.2f}x demand-only)", flush=True)
+            prec = PRECISION_PRESETS["fp16-int8-int4-int2"]
+            misses = [MissConfig("fetch_priority", percentile=p) for p in (20.0, 40.0, 60.0, 80.0)]
+            # the same capacity range in bytes, in units, a quarter as many (x 4 percentiles)
+            ucaps = np.linspace(16, N, max(1, a.configs // len(misses))).astype(int) * prec.units[0]
+            mq, mc, ms = best(lambda: run_async(t, pol, ucaps, plan, hws[:1], misses=misses, precision=prec))
+            engines.append(("async + 4 precision levels, fetch_priority (jax)", len(ucaps) * len(misses), mc, ms))
+            print(f"{pol}: async at mixed precision {ms:.2f}s ({ms / ds:.2f}x demand-only)", flush=True)
         for engine, B, comp, run in (*engines,
                                      (f"host timing of {len(hws)} hardware profiles", a.configs, float("nan"), th),
                                      ("async reference (1 config)", 1, float("nan"), tr)):
