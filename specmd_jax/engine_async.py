@@ -213,19 +213,41 @@ def make_async_policy(spec: AsyncSpec):
         lo, _ = lax.fori_loop(0, nbits + 1, body, (head, tail))
         return lo - head
 
+    def batch(st, T, valid, dem_q):
+        """Copies done by ``T``: ``(count, members bool[N], D's copies among them bool[W])``."""
+        c = count_done(st["ring"], st["head"], st["tail"], T)
+        head, qidx = st["head"], st["qidx"]
+        inb = (qidx >= head) & (qidx < head + c)                       # members, elementwise
+        if dem_q is None:
+            return c, inb, jnp.zeros((W,), bool)
+        return c, inb, valid & (dem_q >= head) & (dem_q < head + c)   # D's copies in this batch
+
+    def arrival_order(st, demb, dem_q):
+        """int32[N]: each batch member's place among the batch's prefetches (issue order minus D's
+        copies issued earlier)."""
+        o = st["qidx"] - st["head"]
+        if dem_q is not None and W:
+            dq = jnp.where(demb, dem_q, NONE)
+            o = o - jnp.sum(dq[:, None] < st["qidx"][None, :], axis=0, dtype=jnp.int32)
+        return o
+
+    def layer_place(st, demb, dem_q, loc, l):
+        """int32[N] (Least-Stale): a prefetch's place among its layer's batch members (issue order
+        = arrival order), minus D's copies of layer ``l`` ahead of it."""
+        w = st["lc"] - per_id(st["done"])
+        if dem_q is not None:
+            dlc = jnp.where(demb, st["lc"][loc], NONE)
+            w = w - jnp.where(layer_of == l, jnp.sum(dlc[:, None] < st["lc"][None, :], axis=0, dtype=jnp.int32), 0)
+        return w
+
     def admit(st, T, cap, D, dem_q, l):
         """Arrival batch of every copy done by ``T``; ``D`` (ids, valid, loc, loc_drop, inD) pinned.
         ``dem_q`` int32[W]: issue numbers of D's queued copies (NONE otherwise), or ``None`` when
         the batch cannot hold any (after the demand has been served: a static shortcut)."""
         r, occ, pfu, qidx = st["rank"], st["occ"], st["pfu"], st["qidx"]
         ids, valid, loc, loc_drop, inD, pids, pvalid = D
-        c = count_done(st["ring"], st["head"], st["tail"], T)
         head = st["head"]
-        inb = (qidx >= head) & (qidx < head + c)                       # members, elementwise
-        if dem_q is None:
-            demb = jnp.zeros((W,), bool)
-        else:
-            demb = valid & (dem_q >= head) & (dem_q < head + c)        # D's copies in this batch
+        c, inb, demb = batch(st, T, valid, dem_q)
         n_dem = jnp.sum(demb, dtype=jnp.int32)
         n_pf = c - n_dem
         ploc = jnp.where(pvalid, pids, 0)
@@ -242,10 +264,7 @@ def make_async_policy(spec: AsyncSpec):
         rstar, ev_pos = _rstar(rDp, pin, thresh)
         gone = (r >= rstar) & (r < G_) & ~inD
         # arrival order among the batch's prefetches: issue order minus D's copies issued earlier
-        o = qidx - head
-        if dem_q is not None and W:
-            dq = jnp.where(demb, dem_q, NONE)
-            o = o - jnp.sum(dq[:, None] < qidx[None, :], axis=0, dtype=jnp.int32)
+        o = arrival_order(st, demb, dem_q)
         pf_in = inb & ~inD
         pf_adm = pf_in & (o < n_pf_adm)
         j = jnp.sum(earlier & demb[None, :], axis=1, dtype=jnp.int32)
@@ -261,10 +280,7 @@ def make_async_policy(spec: AsyncSpec):
             sfx = _suffix(acnt)                       # entries landing above a current expert of layer m
             cur2 = cur + acnt
             # a prefetch's place among its layer's batch members (issue order = arrival order)
-            w = st["lc"] - per_id(st["done"])
-            if dem_q is not None:
-                dlc = jnp.where(demb, st["lc"][loc], NONE)   # (demb is over the demand ids)
-                w = w - jnp.where(layer_of == l, jnp.sum(dlc[:, None] < st["lc"][None, :], axis=0, dtype=jnp.int32), 0)
+            w = layer_place(st, demb, dem_q, loc, l)
             r_pf = per_id(_suffix(cur2) - cur2 + acnt - 1) - w          # top of its layer's block
             r_keep = r + jnp.where(r < ncur, per_id(sfx), n_pf_adm)
             r2 = jnp.where(r >= G_, r, jnp.where(gone, G_, r_keep)).astype(rdt)
@@ -298,14 +314,9 @@ def make_async_policy(spec: AsyncSpec):
         units each), and the victims are the fewest least protected evictables freeing enough."""
         r, occ, pfu, qidx, ul = st["rank"], st["occ"], st["pfu"], st["qidx"], st["ul"]
         ids, valid, loc, loc_drop, inD, pids, pvalid = D
-        c = count_done(st["ring"], st["head"], st["tail"], T)
         head = st["head"]
-        inb = (qidx >= head) & (qidx < head + c)
-        if dem_q is None:
-            demb, du = jnp.zeros((W,), bool), jnp.zeros((W,), jnp.int32)
-        else:
-            demb = valid & (dem_q >= head) & (dem_q < head + c)
-            du = jnp.where(demb, dem_u, 0)
+        c, inb, demb = batch(st, T, valid, dem_q)
+        du = jnp.zeros((W,), jnp.int32) if dem_q is None else jnp.where(demb, dem_u, 0)
         n_dem = jnp.sum(demb, dtype=jnp.int32)
         n_pf = c - n_dem
         ploc = jnp.where(pvalid, pids, 0)
@@ -328,10 +339,7 @@ def make_async_policy(spec: AsyncSpec):
         nev = jnp.sum(gone, dtype=jnp.int32)
         below_p = occ - rP - pu - jnp.sum(jnp.where(rP[None, :] > rP[:, None], pu[None, :], 0), axis=1)
         victims_above = jnp.maximum(0, freed - below_p)
-        o = qidx - head
-        if dem_q is not None and W:
-            dq = jnp.where(demb, dem_q, NONE)
-            o = o - jnp.sum(dq[:, None] < qidx[None, :], axis=0, dtype=jnp.int32)
+        o = arrival_order(st, demb, dem_q)
         pf_adm = inb & ~inD & (o < n_pf_adm)
         if ls:
             # the current tier's blocks hold units; its victims leave from the bottom (lowest
@@ -344,10 +352,7 @@ def make_async_policy(spec: AsyncSpec):
             au = per_layer_count(pf_adm) * u0
             sfx = _suffix(au)
             cur2 = cur + au
-            w = st["lc"] - per_id(st["done"])
-            if dem_q is not None:
-                dlc = jnp.where(demb, st["lc"][loc], NONE)
-                w = w - jnp.where(layer_of == l, jnp.sum(dlc[:, None] < st["lc"][None, :], axis=0, dtype=jnp.int32), 0)
+            w = layer_place(st, demb, dem_q, loc, l)
             r2 = jnp.where(~res, r, jnp.where(gone, G_, r + jnp.where(r < ncur, per_id(sfx), n_pf_adm * u0)))
             r2 = jnp.where(pf_adm, per_id(_suffix(cur2) - cur2 + au - u0) - w * u0, r2)
             newP = rP - victims_above + jnp.where(pin_cur, sfx[l], n_pf_adm * u0)

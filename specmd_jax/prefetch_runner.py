@@ -43,19 +43,27 @@ def running_scores(trace: Trace, steps) -> np.ndarray:
     return u.reshape(-1, L, E).cumsum(axis=0).reshape(S, E).astype(np.int32)
 
 
-def demand_ranks(trace: Trace, steps) -> tuple[np.ndarray, np.ndarray]:
-    """``(rank, pairs)`` int32[S, W] for pinned ``steps``: the best router rank of each demanded
-    id in its visit and the tokens routing it (``NO_DROP`` / 0 on padding)."""
+def demand_details(trace: Trace, steps) -> dict:
+    """int32[S, W] per demanded id of pinned ``steps`` (padding: ``NO_DROP`` / 0): ``rank`` its
+    best router rank in the visit, ``pairs`` the tokens routing it, ``score`` its best quantised
+    router weight, ``spos`` its position in the visit's demand sorted by (score, id) ascending."""
     E, K = trace.shape.num_experts, trace.shape.top_k
     V = trace.num_visits
     cell = np.repeat(np.repeat(np.arange(V, dtype=np.int64), np.diff(trace.cell_offsets)), K)
     key = cell * E + trace.experts.reshape(-1).astype(np.int64)
-    best = np.full(V * E, NO_DROP, np.int64)
-    np.minimum.at(best, key, np.tile(np.arange(K), trace.experts.shape[0]))
-    pairs = np.bincount(key, minlength=V * E)
+    best_rank = np.full(V * E, NO_DROP, np.int64)
+    np.minimum.at(best_rank, key, np.tile(np.arange(K), trace.experts.shape[0]))
+    best_w = np.zeros(V * E, np.int64)
+    if trace.weights is not None:
+        np.maximum.at(best_w, key, np.rint(trace.weights.reshape(-1).astype(np.float64) * SB_SCALE).astype(np.int64))
     ok = steps.ids >= 0
     k2 = np.arange(steps.num_steps)[:, None] * E + np.where(ok, steps.ids % E, 0)
-    return (np.where(ok, best[k2], NO_DROP).astype(np.int32), np.where(ok, pairs[k2], 0).astype(np.int32))
+    score = np.where(ok, best_w[k2], 0)
+    srt = np.where(ok, score * (2 ** 20) + np.where(ok, steps.ids, 0), np.iinfo(np.int64).max // 4)  # padding last
+    spos = np.argsort(np.argsort(srt, axis=1, kind="stable"), axis=1, kind="stable")
+    return {"rank": np.where(ok, best_rank[k2], NO_DROP).astype(np.int32),
+            "pairs": np.where(ok, np.bincount(key, minlength=V * E)[k2], 0).astype(np.int32),
+            "score": score.astype(np.int32), "spos": spos.astype(np.int32)}
 
 
 
@@ -181,7 +189,7 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
     init, run = _runner(spec, multi)
     B = caps.shape[0]
     params = PfParams(capacity=jnp.asarray(caps, jnp.int32), drop_rank=jnp.asarray(np.minimum(db, NO_DROP), jnp.int32))
-    vrank, vpairs = demand_ranks(trace, steps)
+    det = demand_details(trace, steps)
     states = init(params)
     chunk = max(1, min(int(chunk_steps), 1 << max(0, (S - 1).bit_length())))
     if multi:  # keep the per-configuration proposals of a chunk under ~64 MiB
@@ -194,8 +202,8 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
                        new_pass=jnp.asarray(_take(steps.new_pass, lo, hi, pad, False)),
                        ids=jnp.asarray(_take(steps.ids, lo, hi, pad, -1)),
                        pf_ids=jnp.asarray(_pf_chunk(stack, lo, hi, pad, len(caps0) * M, multi)),
-                       rank=jnp.asarray(_take(vrank, lo, hi, pad, NO_DROP)),
-                       pairs=jnp.asarray(_take(vpairs, lo, hi, pad, 0)),
+                       rank=jnp.asarray(_take(det["rank"], lo, hi, pad, NO_DROP)),
+                       pairs=jnp.asarray(_take(det["pairs"], lo, hi, pad, 0)),
                        units=jnp.asarray(_take(steps.units, lo, hi, pad, 0)))
 
     states, nm, compile_s, run_s = _run_chunks((spec, multi, B, chunk), run, params, states, xs_of, S, chunk)
@@ -274,25 +282,6 @@ def _async_runner(spec, multi: bool = False):
     return jax.jit(jax.vmap(init)), jax.jit(run, donate_argnums=(1,))
 
 
-def visit_scores(trace: Trace, steps) -> tuple[np.ndarray, np.ndarray]:
-    """``(score, spos)`` int32[S, W] for pinned ``steps``: each demanded id's best quantised router
-    weight in the visit, and its position in the visit's demand sorted by (score, id) ascending."""
-    E, K = trace.shape.num_experts, trace.shape.top_k
-    V = trace.num_visits
-    cell = np.repeat(np.repeat(np.arange(V, dtype=np.int64), np.diff(trace.cell_offsets)), K)
-    key = cell * E + trace.experts.reshape(-1).astype(np.int64)
-    best = np.zeros(V * E, np.int64)
-    if trace.weights is not None:
-        np.maximum.at(best, key, np.rint(trace.weights.reshape(-1).astype(np.float64) * SB_SCALE).astype(np.int64))
-    ok = steps.ids >= 0
-    k2 = np.arange(steps.num_steps)[:, None] * E + np.where(ok, steps.ids % E, 0)
-    score = np.where(ok, best[k2], 0)
-    big = np.iinfo(np.int64).max // 4
-    srt = np.where(ok, score * (2 ** 20) + np.where(ok, steps.ids, 0), big)    # (score, id), padding last
-    spos = np.argsort(np.argsort(srt, axis=1, kind="stable"), axis=1, kind="stable")
-    return score.astype(np.int32), spos.astype(np.int32)
-
-
 def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=None, precision=None,
               chunk_steps: int = 8192) -> AsyncResult:
     """Asynchronous-prefetch replay of ``trace`` for every (plan, capacity, hardware profile, miss
@@ -338,8 +327,7 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
                          pct_milli=jnp.asarray([misses[i].percentile_milli for i in mb], jnp.int32),
                          degrade=jnp.asarray([misses[i].degrade_level for i in mb], jnp.int32),
                          cas_th=jnp.asarray(cas[mb], jnp.int32))
-    vrank, vpairs = demand_ranks(trace, steps)
-    vscore, vspos = visit_scores(trace, steps)
+    det = demand_details(trace, steps)
     spec = AsyncSpec(policy, L, trace.shape.num_experts, steps.width, int(stack.shape[2]), bool(substitute),
                      units=tuple(prec.units), miss_kind=kind, cascade_len=ncas, bits=tuple(prec.bits),
                      full_demand=not substitute and all(m.policy != "drop_priority" for m in misses))
@@ -367,12 +355,12 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
                           tokens=jnp.asarray(_take(tokens, lo, hi, pad, 0)),
                           ids=jnp.asarray(_take(steps.ids, lo, hi, pad, -1)),
                           pf_ids=jnp.asarray(_pf_chunk(stack, lo, hi, pad, len(caps0) * H * M, multi)),
-                          rank=jnp.asarray(_take(vrank, lo, hi, pad, NO_DROP)),
-                          pairs=jnp.asarray(_take(vpairs, lo, hi, pad, 0)),
+                          rank=jnp.asarray(_take(det["rank"], lo, hi, pad, NO_DROP)),
+                          pairs=jnp.asarray(_take(det["pairs"], lo, hi, pad, 0)),
                           units=jnp.asarray(_take(steps.units, lo, hi, pad, 0)),
                           lscore=jnp.asarray(_take(lscore, lo, hi, pad, 0)),
-                          score=jnp.asarray(_take(vscore, lo, hi, pad, 0)),
-                          spos=jnp.asarray(_take(vspos, lo, hi, pad, 0)))
+                          score=jnp.asarray(_take(det["score"], lo, hi, pad, 0)),
+                          spos=jnp.asarray(_take(det["spos"], lo, hi, pad, 0)))
 
     states, ends, compile_s, run_s = _run_chunks(("async", spec, multi, B, chunk), run, params, states, xs_of,
                                                  S, chunk)
