@@ -30,7 +30,7 @@ from specmd_jax.systems import get_system  # noqa: E402
 from specmd_jax.timing import HARDWARE_PRESETS  # noqa: E402
 from specmd_jax.trace import TraceError  # noqa: E402
 
-SHOW = ["policy", "prefetch", "miss", "capacity_fraction", "hardware", "hit_rate", "late_rate", "collision_rate",
+SHOW = ["policy", "prefetch", "miss", "routing", "capacity_fraction", "hardware", "hit_rate", "late_rate", "collision_rate",
         "ttft_ms", "tpot_ms", "proxy_mass_full_precision"]
 
 
@@ -79,11 +79,14 @@ def _miss_precision(cfg: dict, system) -> tuple[list, Precision]:
     return miss, prec
 
 
-def _routing(cfg: dict, system) -> RoutingConfig:
+def _routing(cfg: dict, system) -> list:
+    """Routing configurations: a list in ``routing.lam`` is one vmapped axis of configurations."""
     if system is not None:
-        return system.routing_config()
+        return [system.routing_config()]
+    r = dict(cfg.get("routing") or {})
+    lams = r.pop("lam", 0.0)
     try:
-        return RoutingConfig(**dict(cfg.get("routing") or {}))
+        return [RoutingConfig(**r, lam=lam) for lam in (lams if isinstance(lams, (list, tuple)) else [lams])]
     except (TypeError, ValueError) as e:
         raise ConfigError(f"routing: {e}") from None
 
@@ -111,7 +114,7 @@ def run(cfg: dict) -> pd.DataFrame:
         notes = []
     print(f"trace: {trace.describe()}")
     print(f"prefetch: {pf}; miss: {', '.join(x.label() for x in miss)}; precision: {'/'.join(prec.names)}; "
-          f"routing: {routing.label(trace)}; timing: {cfg['timing']}; "
+          f"routing: {', '.join(r.label(trace) for r in routing)}; timing: {cfg['timing']}; "
           f"hardware: {', '.join(h.name for h in hws)}")
     frames = []
     for pol, s in runs:

@@ -62,7 +62,8 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
                    hardware: Sequence[Hardware] = (Hardware(),), timing: str = "async",
                    train: Optional[Trace] = None, progress: bool = False,
                    miss: Optional[MissConfig] = None, precision: Optional[Precision] = None,
-                   routing: Optional[RoutingConfig] = None, engine: str = "auto") -> pd.DataFrame:
+                   routing: Union[None, RoutingConfig, Sequence[RoutingConfig]] = None,
+                   engine: str = "auto") -> pd.DataFrame:
     """Replay ``trace`` with ``policy`` for every prefetch setting x capacity x hardware profile.
 
     Args:
@@ -82,9 +83,12 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         precision: precision levels (default: one level, the trace's ``expert_bytes``). With
             levels, ``capacities`` are in units (``Precision.units``) and fractions convert
             through bytes.
-        routing: routing policy (:mod:`specmd_jax.routing`; default ``standard``). A non-default
-            miss policy other than ``drop_priority`` (asynchronous JAX engine), a precision or
-            routing, and ``lhu``, run on the exact reference (JAX kernels for these: not yet).
+        routing: routing policy (:mod:`specmd_jax.routing`; default ``standard``), or a list of
+            them: one more configuration axis (on the asynchronous JAX engine, cache-aware
+            ``lam`` values are vmapped data; not with ``substitute``). The asynchronous kernel
+            runs ``lru``, ``ls``, ``fifo`` and ``lhu``; the instantaneous one ``lru``, ``ls``,
+            ``fifo`` with standard routing at one precision with fetch/drop_priority. Anything
+            else runs on the exact reference.
         engine: ``"jax"`` (the vmapped kernels where they exist), ``"reference"`` (always the
             exact Python reference) or ``"auto"``: JAX, except asynchronous sweeps of fewer than
             ``AUTO_ASYNC_MIN_CONFIGS`` configurations, where the reference is faster. Every
@@ -111,8 +115,12 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     if not misses or not all(isinstance(m, MissConfig) for m in misses):
         raise TypeError("miss must be a MissConfig or a non-empty list of them")
     prec = precision if precision is not None else Precision()
-    rcfg = routing if routing is not None else RoutingConfig()
-    plain = prec.plain and policy != "lhu" and not rcfg.active
+    routings = list(routing) if isinstance(routing, (list, tuple)) else [routing if routing is not None
+                                                                         else RoutingConfig()]
+    if not routings or not all(isinstance(rc, RoutingConfig) for rc in routings):
+        raise TypeError("routing must be a RoutingConfig or a non-empty list of them")
+    routed = any(rc.active for rc in routings)
+    plain = prec.plain and policy != "lhu" and not routed
     if fractions is not None and not plain:
         capacity_slots(trace, fractions)  # validates the fractions
         caps = np.array([prec.capacity_units(f * trace.shape.total_expert_bytes, trace.shape.expert_bytes)
@@ -130,20 +138,21 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     quality = [prediction_quality(trace, p) if p is not None else {"precision": np.nan, "recall": np.nan}
                for p in plans]
     rows = []
-    M = len(misses)
-    n_cfg = len(caps) * len(plans) * M * (len(hws) if timing == "async" else 1)
+    M, R = len(misses), len(routings)
+    n_cfg = len(caps) * len(plans) * M * R * (len(hws) if timing == "async" else 1)
     use_jax = engine == "jax" or (engine == "auto" and (timing == "instant" or n_cfg >= AUTO_ASYNC_MIN_CONFIGS))
     # the kernels run fetch and drop_priority (thresholds vmapped) at one precision with standard routing
     jax_ok = use_jax and plain and all(m.policy in ("fetch", "drop_priority") for m in misses)
     # the asynchronous kernel also runs substitute, the level-choosing policies and precision
-    # levels (weighted ranks); routing and lhu stay on the reference
+    # levels (weighted ranks), cache-aware routing (lam vmapped) and lhu
     try:
         structural_kind(misses)
         one_kind = True
     except ValueError:
         one_kind = False
-    async_ok = use_jax and one_kind and not rcfg.active and policy in ASYNC_POLICIES
-    if timing == "instant" and jax_ok and policy in PF_POLICIES:
+    async_ok = (use_jax and one_kind and policy in ASYNC_POLICIES
+                and not (routed and any(m.policy == "substitute" for m in misses)))
+    if timing == "instant" and jax_ok and R == 1 and policy in PF_POLICIES:
         from .prefetch_runner import NO_DROP, run_instant, timing as time_of  # jax only when used
         drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]
         r = run_instant(trace, policy, caps, [p if p is not None else empty for p in plans],
@@ -159,39 +168,43 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
                                                                   "units_dropped")})
                 row.update(stall_ticks=int(tm["stall_ticks"][b]), ttft_ticks=float(tm["ttft_ticks"][b]),
                            tpot_ticks=float(tm["tpot_ticks"][b]))
-                rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-instant", k, mi))
+                rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-instant", k, mi, 0))
     elif timing == "async" and async_ok:
         from .prefetch_runner import run_async  # jax only when used
         r = run_async(trace, policy, caps, [p if p is not None else empty for p in plans], hws, misses=misses,
-                      precision=prec)
+                      precision=prec, routing=routings)
         H, C = len(hws), len(caps)
         for b in range(len(r.plan_index)):
-            k, i, hi, mi = int(r.plan_index[b]), (b // (H * M)) % C, (b // M) % H, b % M
+            k, i, hi = int(r.plan_index[b]), (b // (H * M * R)) % C, (b // (M * R)) % H
+            mi, ri = int(r.miss_index[b]), int(r.routing_index[b])
             row = dict(zip(COUNTER_NAMES, r.totals[b].tolist()))
             row.update({n: int(v[b]) for n, v in r.pf_totals.items() if n != "pf_unused_end"})
             row.update(stall_ticks=int(r.stall_ticks[b].sum()), ttft_ticks=float(r.ttft_ticks[b]),
                        tpot_ticks=float(r.tpot_ticks[b]))
-            rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-async", k, mi))
+            rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-async", k, mi, ri))
     else:
-        jobs = [(k, i, c, hi, mi) for k in range(len(plans)) for hi in range(len(hws)) for i, c in enumerate(caps)
-                for mi in range(M)]
+        jobs = [(k, i, c, hi, mi, ri) for k in range(len(plans)) for hi in range(len(hws)) for i, c in enumerate(caps)
+                for mi in range(M) for ri in range(R)]
         bar = None
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=len(jobs), desc=f"{policy} {timing} (reference)", unit="config")
-        for k, i, c, hi, mi in jobs:
+        for k, i, c, hi, mi, ri in jobs:
             ref = simulate_timed(trace, policy, int(c), plan=plans[k], hardware=hws[hi],
-                                 instant_prefetch=timing == "instant", miss=misses[mi], precision=prec, routing=rcfg)
+                                 instant_prefetch=timing == "instant", miss=misses[mi], precision=prec,
+                                 routing=routings[ri])
             row = {n: ref.totals[n] for n in ref.totals}
             row["ttft_ticks"] = float(np.mean(list(ref.ttft_ticks.values()))) if ref.ttft_ticks else float("nan")
             row["tpot_ticks"] = float(ref.tpot_ticks)
-            rows.append(_meta(row, i, c, fr, hws, hi, f"reference-{timing}", k, mi))
+            rows.append(_meta(row, i, c, fr, hws, hi, f"reference-{timing}", k, mi, ri))
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
-    df = pd.DataFrame(rows).sort_values(["setting", "hardware_index", "capacity_index", "miss_index"], kind="stable")
+    df = pd.DataFrame(rows).sort_values(["setting", "hardware_index", "capacity_index", "miss_index",
+                                         "routing_index"], kind="stable")
     mi = df.pop("miss_index").to_numpy()
+    ri = df.pop("routing_index").to_numpy()
     df = df.drop(columns=["hardware_index", "capacity_index"]).reset_index(drop=True)
     k = df.pop("setting").to_numpy()
     df.insert(0, "trace", trace.source)
@@ -209,16 +222,15 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     df["pred_recall"] = [quality[x]["recall"] for x in k]
     df.insert(5, "miss", [misses[x].label() for x in mi])
     df.insert(6, "precision", "/".join(prec.names))
-    df.insert(7, "routing", rcfg.label(trace))
-    if "pairs" not in df:  # a JAX engine (standard routing): complete the proxy counters
+    df.insert(7, "routing", [routings[x].label(trace) for x in ri])
+    if "pairs" not in df:  # a JAX engine: complete the proxy counters
         pairs = trace.experts.shape[0] * trace.shape.top_k
         units = int(np.rint(trace.weights.astype(np.float64) * SB_SCALE).sum()) if trace.weights is not None else 0
-        for c in ("pairs_substituted", "units_substituted"):
+        for c in ("pairs_substituted", "units_substituted", "tokens_changed", "pairs_rerouted", "units_rerouted"):
             df[c] = df[c] if c in df else 0
-        for c, v in {"tokens": trace.experts.shape[0], "tokens_changed": 0, "pairs": pairs,
-                     "pairs_rerouted": 0, "units_total": units, "units_rerouted": 0}.items():
+        for c, v in {"tokens": trace.experts.shape[0], "pairs": pairs, "units_total": units}.items():
             df[c] = v
-        df["pairs_served"] = pairs - df["pairs_dropped"] - df["pairs_substituted"]
+        df["pairs_served"] = pairs - df["pairs_rerouted"] - df["pairs_dropped"] - df["pairs_substituted"]
         if "units_full" not in df:  # instant engine: one precision, fetch or drop
             df["units_full"] = units - df["units_dropped"]
             df["exec_pairs"] = df["pairs_served"]
@@ -231,11 +243,11 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     return df
 
 
-def _meta(row, i, c, fr, hws, hi, engine, setting, miss_index):
+def _meta(row, i, c, fr, hws, hi, engine, setting, miss_index, routing_index):
     h = hws[hi]
     row.update(capacity_slots=int(c), capacity_fraction=float(fr[i]), hardware=h.name,
                bandwidth_gbps=h.bandwidth_gbps, latency_us=h.latency_us, engine=engine, setting=setting,
-               capacity_index=i, hardware_index=hi, miss_index=miss_index)
+               capacity_index=i, hardware_index=hi, miss_index=miss_index, routing_index=routing_index)
     return row
 
 

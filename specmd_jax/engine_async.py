@@ -1,4 +1,5 @@
-"""JAX engine with asynchronous prefetch on a FIFO copy engine (``lru``, ``ls``, ``fifo``; global pool).
+"""JAX engine with asynchronous prefetch on a FIFO copy engine (``lru``, ``ls``, ``fifo``, ``lhu``;
+global pool).
 
 The kernel twin of :func:`reference_timed.simulate_timed` (``instant_prefetch=False``): copies
 complete on one FIFO engine, late prefetches stall, arrivals are admitted in batches with the
@@ -29,7 +30,24 @@ engine completes copies in issue order, so a batch holds a prefix of each layer'
 and ``x``'s place in it is ``lc[x] - done[layer]`` minus the demanded members ahead of it.
 Demanded copies arrive unmarked (below every stale expert, as the reference's key -1) and their
 use moves them to the top of the visit layer's block; a resident stale proposal is re-marked at
-issue. The other policies with asynchronous timing run in the reference.
+issue.
+
+LHU (HOBBIT '24; key: uses at the top level since insertion, last use, id) always runs on
+weighted ranks (``hp[x]`` counts the uses): an arrival batch (0 uses, newest) enters directly
+under the surviving residents with at least one use, which keep their ranks, while the 0-use
+residents move under it; a use re-files each executed expert above every other resident with
+at most its new count and under those with more (a ``[W, N]`` comparison per configuration).
+With one level it is LFU. The other policies with asynchronous timing run in the reference.
+
+Cache-aware routing (``AsyncSpec.routing``; :mod:`specmd_jax.routing`): the demand of a visit
+then depends on the configuration. Before anything else a step re-routes the visit's tokens
+(rows ``[row0, row0 + nrows)`` of the trace's candidate tables, passed once as ``tabs``) against
+the layer's residents at the visit start, one token per loop trip: each candidate's rank is the
+count of candidates with a larger key ``(z', lower recorded rank, lower id)``, a ``[C, C]``
+comparison; ``lam`` is per configuration (vmapped), ``delta`` per visit. The new demand is
+compacted into the ``W`` slots of the visit (ascending ids) with its best rank, best weight
+units and recorded pairs/units, so everything after it is the standard step; the rerouting
+counters (tokens changed, recorded pairs and units rerouted) join the quality proxies.
 """
 
 from __future__ import annotations
@@ -41,13 +59,14 @@ from jax import lax
 
 from .engine import ABSENT, GONE, NCOUNT, _count_lt
 from .engine_pf import _above, _rstar, _suffix, _take_victims
-from .pytree import pytree_dataclass
+from .pytree import pytree_dataclass, replace
+from .semantics import SB_SCALE
 
-ASYNC_POLICIES = ("lru", "ls", "fifo")
+ASYNC_POLICIES = ("lru", "ls", "fifo", "lhu")
 ASYNC_COUNTER_NAMES = ("late", "pf_issued", "pf_resident", "pf_pending", "pf_arrived", "pf_dropped", "pf_useful",
                        "dropped", "pairs_dropped", "units_dropped", "fetched", "substituted",
                        "pairs_substituted", "units_substituted", "units_full", "exec_pairs", "bits_served",
-                       "units_moved")
+                       "units_moved", "tokens_changed", "pairs_rerouted", "units_rerouted")
 NONE = jnp.iinfo(jnp.int32).max
 
 
@@ -69,6 +88,7 @@ class AsyncParams:
     pct_milli: Any = None  # fetch_priority: percentile in thousandths
     degrade: Any = None    # fetch_priority: level the degraded experts are fetched at
     cas_th: Any = None     # int32[cascade_len] cascade thresholds in router-weight units
+    lam: Any = None        # float32 cache-aware routing strength (AsyncSpec.routing)
 
 
 @pytree_dataclass
@@ -91,10 +111,11 @@ class AsyncState:
     icnt: Any  # int32[L] copies issued per layer (ls; else [0])
     done: Any  # int32[L] copies arrived per layer (ls; else [0])
     ul: Any    # int32[N] units of each resident (mixed precision; else [0])
+    hp: Any    # int32[N] uses at the top level since insertion (lhu; else [0])
 
 
 _FIELDS = ("rank", "occ", "pfu", "qidx", "ring", "head", "tail", "t", "eng", "per_layer", "pf", "max_occ", "ovf",
-           "cur", "lc", "icnt", "done", "ul")
+           "cur", "lc", "icnt", "done", "ul", "hp")
 
 
 @pytree_dataclass
@@ -117,6 +138,9 @@ class AsyncVisit:
                  # (``substitute``; shape [1] otherwise)
     score: Any = None  # int32[W] best quantised router weight of each demanded id (miss levels)
     spos: Any = None   # int32[W] its position in the demand sorted by (score, id) ascending
+    row0: Any = None   # cache-aware routing (AsyncSpec.routing): first routed row of the visit,
+    nrows: Any = None  # its number of rows (tokens)
+    delta: Any = None  # float32 the layer's logit gap mean before the visit (routing.gap_means)
 
 
 class AsyncSpec(NamedTuple):
@@ -132,12 +156,14 @@ class AsyncSpec(NamedTuple):
     bits: tuple = (16,)       # bits per precision level (quality proxies)
     full_demand: bool = True  # no configuration drops or substitutes: the executed set is the demand,
                               # shared by all configurations (a cheaper pinning mask)
+    routing: bool = False     # cache-aware routing: each configuration re-routes the visit's tokens
+    top_k: int = 0            # K (routing only)
 
 
 def rank_sentinels(spec: "AsyncSpec") -> tuple:
     """``(dtype, ABSENT, GONE)`` of the rank table: int16 slot ranks, or int32 weighted ranks
     (mixed precision: units of the more protected residents) with sentinels above any sum."""
-    if len(spec.units) == 1 and spec.units[0] == 1:
+    if len(spec.units) == 1 and spec.units[0] == 1 and spec.policy != "lhu":
         return jnp.int16, ABSENT, GONE
     return jnp.int32, 2 ** 30 + 1, 2 ** 30
 
@@ -150,7 +176,7 @@ def make_async_policy(spec: AsyncSpec):
     L, E, W, Q = spec.num_layers, spec.num_experts, spec.width, spec.prefetch_width
     N = L * E
     rdt, A_, G_ = rank_sentinels(spec)
-    lru, ls = spec.policy == "lru", spec.policy == "ls"
+    lru, ls, lhu = spec.policy == "lru", spec.policy == "ls", spec.policy == "lhu"
     sub = spec.substitute
     mixed = rdt == jnp.int32          # weighted ranks: units of the more protected residents
     UNITS = jnp.asarray(spec.units, jnp.int32)
@@ -200,7 +226,8 @@ def make_async_policy(spec: AsyncSpec):
                           pf=jnp.zeros((len(ASYNC_COUNTER_NAMES), L), jnp.int32), max_occ=z,
                           ovf=jnp.zeros((), bool), cur=jnp.zeros((L if ls else 0,), jnp.int32),
                           lc=jnp.zeros((N if ls else 0,), jnp.int32), icnt=jnp.zeros((L if ls else 0,), jnp.int32),
-                          done=jnp.zeros((L if ls else 0,), jnp.int32), ul=jnp.zeros((N if mixed else 0,), jnp.int32))
+                          done=jnp.zeros((L if ls else 0,), jnp.int32), ul=jnp.zeros((N if mixed else 0,), jnp.int32),
+                          hp=jnp.zeros((N if lhu else 0,), jnp.int32))
 
     def count_done(ring, head, tail, T):
         """#{k in [head, tail) : ring[k mod N] <= T} (ring is sorted over the window)."""
@@ -358,6 +385,17 @@ def make_async_policy(spec: AsyncSpec):
             newP = rP - victims_above + jnp.where(pin_cur, sfx[l], n_pf_adm * u0)
             newA = occ - freed + adm_u - cum                  # unmarked: the bottom, ascending id lowest
             st = dict(st, cur=cur2, done=st["done"] + per_layer_count(inb))
+        elif lhu:
+            # key (top-level uses, last use, id): arrivals (0 uses, newest) enter right under the
+            # surviving residents with >= 1 use, which keep their ranks; the 0-use ones go under them
+            hp = st["hp"]
+            zero = hp == 0
+            P = jnp.sum(jnp.where(res & ~gone & ~zero, ul, 0))
+            r2 = jnp.where(~res, r, jnp.where(gone, G_, r + jnp.where(zero, adm_u, 0)))
+            r2 = jnp.where(pf_adm, P + (n_pf_adm - 1 - o) * u0, r2)
+            newP = rP - victims_above + jnp.where(hp[ploc] == 0, adm_u, 0)
+            newA = P + n_pf_adm * u0 + jnp.sum(jnp.where(later & dem_adm[None, :], du[None, :], 0), axis=1)
+            st = dict(st, hp=jnp.where(pf_adm, 0, hp).at[jnp.where(dem_adm, ids, N)].set(0, mode="drop"))
         else:
             r2 = jnp.where(~res, r, jnp.where(gone, G_, r + adm_u))
             r2 = jnp.where(pf_adm, (n_pf_adm - 1 - o) * u0, r2)
@@ -371,7 +409,59 @@ def make_async_policy(spec: AsyncSpec):
                    qidx=jnp.where(inb, NONE, qidx), head=head + c, max_occ=jnp.maximum(st["max_occ"], occ_new))
         return new, (nev, n_dem - n_dem_adm, n_pf, n_pf - n_pf_adm)
 
-    def step(state: AsyncState, visit: AsyncVisit, params: AsyncParams):
+    def route(visit, r, lam, tabs):
+        """Cache-aware routing of the visit's tokens against this configuration's residents
+        (:mod:`specmd_jax.routing`, exactly): the demand (``ids`` ascending in ``W`` slots) and
+        its per-id details, and the visit's rerouting counters. One token per loop trip: a
+        ``[C, C]`` comparison of the candidates' keys (z', recorded rank, id)."""
+        K = spec.top_k
+        l = visit.layer
+        C = tabs["cid"].shape[1]
+        cached = lax.dynamic_slice_in_dim(r, l * E, E) < G_
+        anyc = jnp.any(cached)
+        bias = lax.optimization_barrier(lam.astype(jnp.float32) * visit.delta.astype(jnp.float32))
+        BIG = jnp.int32(2 ** 30)  # = prefetch_runner.NO_DROP: the rank of padding
+
+        def token(i, c):
+            dm, smax, rmin, rp, ru_s, npr, rer_p, rer_u, chg = c
+            row = lambda k: lax.dynamic_index_in_dim(tabs[k], visit.row0 + i, keepdims=False)  # noqa: E731
+            cid, z, rr, q, ru = row("cid"), row("z"), row("rr"), row("q"), row("ru")
+            zp = jnp.where(cached[cid], z + bias, z)
+            beats = (zp[None, :] > zp[:, None]) | ((zp[None, :] == zp[:, None]) & (
+                (rr[None, :] < rr[:, None]) | ((rr[None, :] == rr[:, None]) & (cid[None, :] < cid[:, None]))))
+            cnt = jnp.sum(beats, axis=1, dtype=jnp.int32)
+            nrank = jnp.where(anyc, cnt, rr)                 # nothing cached: the recorded routing
+            sel = nrank < K
+            rec = rr < K
+            changed = jnp.any(rec & ~sel)
+            Q = jnp.sum(jnp.where(sel, q, 0))
+            u = jnp.where(changed, (2 * SB_SCALE * q + Q) // jnp.maximum(2 * Q, 1), ru)
+            keep = sel & rec
+            return (dm.at[cid].max(sel), smax.at[cid].max(jnp.where(sel, u, 0)),
+                    rmin.at[cid].min(jnp.where(sel, nrank, BIG)), rp.at[cid].add(keep.astype(jnp.int32)),
+                    ru_s.at[cid].add(jnp.where(keep, ru, 0)), npr.at[cid].add(sel.astype(jnp.int32)),
+                    rer_p + jnp.sum(rec & ~sel, dtype=jnp.int32), rer_u + jnp.sum(jnp.where(rec & ~sel, ru, 0)),
+                    chg + changed.astype(jnp.int32))
+
+        zi = jnp.zeros((E,), jnp.int32)
+        z0 = jnp.zeros((), jnp.int32)
+        dm, smax, rmin, rp, ru_s, npr, rer_p, rer_u, chg = lax.fori_loop(
+            0, visit.nrows, token, (jnp.zeros((E,), bool), zi, jnp.full((E,), BIG), zi, zi, zi, z0, z0, z0))
+        del C
+        # compaction: the demanded experts in ascending id into W slots
+        pos = jnp.cumsum(dm.astype(jnp.int32)) - 1
+        oh = dm[None, :] & (pos[None, :] == jnp.arange(W)[:, None])           # [W, E]
+        has = jnp.any(oh, axis=1)
+        pick = lambda a: jnp.sum(jnp.where(oh, a[None, :], 0), axis=1, dtype=jnp.int32)  # noqa: E731
+        ids = jnp.where(has, l * E + pick(jnp.arange(E, dtype=jnp.int32)), -1)
+        score = pick(smax)
+        key_lt = (score[None, :] < score[:, None]) | ((score[None, :] == score[:, None]) & (ids[None, :] < ids[:, None]))
+        spos = jnp.sum(key_lt & has[None, :], axis=1, dtype=jnp.int32)
+        visit = replace(visit, ids=ids, rank=jnp.where(has, pick(rmin), BIG), pairs=pick(rp), units=pick(ru_s),
+                              score=score, spos=spos)
+        return visit, pick(npr), (chg, rer_p, rer_u)
+
+    def step(state: AsyncState, visit: AsyncVisit, params: AsyncParams, tabs=None):
         st = {k: getattr(state, k) for k in _FIELDS}
         l = visit.layer
         cap = params.capacity.astype(jnp.int32)
@@ -386,6 +476,10 @@ def make_async_policy(spec: AsyncSpec):
             st["cur"] = jnp.where(visit.new_pass, 0, st["cur"])
         st["eng"] = st["eng"] - shift
         t = st["t"]
+        if spec.routing:
+            visit, npairs, rerouted = route(visit, st["rank"], params.lam, tabs)
+        else:
+            npairs, rerouted = visit.pairs, (0, 0, 0)
         ids = visit.ids
         demanded = ids >= 0
         loc = jnp.where(demanded, ids, 0)
@@ -474,7 +568,25 @@ def make_async_policy(spec: AsyncSpec):
         else:
             st, (ev1, byp, arr1, drop1) = admit(st, t_ready, cap, D, dem_q, l)
         # use: LRU moves the resident demand to the top (ids ascending, lowest id lowest)
-        if lru and mixed:
+        if lhu:
+            # use: the executed residents take key (uses + held at the top level, now, id): above
+            # every other resident with at most as many uses, under those with more
+            r, hp, ul = st["rank"], st["hp"], st["ul"]
+            rU = jnp.where(pvalid, r[ploc], A_)
+            used = rU < G_
+            uu = jnp.where(used, ul[ploc], 0)
+            hpn = jnp.where(used, hp[ploc] + (level_of(ul[ploc]) == 0), -1)
+            res = r < G_
+            usedN = jnp.zeros((N,), bool).at[jnp.where(used, pids, N)].set(True, mode="drop")
+            up = jnp.sum(jnp.where(used[:, None] & (hpn[:, None] >= hp[None, :]), uu[:, None], 0), axis=0)
+            rc = jnp.where(res, r - wsum(rU, uu, r, False) + up, r)
+            others = jnp.where(res & ~usedN, ul, 0)
+            gt_other = jnp.sum(jnp.where(hp[None, :] > hpn[:, None], others[None, :], 0), axis=1)
+            gt_used = jnp.sum(jnp.where(used[None, :] & ((hpn[None, :] > hpn[:, None]) | (
+                (hpn[None, :] == hpn[:, None]) & (pids[None, :] > pids[:, None]))), uu[None, :], 0), axis=1)
+            st["rank"] = rc.at[jnp.where(used, pids, N)].set(gt_other + gt_used, mode="drop").astype(rdt)
+            st["hp"] = hp.at[jnp.where(used, pids, N)].set(hpn, mode="drop")
+        elif lru and mixed:
             r = st["rank"]
             rU = jnp.where(pvalid, r[ploc], A_)
             used = rU < G_
@@ -578,10 +690,10 @@ def make_async_policy(spec: AsyncSpec):
                            nm, jnp.sum(subd, dtype=jnp.int32), jnp.sum(jnp.where(subd, visit.pairs, 0)),
                            jnp.sum(jnp.where(subd, visit.units, 0)),
                            jnp.sum(jnp.where(valid & (lev == 0), visit.units, 0)),
-                           jnp.sum(jnp.where(valid | subd, visit.pairs, 0)),
-                           jnp.sum(jnp.where(valid, visit.pairs * BITS[lev], 0))
-                           + jnp.sum(jnp.where(subd, visit.pairs * BITS[sub_lev], 0)),
-                           jnp.sum(jnp.where(miss, UNITS[lvl], 0)) + n_iss * u0]).astype(jnp.int32)
+                           jnp.sum(jnp.where(valid | subd, npairs, 0)),
+                           jnp.sum(jnp.where(valid, npairs * BITS[lev], 0))
+                           + jnp.sum(jnp.where(subd, npairs * BITS[sub_lev], 0)),
+                           jnp.sum(jnp.where(miss, UNITS[lvl], 0)) + n_iss * u0, *rerouted]).astype(jnp.int32)
         st["per_layer"] = st["per_layer"].at[:, l].add(info)
         st["pf"] = st["pf"].at[:, l].add(pinfo)
         return AsyncState(**st), t_end

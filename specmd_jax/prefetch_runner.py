@@ -133,19 +133,20 @@ def _take(a: np.ndarray, lo: int, hi: int, pad: int, fill) -> np.ndarray:
     return np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)]) if pad else a
 
 
-def _run_chunks(key, run, params, states, xs_of, S: int, chunk: int):
-    """Compile once per ``key`` (cached), then scan the trace chunk by chunk.
+def _run_chunks(key, run, params, states, xs_of, S: int, chunk: int, extra: tuple = ()):
+    """Compile once per ``key`` (cached), then scan the trace chunk by chunk (``extra``: further
+    arguments of ``run``, the same for every chunk).
 
     Returns (states, per-step outputs as numpy [S, ...], compile_s, run_s)."""
     t0 = time.perf_counter()
     compiled = _COMPILED.get(key)
     if compiled is None:
-        compiled = _COMPILED[key] = run.lower(params, states, xs_of(0)).compile()
+        compiled = _COMPILED[key] = run.lower(params, states, xs_of(0), *extra).compile()
     compile_s = time.perf_counter() - t0
     ys = []
     t0 = time.perf_counter()
     for lo in range(0, S, chunk):
-        states, y = compiled(params, states, xs_of(lo))
+        states, y = compiled(params, states, xs_of(lo), *extra)
         ys.append(np.asarray(y)[: min(chunk, S - lo)])
     jax.block_until_ready(states)
     return states, np.concatenate(ys), compile_s, time.perf_counter() - t0
@@ -265,6 +266,7 @@ class AsyncResult:
     run_s: float
     plan_index: np.ndarray = None
     miss_index: np.ndarray = None  # int64[B] index into run_async's ``misses`` of each configuration
+    routing_index: np.ndarray = None  # int64[B] index into run_async's ``routing`` list
 
 
 @functools.lru_cache(maxsize=None)
@@ -273,29 +275,44 @@ def _async_runner(spec, multi: bool = False):
     init, step = make_async_policy(spec)
     vis_axes = AsyncVisit(live=None, layer=None, new_pass=None, prefill=None, tokens=None, ids=None,
                           pf_ids=0, rank=None, pairs=None, units=None, lscore=None, score=None,
-                          spos=None) if multi else None
-    vstep = jax.vmap(step, in_axes=(0, vis_axes, 0))
+                          spos=None, row0=None, nrows=None, delta=None) if multi else None
+    vstep = jax.vmap(step, in_axes=(0, vis_axes, 0, None))
 
-    def run(params, states, xs):
-        return lax.scan(lambda st, x: vstep(st, x, params), states, xs)
+    def run(params, states, xs, tabs):
+        return lax.scan(lambda st, x: vstep(st, x, params, tabs), states, xs)
 
     return jax.jit(jax.vmap(init)), jax.jit(run, donate_argnums=(1,))
 
 
 def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=None, precision=None,
-              chunk_steps: int = 8192) -> AsyncResult:
+              routing=None, chunk_steps: int = 8192) -> AsyncResult:
     """Asynchronous-prefetch replay of ``trace`` for every (plan, capacity, hardware profile, miss
     configuration) in one compiled program (:mod:`specmd_jax.engine_async`; ``lru``, ``ls``,
     ``fifo``). ``plan``: a :class:`PrefetchPlan` or a list. ``misses``: a list of
     :class:`~specmd_jax.miss.MissConfig` sharing one structure (fetch and drop_priority mix;
     otherwise one policy whose numbers vary: thresholds, percentiles, levels); default fetch.
     ``precision``: :class:`~specmd_jax.miss.Precision` levels (``capacities`` then in units; mixed
-    levels: weighted ranks). Configurations are plan-major, then capacity, hardware, miss."""
+    levels: weighted ranks). ``routing``: a list of :class:`~specmd_jax.routing.RoutingConfig`
+    (``standard`` or ``cache_aware``, whose ``lam`` is vmapped data; ``standard`` runs as
+    ``lam = 0``, which is the same routing exactly); not with ``substitute``. Configurations are
+    plan-major, then capacity, hardware, miss, routing."""
     from .engine_async import ASYNC_COUNTER_NAMES, AsyncParams, AsyncSpec, AsyncVisit, rank_sentinels
     from .miss import MissConfig, Precision, structural_kind
+    from .routing import RoutingConfig, gap_means, token_tables
     misses = list(misses) if misses is not None else [MissConfig()]
     prec = precision if precision is not None else Precision()
     kind, substitute = structural_kind(misses)
+    routings = list(routing) if routing is not None else [RoutingConfig()]
+    if not routings or not all(isinstance(rc, RoutingConfig) for rc in routings):
+        raise TypeError("routing must be a non-empty list of RoutingConfig")
+    routed = any(rc.active for rc in routings)
+    if routed and substitute:
+        raise ValueError("substitute with cache-aware routing runs in the reference (reference_timed), not the "
+                         "asynchronous kernel")
+    if routed and trace.logits is None and trace.weights is None:
+        raise ValueError(f"cache-aware routing needs router logits or weights; trace {trace.source} has neither")
+    lams = np.array([float(rc.lam) if rc.active else 0.0 for rc in routings], np.float32)
+    R = len(routings)
     L = trace.shape.num_layers
     steps = prepare_steps(trace, "pinned")
     plans, stack, _ = _plans(plan, steps.num_steps, trace.source)
@@ -307,15 +324,16 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
     caps = np.tile(caps0, len(plans))
     H = len(hws)
     M = len(misses)
-    B = len(caps) * H * M
+    B = len(caps) * H * M * R
     eb = trace.shape.expert_bytes
     NL = len(prec.units)
     xlv = np.array([[h.transfer_ticks(prec.level_bytes(eb, i)) for i in range(NL)] for h in hws], np.int64)
     hw_num = np.array([[h.compute_ticks(False, 0), h.compute_ticks(True, 0),
                         h.compute_ticks(True, 1) - h.compute_ticks(True, 0)] for h in hws], np.int64)
-    cap_b = np.repeat(caps, H * M)
-    hb = np.tile(np.repeat(np.arange(H), M), len(caps))
-    mb = np.tile(np.arange(M), len(caps) * H)
+    cap_b = np.repeat(caps, H * M * R)
+    hb = np.tile(np.repeat(np.arange(H), M * R), len(caps))
+    mb = np.tile(np.repeat(np.arange(M), R), len(caps) * H)
+    rb = np.tile(np.arange(R), len(caps) * H * M)
     drop = np.array([m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses], np.int64)
     ncas = len(misses[0].thresholds) if kind == "cascade" else 0
     cas = np.array([m.threshold_units(SB_SCALE) if kind == "cascade" else () for m in misses], np.int64).reshape(M, ncas)
@@ -326,11 +344,25 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
                          xfer_lv=jnp.asarray(xlv[hb], jnp.int32),
                          pct_milli=jnp.asarray([misses[i].percentile_milli for i in mb], jnp.int32),
                          degrade=jnp.asarray([misses[i].degrade_level for i in mb], jnp.int32),
-                         cas_th=jnp.asarray(cas[mb], jnp.int32))
+                         cas_th=jnp.asarray(cas[mb], jnp.int32), lam=jnp.asarray(lams[rb], jnp.float32))
     det = demand_details(trace, steps)
-    spec = AsyncSpec(policy, L, trace.shape.num_experts, steps.width, int(stack.shape[2]), bool(substitute),
+    E, K = trace.shape.num_experts, trace.shape.top_k
+    nrows = np.diff(trace.cell_offsets).astype(np.int32)
+    # a routed visit demands at most min(E, tokens x K) experts
+    width = max(steps.width, int(np.minimum(E, nrows * K).max(initial=0))) if routed else steps.width
+    spec = AsyncSpec(policy, L, E, width, int(stack.shape[2]), bool(substitute),
                      units=tuple(prec.units), miss_kind=kind, cascade_len=ncas, bits=tuple(prec.bits),
-                     full_demand=not substitute and all(m.policy != "drop_priority" for m in misses))
+                     full_demand=not substitute and all(m.policy != "drop_priority" for m in misses),
+                     routing=routed, top_k=K if routed else 0)
+    if routed:
+        tabs = {k: jnp.asarray(v) for k, v in token_tables(trace).items()}
+        row0 = trace.cell_offsets[:-1].astype(np.int32)
+        delta = gap_means(trace)
+    else:
+        tabs, row0, delta = {}, None, None
+
+    def wide(a, fill):  # [n, steps.width] -> [n, width]
+        return np.concatenate([a, np.full((a.shape[0], width - a.shape[1]), fill, a.dtype)], 1) if a.shape[1] < width else a
     lscore = running_scores(trace, steps) if substitute else np.zeros((steps.num_steps, 1), np.int32)
     init, run = _async_runner(spec, multi)
     states = init(params)
@@ -353,17 +385,20 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
                           new_pass=jnp.asarray(_take(steps.new_pass, lo, hi, pad, False)),
                           prefill=jnp.asarray(_take(prefill, lo, hi, pad, False)),
                           tokens=jnp.asarray(_take(tokens, lo, hi, pad, 0)),
-                          ids=jnp.asarray(_take(steps.ids, lo, hi, pad, -1)),
-                          pf_ids=jnp.asarray(_pf_chunk(stack, lo, hi, pad, len(caps0) * H * M, multi)),
-                          rank=jnp.asarray(_take(det["rank"], lo, hi, pad, NO_DROP)),
-                          pairs=jnp.asarray(_take(det["pairs"], lo, hi, pad, 0)),
-                          units=jnp.asarray(_take(steps.units, lo, hi, pad, 0)),
+                          ids=jnp.asarray(wide(_take(steps.ids, lo, hi, pad, -1), -1)),
+                          pf_ids=jnp.asarray(_pf_chunk(stack, lo, hi, pad, len(caps0) * H * M * R, multi)),
+                          rank=jnp.asarray(wide(_take(det["rank"], lo, hi, pad, NO_DROP), NO_DROP)),
+                          pairs=jnp.asarray(wide(_take(det["pairs"], lo, hi, pad, 0), 0)),
+                          units=jnp.asarray(wide(_take(steps.units, lo, hi, pad, 0), 0)),
                           lscore=jnp.asarray(_take(lscore, lo, hi, pad, 0)),
-                          score=jnp.asarray(_take(det["score"], lo, hi, pad, 0)),
-                          spos=jnp.asarray(_take(det["spos"], lo, hi, pad, 0)))
+                          score=jnp.asarray(wide(_take(det["score"], lo, hi, pad, 0), 0)),
+                          spos=jnp.asarray(wide(_take(det["spos"], lo, hi, pad, 0), 0)),
+                          row0=None if row0 is None else jnp.asarray(_take(row0, lo, hi, pad, 0)),
+                          nrows=None if row0 is None else jnp.asarray(_take(nrows, lo, hi, pad, 0)),
+                          delta=None if row0 is None else jnp.asarray(_take(delta, lo, hi, pad, 0.0)))
 
-    states, ends, compile_s, run_s = _run_chunks(("async", spec, multi, B, chunk), run, params, states, xs_of,
-                                                 S, chunk)
+    key = ("async", spec, multi, B, chunk) + ((tabs["cid"].shape,) if routed else ())
+    states, ends, compile_s, run_s = _run_chunks(key, run, params, states, xs_of, S, chunk, (tabs,))
     ovf = np.asarray(states.ovf)
     if ovf.any():
         b = int(np.argmax(ovf))
@@ -395,4 +430,5 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
                        pf_totals=names, resident=resident,
                        max_occupancy=np.asarray(states.max_occ, np.int64), pass_ticks=pass_ticks,
                        stall_ticks=stall_l, ttft_ticks=ttft, tpot_ticks=tpot, compile_s=compile_s, run_s=run_s,
-                       plan_index=np.repeat(np.arange(len(plans)), len(caps0) * H * M), miss_index=mb)
+                       plan_index=np.repeat(np.arange(len(plans)), len(caps0) * H * M * R), miss_index=mb,
+                       routing_index=rb)

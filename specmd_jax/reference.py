@@ -83,7 +83,7 @@ def policy_key(policy: str, r: dict, g: int, l: int, E: int, score: dict, nextus
         return (r["ins"], g)
     if policy == "lfu":
         return (r["freq"], r["last"], g)
-    if policy == "lhu":  # least high-precision used (specmd_jax.miss; timed reference only)
+    if policy == "lhu":  # least high-precision used (specmd_jax.miss; timed engines only)
         return (r["hp"], r["last"], g)
     if policy == "belady":
         return (-nextuse[g], g)

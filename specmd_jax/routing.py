@@ -20,10 +20,18 @@ each token at replay time, per configuration, against that configuration's cache
     the others), then expert id, so ``lam = 0`` gives back the recorded ids and order exactly.
     **Dual-logit weighting** (SpecMD App. A.1: modified logits choose, original logits weigh):
     a token whose set is unchanged keeps its recorded weights; a changed token's weights are the
-    softmax of its *original* logits over the new set.
+    softmax of its *original* logits over the new set, in integer arithmetic so the JAX kernel
+    reproduces it exactly: each candidate carries ``q = max(1, rint(2**19 * exp(z - max z)))``
+    (float64, on the host, max over the token's candidates), and expert ``e`` of the new set
+    ``S`` weighs ``u_e / 1024`` with ``u_e = floor((2048 q_e + Q) / (2 Q))``, ``Q = sum_S q``
+    (``1024 q_e / Q`` rounded half up: within 1/1024 of the float softmax).
     Traces without router logits re-rank only the recorded candidates (``z = log(weight)``): the
     set cannot change, only the order (and so ``drop_priority`` ranks); tables say
     "candidates only". Traces without weights or logits cannot be re-routed.
+
+The asynchronous JAX engine (:mod:`specmd_jax.engine_async`, ``run_async(routing=[...])``)
+implements the same rule per configuration with ``lam`` vmapped, from :func:`token_tables`;
+tests check it equal to :func:`route_rows` through the timed reference.
 
 Belady cannot be combined with cache-aware routing (its next uses come from the recorded
 routing).
@@ -35,6 +43,8 @@ import dataclasses
 import math
 
 import numpy as np
+
+from .semantics import SB_SCALE
 
 ROUTINGS = ("standard", "cache_aware")
 
@@ -103,6 +113,49 @@ def gap_means(trace) -> np.ndarray:
     return out
 
 
+Q_SCALE = 2 ** 19  # resolution of the dual-logit weights (module docstring)
+
+
+def dual_q(logits: np.ndarray) -> np.ndarray:
+    """int64 ``q`` of every candidate of each row (module docstring: dual-logit weighting)."""
+    lg = np.asarray(logits, np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        rel = lg - np.max(lg, axis=-1, keepdims=True)
+        return np.maximum(1, np.rint(Q_SCALE * np.exp(np.where(np.isfinite(rel), rel, -np.inf)))).astype(np.int64)
+
+
+def dual_units(q: list) -> list:
+    """Router-weight units (of ``SB_SCALE`` = 1024) of a changed token's new set from its
+    members' ``q`` (``2 * 1024 * 2**19 < 2**31``: exact in int32 too)."""
+    tot = sum(q)
+    return [(2 * SB_SCALE * x + tot) // (2 * tot) for x in q]
+
+
+def token_tables(trace) -> dict:
+    """Per routed row of ``trace``, its candidates as dense arrays (what the JAX kernel re-ranks):
+    ``cid`` int32[R, C] expert ids within the layer, ``z`` float32[R, C] logits (``log(weight)``
+    candidates-only), ``rr`` int32[R, C] recorded rank (``K`` if not recorded), ``q`` int32[R, C]
+    dual-logit weights, ``ru`` int32[R, C] recorded weight units (0 if not recorded). ``C = E``
+    with logits, ``K`` without."""
+    R, K = trace.experts.shape
+    cid, z = candidates(trace, 0, R)
+    C = cid.shape[1]
+    ex = trace.experts.astype(np.int64)
+    ranks = np.tile(np.arange(K), (R, 1))
+    units = (np.rint(trace.weights.astype(np.float64) * SB_SCALE).astype(np.int64) if trace.weights is not None
+             else np.zeros((R, K), np.int64))
+    if C == K and trace.logits is None:
+        rr, ru = ranks, units
+    else:
+        rr = np.full((R, C), K, np.int64)
+        ru = np.zeros((R, C), np.int64)
+        rows = np.repeat(np.arange(R), K)
+        rr[rows, ex.reshape(-1)] = ranks.reshape(-1)
+        ru[rows, ex.reshape(-1)] = units.reshape(-1)
+    return {"cid": np.ascontiguousarray(cid, np.int32), "z": np.asarray(z, np.float32),
+            "rr": rr.astype(np.int32), "q": dual_q(z).astype(np.int32), "ru": ru.astype(np.int32)}
+
+
 def route_rows(trace, a: int, b: int, cached: set, bias: np.float32) -> tuple[list, list]:
     """Routed rows ``[a, b)`` of the trace (experts within the layer): ``(ids, weights)``, lists
     of per-token lists in the new rank order (weights: float, dual-logit weighting)."""
@@ -112,6 +165,7 @@ def route_rows(trace, a: int, b: int, cached: set, bias: np.float32) -> tuple[li
     if not cached:  # nothing to favour: the recorded routing (lam = 0 still goes through the ranking)
         return rec, (w if w is not None else [[0.0] * K for _ in rec])
     cid, clg = candidates(trace, a, b)
+    qs = dual_q(clg)
     ids_out, w_out = [], []
     for i, row in enumerate(rec):
         rank = {e: k for k, e in enumerate(row)}
@@ -126,9 +180,6 @@ def route_rows(trace, a: int, b: int, cached: set, bias: np.float32) -> tuple[li
         if set(new) == set(row):
             ww = [w[i][rank[e]] for e in new] if w is not None else [0.0] * K
         else:
-            zz = [float(z[j]) for _, _, _, j in keyed[:K]]
-            m = max(zz)
-            ex = [math.exp(x - m) for x in zz]
-            ww = [x / sum(ex) for x in ex]
+            ww = [u / SB_SCALE for u in dual_units([int(qs[i][j]) for _, _, _, j in keyed[:K]])]
         w_out.append(ww)
     return ids_out, w_out

@@ -200,3 +200,61 @@ def test_least_stale_at_mixed_precision_with_deep_lookahead():
             assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
             assert r.pass_ticks[b].tolist() == ref.pass_ticks, ctx
             assert int(r.pf_totals["bits_served"][b]) == ref.totals["bits_served"], ctx
+
+
+def test_lhu_matches_the_reference():
+    """HOBBIT's least-high-precision-used eviction in the kernel (weighted ranks even at one
+    level; key: top-level uses since insertion, last use, id): arrivals enter under the residents
+    with uses, a use re-files the executed experts by their new count; equal to the reference
+    at one level (where it is LFU-like) and at four, with the level-choosing miss policies."""
+    from specmd_jax.miss import PRECISION_PRESETS, MissConfig
+    cases = [(random_trace(L=3, E=6, K=3, P=12, max_tokens=3, seed=31), PrefetchConfig("reuse", "all")),
+             (synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=5, gen_len=8, seed=6, pred_noise=1.0),
+              PrefetchConfig("recorded", "topk"))]
+    keys = ("late", "pf_issued", "pf_resident", "pf_pending", "pf_arrived", "pf_dropped", "pf_useful", "pf_wasted",
+            "dropped", "substituted", "units_full", "exec_pairs", "bits_served")
+    differs = False
+    for t, cfg in cases:
+        plan = make_plan(t, cfg)
+        caps = [0, 3, 7, 20, 64, 300]
+        for prec, misses in ((None, [MissConfig(), MissConfig("drop_priority", rank_threshold=1)]),
+                             (None, [MissConfig("substitute")]),
+                             (PRECISION_PRESETS["fp16-int8-int4-int2"], [MissConfig("cascade", thresholds=th)
+                                                                       for th in ((0.2, 0.1, 0.05), (0.5, 0.3, 0.01))]),
+                             (PRECISION_PRESETS["fp16-int8-int4-int2"], [MissConfig("fetch_lowest")])):
+            r = run_async(t, "lhu", caps, plan, HWS[:2], misses=misses, precision=prec)
+            lru = run_async(t, "lru", caps, plan, HWS[:2], misses=misses, precision=prec)
+            differs |= not np.array_equal(r.totals, lru.totals)
+            for b in range(len(r.capacities)):
+                c, h, m = int(r.capacities[b]), r.hardware[b], misses[r.miss_index[b]]
+                ref = simulate_timed(t, "lhu", c, plan=plan, hardware=h, miss=m, precision=prec)
+                ctx = f"{t.source} lhu cap={c} {h.bandwidth_gbps} GB/s {m.label()} {prec}"
+                assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
+                assert {k: int(r.pf_totals[k][b]) for k in keys} == {k: ref.totals[k] for k in keys}, ctx
+                assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
+                assert r.max_occupancy[b] == ref.max_occupancy <= c, ctx
+                assert r.pass_ticks[b].tolist() == ref.pass_ticks, ctx
+    assert differs  # LHU is not LRU on these traces
+
+
+def test_real_traces_at_mixed_precision_with_lhu(qwen_trace, mixtral_trace):
+    """The issue-4 dimensions on the real traces: byte capacity at four levels, fetch_priority
+    percentiles and cascade thresholds vmapped, LHU and Least-Stale, equal to the reference."""
+    from specmd_jax.miss import PRECISION_PRESETS, MissConfig
+    prec = PRECISION_PRESETS["fp16-int8-int4-int2"]
+    q = qwen_trace.slice_passes(0, 6)
+    m = mixtral_trace.slice_passes(0, 30)
+    for t, pol, caps, misses in ((q, "lhu", [500, 4000], [MissConfig("cascade", thresholds=(0.3, 0.1, 0.05))]),
+                                 (m, "lhu", [16, 96], [MissConfig("fetch_priority", percentile=p) for p in (30, 80)]),
+                                 (m, "ls", [16, 96], [MissConfig("cascade", thresholds=(0.4, 0.2, 0.1))])):
+        plan = make_plan(t, PrefetchConfig("reuse", "all"))
+        r = run_async(t, pol, caps, plan, HWS[1:2], misses=misses, precision=prec)
+        for b in range(len(r.capacities)):
+            c, mc = int(r.capacities[b]), misses[r.miss_index[b]]
+            ref = simulate_timed(t, pol, c, plan=plan, hardware=HWS[1], miss=mc, precision=prec)
+            ctx = f"{t.source} {pol} cap={c} {mc.label()}"
+            assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
+            for k in ("late", "pf_wasted", "units_full", "bits_served", "units_moved"):
+                assert int(r.pf_totals[k][b]) == ref.totals[k], f"{ctx} {k}"
+            assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
+            assert r.pass_ticks[b].tolist() == ref.pass_ticks, ctx

@@ -76,6 +76,13 @@ def test_routing_from_the_command_line_and_mixturecache(tmp_path):
     _run([*TINY, "system=mixturecache25", "ls_dropin=false", f"hydra.run.dir={tmp_path / 'mc'}"])
     mc = pd.read_csv(tmp_path / "mc" / "results.csv")
     assert set(mc["routing"]) == {"cache_aware(lam=0.3)"} and set(mc["prefetch"]) == {"none"}
+    # a list of lam values is one vmapped axis of the asynchronous JAX engine
+    _run([*TINY, "policies=[ls]", "routing.policy=cache_aware", "routing.lam=[0.0,0.5,2.0]", "engine=jax",
+          f"hydra.run.dir={tmp_path / 'lams'}"])
+    lams = pd.read_csv(tmp_path / "lams" / "results.csv")
+    assert set(lams["engine"]) == {"jax-async"} and len(lams) == 3 * 3
+    assert set(lams["routing"]) == {"cache_aware(lam=0)", "cache_aware(lam=0.5)", "cache_aware(lam=2)"}
+    assert (lams[lams["routing"] == "cache_aware(lam=0)"]["proxy_tokens_rerouted"] == 0).all()
     p = _run([*TINY, "routing.policy=sticky", f"hydra.run.dir={tmp_path / 'bad'}"], ok=False)
     assert p.returncode != 0 and "unknown routing policy 'sticky'" in p.stderr + p.stdout
 

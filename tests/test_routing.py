@@ -55,8 +55,10 @@ def test_gap_means_and_rerank_by_hand():
     # visit 1: logits [2, .5, 4, 1], cached {3}, bias 1.5 -> z' [2, .5, 4, 2.5]: top-2 = 2, 3
     ids, w = route_rows(t, 1, 2, {3}, np.float32(1.5))
     assert ids == [[2, 3]]
-    e = np.exp([4.0, 1.0])  # dual-logit: softmax of the original logits over the new set
-    np.testing.assert_allclose(w[0], e / e.sum(), rtol=1e-12)
+    e = np.exp([4.0, 1.0])  # dual-logit: softmax of the original logits over the new set,
+    np.testing.assert_allclose(w[0], e / e.sum(), atol=1 / 1024)  # in 1/1024 units (integer rule)
+    q = [2 ** 19, round(2 ** 19 * np.exp(-3.0))]  # q relative to the token's largest logit (4)
+    assert w[0] == [(2048 * x + sum(q)) // (2 * sum(q)) / 1024 for x in q] == [975 / 1024, 49 / 1024]
     # a tie with a recorded expert keeps the recorded one (bias 1.0: z' of 3 = 2 = z of 0)
     assert route_rows(t, 1, 2, {3}, np.float32(1.0))[0] == [[2, 0]]
     # unchanged set, new order: recorded weights follow their experts
