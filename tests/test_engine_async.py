@@ -246,7 +246,9 @@ def test_real_traces_at_mixed_precision_with_lhu(qwen_trace, mixtral_trace):
     m = mixtral_trace.slice_passes(0, 30)
     for t, pol, caps, misses in ((q, "lhu", [500, 4000], [MissConfig("cascade", thresholds=(0.3, 0.1, 0.05))]),
                                  (m, "lhu", [16, 96], [MissConfig("fetch_priority", percentile=p) for p in (30, 80)]),
-                                 (m, "ls", [16, 96], [MissConfig("cascade", thresholds=(0.4, 0.2, 0.1))])):
+                                 (m, "ls", [16, 96], [MissConfig("cascade", thresholds=(0.4, 0.2, 0.1))]),
+                                 (m, "lru", [16, 96], [MissConfig("substitute")]),
+                                 (q, "fifo", [500, 4000], [MissConfig("fetch_lowest")])):
         plan = make_plan(t, PrefetchConfig("reuse", "all"))
         r = run_async(t, pol, caps, plan, HWS[1:2], misses=misses, precision=prec)
         for b in range(len(r.capacities)):
@@ -258,3 +260,18 @@ def test_real_traces_at_mixed_precision_with_lhu(qwen_trace, mixtral_trace):
                 assert int(r.pf_totals[k][b]) == ref.totals[k], f"{ctx} {k}"
             assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
             assert r.pass_ticks[b].tolist() == ref.pass_ticks, ctx
+
+
+def test_drop_at_or_above_k_is_fetch_in_the_kernel():
+    """drop_priority with a threshold >= K never drops (every router rank is < K): the kernel's
+    rows equal its fetch rows, at one level and at four."""
+    from specmd_jax.miss import PRECISION_PRESETS, MissConfig
+    t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=5, gen_len=8, seed=12, pred_noise=1.0)
+    K = t.shape.top_k
+    plan = make_plan(t, PrefetchConfig("recorded", "topk"))
+    for prec in (None, PRECISION_PRESETS["fp16-int8-int4-int2"]):
+        misses = [MissConfig(), MissConfig("drop_priority", rank_threshold=K), MissConfig("drop_priority", rank_threshold=1)]
+        r = run_async(t, "lru", [10, 100] if prec is None else [40, 400], plan, HWS[:2], misses=misses, precision=prec)
+        f, k, one = (r.miss_index == i for i in range(3))
+        assert np.array_equal(r.totals[f], r.totals[k]) and np.array_equal(r.pass_ticks[f], r.pass_ticks[k])
+        assert (r.pf_totals["dropped"][k] == 0).all() and (r.pf_totals["dropped"][one] > 0).any()
