@@ -69,10 +69,17 @@ def build_trace(cfg_trace: Mapping) -> Trace:
     t = dict(_get(cfg_trace, "trace"))
     kind = t.pop("kind", None)
     if kind == "synthetic":
+        calibrated = bool(t.pop("calibrated", False))
         bad = sorted(set(t) - set(SYNTHETIC_KNOBS))
         if bad:
             raise ConfigError(f"unknown key(s) {', '.join('trace.' + k for k in bad)} for trace.kind=synthetic; "
-                              f"valid: {', '.join(SYNTHETIC_KNOBS)}")
+                              f"valid: {', '.join(SYNTHETIC_KNOBS + ('calibrated',))}")
+        if calibrated:  # the fitted popularity / layer-coupling / reuse knobs of the model
+            from .calibrate import calibrated_knobs
+            try:
+                t.update(calibrated_knobs(str(t.get("model", "olmoe-1b-7b"))))
+            except KeyError as e:
+                raise ConfigError(f"trace.calibrated=true: {e.args[0]}") from None
         try:
             return synthetic.generate(**t)
         except (ValueError, TypeError) as e:

@@ -8,7 +8,9 @@ Routing of token ``t`` at layer ``l`` (per request, same for prefill and decode 
   gets a large bonus with probability ``reuse`` (prefill -> decode continues the sequence);
 * **cross-layer correlation**: a fixed random permutation ``pi_l`` of the experts per layer;
   for each expert ``e`` this token chose at layer ``l-1``, ``pi_l(e)`` gets a large bonus with
-  probability ``cross_layer``;
+  probability ``cross_layer``, plus ``rank_coupling * (K - 1 - s)`` if ``e`` was in rank slot
+  ``s`` (0: the bonused experts are ordered by their logits; larger: a token's rank order
+  carries across layers, as in real routers, whose slot-aligned pairs are strongly dependent);
 * selection: Gumbel-top-k (sampling without replacement) on ``log w + Gumbel + bonuses``; ids
   are emitted in descending score order (router rank order, bonused experts first).
 
@@ -32,7 +34,7 @@ keeps the weights non-degenerate (a bonus is "large" only so that it nearly forc
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -43,13 +45,24 @@ BONUS = 50.0  # >> spread of log w + Gumbel, so a bonused expert nearly always b
 PRED_MARGIN = 4.0  # predicted-logit margin of the experts the next layer really routes to
 
 
+def _per_layer(name: str, v, L: int) -> np.ndarray:
+    """float64[L] from a number or a length-``L`` sequence (ValueError naming the knob)."""
+    a = np.asarray(v, np.float64)
+    if a.ndim == 0:
+        return np.full(L, float(a))
+    if a.shape != (L,):
+        raise ValueError(f"{name} must be a number or a list of {L} per-layer values, got {len(a)} values")
+    return a
+
+
 def _check(skew, reuse, cross_layer, num_requests, prompt_len, gen_len, pred_noise=None) -> None:
     if pred_noise is not None and not (np.isfinite(pred_noise) and pred_noise >= 0):
         raise ValueError(f"pred_noise must be a finite number >= 0 or None, got {pred_noise!r}")
-    if not (np.isfinite(skew) and skew >= 0):
-        raise ValueError(f"skew must be a finite number >= 0, got {skew!r}")
+    if not np.all(np.isfinite(np.asarray(skew, np.float64)) & (np.asarray(skew, np.float64) >= 0)):
+        raise ValueError(f"skew must be finite and >= 0, got {skew!r}")
     for name, v in (("reuse", reuse), ("cross_layer", cross_layer)):
-        if not 0.0 <= v <= 1.0:
+        a = np.asarray(v, np.float64)
+        if not np.all((a >= 0.0) & (a <= 1.0)):
             raise ValueError(f"{name} must be in [0, 1], got {v!r}")
     for name, v in (("prompt_len", prompt_len), ("gen_len", gen_len)):
         if int(v) != v or v < 0:
@@ -60,9 +73,11 @@ def _check(skew, reuse, cross_layer, num_requests, prompt_len, gen_len, pred_noi
         raise ValueError("prompt_len and gen_len are both 0: a request needs at least one token")
 
 
-def _route(shape: ModelShape, R: int, T: int, skew: float, reuse: float, cross_layer: float,
-           rng: np.random.Generator, keep_logits: bool = False, keep_scores: bool = False):
-    """Route ``R`` independent token sequences of length ``T``.
+def _route(shape: ModelShape, R: int, T: int, skew, reuse: float, cross_layer,
+           rng: np.random.Generator, keep_logits: bool = False, keep_scores: bool = False,
+           rank_coupling: float = 0.0):
+    """Route ``R`` independent token sequences of length ``T`` (``skew``, ``cross_layer``: a
+    number or per-layer values; the random draws do not depend on them).
 
     Returns:
         ids int64[R, T, L, K] (rank order), weights float32[R, T, L, K] and, if ``keep_logits``,
@@ -71,9 +86,11 @@ def _route(shape: ModelShape, R: int, T: int, skew: float, reuse: float, cross_l
     """
     L, E, K = shape.num_layers, shape.num_experts, shape.top_k
     logw = np.empty((L, E))
-    zipf = -skew * np.log(np.arange(1, E + 1))
+    skews = _per_layer("skew", skew, L)
+    cross_p = _per_layer("cross_layer", cross_layer, L)
+    slot_extra = (K - 1 - np.arange(K))[None, :].astype(np.float64)
     for l in range(L):
-        logw[l, rng.permutation(E)] = zipf
+        logw[l, rng.permutation(E)] = -skews[l] * np.log(np.arange(1, E + 1))
     pi = np.stack([rng.permutation(E) for _ in range(L)])   # cross-layer map of layer l (from l-1)
     ids = np.zeros((R, T, L, K), np.int64)
     wts = np.zeros((R, T, L, K), np.float32)
@@ -85,13 +102,13 @@ def _route(shape: ModelShape, R: int, T: int, skew: float, reuse: float, cross_l
         if keep_logits:
             logits[:, t] = z
         keep = rng.random((R, L, K)) < reuse                    # reuse coin per previous-token slot
-        cross = rng.random((R, L, K)) < cross_layer             # cross-layer coin per l-1 slot
+        cross = rng.random((R, L, K)) < cross_p[None, :, None]  # cross-layer coin per l-1 slot
         for l in range(L):
             s = z[:, l].copy()
             if t > 0:
                 s[rows, ids[:, t - 1, l]] += BONUS * keep[:, l]
             if l > 0:
-                s[rows, pi[l][ids[:, t, l - 1]]] += BONUS * cross[:, l]
+                s[rows, pi[l][ids[:, t, l - 1]]] += cross[:, l] * (BONUS + rank_coupling * slot_extra)
             if keep_scores:
                 scores[:, t, l] = s
             top = np.argpartition(-s, K - 1, axis=1)[:, :K] if K < E else np.tile(np.arange(E), (R, 1))
@@ -120,7 +137,8 @@ def _predicted(ids: np.ndarray, logits: np.ndarray, noise: float, rng: np.random
 
 
 def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int = 2, prompt_len: int = 32,
-             gen_len: int = 64, skew: float = 1.0, reuse: float = 0.5, cross_layer: float = 0.3, seed: int = 0,
+             gen_len: int = 64, skew: Union[float, Sequence[float]] = 1.0, reuse: float = 0.5,
+             cross_layer: Union[float, Sequence[float]] = 0.3, rank_coupling: float = 0.0, seed: int = 0,
              with_weights: bool = True, pred_noise: Optional[float] = None, with_logits: bool = False) -> Trace:
     """A deterministic synthetic trace: per request one PREFILL pass then ``gen_len`` DECODE passes.
 
@@ -129,9 +147,12 @@ def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int
         num_requests: requests (independent sequences, request ids ``0..num_requests-1``).
         prompt_len: prompt tokens (one prefill pass per request; none when 0).
         gen_len: decode passes (1 token each) per request.
-        skew: Zipf exponent of per-layer popularity (>= 0; 0 = uniform).
+        skew: Zipf exponent of per-layer popularity (>= 0; 0 = uniform), or ``L`` per-layer values.
         reuse: probability that each previous-token expert (same layer) gets the reuse bonus.
-        cross_layer: probability per slot that ``pi_l(e)`` of an expert chosen at ``l-1`` gets a bonus.
+        cross_layer: probability per slot that ``pi_l(e)`` of an expert chosen at ``l-1`` gets a
+            bonus, or ``L`` per-layer values (entry ``l`` couples layer ``l`` to ``l - 1``; entry 0
+            is unused). Fitted values for the paper's models: :mod:`specmd_jax.calibrate`.
+        rank_coupling: extra cross-layer bonus per rank slot (>= 0; module docstring).
         seed: seed of ``np.random.default_rng``.
         with_weights: attach float32 router weights.
         pred_noise: attach next-layer predictions (``pred_scores``) of this noise level (see the
@@ -148,10 +169,14 @@ def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int
     _check(skew, reuse, cross_layer, num_requests, prompt_len, gen_len, pred_noise)
     shape = model if isinstance(model, ModelShape) else get_model_preset(model)
     L, K = shape.num_layers, shape.top_k
+    _per_layer("skew", skew, L), _per_layer("cross_layer", cross_layer, L)
     n, pl, gl = int(num_requests), int(prompt_len), int(gen_len)
     rng = np.random.default_rng(seed)
-    ids, wts, logits, scores = _route(shape, n, pl + gl, float(skew), float(reuse), float(cross_layer), rng,
-                                      keep_logits=pred_noise is not None, keep_scores=bool(with_logits))
+    if not (np.isfinite(rank_coupling) and rank_coupling >= 0):
+        raise ValueError(f"rank_coupling must be a finite number >= 0, got {rank_coupling!r}")
+    ids, wts, logits, scores = _route(shape, n, pl + gl, skew, float(reuse), cross_layer, rng,
+                                      keep_logits=pred_noise is not None, keep_scores=bool(with_logits),
+                                      rank_coupling=float(rank_coupling))
     pred_blocks = []
     if pred_noise is not None:
         pt = _predicted(ids, logits, float(pred_noise), np.random.default_rng([seed, 1]))   # [R, T, L, E]
@@ -181,6 +206,7 @@ def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int
     offsets = np.concatenate(([0], np.cumsum(counts)))
     src = (f"synthetic.generate(model={shape.name!r}, num_requests={n}, prompt_len={pl}, gen_len={gl}, "
            f"skew={skew}, reuse={reuse}, cross_layer={cross_layer}, seed={seed}"
+           + (f", rank_coupling={rank_coupling}" if rank_coupling else "")
            + (f", pred_noise={pred_noise}" if pred_noise is not None else "")
            + (", with_logits=True)" if with_logits else ")"))
     return make_trace(shape, np.repeat(np.arange(n), (pl > 0) + gl), phase, tokens, offsets,
@@ -191,10 +217,11 @@ def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int
                       logits=np.concatenate(lg_blocks) if lg_blocks else None)
 
 
-def decode_stream(model: Union[str, ModelShape] = "olmoe-1b-7b", tokens: int = 256, *, skew: float = 1.0,
-                  reuse: float = 0.5, cross_layer: float = 0.3, seed: int = 0, with_weights: bool = True,
-                  pred_noise: Optional[float] = None, with_logits: bool = False) -> Trace:
+def decode_stream(model: Union[str, ModelShape] = "olmoe-1b-7b", tokens: int = 256, *, skew=1.0,
+                  reuse: float = 0.5, cross_layer=0.3, rank_coupling: float = 0.0, seed: int = 0,
+                  with_weights: bool = True, pred_noise: Optional[float] = None,
+                  with_logits: bool = False) -> Trace:
     """One request of ``tokens`` decode passes and no prefill (see :func:`generate`)."""
     return generate(model, num_requests=1, prompt_len=0, gen_len=tokens, skew=skew, reuse=reuse,
-                    cross_layer=cross_layer, seed=seed, with_weights=with_weights, pred_noise=pred_noise,
-                    with_logits=with_logits)
+                    cross_layer=cross_layer, rank_coupling=rank_coupling, seed=seed, with_weights=with_weights,
+                    pred_noise=pred_noise, with_logits=with_logits)
