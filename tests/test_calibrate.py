@@ -89,20 +89,3 @@ def test_calibrated_trace_config():
     with pytest.raises(ConfigError, match="trace.calibrated=true: no calibrated synthetic preset for 'phi-3.5-moe'"):
         build_trace(dict(cfg, model="phi-3.5-moe"))
 
-
-@pytest.mark.slow
-def test_calibrate_experiment_quick(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import pandas as pd
-    root = Path(__file__).resolve().parents[1]
-    p = subprocess.run([sys.executable, str(root / "experiments" / "calibrate.py"), "--quick", "--out", str(tmp_path)],
-                       cwd=root, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stdout + p.stderr
-    df = pd.read_csv(tmp_path / "calibration.csv")
-    assert set(df["model"]) == {"olmoe-1b-7b", "mixtral-8x7b", "qwen3-30b-a3b"}
-    fit = df[df["statistic"] == "fit_score"].set_index("model")
-    assert (fit["calibrated"] < fit["default"]).all()
-    assert (tmp_path / "marginals.png").stat().st_size > 0 and (tmp_path / "calibrated.json").exists()
