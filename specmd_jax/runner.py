@@ -258,3 +258,23 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
                      max_occupancy=np.asarray(states.max_occ, np.int64).reshape(-1)[:B],
                      occupancy=np.concatenate(occs) if record else None,
                      compile_s=compile_s, run_s=run_s)
+
+
+def clear_compiled() -> None:
+    """Drop every compiled program this package holds (runner, stack, MRC and prefetch engines)
+    and jax's own caches. A long-lived process that sweeps many shapes (a notebook, a test
+    session) otherwise keeps every executable alive; each costs memory and memory mappings."""
+    import gc
+
+    from . import mrc, prefetch_runner, stack
+    _COMPILED.clear()
+    _runner.cache_clear()
+    stack._COMPILED.clear()
+    stack._depth_scan.cache_clear()
+    stack._belady_scan.cache_clear()
+    mrc._stack_scan.cache_clear()
+    prefetch_runner._COMPILED.clear()
+    prefetch_runner._runner.cache_clear()
+    prefetch_runner._async_runner.cache_clear()
+    jax.clear_caches()
+    gc.collect()

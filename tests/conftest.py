@@ -16,6 +16,15 @@ QWEN = "bigmoeonedge-route-trace/qwen.route.csv"
 MIXTRAL = "mixtral8x7b-speculative-moe/routing_data_collected/gsm8k_2_routing.jsonl"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Free the compiled programs of each test module when it ends: a worker that runs many
+    modules otherwise keeps hundreds of executables (memory and memory mappings) alive."""
+    yield
+    from specmd_jax.runner import clear_compiled
+    clear_compiled()
+
+
 @pytest.fixture(scope="session")
 def traces_dir() -> Path:
     env = os.environ.get("SPECMD_TRACES")

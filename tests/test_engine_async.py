@@ -167,7 +167,7 @@ def test_precision_levels_and_level_choosing_miss_policies(policy):
             "dropped", "substituted", "units_full", "exec_pairs", "bits_served")
     for t, cfg in cases:
         plan = make_plan(t, cfg)
-        caps = [0, 7, 20, 64, 300]
+        caps = [0, 7, 64, 300]
         for misses in groups:
             r = run_async(t, policy, caps, plan, HWS, misses=misses, precision=prec)
             for b in range(len(r.capacities)):
@@ -216,15 +216,16 @@ def test_lhu_matches_the_reference():
     differs = False
     for t, cfg in cases:
         plan = make_plan(t, cfg)
-        caps = [0, 3, 7, 20, 64, 300]
+        caps = [0, 7, 64, 300]
         for prec, misses in ((None, [MissConfig(), MissConfig("drop_priority", rank_threshold=1)]),
                              (None, [MissConfig("substitute")]),
                              (PRECISION_PRESETS["fp16-int8-int4-int2"], [MissConfig("cascade", thresholds=th)
                                                                        for th in ((0.2, 0.1, 0.05), (0.5, 0.3, 0.01))]),
                              (PRECISION_PRESETS["fp16-int8-int4-int2"], [MissConfig("fetch_lowest")])):
             r = run_async(t, "lhu", caps, plan, HWS[:2], misses=misses, precision=prec)
-            lru = run_async(t, "lru", caps, plan, HWS[:2], misses=misses, precision=prec)
-            differs |= not np.array_equal(r.totals, lru.totals)
+            if not differs:
+                lru = run_async(t, "lru", caps, plan, HWS[:2], misses=misses, precision=prec)
+                differs = not np.array_equal(r.totals, lru.totals)
             for b in range(len(r.capacities)):
                 c, h, m = int(r.capacities[b]), r.hardware[b], misses[r.miss_index[b]]
                 ref = simulate_timed(t, "lhu", c, plan=plan, hardware=h, miss=m, precision=prec)
