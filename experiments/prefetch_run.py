@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import specmd_jax as sj  # noqa: E402
-from specmd_jax.app_config import ConfigError, build_trace, resolve_capacities, resolve_policies  # noqa: E402
+from specmd_jax.app_config import (ConfigError, build_trace, enable_compilation_cache,  # noqa: E402
+                                   resolve_capacities, resolve_policies)
 from specmd_jax.miss import MissConfig, Precision  # noqa: E402
 from specmd_jax.prefetch import PrefetchConfig  # noqa: E402
 from specmd_jax.routing import RoutingConfig  # noqa: E402
@@ -141,6 +142,14 @@ def run(cfg: dict) -> pd.DataFrame:
         print(res[SHOW].to_string(index=False, max_rows=60, float_format=lambda x: f"{x:.4f}"))
     for n in notes:
         print(f"note: {n}")
+    print("\nbest configuration per metric:")
+    for metric, how in (("ttft_ms", "min"), ("tpot_ms", "min"), ("hit_rate", "max"), ("collision_rate", "min")):
+        col = res[metric].dropna()
+        if col.empty:
+            continue
+        r = res.loc[col.idxmin() if how == "min" else col.idxmax()]
+        print(f"  {how} {metric}: {r[metric]:.4f}  ({r['policy']}, {r['prefetch']}, miss {r['miss']}, routing "
+              f"{r['routing']}, capacity {r['capacity_fraction']:.3g}, {r['hardware']})")
     print(f"\nwrote {out / 'results.csv'}, {out / 'trace.txt'}")
     return res
 
@@ -148,8 +157,10 @@ def run(cfg: dict) -> pd.DataFrame:
 @hydra.main(config_path="../conf", config_name="prefetch", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    plain = OmegaConf.to_container(cfg, resolve=True)
     try:
-        run(OmegaConf.to_container(cfg, resolve=True))
+        enable_compilation_cache(plain.get("compilation_cache"))
+        run(plain)
     except (ConfigError, TraceError) as e:
         raise SystemExit(f"error: {e}") from None
 

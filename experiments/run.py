@@ -28,7 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import specmd_jax as sj  # noqa: E402
-from specmd_jax.app_config import ConfigError, build_trace, resolve_capacities, resolve_policies  # noqa: E402
+from specmd_jax.app_config import (ConfigError, build_trace, enable_compilation_cache,  # noqa: E402
+                                   resolve_capacities, resolve_policies)
 from specmd_jax.plots import plot_hit_rate, plot_misses  # noqa: E402
 from specmd_jax.stack import ENGINES, STACK_POLICIES  # noqa: E402
 from specmd_jax.trace import TraceError  # noqa: E402
@@ -135,6 +136,7 @@ def main(cfg: DictConfig) -> None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU" chatter
     plain = OmegaConf.to_container(cfg, resolve=True)  # only this entry point sees a DictConfig
     try:
+        enable_compilation_cache(plain.get("compilation_cache"))
         run(plain)
     except (ConfigError, TraceError) as e:
         raise SystemExit(f"error: {e}") from None

@@ -39,6 +39,21 @@ SYNTHETIC_KNOBS = tuple(p for p in inspect.signature(synthetic.generate).paramet
 SWEEP_KEYS = ("capacities", "fractions", "grid")
 
 
+def enable_compilation_cache(path) -> Optional[str]:
+    """Turn on jax's persistent compilation cache in ``path`` (created; ``None`` or ``""``: off).
+
+    Every compiled program (one per policy and shape) is then written there and reused by later
+    runs, so a repeated or resumed study skips compilation. Returns the absolute path or None."""
+    if path in (None, "", False):
+        return None
+    import jax
+    p = Path(str(path)).expanduser().resolve()
+    p.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(p))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # our programs compile in < 1 s
+    return str(p)
+
+
 class ConfigError(ValueError):
     """A config value the entry point cannot use; the message names the key."""
 
