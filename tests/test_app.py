@@ -149,6 +149,14 @@ def test_multirun_policy_axis(tmp_path):
     assert sorted(pd.read_csv(f)["policy"].iloc[0] for f in files) == ["fifo", "lru"]
 
 
+def test_multirun_joblib_launcher(tmp_path):
+    """The same multirun on the joblib launcher (jobs in parallel processes)."""
+    _run(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "policy=lru,ls", *TINY,
+          f"hydra.sweep.dir={tmp_path}"])
+    files = sorted(tmp_path.glob("*/results.csv"))
+    assert sorted(pd.read_csv(f)["policy"].iloc[0] for f in files) == ["lru", "ls"]
+
+
 def test_run_engine_choice(tmp_path):
     """engine=scan and the default (auto: stack path for lru) write the same table; a bad
     engine name fails at startup with the valid names."""
