@@ -1,7 +1,7 @@
 """SpecMD Figs. 4/8, 5/9 and miss-ratio curves: collision misses by eviction policy, capacity and
 model, per layer, and hit rate vs capacity with Belady as the bound.
 
-    python experiments/collisions.py                  # ~2-4 min on 2 cores; writes outputs/collisions/
+    python experiments/collisions.py                  # ~5 min on 2 cores (274 s); writes outputs/collisions/
     python experiments/collisions.py --quick --out /tmp/coll
 
 Traces: one synthetic trace per model preset (the calibrated knobs where a fit exists:
@@ -135,43 +135,41 @@ def plots(df: pd.DataFrame, per: pd.DataFrame, mrc: pd.DataFrame, out: Path) -> 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    def grid(rows, draw, ylabel, height, name):
+        """One panel per (trace, capacity): ``draw(ax, trace, fraction)``, titled and labelled."""
+        fig, axes = plt.subplots(len(rows), len(FRACTIONS), figsize=(4.2 * len(FRACTIONS), height * len(rows)),
+                                 squeeze=False)
+        for i, tr in enumerate(rows):
+            for j, fr in enumerate(FRACTIONS):
+                ax = axes[i][j]
+                draw(ax, tr, fr)
+                ax.set_title(f"{tr}, {fr:.0%}", fontsize=8)
+                if j == 0:
+                    ax.set_ylabel(ylabel)
+                if i == 0 and j == 0:
+                    ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+
+    def bars(ax, tr, fr):
+        g = df[(df["trace"] == tr) & np.isclose(df["capacity_fraction"], fr)].set_index("policy").loc[list(POLICIES)]
+        x = np.arange(len(POLICIES))
+        ax.bar(x, g["misses"] / g["demands"], color="0.7", label="misses")
+        ax.bar(x, g["collisions"] / g["demands"], color="C3", label="collision misses")
+        ax.set_xticks(x, POLICIES, fontsize=7)
+        ax.set_ylim(0, 1)
+
+    def layers(ax, tr, fr):
+        for p in FIG4:
+            g = per[(per["trace"] == tr) & (per["policy"] == p) & np.isclose(per["capacity_fraction"], fr)]
+            ax.plot(g["layer"], g["collision_rate"], "o-", ms=3, label=p)
+        ax.set_xlabel("layer")
+
     names = list(dict.fromkeys(df["trace"]))
-    fig, axes = plt.subplots(len(names), len(FRACTIONS), figsize=(4.2 * len(FRACTIONS), 2.4 * len(names)),
-                             squeeze=False)
-    for i, tr in enumerate(names):
-        for j, fr in enumerate(FRACTIONS):
-            ax = axes[i][j]
-            g = df[(df["trace"] == tr) & np.isclose(df["capacity_fraction"], fr)].set_index("policy").loc[list(POLICIES)]
-            x = np.arange(len(POLICIES))
-            ax.bar(x, g["misses"] / g["demands"], color="0.7", label="misses")
-            ax.bar(x, g["collisions"] / g["demands"], color="C3", label="collision misses")
-            ax.set_xticks(x, POLICIES, fontsize=7)
-            ax.set_ylim(0, 1)
-            ax.set_title(f"{tr}, {fr:.0%}", fontsize=8)
-            if j == 0:
-                ax.set_ylabel("per demand")
-            if i == 0 and j == 0:
-                ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "collisions.png", dpi=100)
-    plt.close(fig)
-    pick = [n for n in names if n.startswith("olmoe") or n.endswith("-real")]
-    fig, axes = plt.subplots(len(pick), len(FRACTIONS), figsize=(4.2 * len(FRACTIONS), 2.6 * len(pick)), squeeze=False)
-    for i, tr in enumerate(pick):
-        for j, fr in enumerate(FRACTIONS):
-            ax = axes[i][j]
-            for p in FIG4:
-                g = per[(per["trace"] == tr) & (per["policy"] == p) & np.isclose(per["capacity_fraction"], fr)]
-                ax.plot(g["layer"], g["collision_rate"], "o-", ms=3, label=p)
-            ax.set_title(f"{tr}, {fr:.0%}", fontsize=8)
-            ax.set_xlabel("layer")
-            if j == 0:
-                ax.set_ylabel("collision rate")
-            if i == 0 and j == 0:
-                ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "per_layer.png", dpi=100)
-    plt.close(fig)
+    grid(names, bars, "per demand", 2.4, "collisions.png")
+    grid([n for n in names if n.startswith("olmoe") or n.endswith("-real")], layers, "collision rate", 2.6,
+         "per_layer.png")
     mnames = list(dict.fromkeys(mrc["trace"]))
     fig, axes = plt.subplots(1, len(mnames), figsize=(4.2 * len(mnames), 3.6), squeeze=False)
     for j, tr in enumerate(mnames):

@@ -1,6 +1,6 @@
 """The SpecMD study report: run every experiment, then put the paper's quoted numbers beside ours.
 
-    python experiments/report.py              # runs all experiments (~15 min on 2 cores), writes outputs/report/
+    python experiments/report.py              # runs all six experiments one after another, writes outputs/report/
     python experiments/report.py --no-run     # only rebuild the page from the committed outputs/ tables
     python experiments/report.py --quick --out /tmp/report   # tiny settings, every experiment (a smoke run)
 

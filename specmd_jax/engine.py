@@ -200,9 +200,12 @@ def make_policy(spec: Spec) -> Policy:
         rD = jnp.where(resD, rD, ABSENT).astype(jnp.int16)
         resident = r < GONE
         evictable = resident & ~inD
-        # admission: the first `na` missing ids (ids ascending within the step)
+        # admission: the first `na` missing ids (ids ascending within the step). Per-configuration
+        # [W] work is written as W unrolled elementwise terms (_wsum): under vmap they are
+        # vectorised over the configurations, where a [W, W] reduction along the short W axis
+        # is scalar code on XLA:CPU (measured: 15-25% of the whole FIFO step).
         earlier = jnp.arange(W)[None, :] < jnp.arange(W)[:, None]            # [W, W] j' < j
-        cm = jnp.sum(earlier & missD[None, :], axis=1, dtype=jnp.int32)
+        cm = _wsum([(jnp.arange(W) > j) & missD[j] for j in range(W - 1)], (W,))
         admitD = missD & (cm < na)
         Dp = resD | admitD
         nDp = nh + na
@@ -220,7 +223,7 @@ def make_policy(spec: Spec) -> Policy:
             evpos = None if spec.policy == "fifo" else r - _count_lt(rD, r)
             thresh = (m - nev).astype(jnp.int16)
             na16 = na.astype(jnp.int16)
-            ev_posD = rD - jnp.sum(rD[None, :] < rD[:, None], axis=1, dtype=jnp.int16)   # hits' evpos
+            ev_posD = rD.astype(jnp.int32) - _wsum([rD[j] < rD for j in range(W)], (W,))   # hits' evpos
             if kind == "mtt":
                 # a non-demanded resident moves to evpos + |D'|; it is a victim iff that rank
                 # reaches the new occupancy (= its evictable position is in the bottom `nev`)
@@ -233,19 +236,11 @@ def make_policy(spec: Spec) -> Policy:
                 # position `thresh`. A hit's evictable position (rank minus the hits below it)
                 # is the position it sits above, so R* = thresh + #{hits with ev_pos <= thresh}:
                 # a [W] computation per config and one compare per element (no W-compare count).
-                # The [W] work is written as W unrolled terms: under vmap they are elementwise
-                # over the configurations (vectorised), where a [W, W] reduction along the short
-                # W axis is scalar code on XLA:CPU (measured: 15-25% of the whole step).
-                rD32 = rD.astype(jnp.int32)
-                ev_posD = rD32 - _wsum([(rD32[j] < rD32) for j in range(W)], (W,))
-                cm = _wsum([(jnp.arange(W) > j) & missD[j] for j in range(W - 1)], (W,))
-                admitD = missD & (cm < na)
-                Dp = resD | admitD
-                rstar = (m - nev + _wsum([resD[j] & (ev_posD[j] <= m - nev) for j in range(W)], ())).astype(jnp.int16)
+                rstar = (thresh + _wsum([resD[j] & (ev_posD[j] <= thresh) for j in range(W)], ())).astype(jnp.int16)
                 r_c = r + na16
                 gone = (r >= rstar) & ~inD
-                nv_aboveD = jnp.clip(ev_posD - (m - nev), 0, nev)
-                rD_new = jnp.where(resD, rD32 - nv_aboveD + na, na - 1 - cm).astype(jnp.int16)
+                nv_aboveD = jnp.clip(ev_posD - thresh, 0, nev)
+                rD_new = jnp.where(resD, rD.astype(jnp.int32) - nv_aboveD + na, na - 1 - cm).astype(jnp.int16)
             elif spec.policy == "random":
                 # Floyd positions count from the oldest evictable (the reference's order):
                 # position j <-> evpos m - 1 - j; victims above x have positions >= m - evpos(x)

@@ -416,7 +416,6 @@ def make_async_policy(spec: AsyncSpec):
         ``[C, C]`` comparison of the candidates' keys (z', recorded rank, id)."""
         K = spec.top_k
         l = visit.layer
-        C = tabs["cid"].shape[1]
         cached = lax.dynamic_slice_in_dim(r, l * E, E) < G_
         anyc = jnp.any(cached)
         bias = lax.optimization_barrier(lam.astype(jnp.float32) * visit.delta.astype(jnp.float32))
@@ -447,7 +446,6 @@ def make_async_policy(spec: AsyncSpec):
         z0 = jnp.zeros((), jnp.int32)
         dm, smax, rmin, rp, ru_s, npr, rer_p, rer_u, chg = lax.fori_loop(
             0, visit.nrows, token, (jnp.zeros((E,), bool), zi, jnp.full((E,), BIG), zi, zi, zi, z0, z0, z0))
-        del C
         # compaction: the demanded experts in ascending id into W slots
         pos = jnp.cumsum(dm.astype(jnp.int32)) - 1
         oh = dm[None, :] & (pos[None, :] == jnp.arange(W)[:, None])           # [W, E]

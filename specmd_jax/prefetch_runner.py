@@ -348,7 +348,8 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
     det = demand_details(trace, steps)
     E, K = trace.shape.num_experts, trace.shape.top_k
     nrows = np.diff(trace.cell_offsets).astype(np.int32)
-    # a routed visit demands at most min(E, tokens x K) experts
+    # a routed visit demands at most min(E, tokens x K) experts (the step replaces the visit's
+    # recorded demand fields with its own W-wide ones, so the host arrays keep their width)
     width = max(steps.width, int(np.minimum(E, nrows * K).max(initial=0))) if routed else steps.width
     spec = AsyncSpec(policy, L, E, width, int(stack.shape[2]), bool(substitute),
                      units=tuple(prec.units), miss_kind=kind, cascade_len=ncas, bits=tuple(prec.bits),
@@ -360,9 +361,6 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
         delta = gap_means(trace)
     else:
         tabs, row0, delta = {}, None, None
-
-    def wide(a, fill):  # [n, steps.width] -> [n, width]
-        return np.concatenate([a, np.full((a.shape[0], width - a.shape[1]), fill, a.dtype)], 1) if a.shape[1] < width else a
     lscore = running_scores(trace, steps) if substitute else np.zeros((steps.num_steps, 1), np.int32)
     init, run = _async_runner(spec, multi)
     states = init(params)
@@ -385,14 +383,14 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
                           new_pass=jnp.asarray(_take(steps.new_pass, lo, hi, pad, False)),
                           prefill=jnp.asarray(_take(prefill, lo, hi, pad, False)),
                           tokens=jnp.asarray(_take(tokens, lo, hi, pad, 0)),
-                          ids=jnp.asarray(wide(_take(steps.ids, lo, hi, pad, -1), -1)),
+                          ids=jnp.asarray(_take(steps.ids, lo, hi, pad, -1)),
                           pf_ids=jnp.asarray(_pf_chunk(stack, lo, hi, pad, len(caps0) * H * M * R, multi)),
-                          rank=jnp.asarray(wide(_take(det["rank"], lo, hi, pad, NO_DROP), NO_DROP)),
-                          pairs=jnp.asarray(wide(_take(det["pairs"], lo, hi, pad, 0), 0)),
-                          units=jnp.asarray(wide(_take(steps.units, lo, hi, pad, 0), 0)),
+                          rank=jnp.asarray(_take(det["rank"], lo, hi, pad, NO_DROP)),
+                          pairs=jnp.asarray(_take(det["pairs"], lo, hi, pad, 0)),
+                          units=jnp.asarray(_take(steps.units, lo, hi, pad, 0)),
                           lscore=jnp.asarray(_take(lscore, lo, hi, pad, 0)),
-                          score=jnp.asarray(wide(_take(det["score"], lo, hi, pad, 0), 0)),
-                          spos=jnp.asarray(wide(_take(det["spos"], lo, hi, pad, 0), 0)),
+                          score=jnp.asarray(_take(det["score"], lo, hi, pad, 0)),
+                          spos=jnp.asarray(_take(det["spos"], lo, hi, pad, 0)),
                           row0=None if row0 is None else jnp.asarray(_take(row0, lo, hi, pad, 0)),
                           nrows=None if row0 is None else jnp.asarray(_take(nrows, lo, hi, pad, 0)),
                           delta=None if row0 is None else jnp.asarray(_take(delta, lo, hi, pad, 0.0)))
