@@ -1,4 +1,4 @@
-"""Hydra entry point for prefetch + timing studies (``conf/prefetch.yaml``).
+"""Hydra entry point for prefetch + timing studies (``conf/prefetch_app.yaml``).
 
 Hydra selects (trace, capacities, hardware profiles, a prior system or a prefetch config,
 timing); :func:`specmd_jax.sweep_prefetch` computes. Writes ``results.csv`` (one row per policy x
@@ -30,6 +30,9 @@ from specmd_jax.routing import RoutingConfig  # noqa: E402
 from specmd_jax.systems import get_system  # noqa: E402
 from specmd_jax.timing import HARDWARE_PRESETS  # noqa: E402
 from specmd_jax.trace import TraceError  # noqa: E402
+from specmd_jax.app_schema import register as register_schemas  # noqa: E402
+
+register_schemas()  # conf/*.yaml extend these typed schemas: typos and wrong types fail at startup
 
 SHOW = ["policy", "prefetch", "miss", "routing", "capacity_fraction", "hardware", "hit_rate", "late_rate", "collision_rate",
         "ttft_ms", "tpot_ms", "proxy_mass_full_precision"]
@@ -154,10 +157,10 @@ def run(cfg: dict) -> pd.DataFrame:
     return res
 
 
-@hydra.main(config_path="../conf", config_name="prefetch", version_base="1.3")
+@hydra.main(config_path="../conf", config_name="prefetch_app", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     try:
         enable_compilation_cache(plain.get("compilation_cache"))
         run(plain)

@@ -7,7 +7,7 @@ Usage (from the repo root; see conf/config.yaml for more)::
 
     python experiments/run.py                                    # defaults: 7 policies, 1/5/25%
     python experiments/run.py trace=qwen3_real sweep=slots policies=[lru,ls]
-    python experiments/run.py -m policy=lru,ls,belady trace=synthetic_olmoe,qwen3_real
+    python experiments/run.py -m policy=lru,ls,belady trace=synthetic,qwen3_real
 
 Writes ``results.csv``, ``per_layer.csv``, ``trace.txt`` and the plots ``hit_rate.png`` and
 ``misses.png`` into the hydra output directory.
@@ -33,6 +33,9 @@ from specmd_jax.app_config import (ConfigError, build_trace, enable_compilation_
 from specmd_jax.plots import plot_hit_rate, plot_misses  # noqa: E402
 from specmd_jax.stack import ENGINES, STACK_POLICIES  # noqa: E402
 from specmd_jax.trace import TraceError  # noqa: E402
+from specmd_jax.app_schema import register as register_schemas  # noqa: E402
+
+register_schemas()  # conf/*.yaml extend these typed schemas: typos and wrong types fail at startup
 
 SHOW = ["policy", "capacity_fraction", "capacity_slots", "hit_rate", "collision_rate", "misses",
         "collisions", "bypass"]
@@ -134,7 +137,7 @@ def run(cfg: dict) -> pd.DataFrame:
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU" chatter
-    plain = OmegaConf.to_container(cfg, resolve=True)  # only this entry point sees a DictConfig
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # only this entry point sees a DictConfig
     try:
         enable_compilation_cache(plain.get("compilation_cache"))
         run(plain)

@@ -8,7 +8,8 @@ Config groups (``conf/``):
 
 * ``trace``: ``{kind: synthetic, model, num_requests, prompt_len, gen_len, skew, reuse,
   cross_layer, seed}`` -> :func:`specmd_jax.synthetic.generate`, or ``{kind: file, path}`` ->
-  :func:`specmd_jax.load_trace`.
+  :func:`specmd_jax.load_trace`. ``model`` is a preset name or the ``model`` group's node
+  (``{name, num_layers, num_experts, top_k, expert_bytes}``, see :func:`model_shape`).
 * ``sweep``: exactly one of ``capacities`` (slots), ``fractions`` (of all expert bytes) or
   ``grid: {start, stop, num}`` (``num`` evenly spaced fractions, ends included).
 
@@ -28,10 +29,11 @@ import numpy as np
 
 from . import synthetic
 from .api import capacity_slots, list_policies
+from .presets import MODEL_PRESETS
 from .readers import load_trace
-from .trace import Trace, TraceError
+from .trace import ModelShape, Trace, TraceError
 
-__all__ = ["ConfigError", "build_trace", "resolve_capacities", "resolve_policies", "MODES"]
+__all__ = ["ConfigError", "build_trace", "model_shape", "resolve_capacities", "resolve_policies", "MODES"]
 
 MODES = ("pinned", "sequential")
 _MISSING = (None, "", "???")  # "???" is OmegaConf's MISSING left as text by to_container
@@ -66,6 +68,53 @@ def _get(d: Any, name: str) -> Mapping:
     return d
 
 
+SHAPE_FIELDS = ("num_layers", "num_experts", "top_k", "expert_bytes")
+
+
+def model_shape(cfg_model: Any):
+    """The ``model`` argument of :func:`synthetic.generate` from the ``model`` config node.
+
+    Args:
+        cfg_model: a preset name (str), or ``{name, num_layers, num_experts, top_k,
+            expert_bytes}``. Shape fields left null take the preset's values; a name that is not
+            a preset needs all four (``model=custom``).
+
+    Returns:
+        The preset name (no field set) or a :class:`ModelShape`.
+
+    Raises:
+        ConfigError: a missing or non-positive shape field; the message names ``model.<field>``.
+    """
+    if isinstance(cfg_model, str) or cfg_model is None:
+        return cfg_model if cfg_model is not None else "olmoe-1b-7b"
+    if not isinstance(cfg_model, Mapping):
+        raise ConfigError(f"model must be a preset name or a mapping, got {cfg_model!r}")
+    m = dict(cfg_model)
+    name = m.pop("name", None)
+    bad = sorted(set(m) - set(SHAPE_FIELDS))
+    if bad or name in _MISSING:
+        raise ConfigError(f"model needs a name and only {', '.join(SHAPE_FIELDS)}; got {cfg_model!r}")
+    given = {k: v for k, v in m.items() if v not in _MISSING}
+    base = MODEL_PRESETS.get(str(name).lower())
+    if not given and base is not None:
+        return str(name)
+    vals = {}
+    for k in SHAPE_FIELDS:
+        v = given.get(k, getattr(base, k) if base is not None else None)
+        if v is None:
+            raise ConfigError(f"model.{k} is required for model {name!r} (not a preset: set "
+                              f"{', '.join('model.' + f for f in SHAPE_FIELDS)}; presets: {', '.join(MODEL_PRESETS)})")
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ConfigError(f"model.{k} must be an integer >= 1, got {v!r}")
+        vals[k] = int(v)
+    if vals["top_k"] > vals["num_experts"]:
+        raise ConfigError(f"model.top_k ({vals['top_k']}) must be <= model.num_experts ({vals['num_experts']})")
+    try:
+        return ModelShape(str(name), vals["num_layers"], vals["num_experts"], vals["top_k"], vals["expert_bytes"])
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model: {e}") from None
+
+
 def build_trace(cfg_trace: Mapping) -> Trace:
     """The trace that ``cfg_trace`` (the ``trace`` config group, a plain dict) describes.
 
@@ -89,10 +138,15 @@ def build_trace(cfg_trace: Mapping) -> Trace:
         if bad:
             raise ConfigError(f"unknown key(s) {', '.join('trace.' + k for k in bad)} for trace.kind=synthetic; "
                               f"valid: {', '.join(SYNTHETIC_KNOBS + ('calibrated',))}")
+        t["model"] = model_shape(t.get("model"))
         if calibrated:  # the fitted popularity / layer-coupling / reuse knobs of the model
             from .calibrate import calibrated_knobs
+            m = t["model"]
+            if isinstance(m, ModelShape) and MODEL_PRESETS.get(m.name) != m:
+                raise ConfigError(f"trace.calibrated=true needs a preset model's own shape; model {m} was changed "
+                                  f"or is custom (its fit would not apply)")
             try:
-                t.update(calibrated_knobs(str(t.get("model", "olmoe-1b-7b"))))
+                t.update(calibrated_knobs(m.name if isinstance(m, ModelShape) else str(m)))
             except KeyError as e:
                 raise ConfigError(f"trace.calibrated=true: {e.args[0]}") from None
         try:

@@ -166,7 +166,7 @@ def test_run_engine_choice(tmp_path):
     pd.testing.assert_frame_equal(a, b)
     p = subprocess.run([sys.executable, RUN, *TINY, "engine=fast", f"hydra.run.dir={tmp_path / 'bad'}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert p.returncode != 0 and "engine must be one of auto, scan, stack" in p.stderr + p.stdout
+    assert p.returncode != 0 and "Invalid value 'fast', expected one of [auto, scan, stack]" in p.stderr + p.stdout
 
 
 def test_run_real_qwen3(tmp_path, traces_dir):

@@ -1,4 +1,4 @@
-"""The prefetch hydra entry point (experiments/prefetch_run.py, conf/prefetch.yaml): a default
+"""The prefetch hydra entry point (experiments/prefetch_run.py, conf/prefetch_app.yaml): a default
 run, a prior-system run over every hardware preset, and the startup errors."""
 
 from __future__ import annotations
