@@ -34,6 +34,8 @@ from specmd_jax.plots import plot_hit_rate, plot_misses  # noqa: E402
 from specmd_jax.stack import ENGINES, STACK_POLICIES  # noqa: E402
 from specmd_jax.trace import TraceError  # noqa: E402
 from specmd_jax.app_schema import register as register_schemas  # noqa: E402
+from specmd_jax.engine_score import sweep_score  # noqa: E402
+from specmd_jax.score import FEATURES, ScorePolicy  # noqa: E402
 
 register_schemas()  # conf/*.yaml extend these typed schemas: typos and wrong types fail at startup
 
@@ -70,7 +72,19 @@ def run(cfg: dict) -> pd.DataFrame:
     """Run the plain-dict config; write the output files; return the results table."""
     trace = build_trace(cfg["trace"])
     sizes = resolve_capacities(trace, cfg["sweep"])
-    policies = resolve_policies(cfg.get("policies"), cfg.get("policy"), cfg.get("mode", "pinned"))
+    policies = resolve_policies(cfg.get("policies"), cfg.get("policy"), cfg.get("mode", "pinned"), extra=("score",))
+    score_pol = None
+    if "score" in policies:  # a learned (or hand-written) score policy, specmd_jax.score
+        path = cfg.get("score_policy")
+        if path in (None, ""):
+            raise ConfigError("policy 'score' needs score_policy=<file.json> (e.g. outputs/tune_score/learned.json, "
+                              "written by experiments/tune_score.py)")
+        if cfg.get("mode", "pinned") != "pinned" or cfg.get("partitioned"):
+            raise ConfigError("policy 'score' runs pinned visits on the global pool only (mode=pinned partitioned=false)")
+        try:
+            score_pol = ScorePolicy.load(path)
+        except ValueError as e:
+            raise ConfigError(f"score_policy: {e}") from None
     if cfg.get("engine", "auto") not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {cfg.get('engine')!r}")
     notes = []
@@ -91,6 +105,14 @@ def run(cfg: dict) -> pd.DataFrame:
     for p in policies:
         t0 = time.perf_counter()
         engine = cfg.get("engine", "auto") if p in STACK_POLICIES else "scan"
+        if p == "score":
+            df = sweep_score(trace, score_pol, **sizes)
+            df.insert(1, "model", trace.shape.name)
+            print(f"  {df['policy'].iloc[0]:>7s}: {time.perf_counter() - t0:6.1f} s (engine_score; weights "
+                  f"{dict(zip(FEATURES, (round(w, 3) for w in score_pol.weights)))})", flush=True)
+            notes.append(f"{df['policy'].iloc[0]}: totals only (no per-layer rows); seeds do not apply")
+            tables.append(df)
+            continue
         try:
             df = sj.sweep(trace, p, **sizes, seeds=cfg["seeds"], mode=cfg["mode"],
                           partitioned=bool(cfg["partitioned"]), progress=bool(cfg["progress"]),
@@ -108,7 +130,7 @@ def run(cfg: dict) -> pd.DataFrame:
         df.attrs = {}  # per_layer etc. are saved separately; concat must not compare them
         tables.append(df)
     res = pd.concat(tables, ignore_index=True)
-    per_layer = pd.concat(layers, ignore_index=True)
+    per_layer = pd.concat(layers, ignore_index=True) if layers else pd.DataFrame()
 
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)

@@ -240,8 +240,10 @@ def resolve_capacities(trace: Trace, cfg_sweep: Mapping) -> dict:
     return {"fractions": fr}
 
 
-def resolve_policies(policies: Any, policy: Optional[str] = None, mode: str = "pinned") -> list[str]:
+def resolve_policies(policies: Any, policy: Optional[str] = None, mode: str = "pinned",
+                     extra: Sequence[str] = ()) -> list[str]:
     """The policy names to run: ``policy`` (the single-policy shortcut) if set, else ``policies``.
+    ``extra``: names the caller handles itself (the run app's ``score``).
 
     Raises:
         ConfigError: empty list, unknown policy name or mode (the message lists valid names).
@@ -249,7 +251,7 @@ def resolve_policies(policies: Any, policy: Optional[str] = None, mode: str = "p
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     names = [policy] if policy not in (None, "") else _as_list(policies, "policies")
-    known = list_policies()
+    known = list(list_policies()) + list(extra)
     out = []
     for p in names:
         p = str(p).lower()

@@ -170,6 +170,7 @@ class _Common:
     progress: bool = True
     output_dir: str = MISSING
     compilation_cache: Optional[str] = "outputs/.jax_cache"
+    score_policy: Optional[str] = None     # run app, policy `score`: a ScorePolicy JSON (experiments/tune_score.py)
 
 
 @dataclass

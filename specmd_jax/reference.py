@@ -108,7 +108,7 @@ def floyd_pick(evictable_sorted: list, nev: int, seed: int, step: int, draw0: in
 
 
 def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
-             partitioned: bool = False, seed: int = 0,
+             partitioned: bool = False, seed: int = 0, weights=None,
              occupancy_log: Optional[list] = None) -> RefResult:
     """Replay ``trace`` through one cache configuration.
 
@@ -119,9 +119,16 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
         mode: ``"pinned"`` (one step per visit) or ``"sequential"`` (one per distinct access).
         partitioned: one cache per layer instead of one global pool.
         seed: seed of the ``random`` policy.
+        weights: ``policy="score"`` only: the NF integer weights ``q`` of the parametric keep
+            score (:mod:`specmd_jax.score`; pinned mode, global pool).
         occupancy_log: if a list is given, the pool occupancy after every step is appended.
     """
-    if policy not in POLICIES:
+    if policy == "score":
+        if weights is None or mode != "pinned" or partitioned:
+            raise ValueError("policy 'score' needs weights=, pinned mode and the global pool")
+        from .score import features
+        q = [int(x) for x in weights]
+    elif policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; known: {POLICIES}")
     if policy == "sb" and trace.weights is None:
         raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
@@ -138,6 +145,10 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
     max_occ = 0
 
     def key(g, l):
+        if policy == "score":
+            r = resident[g]
+            f = features(s, p, l, g, E, L, r["last"], r["ins"], r["freq"], score.get(g, 0))
+            return (sum(a * b for a, b in zip(q, f)), g)
         return policy_key(policy, resident[g], g, l, E, score, nextuse)
 
     for s, (p, l, new_pass, ids, units) in enumerate(steps):

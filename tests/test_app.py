@@ -178,3 +178,21 @@ def test_run_real_qwen3(tmp_path, traces_dir):
     assert df["model"].iloc[0].lower().startswith("qwen3")
     assert df["hit_rate"].between(0, 1).all()
     assert "top_k K=6" in (tmp_path / "trace.txt").read_text()  # reader notes are kept
+
+
+def test_run_learned_score_policy(tmp_path):
+    """policies=[lru,score] with a saved ScorePolicy: the LRU-like score replays exactly as LRU;
+    a missing or malformed policy file is a startup error naming score_policy."""
+    from specmd_jax.score import ScorePolicy
+    f = ScorePolicy("lru-like", (-1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)).save(tmp_path / "p.json")
+    _run([*TINY, "policies=[lru,score]", f"score_policy={f}", f"hydra.run.dir={tmp_path / 'ok'}"])
+    df = pd.read_csv(tmp_path / "ok" / "results.csv")
+    assert list(df["policy"].unique()) == ["lru", "score:lru-like"]
+    a, b = (df[df["policy"] == p].sort_values("capacity_slots") for p in ("lru", "score:lru-like"))
+    assert a["misses"].tolist() == b["misses"].tolist() and a["collisions"].tolist() == b["collisions"].tolist()
+    for args, msg in ((["policies=[score]"], "policy 'score' needs score_policy="),
+                      (["policies=[score]", f"score_policy={tmp_path / 'nope.json'}"], "score_policy: "),
+                      (["policies=[score]", f"score_policy={f}", "mode=sequential"], "pinned visits")):
+        p = subprocess.run([sys.executable, RUN, *TINY, *args, f"hydra.run.dir={tmp_path / 'bad'}"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode != 0 and msg in p.stderr + p.stdout, p.stderr + p.stdout

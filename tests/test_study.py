@@ -51,6 +51,34 @@ def test_collisions_experiment_quick(tmp_path):
         assert (tmp_path / f).stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_tune_score_experiment_quick(tmp_path):
+    """experiments/tune_score.py on tiny traces: a reloadable policy, one verdict row per held-out
+    trace x capacity, sane rates, Belady >= every online rule (no overflow at these sizes), and the
+    fixed rules' presets equal to the demand-only engine's own replay."""
+    import numpy as np
+    import specmd_jax as sj
+    from specmd_jax.calibrate import calibrated_knobs
+    from specmd_jax.score import ScorePolicy
+    _run("tune_score.py", tmp_path)
+    pol = ScorePolicy.load(tmp_path / "learned.json")
+    assert len(pol.weights) == 7 and pol.meta["val_miss_rate"] > 0
+    ev = pd.read_csv(tmp_path / "eval.csv")
+    vd = pd.read_csv(tmp_path / "verdict.csv")
+    assert len(vd) == ev["trace"].nunique() * 3 and set(vd["tuned_vs_ls"]) <= {"better", "equal", "worse"}
+    assert ev["hit_rate"].between(0, 1).all() and ev["collision_rate"].between(0, 1).all()
+    piv = ev.pivot_table(index=["trace", "capacity_fraction"], columns="policy", values="hits")
+    assert (piv.drop(columns="belady").max(axis=1) <= piv["belady"]).all()
+    t = sj.synthetic.generate("olmoe-1b-7b", seed=10, num_requests=1, prompt_len=8, gen_len=16,
+                              **calibrated_knobs("olmoe-1b-7b"))
+    ref = sj.sweep(t, "lru", fractions=[0.01, 0.05, 0.25])
+    got = ev[(ev["trace"] == "olmoe-cal-s10") & (ev["policy"] == "lru")].sort_values("capacity_fraction")
+    assert got["misses"].tolist() == ref["misses"].tolist()
+    assert np.isfinite(pd.read_csv(tmp_path / "sensitivities.csv")["dtpot_dcapacity_s_per_gib"]).all()
+    for f in ("summary.md", "learning_curve.png", "weights.png", "eval.png", "history.csv"):
+        assert (tmp_path / f).stat().st_size > 0
+
+
 def test_report_page_from_the_committed_outputs(tmp_path):
     """The report page built from the committed experiment tables: every quoted paper number has
     a row with ours, a ratio and a note, and the figures resolve."""
@@ -79,5 +107,5 @@ def test_report_quick_runs_every_experiment(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     page = (tmp_path / "report.md").read_text()
     assert "not available" not in page and page.count("\n| ") > 10
-    for d in ("calibration", "collisions", "fig6", "table2", "table1", "prefetch_study"):
+    for d in ("calibration", "collisions", "fig6", "table2", "table1", "prefetch_study", "tune_score"):
         assert any((tmp_path / d).iterdir()), d

@@ -1,0 +1,180 @@
+"""The hard parametric-score policy in JAX: exact, vmapped over (weights, capacity).
+
+One pure step per (configuration, visit), pinned visits, one global pool, the insert/evict
+rules of :mod:`specmd_jax.semantics`; the victims are the evictable residents with the lowest
+int32 keep score ``sum_i q_i f_i`` (:mod:`specmd_jax.score`), lowest id first on ties
+(``lax.top_k`` returns equal values in index order). Dense per-expert tables (``N = L * E``): resident, last use,
+insertion step, uses, cumulative gate units, evicted-this-pass. Equal to
+``reference.simulate(trace, "score", cap, weights=q)`` exactly (tested).
+
+Cost: one ``top_k`` of the ``W`` (widest visit) lowest of ``N`` keys per visit and configuration. This engine is what evaluates a
+learned score and what the tuner's early stopping calls; it is not the sweep fast path of the
+fixed rules (:mod:`specmd_jax.engine`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from jax import lax
+
+from .score import FEATURES, NF, bounds_of, check_bounds
+from .trace import Trace
+from .visits import StepArrays, prepare_steps
+
+COUNTERS = ("demands", "hits", "misses", "collisions", "evictions", "bypass", "prefill_misses")
+INT32_MAX = np.iinfo(np.int32).max
+
+
+def _init(N):
+    z = jnp.zeros(N, jnp.int32)
+    return dict(res=jnp.zeros(N, bool), gone=jnp.zeros(N, bool), last=z, ins=z, uses=z, gate=z,
+                occ=jnp.int32(0), cnt=jnp.zeros(len(COUNTERS), jnp.int32))
+
+
+def _step(st, x, q, cap, L, E):
+    """One visit of one configuration. ``q``: int32[NF]; ``cap``: int32[]."""
+    N = L * E
+    W = min(int(x[4].shape[-1]), N)
+    s, l, new_pass, prefill, ids, units = x
+    valid = ids >= 0
+    idx = jnp.where(valid, ids, N)
+    d = jnp.zeros(N, bool).at[idx].set(True, mode="drop")
+    gate = st["gate"].at[idx].add(units, mode="drop")
+    res = st["res"]
+    gone = jnp.where(new_pass, False, st["gone"])
+    hit, miss = d & res, d & ~res
+    coll = miss & gone
+    nmiss = jnp.sum(miss, dtype=jnp.int32)
+    free = cap - st["occ"]
+    evictable = res & ~d
+    nev = jnp.clip(nmiss - free, 0, jnp.sum(evictable, dtype=jnp.int32))
+    layer = jnp.arange(N, dtype=jnp.int32) // E
+    f = (s - st["last"], st["uses"], s - st["ins"], (layer - l - 1) % L, jnp.abs(layer - l),
+         (st["last"] < s - l).astype(jnp.int32), gate)
+    score = sum(q[i] * f[i] for i in range(NF))
+    key = jnp.where(evictable, score, INT32_MAX)
+    # at most W victims (nev <= misses <= W): the W lowest keys; top_k puts equal values in
+    # index order, so ties go to the lowest id
+    _, low = lax.top_k(-key, W)
+    victim = jnp.zeros(N, bool).at[low].set(jnp.arange(W) < nev) & evictable
+    na = jnp.minimum(nmiss, free + nev)
+    admitted = miss & (jnp.cumsum(miss, dtype=jnp.int32) <= na)  # lowest ids first
+    used = hit | admitted
+    st = dict(res=(res & ~victim) | admitted, gone=gone | victim,
+              last=jnp.where(used, s, st["last"]), ins=jnp.where(admitted, s, st["ins"]),
+              uses=jnp.where(hit, st["uses"] + 1, jnp.where(admitted, 1, st["uses"])), gate=gate,
+              occ=st["occ"] - nev + na,
+              cnt=st["cnt"] + jnp.stack([jnp.sum(d, dtype=jnp.int32), jnp.sum(hit, dtype=jnp.int32), nmiss,
+                                         jnp.sum(coll, dtype=jnp.int32), nev, nmiss - na,
+                                         jnp.where(prefill, nmiss, 0)]))
+    return st
+
+
+@partial(jax.jit, static_argnames=("L", "E"))
+def _run(xs, qs, caps, L, E):
+    def one(q, cap):
+        def body(st, x):
+            return _step(st, x, q, cap, L, E), None
+        st, _ = lax.scan(body, _init(L * E), xs)
+        return st["cnt"], st["res"], st["occ"]
+    return jax.vmap(one)(qs, caps)
+
+
+def run_scores(trace: Trace, qs, capacities, steps: StepArrays | None = None) -> dict:
+    """Replay ``trace`` under hard score weights ``qs`` (int[C, NF]) at ``capacities`` (int[C]),
+    all C configurations in one compiled, vmapped scan.
+
+    Returns:
+        ``{counter: int64[C]}`` for ``COUNTERS`` (``prefill_misses``: misses in prefill passes,
+        what TTFT pays in the demand-only timing model), plus ``resident`` (bool[C, N]) and ``occ``.
+
+    Raises:
+        ValueError: weights that could overflow int32 on this trace, or mismatched shapes.
+    """
+    st = steps if steps is not None else prepare_steps(trace, "pinned")
+    qs = np.atleast_2d(np.asarray(qs, np.int64))
+    caps = np.asarray(capacities, np.int64).reshape(-1)
+    if qs.shape[1] != NF or qs.shape[0] != caps.shape[0]:
+        raise ValueError(f"qs must be [C, {NF}] ({', '.join(FEATURES)}) and capacities [C]; got {qs.shape}, {caps.shape}")
+    b = bounds_of(st)
+    for q in qs:
+        check_bounds(q, b)
+    prefill = np.asarray(trace.pass_phase)[st.pass_] == 0
+    xs = (jnp.asarray(st.step), jnp.asarray(st.layer), jnp.asarray(st.new_pass), jnp.asarray(prefill),
+          jnp.asarray(st.ids), jnp.asarray(st.units))
+    cnt, res, occ = _run(xs, jnp.asarray(qs, jnp.int32), jnp.asarray(caps, jnp.int32),
+                         L=trace.shape.num_layers, E=trace.shape.num_experts)
+    cnt = np.asarray(cnt, np.int64)
+    out = {k: cnt[:, i] for i, k in enumerate(COUNTERS)}
+    out["resident"], out["occ"] = np.asarray(res), np.asarray(occ)
+    return out
+
+
+def score_table(trace: Trace, qs, capacities, labels=None, steps: StepArrays | None = None) -> pd.DataFrame:
+    """:func:`run_scores` as a tidy table: one row per configuration with ``label``,
+    ``capacity_slots``, the counters, ``hit_rate`` and ``collision_rate`` (per demand)."""
+    r = run_scores(trace, qs, capacities, steps)
+    caps = np.asarray(capacities, np.int64).reshape(-1)
+    df = pd.DataFrame({"label": list(labels) if labels is not None else [f"q{i}" for i in range(len(caps))],
+                       "capacity_slots": caps, **{k: r[k] for k in COUNTERS}})
+    df["capacity_fraction"] = df["capacity_slots"] / trace.shape.num_ids
+    df["hit_rate"] = df["hits"] / df["demands"].clip(lower=1)
+    df["collision_rate"] = df["collisions"] / df["demands"].clip(lower=1)
+    return df
+
+
+def ttft_ms(trace: Trace, prefill_misses, hw) -> np.ndarray:
+    """Demand-only TTFT (ms, mean over requests) from prefill misses, in the tick arithmetic of
+    :mod:`specmd_jax.timing`: with no prefetch the copy engine serves a visit's misses one after
+    another, so a prefill pass lasts ``sum over layers of compute + misses * transfer``."""
+    from .timing import TICK_S
+    pre = np.asarray(trace.pass_phase) == 0
+    R = max(int(pre.sum()), 1)
+    comp = sum(trace.shape.num_layers * hw.compute_ticks(True, int(tok)) for tok in np.asarray(trace.pass_tokens)[pre])
+    ticks = comp + np.asarray(prefill_misses, np.int64) * hw.transfer_ticks(trace.shape.expert_bytes)
+    return ticks * TICK_S * 1e3 / R
+
+
+def tpot_ms(trace: Trace, misses, prefill_misses, hw) -> np.ndarray:
+    """Demand-only TPOT (ms, mean decode pass duration), same arithmetic as :func:`ttft_ms`;
+    NaN when the trace has no decode pass."""
+    from .timing import TICK_S
+    dec = np.asarray(trace.pass_phase) == 1
+    if not dec.any():
+        return np.full(np.shape(misses), np.nan)
+    comp = int(dec.sum()) * trace.shape.num_layers * hw.compute_ticks(False, 1)
+    dm = np.asarray(misses, np.int64) - np.asarray(prefill_misses, np.int64)
+    return (comp + dm * hw.transfer_ticks(trace.shape.expert_bytes)) * TICK_S * 1e3 / int(dec.sum())
+
+
+def sweep_score(trace: Trace, policy, fractions=None, capacities=None, hardware=None) -> pd.DataFrame:
+    """Replay ``trace`` under a named score policy at several cache sizes (one compiled vmap).
+
+    Args:
+        policy: a :class:`~specmd_jax.score.ScorePolicy`, or the path of one saved as JSON.
+        fractions / capacities: cache sizes (fractions of all expert bytes, or slots); one of them.
+        hardware: optional :class:`~specmd_jax.timing.Hardware` for ``ttft_ms`` and ``tpot_ms``.
+
+    Returns:
+        One row per size: ``policy`` (``score:<name>``), ``capacity_slots``,
+        ``capacity_fraction``, the counters, ``hit_rate``, ``collision_rate`` (per demand).
+    """
+    from .api import capacity_slots
+    from .score import ScorePolicy
+    pol = policy if isinstance(policy, ScorePolicy) else ScorePolicy.load(policy)
+    if (fractions is None) == (capacities is None):
+        raise ValueError("give exactly one of fractions= or capacities=")
+    caps = capacity_slots(trace, fractions) if fractions is not None else np.asarray(capacities, np.int64)
+    st = prepare_steps(trace, "pinned")
+    q = pol.q(st, trace.shape.num_layers)
+    df = score_table(trace, np.stack([q] * len(caps)), caps, labels=[f"score:{pol.name}"] * len(caps), steps=st)
+    df = df.rename(columns={"label": "policy"})
+    if hardware is not None:
+        df["ttft_ms"] = ttft_ms(trace, df["prefill_misses"], hardware)
+        df["tpot_ms"] = tpot_ms(trace, df["misses"], df["prefill_misses"], hardware)
+    return df

@@ -1,0 +1,137 @@
+"""The parametric eviction score (issue 6): hard policy, presets, JAX engine vs reference.
+
+Presets must reproduce LRU, LFU, FIFO, FLD, SB and Least-Stale decisions exactly (equal counts
+and equal final resident sets) in the reference and in the JAX engine; arbitrary integer
+weights must give the same replay in both.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from specmd_jax import reference, synthetic
+from specmd_jax.engine_score import run_scores, score_table
+from specmd_jax.readers import load_trace
+from specmd_jax.score import (FEATURES, NF, PRESETS, ScorePolicy, bounds_of, check_bounds, preset_weights,
+                              quantize)
+from specmd_jax.visits import prepare_steps
+
+
+@pytest.fixture(scope="module")
+def small():
+    return synthetic.generate("olmoe-1b-7b", num_requests=2, prompt_len=6, gen_len=10, seed=3)
+
+
+@pytest.fixture(scope="module")
+def qwen_slice(traces_dir):
+    t = load_trace(traces_dir / "bigmoeonedge-route-trace" / "qwen.route.csv")
+    return t.slice_passes(0, 12)  # the 28-token prefill and 11 decode passes
+
+
+def _check_equal(trace, qs, caps, names=None):
+    st = prepare_steps(trace)
+    r = run_scores(trace, qs, caps, st)
+    for i, (q, c) in enumerate(zip(qs, caps)):
+        sc = reference.simulate(trace, "score", int(c), weights=q)
+        assert {k: int(r[k][i]) for k in sc.totals} == sc.totals, (i, c)
+        assert np.flatnonzero(r["resident"][i]).tolist() == sc.resident
+        if names is not None:  # the preset reproduces the fixed rule of the reference
+            fixed = reference.simulate(trace, names[i], int(c))
+            assert sc.totals == fixed.totals and sc.resident == fixed.resident, (names[i], c)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_reproduce_fixed_rules_synthetic(small, name):
+    T = prepare_steps(small).num_steps
+    caps = [3, 17, 64, 150, 400]
+    _check_equal(small, np.stack([preset_weights(name, T)] * len(caps)), caps, [name] * len(caps))
+
+
+def test_presets_reproduce_fixed_rules_real_qwen3(qwen_slice):
+    T = prepare_steps(qwen_slice).num_steps
+    names, caps = [], []
+    for name in PRESETS:
+        for f in (0.01, 0.05, 0.25):
+            names.append(name)
+            caps.append(int(f * qwen_slice.shape.num_ids))
+    _check_equal(qwen_slice, np.stack([preset_weights(n, T) for n in names]), caps, names)
+
+
+def test_random_weights_jax_equals_reference(small):
+    rng = np.random.default_rng(7)
+    qs = rng.integers(-40, 40, size=(8, NF))
+    qs[:, FEATURES.index("gate")] = rng.integers(-2, 3, size=8)
+    _check_equal(small, qs, [2, 9, 33, 33, 80, 128, 256, 600])
+
+
+def test_score_table_and_errors(small):
+    st = prepare_steps(small)
+    df = score_table(small, np.stack([preset_weights("lru", st.num_steps)] * 2), [10, 100], labels=["a", "b"])
+    assert list(df["label"]) == ["a", "b"] and df["hit_rate"].between(0, 1).all()
+    assert (df["hits"] + df["misses"] == df["demands"]).all()
+    with pytest.raises(ValueError, match="overflow int32.*'age'"):
+        run_scores(small, np.array([[2 ** 30, 0, 0, 0, 0, 0, 0]]), [10])
+    with pytest.raises(ValueError, match=r"qs must be \[C, 7\]"):
+        run_scores(small, np.zeros((2, 3)), [1, 2])
+    with pytest.raises(ValueError, match="unknown preset 'mru'"):
+        preset_weights("mru", 10)
+    with pytest.raises(ValueError, match="needs weights="):
+        reference.simulate(small, "score", 10)
+
+
+def test_quantize_and_bounds(small):
+    st = prepare_steps(small)
+    b = bounds_of(st)
+    assert b[FEATURES.index("ahead")] == 16 and b[FEATURES.index("age")] == st.num_steps
+    q = quantize([-1, 0, 0, 0.5, 0, 0, 0], 16, b)
+    assert q[0] < 0 and q[0] == -2 * q[3]  # both normalised by L: the ratio of the real weights
+    check_bounds(q, b)
+    with pytest.raises(ValueError, match="7 finite numbers"):
+        quantize([1, 2], 16, b)
+    # the quantised rule ranks like the real one: same replay as the preset for pure LRU
+    lru = quantize([-1, 0, 0, 0, 0, 0, 0], 16, b)
+    r1 = run_scores(small, np.stack([lru, preset_weights("lru", st.num_steps)]), [40, 40], st)
+    assert r1["misses"][0] == r1["misses"][1]
+
+
+def test_policy_save_load(tmp_path):
+    p = ScorePolicy("mine", (-1.0, 0.1, 0, -0.5, 0, 0.2, 0), {"note": "x"})
+    f = p.save(tmp_path / "mine.json")
+    assert ScorePolicy.load(f) == ScorePolicy("mine", (-1.0, 0.1, 0.0, -0.5, 0.0, 0.2, 0.0), {"note": "x"})
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "b", "features": ["age"], "weights": [1]}))
+    with pytest.raises(ValueError, match=r"bad\.json: field 'features'"):
+        ScorePolicy.load(bad)
+    bad.write_text(json.dumps({"name": "b", "features": list(FEATURES), "weights": [1, 2]}))
+    with pytest.raises(ValueError, match=r"bad\.json: field 'weights' must be 7 numbers"):
+        ScorePolicy.load(bad)
+    with pytest.raises(ValueError, match=r"missing\.json: cannot read"):
+        ScorePolicy.load(tmp_path / "missing.json")
+
+
+def test_prefill_misses_and_ttft_equal_the_timed_reference(small):
+    """Demand-only TTFT and TPOT of the score engine (LRU and LS presets) equals the asynchronous timed
+    reference without prefetch, on every hardware preset."""
+    import specmd_jax as sj
+    from specmd_jax.engine_score import sweep_score, tpot_ms, ttft_ms
+    st = prepare_steps(small)
+    one = small.slice_passes(0, 1)  # the first prefill pass alone: all its misses are prefill misses
+    r1 = run_scores(one, np.stack([preset_weights("lru", st.num_steps)] * 2), [20, 200])
+    assert r1["prefill_misses"].tolist() == r1["misses"].tolist()
+    hws = list(sj.HARDWARE_PRESETS.values())
+    for name in ("lru", "ls"):
+        ref = sj.sweep_prefetch(small, name, capacities=[20, 200], prefetch=None, hardware=hws, timing="async",
+                                engine="reference")
+        r = run_scores(small, np.stack([preset_weights(name, st.num_steps)] * 2), [20, 200], st)
+        for hw in hws:
+            want = ref[ref["hardware"] == hw.name].sort_values("capacity_slots")
+            np.testing.assert_allclose(ttft_ms(small, r["prefill_misses"], hw), want["ttft_ms"], rtol=1e-12)
+            np.testing.assert_allclose(tpot_ms(small, r["misses"], r["prefill_misses"], hw), want["tpot_ms"], rtol=1e-12)
+    pol = ScorePolicy("lru-like", (-1.0, 0, 0, 0, 0, 0, 0))
+    df = sweep_score(small, pol, fractions=[0.05, 0.25], hardware=hws[0])
+    assert set(df["policy"]) == {"score:lru-like"} and (df["ttft_ms"] > 0).all()
+    lru = sj.sweep(small, "lru", fractions=[0.05, 0.25])
+    assert df["misses"].tolist() == lru["misses"].tolist()
