@@ -106,7 +106,11 @@ def run(cfg: dict) -> pd.DataFrame:
         t0 = time.perf_counter()
         engine = cfg.get("engine", "auto") if p in STACK_POLICIES else "scan"
         if p == "score":
-            df = sweep_score(trace, score_pol, **sizes)
+            hw = cfg.get("score_sensitivity")
+            if hw not in (None, "") and hw not in sj.HARDWARE_PRESETS:
+                raise ConfigError(f"score_sensitivity: unknown hardware preset {hw!r}; valid: {', '.join(sj.HARDWARE_PRESETS)}")
+            hw = sj.HARDWARE_PRESETS[hw] if hw not in (None, "") else None
+            df = sweep_score(trace, score_pol, **sizes, hardware=hw, sensitivities=hw is not None)
             df.insert(1, "model", trace.shape.name)
             print(f"  {df['policy'].iloc[0]:>7s}: {time.perf_counter() - t0:6.1f} s (engine_score; weights "
                   f"{dict(zip(FEATURES, (round(w, 3) for w in score_pol.weights)))})", flush=True)

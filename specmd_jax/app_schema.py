@@ -171,6 +171,7 @@ class _Common:
     output_dir: str = MISSING
     compilation_cache: Optional[str] = "outputs/.jax_cache"
     score_policy: Optional[str] = None     # run app, policy `score`: a ScorePolicy JSON (experiments/tune_score.py)
+    score_sensitivity: Optional[str] = None  # run app, policy `score`: a hardware preset -> TTFT/TPOT and their gradients
 
 
 @dataclass

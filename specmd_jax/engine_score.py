@@ -152,13 +152,18 @@ def tpot_ms(trace: Trace, misses, prefill_misses, hw) -> np.ndarray:
     return (comp + dm * hw.transfer_ticks(trace.shape.expert_bytes)) * TICK_S * 1e3 / int(dec.sum())
 
 
-def sweep_score(trace: Trace, policy, fractions=None, capacities=None, hardware=None) -> pd.DataFrame:
+def sweep_score(trace: Trace, policy, fractions=None, capacities=None, hardware=None,
+                sensitivities: bool = False, tau: float = 0.1) -> pd.DataFrame:
     """Replay ``trace`` under a named score policy at several cache sizes (one compiled vmap).
 
     Args:
         policy: a :class:`~specmd_jax.score.ScorePolicy`, or the path of one saved as JSON.
         fractions / capacities: cache sizes (fractions of all expert bytes, or slots); one of them.
         hardware: optional :class:`~specmd_jax.timing.Hardware` for ``ttft_ms`` and ``tpot_ms``.
+        sensitivities: with ``hardware``, add the relaxation's gradients per row
+            (:func:`specmd_jax.soft.sensitivities` at temperature ``tau``):
+            ``dttft_dbandwidth_s_per_gbps``, ``dttft_dcapacity_s_per_gib``,
+            ``dtpot_dbandwidth_s_per_gbps``, ``dtpot_dcapacity_s_per_gib``.
 
     Returns:
         One row per size: ``policy`` (``score:<name>``), ``capacity_slots``,
@@ -174,7 +179,18 @@ def sweep_score(trace: Trace, policy, fractions=None, capacities=None, hardware=
     q = pol.q(st, trace.shape.num_layers)
     df = score_table(trace, np.stack([q] * len(caps)), caps, labels=[f"score:{pol.name}"] * len(caps), steps=st)
     df = df.rename(columns={"label": "policy"})
+    if fractions is not None:  # as requested, like sj.sweep (the slots are floor(f * L * E))
+        df["capacity_fraction"] = np.asarray(fractions, np.float64).reshape(-1)
+    df["capacity_bytes"] = df["capacity_slots"] * trace.shape.expert_bytes
     if hardware is not None:
         df["ttft_ms"] = ttft_ms(trace, df["prefill_misses"], hardware)
         df["tpot_ms"] = tpot_ms(trace, df["misses"], df["prefill_misses"], hardware)
+    if sensitivities:
+        if hardware is None:
+            raise ValueError("sensitivities=True needs hardware= (the timing model they differentiate)")
+        from .soft import sensitivities as sens
+        rows = sens(trace, pol.weights, (np.asarray(caps) / trace.shape.num_ids).tolist(), hardware, tau=tau)
+        for k in ("dttft_dbandwidth_s_per_gbps", "dttft_dcapacity_s_per_gib", "dtpot_dbandwidth_s_per_gbps",
+                  "dtpot_dcapacity_s_per_gib"):
+            df[k] = [r[k] for r in rows]
     return df

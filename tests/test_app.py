@@ -185,14 +185,17 @@ def test_run_learned_score_policy(tmp_path):
     a missing or malformed policy file is a startup error naming score_policy."""
     from specmd_jax.score import ScorePolicy
     f = ScorePolicy("lru-like", (-1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)).save(tmp_path / "p.json")
-    _run([*TINY, "policies=[lru,score]", f"score_policy={f}", f"hydra.run.dir={tmp_path / 'ok'}"])
+    _run([*TINY, "policies=[lru,score]", f"score_policy={f}", "score_sensitivity=a100-5gbps",
+          f"hydra.run.dir={tmp_path / 'ok'}"])
     df = pd.read_csv(tmp_path / "ok" / "results.csv")
+    assert df.loc[df["policy"] == "score:lru-like", "dtpot_dbandwidth_s_per_gbps"].lt(0).all()
     assert list(df["policy"].unique()) == ["lru", "score:lru-like"]
     a, b = (df[df["policy"] == p].sort_values("capacity_slots") for p in ("lru", "score:lru-like"))
     assert a["misses"].tolist() == b["misses"].tolist() and a["collisions"].tolist() == b["collisions"].tolist()
     for args, msg in ((["policies=[score]"], "policy 'score' needs score_policy="),
                       (["policies=[score]", f"score_policy={tmp_path / 'nope.json'}"], "score_policy: "),
-                      (["policies=[score]", f"score_policy={f}", "mode=sequential"], "pinned visits")):
+                      (["policies=[score]", f"score_policy={f}", "mode=sequential"], "pinned visits"),
+                      (["policies=[score]", f"score_policy={f}", "score_sensitivity=warp"], "unknown hardware preset")):
         p = subprocess.run([sys.executable, RUN, *TINY, *args, f"hydra.run.dir={tmp_path / 'bad'}"], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
         assert p.returncode != 0 and msg in p.stderr + p.stdout, p.stderr + p.stdout

@@ -139,6 +139,8 @@ def test_policy_group():
     assert list(_compose("prefetch").policies) == ["lru", "ls"]
     assert list(_compose("run", ["policy=ls"]).policies) == ["ls"]
     assert list(_compose("run", ["policy=ls", "policies=[fifo,lru]"]).policies) == ["fifo", "lru"]
+    cfg = _compose("run", ["policy=learned"])  # the group sets keys that config.yaml must not override
+    assert list(cfg.policies) == ["lru", "ls", "score"] and cfg.score_policy == "outputs/tune_score/learned.json"
 
 
 EXPERIMENTS = {"fig4_olmoe": "run", "fig4_qwen3": "run", "mrc": "run", "smoke": "run",

@@ -131,7 +131,12 @@ def test_prefill_misses_and_ttft_equal_the_timed_reference(small):
             np.testing.assert_allclose(ttft_ms(small, r["prefill_misses"], hw), want["ttft_ms"], rtol=1e-12)
             np.testing.assert_allclose(tpot_ms(small, r["misses"], r["prefill_misses"], hw), want["tpot_ms"], rtol=1e-12)
     pol = ScorePolicy("lru-like", (-1.0, 0, 0, 0, 0, 0, 0))
-    df = sweep_score(small, pol, fractions=[0.05, 0.25], hardware=hws[0])
+    df = sweep_score(small, pol, fractions=[0.05, 0.25], hardware=hws[0], sensitivities=True)
     assert set(df["policy"]) == {"score:lru-like"} and (df["ttft_ms"] > 0).all()
+    assert (df["dtpot_dbandwidth_s_per_gbps"] < 0).all() and np.isfinite(df["dttft_dcapacity_s_per_gib"]).all()
+    with pytest.raises(ValueError, match="needs hardware="):
+        sweep_score(small, pol, capacities=[10], sensitivities=True)
     lru = sj.sweep(small, "lru", fractions=[0.05, 0.25])
     assert df["misses"].tolist() == lru["misses"].tolist()
+    for c in ("capacity_fraction", "capacity_slots", "capacity_bytes"):  # labelled like sj.sweep's rows
+        assert df[c].tolist() == lru[c].tolist(), c
