@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 import specmd_jax as sj  # noqa: E402
 from specmd_jax.calibrate import calibrated_knobs  # noqa: E402
 from specmd_jax.engine_score import run_scores, tpot_ms, ttft_ms  # noqa: E402
-from specmd_jax.score import FEATURES, NF, ScorePolicy, bounds_of, norms, preset_weights, quantize  # noqa: E402
+from specmd_jax.score import (DEMAND_FEATURES, FEATURES, NF, ScorePolicy, bounds_of, norms,  # noqa: E402
+                              preset_weights, quantize)
 from specmd_jax.soft import sensitivities  # noqa: E402
 from specmd_jax.tune import TuneConfig, tune  # noqa: E402
 from specmd_jax.visits import prepare_steps  # noqa: E402
@@ -166,7 +167,8 @@ def what_it_learned(w, train) -> list[str]:
     L = train[0].shape.num_layers
     spread = {"age": st.num_steps / 4 / L, "uses": 2.0, "ins": st.num_steps / 4 / L, "ahead": 0.29, "fld": 0.25,
               "stale": 0.5, "gate": float(bounds_of(st)[FEATURES.index("gate")]) / 4 / norms(L)[-1]}
-    imp = sorted(((abs(w[i]) * spread[f], f, w[i]) for i, f in enumerate(FEATURES)), reverse=True)
+    # pf and level are 0 in demand-only replay: their weights stay at 0 and say nothing
+    imp = sorted(((abs(w[i]) * spread[f], f, w[i]) for i, f in enumerate(DEMAND_FEATURES)), reverse=True)
     meaning = {"age": "recently used", "uses": "often used since insertion", "ins": "recently inserted",
                "ahead": "whose layer runs soon (small cyclic distance ahead)", "fld": "of layers near the current one",
                "stale": "not used in this pass (stale)", "gate": "with a high running gate score"}
@@ -297,6 +299,7 @@ def main(argv=None):
              "## Weights (keep score `w . phi`, evict the lowest; features normalised)", "",
              "| " + " | ".join(FEATURES) + " |", "|" + "---|" * NF,
              "| " + " | ".join(f"{w:+.3f}" for w in pol.weights) + " |", "",
+             "`pf` and `level` are 0 in demand-only replay, so the relaxation cannot tune them: they stay at 0.", "",
              "What the score learned, most influential first:", ""] + [f"- {s}" for s in what_it_learned(pol.weights, train)]
     lines += ["", "## Held-out traces (hard simulator)", "",
               "Verdict per trace and capacity: demand misses of Least-Stale, the tuned score, the best fixed rule "

@@ -63,7 +63,7 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
                    train: Optional[Trace] = None, progress: bool = False,
                    miss: Optional[MissConfig] = None, precision: Optional[Precision] = None,
                    routing: Union[None, RoutingConfig, Sequence[RoutingConfig]] = None,
-                   engine: str = "auto") -> pd.DataFrame:
+                   engine: str = "auto", score_weights=None) -> pd.DataFrame:
     """Replay ``trace`` with ``policy`` for every prefetch setting x capacity x hardware profile.
 
     Args:
@@ -89,6 +89,9 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
             runs ``lru``, ``ls``, ``fifo`` and ``lhu``; the instantaneous one ``lru``, ``ls``,
             ``fifo`` with standard routing at one precision with fetch/drop_priority. Anything
             else runs on the exact reference.
+        score_weights: ``policy="score"`` only: the parametric score's integer weights (NF ints,
+            :mod:`specmd_jax.score`) or a :class:`~specmd_jax.score.ScorePolicy` (quantised for
+            this trace). Runs on the exact reference.
         engine: ``"jax"`` (the vmapped kernels where they exist), ``"reference"`` (always the
             exact Python reference) or ``"auto"``: JAX, except asynchronous sweeps of fewer than
             ``AUTO_ASYNC_MIN_CONFIGS`` configurations, where the reference is faster. Every
@@ -111,6 +114,14 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     if (capacities is None) == (fractions is None):
         raise ValueError("give exactly one of capacities= (slots) or fractions=")
+    if (policy == "score") != (score_weights is not None):
+        raise ValueError("score_weights= goes with policy='score' (and policy 'score' needs it)")
+    if policy == "score":
+        from .score import ScorePolicy
+        from .visits import prepare_steps
+        if isinstance(score_weights, ScorePolicy):
+            score_weights = score_weights.q(prepare_steps(trace, "pinned"), trace.shape.num_layers)
+        score_weights = [int(x) for x in score_weights]
     misses = list(miss) if isinstance(miss, (list, tuple)) else [miss if miss is not None else MissConfig()]
     if not misses or not all(isinstance(m, MissConfig) for m in misses):
         raise TypeError("miss must be a MissConfig or a non-empty list of them")
@@ -192,7 +203,7 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         for k, i, c, hi, mi, ri in jobs:
             ref = simulate_timed(trace, policy, int(c), plan=plans[k], hardware=hws[hi],
                                  instant_prefetch=timing == "instant", miss=misses[mi], precision=prec,
-                                 routing=routings[ri])
+                                 routing=routings[ri], weights=score_weights)
             row = {n: ref.totals[n] for n in ref.totals}
             row["ttft_ticks"] = float(np.mean(list(ref.ttft_ticks.values()))) if ref.ttft_ticks else float("nan")
             row["tpot_ticks"] = float(ref.tpot_ticks)

@@ -55,8 +55,8 @@ def _step(st, x, q, cap, L, E):
     nev = jnp.clip(nmiss - free, 0, jnp.sum(evictable, dtype=jnp.int32))
     layer = jnp.arange(N, dtype=jnp.int32) // E
     f = (s - st["last"], st["uses"], s - st["ins"], (layer - l - 1) % L, jnp.abs(layer - l),
-         (st["last"] < s - l).astype(jnp.int32), gate)
-    score = sum(q[i] * f[i] for i in range(NF))
+         (st["last"] < s - l).astype(jnp.int32), gate)  # pf and level are 0 in demand-only replay
+    score = sum(q[i] * f[i] for i in range(len(f)))
     key = jnp.where(evictable, score, INT32_MAX)
     # at most W victims (nev <= misses <= W): the W lowest keys; top_k puts equal values in
     # index order, so ties go to the lowest id

@@ -56,15 +56,22 @@ class TimedResult:
 def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Hardware = INSTANT,
                    instant_prefetch: bool = False, partitioned: bool = False, seed: int = 0,
                    precision: Precision = None, miss: MissConfig = None,
-                   routing: RoutingConfig = None) -> TimedResult:
+                   routing: RoutingConfig = None, weights=None) -> TimedResult:
     """Replay ``trace`` with prefetch ``plan`` (a :class:`prefetch.PrefetchPlan` or ``None``) on
     ``hardware`` through one cache configuration (pinned mode).
 
     ``capacity`` is in units of ``precision`` (:mod:`specmd_jax.miss`; slots with the default
     single level); ``miss`` is the miss policy (default ``fetch``); ``routing`` the routing
-    policy (:mod:`specmd_jax.routing`; default ``standard``)."""
-    if policy not in REFERENCE_POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; known: {REFERENCE_POLICIES}")
+    policy (:mod:`specmd_jax.routing`; default ``standard``). ``policy="score"`` is the
+    parametric keep score of :mod:`specmd_jax.score` with integer ``weights`` (all nine features,
+    ``pf`` and ``level`` included; :func:`specmd_jax.score.timed_features`), lowest id on ties."""
+    if policy == "score":
+        from .score import NF, timed_features
+        if weights is None or len(weights) != NF:
+            raise ValueError(f"policy 'score' needs weights= ({NF} integers, specmd_jax.score.FEATURES order)")
+        q = [int(x) for x in weights]
+    elif policy not in REFERENCE_POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; known: {REFERENCE_POLICIES + ('score',)}")
     prec = precision if precision is not None else Precision()
     mcfg = miss if miss is not None else MissConfig()
     check_levels(policy, prec)
@@ -121,6 +128,12 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
     def cap_of(q):
         return layer_capacity(capacity, L, q) if partitioned else capacity
 
+    def key(x, l):
+        if policy == "score":
+            f = timed_features(seq, p, l, x, E, L, resident[x], score.get(x, 0))
+            return (sum(a * b for a, b in zip(q, f)), x)
+        return policy_key(policy, resident[x], x, l, E, score, nextuse)
+
     def arrive(batch, D, l, s, rseed):
         """Admit one arrival batch (list of ``(id, level)`` in completion order) with ``D`` pinned."""
         nonlocal seq, max_occ
@@ -144,11 +157,11 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
             need = max(0, need - free)
             if need:
                 if policy == "random":  # equal sizes (miss.check_levels): a known victim count
-                    evictable.sort(key=lambda x: policy_key(policy, resident[x], x, l, E, score, nextuse))
+                    evictable.sort(key=lambda x: key(x, l))
                     victims = floyd_pick(evictable, -(-need // lv_units[0]), rseed, s,
                                          0 if q == vpool else 4096 * (1 + q))
                 else:
-                    evictable.sort(key=lambda x: policy_key(policy, resident[x], x, l, E, score, nextuse))
+                    evictable.sort(key=lambda x: key(x, l))
                     victims, freed = [], 0
                     for x in evictable:
                         if freed >= need:

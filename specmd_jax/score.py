@@ -20,7 +20,19 @@ name       integer value ``f``                             norm ``n``  the fixed
            stale tier), else 0
 ``gate``   cumulative ``round(weight * SB_SCALE)`` of      ``1024``    SB (lowest running gate score)
            every demand of ``g`` so far
+``pf``     1 if ``g`` arrived by prefetch and has not      ``1``       (new) prefetched-and-unused
+           been demanded since, else 0
+``level``  precision level of the resident copy (0 = the   ``1``       (new) precision
+           highest)
 =========  ==============================================  =========  ================================
+
+``pf`` and ``level`` exist only where prefetches arrive and copies have several precisions: the
+timed reference (:func:`specmd_jax.reference_timed.simulate_timed` with ``policy="score"``;
+``sweep_prefetch(..., policy="score", score_weights=...)``). In demand-only replay (the JAX
+engine, the soft relaxation, the tuner) they are 0 for every expert, so their weights there
+have no effect and the tuner leaves them at 0. In the timed replay the clock of ``age`` and
+``ins`` is its event counter (admissions and uses), not the visit index; orders, hence the
+presets, are the same.
 
 **Hard policy** ("score"): integer weights ``q`` (int32, one per feature); the *keep score* of
 ``g`` is ``sum_i q_i * f_i`` (int32, exact); the evictions of a visit are the lowest keep scores
@@ -57,7 +69,8 @@ import numpy as np
 
 from .semantics import SB_SCALE
 
-FEATURES = ("age", "uses", "ins", "ahead", "fld", "stale", "gate")
+FEATURES = ("age", "uses", "ins", "ahead", "fld", "stale", "gate", "pf", "level")
+DEMAND_FEATURES = FEATURES[:7]  # the ones that vary in demand-only replay
 NF = len(FEATURES)
 INT32_MAX = 2 ** 31 - 1
 PRESETS = ("lru", "lfu", "fifo", "fld", "sb", "ls")
@@ -66,16 +79,24 @@ PRESETS = ("lru", "lfu", "fifo", "fld", "sb", "ls")
 def norms(num_layers: int) -> np.ndarray:
     """float64[NF] normalisers ``n_i`` of the features for a model of ``num_layers`` layers."""
     L = float(num_layers)
-    return np.array([L, 1.0, L, L, L, 1.0, float(SB_SCALE)])
+    return np.array([L, 1.0, L, L, L, 1.0, float(SB_SCALE), 1.0, 1.0])
 
 
 def features(s: int, p: int, l: int, g: int, E: int, L: int, last: int, ins: int, uses: int,
              gate: int) -> tuple:
     """The integer features (``FEATURES`` order) of resident ``g`` at step ``s`` (pass ``p``,
-    layer ``l``); ``last``/``ins``/``uses``/``gate`` are its record. Shared definition of the
-    reference; the JAX engines compute the same numbers elementwise."""
+    layer ``l``) in demand-only replay; ``last``/``ins``/``uses``/``gate`` are its record.
+    Shared definition of the reference; the JAX engines compute the same numbers elementwise."""
     lg = g // E
-    return (s - last, uses, s - ins, (lg - l - 1) % L, abs(lg - l), 1 if last < s - l else 0, gate)
+    return (s - last, uses, s - ins, (lg - l - 1) % L, abs(lg - l), 1 if last < s - l else 0, gate, 0, 0)
+
+
+def timed_features(now: int, p: int, l: int, g: int, E: int, L: int, rec: Mapping, gate: int) -> tuple:
+    """The features of resident ``g`` in the timed reference (``rec``: its record there, with
+    ``last``, ``ins``, ``freq``, ``mark``, ``pf``, ``lvl``; ``now``: its event counter)."""
+    lg = g // E
+    return (now - rec["last"], rec["freq"], now - rec["ins"], (lg - l - 1) % L, abs(lg - l),
+            1 if rec["mark"] != p else 0, gate, 1 if rec["pf"] else 0, rec["lvl"])
 
 
 def preset_weights(name: str, num_steps: int) -> np.ndarray:
@@ -102,9 +123,10 @@ def preset_weights(name: str, num_steps: int) -> np.ndarray:
 
 
 def feature_bounds(num_steps: int, num_layers: int, max_gate: int) -> np.ndarray:
-    """int64[NF] the largest value each feature can take on a trace."""
+    """int64[NF] the largest value each feature can take on a trace in demand-only replay
+    (``pf`` and ``level`` are 0 there)."""
     T = int(num_steps)
-    return np.array([T, T, T, num_layers, num_layers, 1, max(int(max_gate), 0)], np.int64)
+    return np.array([T, T, T, num_layers, num_layers, 1, max(int(max_gate), 0), 0, 0], np.int64)
 
 
 def check_bounds(q, bounds) -> None:

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .score import NF, norms
+from .score import norms
 from .semantics import SB_SCALE
 from .trace import Trace
 from .visits import StepArrays, prepare_steps
@@ -104,7 +104,8 @@ class SoftParams(NamedTuple):
     """Differentiable numbers of one configuration (every leaf vmappable).
 
     Attributes:
-        w: float32[NF] weights over normalised features (``score.FEATURES`` order).
+        w: float32[NF] weights over normalised features (``score.FEATURES`` order; ``pf`` and
+            ``level`` are 0 in demand-only replay, so their weights have no effect here).
         capacity: float32[] slots (may be fractional).
         tau: float32[] temperature of the soft eviction (score units).
         transfer_s: float32[] seconds per expert copy (latency + bytes / bandwidth).
@@ -121,7 +122,7 @@ def _phi(st, s, l, L, E, gate, norm):
     layer = jnp.arange(N, dtype=jnp.int32) // E
     f = (s - st["last"], st["u"], s - st["i"], (layer - l - 1) % L, jnp.abs(layer - l),
          (st["last"] < s - l), gate)
-    return [f[k].astype(jnp.float32) / norm[k] for k in range(NF)]
+    return [f[k].astype(jnp.float32) / norm[k] for k in range(len(f))]  # pf, level: 0 in demand-only replay
 
 
 def _solve_theta(a, psi, target, tau, iters):
@@ -161,7 +162,7 @@ def _soft_step(st, x, prm: SoftParams, L, E, tie, iters, norm):
     a = (1.0 - d) * r
     ev = jnp.clip(excess, 0.0, jnp.sum(a))
     phi = _phi(st, s, l, L, E, gate, norm)
-    psi = sum(prm.w[k] * phi[k] for k in range(NF)) + tie * jnp.arange(N, dtype=jnp.float32) / N
+    psi = sum(prm.w[k] * phi[k] for k in range(len(phi))) + tie * jnp.arange(N, dtype=jnp.float32) / N
     theta = _solve_theta(a, psi, ev, prm.tau, iters)
     pev = jnp.where(ev > 0, jax.nn.sigmoid((theta - psi) / prm.tau), 0.0)
     r_keep = r - a * pev

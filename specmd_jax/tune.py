@@ -25,7 +25,7 @@ import optax
 from jax import lax
 
 from .engine_score import run_scores
-from .score import FEATURES, NF, ScorePolicy, bounds_of, quantize
+from .score import DEMAND_FEATURES, FEATURES, NF, ScorePolicy, bounds_of, quantize
 from .soft import SoftParams, soft_run, soft_steps
 from .trace import Trace
 from .visits import prepare_steps
@@ -124,14 +124,18 @@ def make_loss(traces: Sequence[Trace], cfg: TuneConfig) -> Callable:
 
 def initial_weights(cfg: TuneConfig) -> np.ndarray:
     """float32[M, NF]: per learning rate, restart 0 = LRU (``w_age = -1``), others LRU plus
-    Gaussian noise of ``init_scale``."""
+    Gaussian noise of ``init_scale`` on the demand-only features (``score.DEMAND_FEATURES``)."""
     rng = np.random.default_rng(cfg.seed)
     base = np.zeros(NF, np.float32)
     base[FEATURES.index("age")] = -1.0
+    nd = len(DEMAND_FEATURES)  # pf and level are 0 in the demand-only relaxation: they stay at 0
     w = []
     for _lr in cfg.learning_rates:
         for k in range(cfg.restarts):
-            w.append(base + (0 if k == 0 else rng.normal(0, cfg.init_scale, NF)))
+            noise = np.zeros(NF)
+            if k:
+                noise[:nd] = rng.normal(0, cfg.init_scale, nd)
+            w.append(base + noise)
     return np.asarray(w, np.float32)
 
 

@@ -184,7 +184,7 @@ def test_run_learned_score_policy(tmp_path):
     """policies=[lru,score] with a saved ScorePolicy: the LRU-like score replays exactly as LRU;
     a missing or malformed policy file is a startup error naming score_policy."""
     from specmd_jax.score import ScorePolicy
-    f = ScorePolicy("lru-like", (-1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)).save(tmp_path / "p.json")
+    f = ScorePolicy("lru-like", (-1.0,) + (0.0,) * 8).save(tmp_path / "p.json")
     _run([*TINY, "policies=[lru,score]", f"score_policy={f}", "score_sensitivity=a100-5gbps",
           f"hydra.run.dir={tmp_path / 'ok'}"])
     df = pd.read_csv(tmp_path / "ok" / "results.csv")

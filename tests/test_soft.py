@@ -69,7 +69,7 @@ def _objective(trace, chunk=16):
 def test_gradients_match_finite_differences(tiny):
     f = _objective(tiny)
     B = tiny.shape.expert_bytes
-    w = jnp.asarray([-1.0, 0.2, -0.1, -0.5, 0.1, 0.3, 0.05], jnp.float32)
+    w = jnp.asarray([-1.0, 0.2, -0.1, -0.5, 0.1, 0.3, 0.05, 0.0, 0.0], jnp.float32)
     cap, bw = jnp.float32(60 * B), jnp.float32(5.0)
     g = jax.jit(jax.grad(f, argnums=(0, 1, 2)))(w, cap, bw)
     gw, gc, gb = (np.asarray(x, np.float64) for x in g)
@@ -92,7 +92,7 @@ def test_gradients_match_finite_differences(tiny):
 
 
 def test_chunking_changes_nothing(tiny):
-    w = jnp.asarray([-1.0, 0.2, 0.0, -0.5, 0.0, 0.3, 0.0], jnp.float32)
+    w = jnp.asarray([-1.0, 0.2, 0.0, -0.5, 0.0, 0.3, 0.0, 0.0, 0.0], jnp.float32)
 
     def f(chunk):
         xs = soft_steps(tiny, chunk)
@@ -104,7 +104,7 @@ def test_chunking_changes_nothing(tiny):
 
 
 def test_sensitivities(tiny):
-    rows = sensitivities(tiny, [-1, 0, 0, 0, 0, 0, 0], [0.05, 0.25], HARDWARE_PRESETS["a100-5gbps"], tau=0.3)
+    rows = sensitivities(tiny, [-1] + [0] * (NF - 1), [0.05, 0.25], HARDWARE_PRESETS["a100-5gbps"], tau=0.3)
     for r in rows:
         assert r["soft_ttft_s"] > 0 and r["dttft_dbandwidth_s_per_gbps"] < 0 and r["dtpot_dbandwidth_s_per_gbps"] < 0
         assert r["dttft_dcapacity_s_per_gib"] == 0  # one request: its cold prefill misses everything at any size
