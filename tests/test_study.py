@@ -62,7 +62,8 @@ def test_tune_score_experiment_quick(tmp_path):
     from specmd_jax.score import ScorePolicy
     _run("tune_score.py", tmp_path)
     pol = ScorePolicy.load(tmp_path / "learned.json")
-    assert len(pol.weights) == 7 and pol.meta["val_miss_rate"] > 0
+    assert len(pol.weights) == 9 and pol.meta["val_miss_rate"] > 0
+    assert pol.weights[7:] == (0.0, 0.0)  # pf, level: 0 in the demand-only relaxation, never moved
     ev = pd.read_csv(tmp_path / "eval.csv")
     vd = pd.read_csv(tmp_path / "verdict.csv")
     assert len(vd) == ev["trace"].nunique() * 3 and set(vd["tuned_vs_ls"]) <= {"better", "equal", "worse"}
