@@ -80,7 +80,8 @@ def build(quick: bool, train_gen_len: int = 32):
 def evaluate(test: dict, pol: ScorePolicy) -> pd.DataFrame:
     """Hard replay of every rule on every held-out trace (one vmapped program per trace)."""
     rows = []
-    for name, t in test.items():
+    for j, (name, t) in enumerate(test.items()):
+        t0 = time.perf_counter()
         st = prepare_steps(t, "pinned")
         caps = sj.capacity_slots(t, FRACTIONS)
         rules = [r for r in FIXED if r != "sb" or t.has_weights]
@@ -97,6 +98,8 @@ def evaluate(test: dict, pol: ScorePolicy) -> pd.DataFrame:
                              misses=int(r["misses"][i]), collisions=int(r["collisions"][i]), ttft_ms=float(ttft[i]),
                              tpot_ms=float(tpot[i])))
         b = sj.sweep(t, "belady", capacities=caps)
+        print(f"  evaluated {name} ({j + 1}/{len(test)}, {len(Q)} rule x capacity replays + Belady): "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
         for _, x in b.iterrows():
             rows.append(dict(trace=name, policy="belady", capacity_fraction=FRACTIONS[list(caps).index(x["capacity_slots"])],
                              capacity_slots=int(x["capacity_slots"]), demands=int(x["demands"]), hits=int(x["hits"]),

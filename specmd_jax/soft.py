@@ -67,7 +67,6 @@ class SoftSteps(NamedTuple):
     Attributes:
         step, layer: int32[S]; new_pass, prefill, real: bool[S] (``real``: not padding).
         ids: int32[S, W] demanded global ids (-1 padding); units: int32[S, W] gate units.
-        compute_s: float32[S] compute seconds of the visit (filled by :func:`with_hardware`).
     """
 
     step: Any

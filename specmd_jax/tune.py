@@ -71,6 +71,7 @@ class TuneResult:
             ``val_miss_rate`` (float[M], hard), ``seconds``.
         members: ``(restart, learning_rate)`` per member.
         best_member: index of the winner; best_val: its hard validation miss rate.
+        best_weights: float[M, NF] each member's best-validation weights.
         compiles: number of distinct compilations of the training block (1 when shapes are fixed).
     """
 
