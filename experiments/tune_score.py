@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 import specmd_jax as sj  # noqa: E402
 from specmd_jax.calibrate import calibrated_knobs  # noqa: E402
-from specmd_jax.engine_score import run_scores, tpot_ms, ttft_ms  # noqa: E402
+from specmd_jax.engine_score import run_scores, times_ms  # noqa: E402
 from specmd_jax.score import (DEMAND_FEATURES, FEATURES, NF, ScorePolicy, bounds_of, norms,  # noqa: E402
-                              preset_weights, quantize)
+                              preset_weights)
 from specmd_jax.soft import sensitivities  # noqa: E402
 from specmd_jax.tune import TuneConfig, tune  # noqa: E402
 from specmd_jax.visits import prepare_steps  # noqa: E402
@@ -85,18 +85,17 @@ def evaluate(test: dict, pol: ScorePolicy) -> pd.DataFrame:
         st = prepare_steps(t, "pinned")
         caps = sj.capacity_slots(t, FRACTIONS)
         rules = [r for r in FIXED if r != "sb" or t.has_weights]
-        qs = [preset_weights(r, st.num_steps) for r in rules] + [quantize(pol.weights, t.shape.num_layers, bounds_of(st))]
+        qs = [preset_weights(r, st.num_steps) for r in rules] + [pol.q(st, t.shape.num_layers)]
         labels = rules + ["tuned"]
         Q = np.repeat(np.stack(qs), len(caps), axis=0)
         C = np.tile(caps, len(qs))
         r = run_scores(t, Q, C, st)
-        ttft = ttft_ms(t, r["prefill_misses"], HW)
-        tpot = tpot_ms(t, r["misses"], r["prefill_misses"], HW)
+        tm = times_ms(t, r["pass_misses"], HW)
         for i in range(len(Q)):
             rows.append(dict(trace=name, policy=labels[i // len(caps)], capacity_fraction=FRACTIONS[i % len(caps)],
                              capacity_slots=int(C[i]), demands=int(r["demands"][i]), hits=int(r["hits"][i]),
-                             misses=int(r["misses"][i]), collisions=int(r["collisions"][i]), ttft_ms=float(ttft[i]),
-                             tpot_ms=float(tpot[i])))
+                             misses=int(r["misses"][i]), collisions=int(r["collisions"][i]),
+                             ttft_ms=float(tm["ttft_ms"][i]), tpot_ms=float(tm["tpot_ms"][i])))
         b = sj.sweep(t, "belady", capacities=caps)
         print(f"  evaluated {name} ({j + 1}/{len(test)}, {len(Q)} rule x capacity replays + Belady): "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
@@ -133,14 +132,12 @@ def verdict(ev: pd.DataFrame) -> pd.DataFrame:
     """Per (trace, capacity): tuned vs Least-Stale, vs the best fixed rule, and the gap to Belady."""
     out = []
     for (tr, f), g in ev.groupby(["trace", "capacity_fraction"], sort=False):
-        h = g.set_index("policy")["hits"]
+        h, m = g.set_index("policy")["hits"], g.set_index("policy")["misses"]
         fixed = [p for p in FIXED if p in h.index]
         best = max(fixed, key=lambda p: (h[p], -fixed.index(p)))
         gap_ls = h["belady"] - h["ls"]
-        out.append(dict(trace=tr, capacity_fraction=f, ls_misses=int(g.set_index("policy")["misses"]["ls"]),
-                        tuned_misses=int(g.set_index("policy")["misses"]["tuned"]),
-                        best_fixed=best, best_fixed_misses=int(g.set_index("policy")["misses"][best]),
-                        belady_misses=int(g.set_index("policy")["misses"]["belady"]),
+        out.append(dict(trace=tr, capacity_fraction=f, ls_misses=int(m["ls"]), tuned_misses=int(m["tuned"]),
+                        best_fixed=best, best_fixed_misses=int(m[best]), belady_misses=int(m["belady"]),
                         tuned_vs_ls=("better" if h["tuned"] > h["ls"] else "equal" if h["tuned"] == h["ls"] else "worse"),
                         gap_to_belady=(h["belady"] - h["tuned"]) / max(h["belady"], 1),
                         ls_gap_closed=((h["tuned"] - h["ls"]) / gap_ls) if gap_ls > 0 else float("nan")))
@@ -155,7 +152,7 @@ def losses_nearby(test: dict, pol: ScorePolicy, vd: pd.DataFrame) -> pd.DataFram
         t = test[v["trace"]]
         st = prepare_steps(t, "pinned")
         caps = sj.capacity_slots(t, [v["capacity_fraction"] * k for k in (0.8, 1.0, 1.2, 1.6)])
-        qs = [preset_weights("ls", st.num_steps), quantize(pol.weights, t.shape.num_layers, bounds_of(st))]
+        qs = [preset_weights("ls", st.num_steps), pol.q(st, t.shape.num_layers)]
         r = run_scores(t, np.repeat(np.stack(qs), len(caps), axis=0), np.tile(caps, 2), st)
         m = r["misses"].reshape(2, len(caps))
         for j, c in enumerate(caps):
@@ -165,11 +162,13 @@ def losses_nearby(test: dict, pol: ScorePolicy, vd: pd.DataFrame) -> pd.DataFram
 
 
 def what_it_learned(w, train) -> list[str]:
-    """Sentences from the weights: features ranked by |w_i| x the spread of phi_i on training data."""
+    """Sentences from the weights: features ranked by |w_i| x a rough typical range of phi_i
+    (not measured: age and ins a quarter of the training trace in passes, uses 2, ahead and fld
+    the spread of a uniform layer offset, stale 0.5, gate a quarter of its largest value)."""
     st = prepare_steps(train[0], "pinned")
     L = train[0].shape.num_layers
     spread = {"age": st.num_steps / 4 / L, "uses": 2.0, "ins": st.num_steps / 4 / L, "ahead": 0.29, "fld": 0.25,
-              "stale": 0.5, "gate": float(bounds_of(st)[FEATURES.index("gate")]) / 4 / norms(L)[-1]}
+              "stale": 0.5, "gate": float(bounds_of(st)[FEATURES.index("gate")]) / 4 / norms(L)[FEATURES.index("gate")]}
     # pf and level are 0 in demand-only replay: their weights stay at 0 and say nothing
     imp = sorted(((abs(w[i]) * spread[f], f, w[i]) for i, f in enumerate(DEMAND_FEATURES)), reverse=True)
     meaning = {"age": "recently used", "uses": "often used since insertion", "ins": "recently inserted",
@@ -182,7 +181,7 @@ def what_it_learned(w, train) -> list[str]:
             keeps = wi < 0
         else:
             keeps = wi > 0
-        lines.append(f"`{f}` (w = {wi:+.3f}, weight x spread {im:.3f}): {'keeps' if keeps else 'evicts first'} experts "
+        lines.append(f"`{f}` (w = {wi:+.3f}, weight x typical range {im:.3f}): {'keeps' if keeps else 'evicts first'} experts "
                      f"{meaning[f]}")
     return lines
 
@@ -303,7 +302,7 @@ def main(argv=None):
              "| " + " | ".join(FEATURES) + " |", "|" + "---|" * NF,
              "| " + " | ".join(f"{w:+.3f}" for w in pol.weights) + " |", "",
              "`pf` and `level` are 0 in demand-only replay, so the relaxation cannot tune them: they stay at 0.", "",
-             "What the score learned, most influential first:", ""] + [f"- {s}" for s in what_it_learned(pol.weights, train)]
+             "What the score learned, most influential first (weight x a rough typical range of the feature):", ""] + [f"- {s}" for s in what_it_learned(pol.weights, train)]
     lines += ["", "## Held-out traces (hard simulator)", "",
               "Verdict per trace and capacity: demand misses of Least-Stale, the tuned score, the best fixed rule "
               "and Belady; `gap_to_belady` = (Belady hits - tuned hits) / Belady hits; `ls_gap_closed` = share of "

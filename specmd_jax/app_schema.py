@@ -17,12 +17,14 @@ Value checks that need the library (policy names, fractions in [0, 1], hardware 
 stay in :mod:`specmd_jax.app_config` and the apps, and also run before any work starts. Small
 closed sets (``mode``, ``engine``) are enums: hydra's message lists the valid values.
 
-Defaults of the synthetic-trace knobs are read from :func:`specmd_jax.synthetic.generate`, so
-the schema and the generator cannot drift apart.
+Defaults of the synthetic-trace knobs are read from :func:`specmd_jax.synthetic.generate`, and
+those of the prefetch, miss and routing nodes from the library's own config dataclasses, so the
+schemas and the library cannot drift apart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from enum import Enum
@@ -31,11 +33,16 @@ from typing import Any, List, Optional
 from omegaconf import MISSING
 
 from . import synthetic
+from .miss import MissConfig
+from .prefetch import PrefetchConfig
+from .routing import RoutingConfig
 
 __all__ = ["ModelSchema", "TraceSchema", "SyntheticTraceSchema", "FileTraceSchema", "SweepSchema",
            "RunSchema", "PrefetchAppSchema", "register"]
 
 _GEN = {k: p.default for k, p in inspect.signature(synthetic.generate).parameters.items()}
+_PF, _MISS, _ROUTING = ({f.name: f.default for f in dataclasses.fields(c)} for c in (PrefetchConfig, MissConfig,
+                                                                                     RoutingConfig))
 
 
 class Mode(Enum):
@@ -125,27 +132,27 @@ class SystemSchema:
 
 @dataclass
 class PrefetchSchema:
-    """``conf/prefetch``: :class:`specmd_jax.prefetch.PrefetchConfig` plus ``none``."""
-    predictor: str = "recorded"
-    selector: str = "topk"
-    depth: int = 1
-    overfetch: float = 1.0
-    percentile: float = 80.0
-    recall: float = 1.0
-    precision: float = 1.0
-    seed: int = 0
+    """``conf/prefetch``: :class:`specmd_jax.prefetch.PrefetchConfig` (its defaults) plus ``none``."""
+    predictor: str = _PF["predictor"]
+    selector: str = _PF["selector"]
+    depth: int = _PF["depth"]
+    overfetch: float = _PF["overfetch"]
+    percentile: float = _PF["percentile"]
+    recall: float = _PF["recall"]
+    precision: float = _PF["precision"]
+    seed: int = _PF["seed"]
     none: bool = False
 
 
 @dataclass
 class MissSchema:
-    """``conf/miss``: :class:`specmd_jax.miss.MissConfig`; a list in ``percentile`` or
-    ``rank_threshold`` is one vmapped axis."""
-    policy: str = "fetch"
-    percentile: Any = 60.0
-    degrade_level: int = 1
-    thresholds: List[float] = field(default_factory=lambda: [0.2, 0.1, 0.05])
-    rank_threshold: Any = 3
+    """``conf/miss``: :class:`specmd_jax.miss.MissConfig` (its defaults); a list in
+    ``percentile`` or ``rank_threshold`` is one vmapped axis."""
+    policy: str = _MISS["policy"]
+    percentile: Any = _MISS["percentile"]
+    degrade_level: int = _MISS["degrade_level"]
+    thresholds: List[float] = field(default_factory=lambda: list(_MISS["thresholds"]))
+    rank_threshold: Any = _MISS["rank_threshold"]
 
 
 @dataclass
@@ -157,8 +164,8 @@ class PrecisionSchema:
 @dataclass
 class RoutingSchema:
     """``conf/routing``: :class:`specmd_jax.routing.RoutingConfig`; a list in ``lam`` is one vmapped axis."""
-    policy: str = "standard"
-    lam: Any = 0.0
+    policy: str = _ROUTING["policy"]
+    lam: Any = _ROUTING["lam"]
 
 
 @dataclass

@@ -22,25 +22,35 @@ import numpy as np
 import pandas as pd
 from jax import lax
 
+from .prefetch_runner import timing
 from .score import FEATURES, NF, bounds_of, check_bounds
-from .trace import Trace
+from .timing import TICK_S
+from .trace import PREFILL, Trace
 from .visits import StepArrays, prepare_steps
 
-COUNTERS = ("demands", "hits", "misses", "collisions", "evictions", "bypass", "prefill_misses")
+COUNTERS = ("demands", "hits", "misses", "collisions", "evictions", "bypass")
 INT32_MAX = np.iinfo(np.int32).max
 
 
-def _init(N):
+def demand_features(s, l, last, uses, ins, gate, L: int, E: int) -> tuple:
+    """The demand-only features of :mod:`specmd_jax.score` (``DEMAND_FEATURES`` order) for all
+    ``N = L * E`` experts at step ``s`` (a visit of layer ``l``), elementwise; the JAX twin of
+    :func:`specmd_jax.score.features`. ``uses``/``ins`` may be expectations (the relaxation)."""
+    layer = jnp.arange(L * E, dtype=jnp.int32) // E
+    return (s - last, uses, s - ins, (layer - l - 1) % L, jnp.abs(layer - l), last < s - l, gate)
+
+
+def _init(N, P):
     z = jnp.zeros(N, jnp.int32)
     return dict(res=jnp.zeros(N, bool), gone=jnp.zeros(N, bool), last=z, ins=z, uses=z, gate=z,
-                occ=jnp.int32(0), cnt=jnp.zeros(len(COUNTERS), jnp.int32))
+                occ=jnp.int32(0), cnt=jnp.zeros(len(COUNTERS), jnp.int32), pm=jnp.zeros(P, jnp.int32))
 
 
 def _step(st, x, q, cap, L, E):
     """One visit of one configuration. ``q``: int32[NF]; ``cap``: int32[]."""
     N = L * E
-    W = min(int(x[4].shape[-1]), N)
-    s, l, new_pass, prefill, ids, units = x
+    s, p, l, new_pass, ids, units = x
+    W = min(int(ids.shape[-1]), N)
     valid = ids >= 0
     idx = jnp.where(valid, ids, N)
     d = jnp.zeros(N, bool).at[idx].set(True, mode="drop")
@@ -53,10 +63,8 @@ def _step(st, x, q, cap, L, E):
     free = cap - st["occ"]
     evictable = res & ~d
     nev = jnp.clip(nmiss - free, 0, jnp.sum(evictable, dtype=jnp.int32))
-    layer = jnp.arange(N, dtype=jnp.int32) // E
-    f = (s - st["last"], st["uses"], s - st["ins"], (layer - l - 1) % L, jnp.abs(layer - l),
-         (st["last"] < s - l).astype(jnp.int32), gate)  # pf and level are 0 in demand-only replay
-    score = sum(q[i] * f[i] for i in range(len(f)))
+    f = demand_features(s, l, st["last"], st["uses"], st["ins"], gate, L, E)  # pf, level: 0 here
+    score = sum(q[i] * f[i].astype(jnp.int32) for i in range(len(f)))
     key = jnp.where(evictable, score, INT32_MAX)
     # at most W victims (nev <= misses <= W): the W lowest keys; top_k puts equal values in
     # index order, so ties go to the lowest id
@@ -70,18 +78,18 @@ def _step(st, x, q, cap, L, E):
               uses=jnp.where(hit, st["uses"] + 1, jnp.where(admitted, 1, st["uses"])), gate=gate,
               occ=st["occ"] - nev + na,
               cnt=st["cnt"] + jnp.stack([jnp.sum(d, dtype=jnp.int32), jnp.sum(hit, dtype=jnp.int32), nmiss,
-                                         jnp.sum(coll, dtype=jnp.int32), nev, nmiss - na,
-                                         jnp.where(prefill, nmiss, 0)]))
+                                         jnp.sum(coll, dtype=jnp.int32), nev, nmiss - na]),
+              pm=st["pm"].at[p].add(nmiss))
     return st
 
 
-@partial(jax.jit, static_argnames=("L", "E"))
-def _run(xs, qs, caps, L, E):
+@partial(jax.jit, static_argnames=("L", "E", "P"))
+def _run(xs, qs, caps, L, E, P):
     def one(q, cap):
         def body(st, x):
             return _step(st, x, q, cap, L, E), None
-        st, _ = lax.scan(body, _init(L * E), xs)
-        return st["cnt"], st["res"], st["occ"]
+        st, _ = lax.scan(body, _init(L * E, P), xs)
+        return st["cnt"], st["res"], st["occ"], st["pm"]
     return jax.vmap(one)(qs, caps)
 
 
@@ -90,8 +98,10 @@ def run_scores(trace: Trace, qs, capacities, steps: StepArrays | None = None) ->
     all C configurations in one compiled, vmapped scan.
 
     Returns:
-        ``{counter: int64[C]}`` for ``COUNTERS`` (``prefill_misses``: misses in prefill passes,
-        what TTFT pays in the demand-only timing model), plus ``resident`` (bool[C, N]) and ``occ``.
+        ``{counter: int64[C]}`` for ``COUNTERS``; ``pass_misses`` (int64[C, P], what the
+        demand-only timing model of :func:`specmd_jax.prefetch_runner.timing` turns into pass
+        times), ``prefill_misses`` (int64[C], their sum over prefill passes), ``resident``
+        (bool[C, N]) and ``occ``.
 
     Raises:
         ValueError: weights that could overflow int32 on this trace, or mismatched shapes.
@@ -104,52 +114,39 @@ def run_scores(trace: Trace, qs, capacities, steps: StepArrays | None = None) ->
     b = bounds_of(st)
     for q in qs:
         check_bounds(q, b)
-    prefill = np.asarray(trace.pass_phase)[st.pass_] == 0
-    xs = (jnp.asarray(st.step), jnp.asarray(st.layer), jnp.asarray(st.new_pass), jnp.asarray(prefill),
+    xs = (jnp.asarray(st.step), jnp.asarray(st.pass_), jnp.asarray(st.layer), jnp.asarray(st.new_pass),
           jnp.asarray(st.ids), jnp.asarray(st.units))
-    cnt, res, occ = _run(xs, jnp.asarray(qs, jnp.int32), jnp.asarray(caps, jnp.int32),
-                         L=trace.shape.num_layers, E=trace.shape.num_experts)
+    cnt, res, occ, pm = _run(xs, jnp.asarray(qs, jnp.int32), jnp.asarray(caps, jnp.int32),
+                             L=trace.shape.num_layers, E=trace.shape.num_experts, P=trace.num_passes)
     cnt = np.asarray(cnt, np.int64)
     out = {k: cnt[:, i] for i, k in enumerate(COUNTERS)}
+    out["pass_misses"] = np.asarray(pm, np.int64)
+    out["prefill_misses"] = out["pass_misses"][:, np.asarray(trace.pass_phase) == PREFILL].sum(axis=1)
     out["resident"], out["occ"] = np.asarray(res), np.asarray(occ)
     return out
 
 
 def score_table(trace: Trace, qs, capacities, labels=None, steps: StepArrays | None = None) -> pd.DataFrame:
     """:func:`run_scores` as a tidy table: one row per configuration with ``label``,
-    ``capacity_slots``, the counters, ``hit_rate`` and ``collision_rate`` (per demand)."""
+    ``capacity_slots``, the counters, ``prefill_misses``, ``hit_rate`` and ``collision_rate``
+    (per demand); ``df.attrs["pass_misses"]`` holds int64[C, P]."""
     r = run_scores(trace, qs, capacities, steps)
     caps = np.asarray(capacities, np.int64).reshape(-1)
     df = pd.DataFrame({"label": list(labels) if labels is not None else [f"q{i}" for i in range(len(caps))],
-                       "capacity_slots": caps, **{k: r[k] for k in COUNTERS}})
+                       "capacity_slots": caps, **{k: r[k] for k in COUNTERS}, "prefill_misses": r["prefill_misses"]})
+    df.attrs["pass_misses"] = r["pass_misses"]
     df["capacity_fraction"] = df["capacity_slots"] / trace.shape.num_ids
     df["hit_rate"] = df["hits"] / df["demands"].clip(lower=1)
     df["collision_rate"] = df["collisions"] / df["demands"].clip(lower=1)
     return df
 
 
-def ttft_ms(trace: Trace, prefill_misses, hw) -> np.ndarray:
-    """Demand-only TTFT (ms, mean over requests) from prefill misses, in the tick arithmetic of
-    :mod:`specmd_jax.timing`: with no prefetch the copy engine serves a visit's misses one after
-    another, so a prefill pass lasts ``sum over layers of compute + misses * transfer``."""
-    from .timing import TICK_S
-    pre = np.asarray(trace.pass_phase) == 0
-    R = max(int(pre.sum()), 1)
-    comp = sum(trace.shape.num_layers * hw.compute_ticks(True, int(tok)) for tok in np.asarray(trace.pass_tokens)[pre])
-    ticks = comp + np.asarray(prefill_misses, np.int64) * hw.transfer_ticks(trace.shape.expert_bytes)
-    return ticks * TICK_S * 1e3 / R
-
-
-def tpot_ms(trace: Trace, misses, prefill_misses, hw) -> np.ndarray:
-    """Demand-only TPOT (ms, mean decode pass duration), same arithmetic as :func:`ttft_ms`;
-    NaN when the trace has no decode pass."""
-    from .timing import TICK_S
-    dec = np.asarray(trace.pass_phase) == 1
-    if not dec.any():
-        return np.full(np.shape(misses), np.nan)
-    comp = int(dec.sum()) * trace.shape.num_layers * hw.compute_ticks(False, 1)
-    dm = np.asarray(misses, np.int64) - np.asarray(prefill_misses, np.int64)
-    return (comp + dm * hw.transfer_ticks(trace.shape.expert_bytes)) * TICK_S * 1e3 / int(dec.sum())
+def times_ms(trace: Trace, pass_misses, hw) -> dict:
+    """Demand-only ``ttft_ms`` and ``tpot_ms`` (float[C]) of replays with per-pass misses
+    ``pass_misses`` (int[C, P]): :func:`specmd_jax.prefetch_runner.timing` (no prefetch, so a
+    visit stalls exactly misses x transfer), in milliseconds."""
+    tm = timing(trace, pass_misses, hw)
+    return {"ttft_ms": tm["ttft_ticks"] * TICK_S * 1e3, "tpot_ms": tm["tpot_ticks"] * TICK_S * 1e3}
 
 
 def sweep_score(trace: Trace, policy, fractions=None, capacities=None, hardware=None,
@@ -178,13 +175,14 @@ def sweep_score(trace: Trace, policy, fractions=None, capacities=None, hardware=
     st = prepare_steps(trace, "pinned")
     q = pol.q(st, trace.shape.num_layers)
     df = score_table(trace, np.stack([q] * len(caps)), caps, labels=[f"score:{pol.name}"] * len(caps), steps=st)
+    pass_misses = df.attrs["pass_misses"]
     df = df.rename(columns={"label": "policy"})
     if fractions is not None:  # as requested, like sj.sweep (the slots are floor(f * L * E))
         df["capacity_fraction"] = np.asarray(fractions, np.float64).reshape(-1)
     df["capacity_bytes"] = df["capacity_slots"] * trace.shape.expert_bytes
     if hardware is not None:
-        df["ttft_ms"] = ttft_ms(trace, df["prefill_misses"], hardware)
-        df["tpot_ms"] = tpot_ms(trace, df["misses"], df["prefill_misses"], hardware)
+        for k, v in times_ms(trace, pass_misses, hardware).items():
+            df[k] = v
     if sensitivities:
         if hardware is None:
             raise ValueError("sensitivities=True needs hardware= (the timing model they differentiate)")

@@ -127,7 +127,7 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
         if weights is None or mode != "pinned" or partitioned:
             raise ValueError("policy 'score' needs weights=, pinned mode and the global pool")
         from .score import features
-        q = [int(x) for x in weights]
+        score_w = [int(x) for x in weights]
     elif policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; known: {POLICIES}")
     if policy == "sb" and trace.weights is None:
@@ -148,7 +148,7 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
         if policy == "score":
             r = resident[g]
             f = features(s, p, l, g, E, L, r["last"], r["ins"], r["freq"], score.get(g, 0))
-            return (sum(a * b for a, b in zip(q, f)), g)
+            return (sum(a * b for a, b in zip(score_w, f)), g)
         return policy_key(policy, resident[g], g, l, E, score, nextuse)
 
     for s, (p, l, new_pass, ids, units) in enumerate(steps):

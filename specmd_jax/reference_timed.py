@@ -69,7 +69,7 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
         from .score import NF, timed_features
         if weights is None or len(weights) != NF:
             raise ValueError(f"policy 'score' needs weights= ({NF} integers, specmd_jax.score.FEATURES order)")
-        q = [int(x) for x in weights]
+        score_w = [int(x) for x in weights]
     elif policy not in REFERENCE_POLICIES:
         raise ValueError(f"unknown policy {policy!r}; known: {REFERENCE_POLICIES + ('score',)}")
     prec = precision if precision is not None else Precision()
@@ -131,7 +131,7 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
     def key(x, l):
         if policy == "score":
             f = timed_features(seq, p, l, x, E, L, resident[x], score.get(x, 0))
-            return (sum(a * b for a, b in zip(q, f)), x)
+            return (sum(a * b for a, b in zip(score_w, f)), x)
         return policy_key(policy, resident[x], x, l, E, score, nextuse)
 
     def arrive(batch, D, l, s, rseed):

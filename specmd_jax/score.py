@@ -129,11 +129,16 @@ def feature_bounds(num_steps: int, num_layers: int, max_gate: int) -> np.ndarray
     return np.array([T, T, T, num_layers, num_layers, 1, max(int(max_gate), 0), 0, 0], np.int64)
 
 
+def _terms(q, bounds) -> np.ndarray:
+    """int64[NF] ``|q_i| * bound_i``: the most each feature can add to the score's magnitude."""
+    return np.abs(np.asarray(q, np.int64)) * np.asarray(bounds, np.int64)
+
+
 def check_bounds(q, bounds) -> None:
     """Raise ValueError if ``sum |q_i| * bound_i`` could overflow int32 (names the feature that
     contributes most)."""
     q = np.asarray(q, np.int64)
-    terms = np.abs(q) * np.asarray(bounds, np.int64)
+    terms = _terms(q, bounds)
     if int(terms.sum()) >= INT32_MAX:
         worst = FEATURES[int(np.argmax(terms))]
         raise ValueError(f"score weights {q.tolist()} can overflow int32 on this trace "
@@ -151,7 +156,7 @@ def quantize(w, num_layers: int, bounds, max_scale: int = 2 ** 16) -> np.ndarray
     scale = float(max_scale)
     while scale >= 1.0:
         q = np.rint(w * scale / n).astype(np.int64)
-        if int((np.abs(q) * np.asarray(bounds, np.int64)).sum()) < INT32_MAX:
+        if int(_terms(q, bounds).sum()) < INT32_MAX:
             return q
         scale /= 2
     raise ValueError(f"weights {w.tolist()} are too large to quantise into an int32 score")

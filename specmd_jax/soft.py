@@ -55,9 +55,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .engine_score import demand_features
 from .score import norms
-from .semantics import SB_SCALE
-from .trace import Trace
+from .trace import PREFILL, Trace
 from .visits import StepArrays, prepare_steps
 
 
@@ -65,13 +65,12 @@ class SoftSteps(NamedTuple):
     """Device arrays of one trace for the soft scan (padded to a whole number of chunks).
 
     Attributes:
-        step, layer: int32[S]; new_pass, prefill, real: bool[S] (``real``: not padding).
+        step, layer: int32[S]; prefill, real: bool[S] (``real``: not padding).
         ids: int32[S, W] demanded global ids (-1 padding); units: int32[S, W] gate units.
     """
 
     step: Any
     layer: Any
-    new_pass: Any
     prefill: Any
     real: Any
     ids: Any
@@ -81,22 +80,24 @@ class SoftSteps(NamedTuple):
 def soft_steps(trace: Trace, chunk: int = 64, steps: StepArrays | None = None, width: int | None = None,
                num_steps: int | None = None) -> SoftSteps:
     """Host-side arrays for :func:`soft_run`: ``prepare_steps`` padded to a multiple of
-    ``chunk`` visits (or to ``num_steps``, so that traces of different lengths share a
-    program); padded visits demand nothing and count nothing."""
-    st = steps if steps is not None else prepare_steps(trace, "pinned", width=width)
-    S = st.num_steps
-    S2 = int(num_steps) if num_steps is not None else S
-    S2 = -(-max(S2, S) // chunk) * chunk
-    pad = S2 - S
-    pre = np.asarray(trace.pass_phase)[st.pass_] == 0
+    ``chunk`` visits (or to ``num_steps``) and to ``width`` id columns, so that traces of
+    different lengths share a program; padded visits and columns demand nothing and count
+    nothing."""
+    st = steps if steps is not None else prepare_steps(trace, "pinned")
+    S, W = st.num_steps, st.width
+    S2 = -(-max(int(num_steps or S), S) // chunk) * chunk
+    if width is not None and width < W:
+        raise ValueError(f"width={width} is below the largest visit demand {W}")
+    W2 = int(width) if width is not None else W
+    pre = np.asarray(trace.pass_phase)[st.pass_] == PREFILL
 
     def padded(a, fill):
         a = np.asarray(a)
-        return np.concatenate([a, np.full((pad,) + a.shape[1:], fill, a.dtype)]) if pad else a
+        cols = ((0, W2 - W),) if a.ndim == 2 else ()
+        return np.pad(a, ((0, S2 - S),) + cols, constant_values=fill)
     return SoftSteps(step=jnp.asarray(padded(st.step, 0)), layer=jnp.asarray(padded(st.layer, 0)),
-                     new_pass=jnp.asarray(padded(st.new_pass, False)), prefill=jnp.asarray(padded(pre, False)),
-                     real=jnp.asarray(padded(np.ones(S, bool), False)), ids=jnp.asarray(padded(st.ids, -1)),
-                     units=jnp.asarray(padded(st.units, 0)))
+                     prefill=jnp.asarray(padded(pre, False)), real=jnp.asarray(padded(np.ones(S, bool), False)),
+                     ids=jnp.asarray(padded(st.ids, -1)), units=jnp.asarray(padded(st.units, 0)))
 
 
 class SoftParams(NamedTuple):
@@ -107,21 +108,16 @@ class SoftParams(NamedTuple):
             ``level`` are 0 in demand-only replay, so their weights have no effect here).
         capacity: float32[] slots (may be fractional).
         tau: float32[] temperature of the soft eviction (score units).
-        transfer_s: float32[] seconds per expert copy (latency + bytes / bandwidth).
     """
 
     w: Any
     capacity: Any
     tau: Any
-    transfer_s: Any
 
 
 def _phi(st, s, l, L, E, gate, norm):
-    N = L * E
-    layer = jnp.arange(N, dtype=jnp.int32) // E
-    f = (s - st["last"], st["u"], s - st["i"], (layer - l - 1) % L, jnp.abs(layer - l),
-         (st["last"] < s - l), gate)
-    return [f[k].astype(jnp.float32) / norm[k] for k in range(len(f))]  # pf, level: 0 in demand-only replay
+    f = demand_features(s, l, st["last"], st["u"], st["i"], gate, L, E)  # pf, level: 0 in demand-only replay
+    return [f[k].astype(jnp.float32) / norm[k] for k in range(len(f))]
 
 
 def _solve_theta(a, psi, target, tau, iters):
@@ -149,7 +145,7 @@ def _solve_theta(a, psi, target, tau, iters):
 
 def _soft_step(st, x, prm: SoftParams, L, E, tie, iters, norm):
     N = L * E
-    s, l, new_pass, prefill, real, ids, units = x
+    s, l, prefill, real, ids, units = x
     valid = ids >= 0
     idx = jnp.where(valid, ids, N)
     d = jnp.zeros(N, jnp.float32).at[idx].set(1.0, mode="drop")
@@ -263,11 +259,11 @@ def sensitivities(trace: Trace, w, capacity_fractions, hw, *, tau: float = 0.05,
     w = jnp.asarray(np.asarray(w, np.float32))
 
     def times(bw, cap_bytes):
-        prm = SoftParams(w=w, capacity=cap_bytes / B, tau=jnp.float32(tau),
-                         transfer_s=transfer_seconds(B, bw, hw.latency_us))
-        out = soft_run(xs, prm, L, E, iters=iters, chunk=chunk)
-        ttft = (comp + out["prefill_misses"] * prm.transfer_s) / R
-        tpot = (dcomp + (out["misses"] - out["prefill_misses"]) * prm.transfer_s) / D
+        out = soft_run(xs, SoftParams(w=w, capacity=cap_bytes / B, tau=jnp.float32(tau)), L, E, iters=iters,
+                       chunk=chunk)
+        x = transfer_seconds(B, bw, hw.latency_us)
+        ttft = (comp + out["prefill_misses"] * x) / R
+        tpot = (dcomp + (out["misses"] - out["prefill_misses"]) * x) / D
         return jnp.stack([ttft, tpot]), out["misses"]
 
     f = jax.jit(lambda bw, c: (times(bw, c), jax.jacrev(lambda a, b: times(a, b)[0], argnums=(0, 1))(bw, c)))
@@ -289,4 +285,4 @@ def preset_real_weights(q, num_layers: int) -> np.ndarray:
 
 
 __all__ = ["SoftSteps", "SoftParams", "soft_steps", "soft_run", "soft_init", "sensitivities",
-           "transfer_seconds", "prefill_compute_seconds", "preset_real_weights", "SB_SCALE"]
+           "transfer_seconds", "prefill_compute_seconds", "preset_real_weights"]

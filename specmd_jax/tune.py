@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from .api import capacity_slots
 from .engine_score import run_scores
 from .score import DEMAND_FEATURES, FEATURES, NF, ScorePolicy, bounds_of, quantize
 from .soft import SoftParams, soft_run, soft_steps
@@ -93,7 +94,7 @@ def _stack_steps(traces: Sequence[Trace], chunk: int):
     sts = [prepare_steps(t, "pinned") for t in traces]
     W = max(s.width for s in sts)
     S = max(s.num_steps for s in sts)
-    xs = [soft_steps(t, chunk, steps=prepare_steps(t, "pinned", width=W), num_steps=S) for t in traces]
+    xs = [soft_steps(t, chunk, steps=st, width=W, num_steps=S) for t, st in zip(traces, sts)]
     demands = np.array([s.num_demands for s in sts], np.float32)
     return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *xs), demands
 
@@ -115,7 +116,7 @@ def make_loss(traces: Sequence[Trace], cfg: TuneConfig) -> Callable:
         tot = 0.0
         for L, E, xs, dem, caps in parts:
             def one(x, d, c, L=L, E=E):
-                prm = SoftParams(w=w, capacity=c, tau=jnp.float32(cfg.tau), transfer_s=jnp.float32(0.0))
+                prm = SoftParams(w=w, capacity=c, tau=jnp.float32(cfg.tau))
                 return soft_run(x, prm, L, E, iters=cfg.iters, chunk=cfg.chunk)["misses"] / d
             per = jax.vmap(lambda x, d: jax.vmap(lambda c: one(x, d, c))(caps))(xs, dem)
             tot = tot + jnp.sum(per)
@@ -149,7 +150,7 @@ def hard_miss_rates(traces: Sequence[Trace], weights: np.ndarray, fractions, ste
         st = steps[j] if steps is not None else prepare_steps(t, "pinned")
         b = bounds_of(st)
         qs = np.stack([quantize(w, t.shape.num_layers, b) for w in weights])
-        caps = np.floor(np.asarray(fractions) * t.shape.num_ids + 1e-9).astype(np.int64)
+        caps = capacity_slots(t, fractions)
         Q = np.repeat(qs, len(caps), axis=0)
         C = np.tile(caps, M)
         r = run_scores(t, Q, C, st)

@@ -116,7 +116,7 @@ def test_prefill_misses_and_ttft_equal_the_timed_reference(small):
     """Demand-only TTFT and TPOT of the score engine (LRU and LS presets) equals the asynchronous timed
     reference without prefetch, on every hardware preset."""
     import specmd_jax as sj
-    from specmd_jax.engine_score import sweep_score, tpot_ms, ttft_ms
+    from specmd_jax.engine_score import sweep_score, times_ms
     st = prepare_steps(small)
     one = small.slice_passes(0, 1)  # the first prefill pass alone: all its misses are prefill misses
     r1 = run_scores(one, np.stack([preset_weights("lru", st.num_steps)] * 2), [20, 200])
@@ -128,8 +128,9 @@ def test_prefill_misses_and_ttft_equal_the_timed_reference(small):
         r = run_scores(small, np.stack([preset_weights(name, st.num_steps)] * 2), [20, 200], st)
         for hw in hws:
             want = ref[ref["hardware"] == hw.name].sort_values("capacity_slots")
-            np.testing.assert_allclose(ttft_ms(small, r["prefill_misses"], hw), want["ttft_ms"], rtol=1e-12)
-            np.testing.assert_allclose(tpot_ms(small, r["misses"], r["prefill_misses"], hw), want["tpot_ms"], rtol=1e-12)
+            got = times_ms(small, r["pass_misses"], hw)
+            np.testing.assert_allclose(got["ttft_ms"], want["ttft_ms"], rtol=1e-12)
+            np.testing.assert_allclose(got["tpot_ms"], want["tpot_ms"], rtol=1e-12)
     pol = ScorePolicy("lru-like", (-1.0,) + (0.0,) * (NF - 1))
     df = sweep_score(small, pol, fractions=[0.05, 0.25], hardware=hws[0], sensitivities=True)
     assert set(df["policy"]) == {"score:lru-like"} and (df["ttft_ms"] > 0).all()

@@ -34,7 +34,7 @@ def tiny():
 
 def _soft_misses(trace, chunk=16, iters=40):
     xs = soft_steps(trace, chunk)
-    return jax.jit(lambda w, c, tau: soft_run(xs, SoftParams(w, c, tau, jnp.float32(0)), L, E, iters=iters,
+    return jax.jit(lambda w, c, tau: soft_run(xs, SoftParams(w, c, tau), L, E, iters=iters,
                                               chunk=chunk)["misses"])
 
 
@@ -59,10 +59,9 @@ def _objective(trace, chunk=16):
     B = trace.shape.expert_bytes
 
     def f(w, cap_bytes, bw):
-        prm = SoftParams(w=w, capacity=cap_bytes / B, tau=jnp.float32(0.3),
-                         transfer_s=transfer_seconds(B, bw, 10.0))
-        out = soft_run(xs, prm, L, E, iters=30, chunk=chunk)
-        return out["prefill_misses"] * prm.transfer_s + 1e-3 * out["misses"]
+        out = soft_run(xs, SoftParams(w=w, capacity=cap_bytes / B, tau=jnp.float32(0.3)), L, E, iters=30,
+                       chunk=chunk)
+        return out["prefill_misses"] * transfer_seconds(B, bw, 10.0) + 1e-3 * out["misses"]
     return f
 
 
@@ -96,8 +95,8 @@ def test_chunking_changes_nothing(tiny):
 
     def f(chunk):
         xs = soft_steps(tiny, chunk)
-        return jax.value_and_grad(lambda w: soft_run(xs, SoftParams(w, jnp.float32(50), jnp.float32(0.2),
-                                                                     jnp.float32(0)), L, E, chunk=chunk)["misses"])(w)
+        return jax.value_and_grad(lambda w: soft_run(xs, SoftParams(w, jnp.float32(50), jnp.float32(0.2)), L, E,
+                                                     chunk=chunk)["misses"])(w)
     (v1, g1), (v2, g2) = f(8), f(72)
     assert float(v1) == pytest.approx(float(v2), rel=1e-5)
     np.testing.assert_allclose(np.asarray(g1), np.asarray(g2), rtol=1e-3, atol=1e-3)
