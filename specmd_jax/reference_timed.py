@@ -16,8 +16,9 @@ import numpy as np
 from .miss import PROXY_COUNTERS, MissConfig, Precision, check_levels, decide, row_details
 from .routing import RoutingConfig, gap_means, route_rows
 from .reference import floyd_pick, policy_key, steps_of
+from .score import NF, timed_features
 from .semantics import INF_STEP, POLICIES, SB_SCALE, layer_capacity
-from .timing import INSTANT, Hardware
+from .timing import INSTANT, Hardware, Reading, turn_share
 from .trace import PREFILL
 
 COUNTERS = ("demands", "hits", "late", "misses", "collisions", "evictions", "bypass",
@@ -56,97 +57,136 @@ class TimedResult:
 def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Hardware = INSTANT,
                    instant_prefetch: bool = False, partitioned: bool = False, seed: int = 0,
                    precision: Precision = None, miss: MissConfig = None,
-                   routing: RoutingConfig = None, weights=None) -> TimedResult:
+                   routing: RoutingConfig = None, weights=None, reading: Reading = None) -> TimedResult:
     """Replay ``trace`` with prefetch ``plan`` (a :class:`prefetch.PrefetchPlan` or ``None``) on
     ``hardware`` through one cache configuration (pinned mode).
 
     ``capacity`` is in units of ``precision`` (:mod:`specmd_jax.miss`; slots with the default
     single level); ``miss`` is the miss policy (default ``fetch``); ``routing`` the routing
-    policy (:mod:`specmd_jax.routing`; default ``standard``). ``policy="score"`` is the
-    parametric keep score of :mod:`specmd_jax.score` with integer ``weights`` (all nine features,
-    ``pf`` and ``level`` included; :func:`specmd_jax.score.timed_features`), lowest id on ties."""
-    if policy == "score":
-        from .score import NF, timed_features
-        if weights is None or len(weights) != NF:
-            raise ValueError(f"policy 'score' needs weights= ({NF} integers, specmd_jax.score.FEATURES order)")
-        score_w = [int(x) for x in weights]
-    elif policy not in REFERENCE_POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; known: {REFERENCE_POLICIES + ('score',)}")
-    prec = precision if precision is not None else Precision()
-    mcfg = miss if miss is not None else MissConfig()
-    check_levels(policy, prec)
-    rcfg = routing if routing is not None else RoutingConfig()
-    if rcfg.active and policy == "belady":
-        raise ValueError("belady's next uses come from the recorded routing: it cannot run with cache-aware routing")
-    deltas = gap_means(trace) if rcfg.active else None
-    off = trace.cell_offsets.tolist()
-    lv_units, lv_bits = prec.units, prec.bits
-    if policy == "sb" and trace.weights is None:
-        raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
-    L, E = trace.shape.num_layers, trace.shape.num_experts
-    steps = list(steps_of(trace, "pinned"))
-    if plan is not None and plan.ids.shape[0] != len(steps):
-        raise ValueError(f"plan has {plan.ids.shape[0]} visits, trace has {len(steps)}")
-    proposals = [[int(g) for g in row if g >= 0] for row in plan.ids.tolist()] if plan is not None else None
-    xfer_lv = [hardware.transfer_ticks(prec.level_bytes(trace.shape.expert_bytes, i)) for i in range(len(lv_bits))]
-    xfer = xfer_lv[0]
-    phase = trace.pass_phase.tolist()
-    tokens = trace.pass_tokens.tolist()
-    request = trace.pass_request.tolist()
-    demand_at: dict = {}  # id -> sorted visit indices demanding it (Belady's next use)
-    for s, (_, _, _, ids, _) in enumerate(steps):
-        for g in ids:
-            demand_at.setdefault(g, []).append(s)
+    policy (:mod:`specmd_jax.routing`; default ``standard``); ``reading`` the execution reading
+    (:class:`~specmd_jax.timing.Reading`; default: whole visits, prefetch after use, the visit
+    pinned). ``policy="score"`` is the parametric keep score of :mod:`specmd_jax.score` with
+    integer ``weights`` (all nine features, ``pf`` and ``level`` included;
+    :func:`specmd_jax.score.timed_features`), lowest id on ties."""
+    return _Replay(trace, policy, capacity, plan=plan, hardware=hardware, instant_prefetch=instant_prefetch,
+                   partitioned=partitioned, seed=seed, precision=precision, miss=miss, routing=routing,
+                   weights=weights, reading=reading).run()
 
-    def next_demand(g, after):
-        v = demand_at.get(g, [])
+
+class _Replay:
+    """State and steps of one timed replay (:func:`simulate_timed`). A visit is a list of *turns*
+    (one with the whole demand under ``execution=visit``, one per expert under ``expert``); a turn
+    classifies its demand, queues its fetches, waits, admits what arrived, uses, computes its
+    share and admits what arrived meanwhile (``specmd_jax.timing``)."""
+
+    def __init__(self, trace, policy, capacity, *, plan, hardware, instant_prefetch, partitioned, seed,
+                 precision, miss, routing, weights, reading):
+        self.score_w = None
+        if policy == "score":
+            if weights is None or len(weights) != NF:
+                raise ValueError(f"policy 'score' needs weights= ({NF} integers, specmd_jax.score.FEATURES order)")
+            self.score_w = [int(x) for x in weights]
+        elif policy not in REFERENCE_POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; known: {REFERENCE_POLICIES + ('score',)}")
+        self.prec = precision if precision is not None else Precision()
+        self.mcfg = miss if miss is not None else MissConfig()
+        check_levels(policy, self.prec)
+        self.rcfg = routing if routing is not None else RoutingConfig()
+        if self.rcfg.active and policy == "belady":
+            raise ValueError("belady's next uses come from the recorded routing: it cannot run with cache-aware routing")
+        self.reading = reading if reading is not None else Reading()
+        if not isinstance(self.reading, Reading):
+            raise TypeError(f"reading must be a specmd_jax.timing.Reading, got {type(reading).__name__}")
+        self.expert = self.reading.execution == "expert"
+        if self.expert and self.mcfg.policy == "substitute":
+            raise ValueError("miss policy 'substitute' picks a resident stand-in for the whole visit at the router; it "
+                             "is defined for execution='visit' only")
+        if policy == "sb" and trace.weights is None:
+            raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
+        self.trace, self.policy, self.capacity = trace, policy, capacity
+        self.hardware, self.instant_prefetch, self.partitioned, self.seed = hardware, instant_prefetch, partitioned, seed
+        self.deltas = gap_means(trace) if self.rcfg.active else None
+        self.off = trace.cell_offsets.tolist()
+        self.lv_units, self.lv_bits = self.prec.units, self.prec.bits
+        self.L, self.E = L, E = trace.shape.num_layers, trace.shape.num_experts
+        self.steps = list(steps_of(trace, "pinned"))
+        if plan is not None and plan.ids.shape[0] != len(self.steps):
+            raise ValueError(f"plan has {plan.ids.shape[0]} visits, trace has {len(self.steps)}")
+        self.proposals = [[int(g) for g in row if g >= 0] for row in plan.ids.tolist()] if plan is not None else None
+        self.xfer_lv = [hardware.transfer_ticks(self.prec.level_bytes(trace.shape.expert_bytes, i))
+                        for i in range(len(self.lv_bits))]
+        self.xfer = self.xfer_lv[0]
+        self.phase = trace.pass_phase.tolist()
+        self.tokens = trace.pass_tokens.tolist()
+        self.request = trace.pass_request.tolist()
+        self.demand_at: dict = {}  # id -> sorted visit indices demanding it (Belady's next use)
+        for s, (_, _, _, ids, _) in enumerate(self.steps):
+            for g in ids:
+                self.demand_at.setdefault(g, []).append(s)
+        self.tot = dict.fromkeys(COUNTERS, 0)
+        self.per = {k: [0] * L for k in COUNTERS}
+        self.resident: dict = {}             # id -> record
+        self.pending: dict = {}              # id -> (completion tick, issue number, level) of its queued copy
+        self.issued = 0
+        self.occ = [0] * (L if partitioned else 1)
+        self.score: dict = {}
+        self.nextuse: dict = {}
+        self.evicted_in_pass: set = set()
+        self.todo: set = set()               # experts of the running visit whose turn has not come
+        self.seq = 0
+        self.t = 0
+        self.engine_free = 0
+        self.max_occ = 0
+        self.p = self.s = 0
+
+    # ---------------------------------------------------------------- helpers
+    def add(self, name, l, v=1):
+        self.tot[name] += v
+        self.per[name][l] += v
+
+    def pool_of(self, g):
+        return g // self.E if self.partitioned else 0
+
+    def cap_of(self, q):
+        return layer_capacity(self.capacity, self.L, q) if self.partitioned else self.capacity
+
+    def next_demand(self, g, after):
+        v = self.demand_at.get(g, [])
         i = bisect.bisect_right(v, after)
         return v[i] if i < len(v) else INF_STEP
 
-    tot = dict.fromkeys(COUNTERS, 0)
-    per = {k: [0] * L for k in COUNTERS}
-    resident: dict = {}                      # id -> record
-    pending: dict = {}                       # id -> (completion tick, issue number, level) of its queued copy
-    issued = 0
-    occ = [0] * (L if partitioned else 1)
-    score: dict = {}
-    nextuse: dict = {}
-    evicted_in_pass: set = set()
-    seq = 0
-    t = 0
-    engine_free = 0
-    max_occ = 0
-    pass_ticks, pass_start = [], 0
+    def key(self, x, l):
+        r = self.resident[x]
+        if self.policy == "score":
+            f = timed_features(self.seq, self.p, l, x, self.E, self.L, r, self.score.get(x, 0))
+            return (sum(a * b for a, b in zip(self.score_w, f)), x)
+        return policy_key(self.policy, r, x, l, self.E, self.score, self.nextuse)
 
-    def add(name, l, v=1):
-        tot[name] += v
-        per[name][l] += v
+    def arrivals_until(self, limit):
+        """Copies completed by ``limit`` (completion order = issue order: one FIFO engine; equal
+        times only when copies are free), removed from the queue: ``[(id, level)]``."""
+        due = sorted((d, k, g, lv) for g, (d, k, lv) in self.pending.items() if d <= limit)
+        for _, _, g, _ in due:
+            del self.pending[g]
+        return [(g, lv) for _, _, g, lv in due]
 
-    def pool_of(g):
-        return g // E if partitioned else 0
-
-    def cap_of(q):
-        return layer_capacity(capacity, L, q) if partitioned else capacity
-
-    def key(x, l):
-        if policy == "score":
-            f = timed_features(seq, p, l, x, E, L, resident[x], score.get(x, 0))
-            return (sum(a * b for a, b in zip(score_w, f)), x)
-        return policy_key(policy, resident[x], x, l, E, score, nextuse)
-
-    def arrive(batch, D, l, s, rseed):
-        """Admit one arrival batch (list of ``(id, level)`` in completion order) with ``D`` pinned."""
-        nonlocal seq, max_occ
+    # ---------------------------------------------------------------- arrival batch
+    def arrive(self, batch, P, own, l, rseed):
+        """Admit one arrival batch (``[(id, level)]`` in completion order): the turn's ``own``
+        demand copies first (ascending id), then the others in completion order, into free
+        slots or by evicting the lowest-keyed residents outside the pinned set ``P`` and the
+        batch. What does not fit is a bypass (own copy: used, not cached) or a dropped prefetch."""
+        E, lv_units, resident = self.E, self.lv_units, self.resident
         level = dict(batch)
         batch = [g for g, _ in batch]
         inb = set(batch)
-        dem = sorted(g for g in batch if g in D)
-        order = dem + [g for g in batch if g not in D]
-        vpool = pool_of(l * E)
-        for q in sorted({pool_of(g) for g in order}):
-            A = [g for g in order if pool_of(g) == q]
-            free = max(cap_of(q) - occ[q], 0)
-            evictable = [x for x in resident if pool_of(x) == q and x not in D and x not in inb]
+        dem = sorted(g for g in batch if g in own)
+        order = dem + [g for g in batch if g not in own]
+        vpool = self.pool_of(l * E)
+        for q in sorted({self.pool_of(g) for g in order}):
+            A = [g for g in order if self.pool_of(g) == q]
+            free = max(self.cap_of(q) - self.occ[q], 0)
+            evictable = [x for x in resident if self.pool_of(x) == q and x not in P and x not in inb]
             room = free + sum(lv_units[resident[x]["lvl"]] for x in evictable)
             n_adm, need = 0, 0
             for g in A:  # the longest prefix that fits (miss.py: byte-capacity eviction)
@@ -156,12 +196,11 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
                 n_adm += 1
             need = max(0, need - free)
             if need:
-                if policy == "random":  # equal sizes (miss.check_levels): a known victim count
-                    evictable.sort(key=lambda x: key(x, l))
-                    victims = floyd_pick(evictable, -(-need // lv_units[0]), rseed, s,
+                evictable.sort(key=lambda x: self.key(x, l))
+                if self.policy == "random":  # equal sizes (miss.check_levels): a known victim count
+                    victims = floyd_pick(evictable, -(-need // lv_units[0]), rseed, self.s,
                                          0 if q == vpool else 4096 * (1 + q))
                 else:
-                    evictable.sort(key=lambda x: key(x, l))
                     victims, freed = [], 0
                     for x in evictable:
                         if freed >= need:
@@ -170,82 +209,165 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
                         freed += lv_units[resident[x]["lvl"]]
                 for x in victims:
                     if resident[x]["pf"]:
-                        add("pf_wasted", l)
-                    occ[q] -= lv_units[resident[x]["lvl"]]
+                        self.add("pf_wasted", l)
+                    self.occ[q] -= lv_units[resident[x]["lvl"]]
                     del resident[x]
-                    evicted_in_pass.add(x)
-                add("evictions", l, len(victims))
+                    self.evicted_in_pass.add(x)
+                self.add("evictions", l, len(victims))
             for i, g in enumerate(A):
-                demand = g in D
+                demand = g in own
                 if not demand:
-                    add("pf_arrived", l)
+                    self.add("pf_arrived", l)
                 if i >= n_adm:
-                    add("bypass" if demand else "pf_dropped", l)
+                    self.add("bypass" if demand else "pf_dropped", l)
                     continue
-                seq += 1
+                self.seq += 1
                 # a prefetch enters the current tier at arrival; a demanded copy is marked by its use
-                resident[g] = {"ins": seq, "last": seq, "freq": 0, "mark": -1 if demand else p, "entry": seq,
-                               "pf": not demand, "lvl": level[g], "hp": 0}
-                if policy == "belady" and not demand:
-                    nextuse[g] = next_demand(g, s)
-                occ[q] += lv_units[level[g]]
-            max_occ = max(max_occ, occ[q])
-            assert occ[q] <= max(cap_of(q), 0), "occupancy exceeded capacity"
+                resident[g] = {"ins": self.seq, "last": self.seq, "freq": 0, "mark": -1 if demand else self.p,
+                               "entry": self.seq, "pf": not demand, "lvl": level[g], "hp": 0}
+                if self.policy == "belady" and not demand:
+                    self.nextuse[g] = self.s if g in self.todo else self.next_demand(g, self.s)
+                self.occ[q] += lv_units[level[g]]
+            self.max_occ = max(self.max_occ, self.occ[q])
+            assert self.occ[q] <= max(self.cap_of(q), 0), "occupancy exceeded capacity"
 
-    def arrivals_until(limit):
-        # completion order = issue order (one FIFO engine; equal times only when copies are free)
-        due = sorted((d, k, g, lv) for g, (d, k, lv) in pending.items() if d <= limit)
-        for _, _, g, _ in due:
-            del pending[g]
-        return [(g, lv) for _, _, g, lv in due]
+    # ---------------------------------------------------------------- prefetch issue
+    def issue(self, t_issue, P, l, rseed):
+        """Issue the visit's proposals at ``t_issue`` (step 7 / ``prefetch_issue``)."""
+        instant = []
+        for g in (self.proposals[self.s] if self.proposals is not None else ()):
+            if g in self.resident:
+                self.add("pf_resident", l)
+                r = self.resident[g]
+                if self.policy == "ls" and r["mark"] != self.p:  # Least-Stale: a prefetch re-marks current
+                    self.seq += 1
+                    r["mark"], r["entry"] = self.p, self.seq
+            elif g in self.pending or g in instant:
+                self.add("pf_pending", l)
+            else:
+                self.add("pf_issued", l)
+                self.add("units_moved", l, self.lv_units[0])
+                if self.instant_prefetch:
+                    instant.append(g)
+                else:
+                    self.engine_free = max(t_issue, self.engine_free) + self.xfer
+                    self.issued += 1
+                    self.pending[g] = (self.engine_free, self.issued, 0)
+        if instant:
+            self.arrive([(g, 0) for g in instant], P, set(), l, rseed ^ _SEED_INSTANT)
 
-    for s, (p, l, new_pass, ids, units) in enumerate(steps):
-        if new_pass:
-            evicted_in_pass.clear()
-            if s:
-                pass_ticks.append(t - pass_start)
-            pass_start = t
+    # ---------------------------------------------------------------- one visit
+    def visit(self, s, p, l):
+        E, resident = self.E, self.resident
+        self.s, self.p = s, p
         # routing (specmd_jax.routing): the visit's tokens re-ranked against the cache at its start
-        a, b = off[s], off[s + 1]
-        rec_rows = trace.experts[a:b].tolist()
-        rec_w = trace.weights[a:b].tolist() if trace.weights is not None else [[0.0] * len(r) for r in rec_rows]
-        if rcfg.active:
+        a, b = self.off[s], self.off[s + 1]
+        rec_rows = self.trace.experts[a:b].tolist()
+        rec_w = (self.trace.weights[a:b].tolist() if self.trace.weights is not None
+                 else [[0.0] * len(r) for r in rec_rows])
+        if self.rcfg.active:
             cached = {x - l * E for x in resident if x // E == l}
-            new_rows, new_w = route_rows(trace, a, b, cached, np.float32(rcfg.lam) * deltas[s])
+            new_rows, new_w = route_rows(self.trace, a, b, cached, np.float32(self.rcfg.lam) * self.deltas[s])
         else:
             new_rows, new_w = rec_rows, rec_w
         vscore, vrank, vunits = row_details(new_rows, new_w, l, E, SB_SCALE)
         ids = sorted(vscore)
-        units = [vunits[g] for g in ids]
-        hits = [g for g in ids if g in resident]
-        late = [g for g in ids if g not in resident and g in pending]
-        miss = [g for g in ids if g not in resident and g not in pending]
-        add("demands", l, len(ids))
+        for g in ids:  # the router's weights join the running gate scores
+            self.score[g] = self.score.get(g, 0) + vunits[g]
+        self.add("demands", l, len(ids))
+        served_lvl, subs = {}, {}
+        if self.expert:
+            order = list(dict.fromkeys(l * E + e for row in new_rows for e in row))  # router order
+            turns = [[g] for g in order] or [[]]
+            P_visit = set(ids)
+        else:
+            turns = [ids]
+        n = len(turns)
+        layer = self.hardware.layer_ticks(self.phase[p] == PREFILL, self.tokens[p], len(ids))
+        for i, tids in enumerate(turns):
+            self.todo = set(order[i + 1:]) if self.expert else set()
+            share = turn_share(layer, n, i)
+            self.turn(i, n, tids, ids, vscore, vrank, l, share, served_lvl, subs,
+                      P_visit if self.expert and not self.reading.pins_running else None)
+        self.todo = set()
+        self.proxies(l, rec_rows, rec_w, new_rows, served_lvl, subs)
+
+    def turn(self, i, n, tids, ids, vscore, vrank, l, share, served_lvl, subs, P_fixed):
+        """One turn: demand ``tids`` (ascending) of the visit ``ids``; ``P_fixed`` the pinned set
+        when it is not the turn's executed set (``expert`` with ``pin=visit``)."""
+        resident, pending, add = self.resident, self.pending, self.add
+        E, t = self.E, self.t
+        # random-policy hash seeds of a turn's arrival batches (turn 0: the visit's own, so the
+        # visit reading draws exactly what it always drew)
+        rseed = self.seed if i == 0 else self.seed ^ ((i * 0x2545F491) & 0xFFFFFFFF)
+        hits = [g for g in tids if g in resident]
+        late = [g for g in tids if g not in resident and g in pending]
+        miss = [g for g in tids if g not in resident and g not in pending]
         add("hits", l, len(hits))
         add("late", l, len(late))
         add("misses", l, len(miss))
-        add("collisions", l, sum(1 for g in miss if g in evicted_in_pass))
+        add("collisions", l, sum(1 for g in miss if g in self.evicted_in_pass))
         for g in hits:
             if resident[g]["pf"]:
                 add("pf_useful", l)
         add("pf_useful", l, len(late))
-        for g, u in zip(ids, units):
-            score[g] = score.get(g, 0) + u
-            if policy == "belady":
-                nextuse[g] = next_demand(g, s)
+        if self.policy == "belady":
+            for g in tids:
+                self.nextuse[g] = self.next_demand(g, self.s)
         # miss policy (specmd_jax.miss) on everything not resident; X = the executed set
-        dset = set(ids)
-        others = sorted(x for x in resident if x // E == l and x not in dset) if mcfg.policy == "substitute" else []
-        dec = decide(mcfg, len(lv_bits), sorted(late + miss), ids, vscore, vrank, score, others, SB_SCALE)
+        dset = set(tids)
+        others = (sorted(x for x in resident if x // E == l and x not in dset)
+                  if self.mcfg.policy == "substitute" else [])
+        dec = decide(self.mcfg, len(self.lv_bits), sorted(late + miss), ids, vscore, vrank, self.score, others,
+                     SB_SCALE)
         fetched = [g for g in miss if dec[g][0] == "fetch"]
         waited = [g for g in late if dec[g][0] == "fetch"]
-        subs = {g: dec[g][1] for g in late + miss if dec[g][0] == "sub"}
+        tsubs = {g: dec[g][1] for g in late + miss if dec[g][0] == "sub"}
+        subs.update(tsubs)
         add("dropped", l, sum(1 for g in late + miss if dec[g][0] == "drop"))
-        add("substituted", l, len(subs))
-        served_lvl = {g: resident[g]["lvl"] for g in hits}
+        add("substituted", l, len(tsubs))
+        served_lvl.update({g: resident[g]["lvl"] for g in hits})
         served_lvl.update({g: pending[g][2] for g in waited})
         served_lvl.update({g: dec[g][1] for g in fetched})
-        # quality proxies: the recorded (token, expert) pairs, and the bits of what ran
+        served_lvl.update({("sub", g): resident[x]["lvl"] for g, x in tsubs.items()})
+        D = set(hits) | set(fetched) | set(waited) | set(tsubs.values())
+        P = D if P_fixed is None else P_fixed
+        own = set(fetched) | set(waited)
+        # 3-5. demand copies behind the queue; [prefetch at the router]; wait; arrivals up to t_ready
+        for g in fetched:  # ids ascending
+            self.engine_free = max(t, self.engine_free) + self.xfer_lv[dec[g][1]]
+            add("units_moved", l, self.lv_units[dec[g][1]])
+            self.issued += 1
+            pending[g] = (self.engine_free, self.issued, dec[g][1])
+        if i == 0 and self.reading.prefetch_issue == "at_router":
+            self.issue(t, P, l, rseed)
+        t_ready = max([t] + [pending[g][0] for g in waited + fetched])
+        add("stall_ticks", l, t_ready - t)
+        self.arrive(self.arrivals_until(t_ready), P, own, l, rseed)
+        # 6. use
+        self.seq += 1
+        for g in sorted(D):
+            r = resident.get(g)
+            if r is None:  # bypassed
+                continue
+            r["freq"] += 1
+            r["hp"] += r["lvl"] == 0
+            r["last"] = self.seq
+            if g in dset:  # a substitute is used, but was not demanded
+                r["pf"] = False
+            if r["mark"] != self.p:  # enters the current tier (a prefetch this pass already put it there)
+                r["mark"], r["entry"] = self.p, self.seq
+        # 7. prefetch issue after the use
+        if i == n - 1 and self.reading.prefetch_issue == "after_use":
+            self.issue(t_ready, P, l, rseed)
+        # 8-9. compute; arrivals during it
+        t_end = t_ready + share
+        self.arrive(self.arrivals_until(t_end), P, own, l, rseed ^ _SEED_COMPUTE)
+        self.t = t_end
+
+    def proxies(self, l, rec_rows, rec_w, new_rows, served_lvl, subs):
+        """Quality proxies of one visit: the recorded (token, expert) pairs, and the bits of what ran."""
+        add, E, lv_bits = self.add, self.E, self.lv_bits
         for i, row in enumerate(rec_rows):
             new = set(new_rows[i])
             add("tokens", l)
@@ -269,65 +391,28 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
                     add("units_dropped", l, u)
             for e in new_rows[i]:
                 g = l * E + e
-                ran = served_lvl.get(g, resident[subs[g]]["lvl"] if g in subs else None)
+                ran = served_lvl.get(g, served_lvl.get(("sub", g)))
                 if ran is not None:
                     add("exec_pairs", l)
                     add("bits_served", l, lv_bits[ran])
-        D = set(hits) | set(fetched) | set(waited) | set(subs.values())
-        # 3-5. demand copies behind the queue; wait; arrivals up to t_ready
-        for g in fetched:  # ids ascending
-            engine_free = max(t, engine_free) + xfer_lv[dec[g][1]]
-            add("units_moved", l, lv_units[dec[g][1]])
-            issued += 1
-            pending[g] = (engine_free, issued, dec[g][1])
-        t_ready = max([t] + [pending[g][0] for g in waited + fetched])
-        add("stall_ticks", l, t_ready - t)
-        arrive(arrivals_until(t_ready), D, l, s, seed)
-        # 6. use
-        seq += 1
-        for g in sorted(D):
-            r = resident.get(g)
-            if r is None:  # bypassed
-                continue
-            r["freq"] += 1
-            r["hp"] += r["lvl"] == 0
-            r["last"] = seq
-            if g in dset:  # a substitute is used, but was not demanded
-                r["pf"] = False
-            if r["mark"] != p:  # enters the current tier (a prefetch this pass already put it there)
-                r["mark"], r["entry"] = p, seq
-        # 7. prefetch issue
-        instant = []
-        for g in (proposals[s] if proposals is not None else ()):
-            if g in resident:
-                add("pf_resident", l)
-                r = resident[g]
-                if policy == "ls" and r["mark"] != p:  # Least-Stale: a prefetch re-marks current
-                    seq += 1
-                    r["mark"], r["entry"] = p, seq
-            elif g in pending or g in instant:
-                add("pf_pending", l)
-            else:
-                add("pf_issued", l)
-                add("units_moved", l, lv_units[0])
-                if instant_prefetch:
-                    instant.append(g)
-                else:
-                    engine_free = max(t_ready, engine_free) + xfer
-                    issued += 1
-                    pending[g] = (engine_free, issued, 0)
-        if instant:
-            arrive([(g, 0) for g in instant], D, l, s, seed ^ _SEED_INSTANT)
-        # 8-9. compute; arrivals during it
-        t_end = t_ready + hardware.compute_ticks(phase[p] == PREFILL, tokens[p])
-        arrive(arrivals_until(t_end), D, l, s, seed ^ _SEED_COMPUTE)
-        t = t_end
-    if steps:
-        pass_ticks.append(t - pass_start)
-    ttft: dict = {}
-    for p, d in enumerate(pass_ticks):
-        if phase[p] == PREFILL:
-            ttft[request[p]] = ttft.get(request[p], 0) + d
-    dec = [d for p, d in enumerate(pass_ticks) if phase[p] != PREFILL]
-    return TimedResult(totals=tot, per_layer=per, resident=sorted(resident), max_occupancy=max_occ,
-                       pass_ticks=pass_ticks, ttft_ticks=ttft, transfer_ticks=xfer, decode_pass_ticks=dec)
+
+    # ---------------------------------------------------------------- the replay
+    def run(self) -> TimedResult:
+        pass_ticks, pass_start = [], 0
+        for s, (p, l, new_pass, _, _) in enumerate(self.steps):
+            if new_pass:
+                self.evicted_in_pass.clear()
+                if s:
+                    pass_ticks.append(self.t - pass_start)
+                pass_start = self.t
+            self.visit(s, p, l)
+        if self.steps:
+            pass_ticks.append(self.t - pass_start)
+        ttft: dict = {}
+        for p, d in enumerate(pass_ticks):
+            if self.phase[p] == PREFILL:
+                ttft[self.request[p]] = ttft.get(self.request[p], 0) + d
+        dec = [d for p, d in enumerate(pass_ticks) if self.phase[p] != PREFILL]
+        return TimedResult(totals=self.tot, per_layer=self.per, resident=sorted(self.resident),
+                           max_occupancy=self.max_occ, pass_ticks=pass_ticks, ttft_ticks=ttft,
+                           transfer_ticks=self.xfer, decode_pass_ticks=dec)

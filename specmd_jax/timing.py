@@ -39,14 +39,109 @@ still queued at the end of the trace never arrive.
 
 Outputs: stall per visit; each pass's duration; TTFT = the duration of a request's prefill
 pass(es); TPOT = mean duration of decode passes.
+
+**Execution readings** (:class:`Reading`). The steps above are one reading of how a layer runs:
+the whole visit is served, pinned and used together, and the plan is issued after the use. Under
+it a prefetch is always newer than the layer just used, so LRU protects it exactly as
+Least-Stale does. Three dimensions generalise it; the defaults are that reading.
+
+``execution``
+    ``visit`` (default): one *turn* per visit whose demand is the whole ``D`` (steps 2-9 above).
+    ``expert``: the visit's distinct experts run one at a time in *router order* (first
+    appearance, token-major, then rank), one turn each; a visit with no demand has one empty
+    turn. Each turn repeats steps 2-9 for its one expert ``x`` at its own start time: ``x`` is
+    classified when its turn comes (resident: hit; copy in flight: late; else a miss, fetched
+    now, behind everything queued), the miss policy decides for ``x`` alone (with the visit's
+    ranks, scores and percentile; ``substitute`` is defined for ``visit`` only), ``x`` is used
+    (its own recency/entry stamp), then computes its share of the layer. Shares: the layer's
+    compute ``C`` split evenly over the ``n`` turns (``C // n``, plus one tick for the first
+    ``C % n`` turns), or ``Hardware.expert_us`` per turn when set (then the layer computes
+    ``n x expert_us`` under ``visit`` too, so readings stay comparable). A dropped expert's turn
+    still takes its share (under ``visit`` a drop does not shorten the layer either). The
+    running gate scores (``sb``, ``substitute``) take the whole visit's router weights at the
+    router; Belady's next use of an expert is updated when it is used.
+``prefetch_issue``
+    ``after_use`` (default): the plan is issued once the visit's last turn has been used, at its
+    ``t_ready`` (step 7). ``at_router``: when the router runs, i.e. in the first turn right after
+    its demand fetches are queued (under ``visit``: every miss of the visit; under ``expert``:
+    the first expert's), before anything arrives or is used, so copies can land between the
+    layer's expert uses. With ``instant_prefetch`` the proposals are admitted there and then.
+``pin``
+    What an arrival batch may not evict (besides its own members). ``visit`` (default): the
+    visit's executed set under ``execution=visit`` (step 5); under ``expert`` every expert the
+    router selected for the visit, until the visit ends. ``running``: only the turn's executed
+    expert, so an arrival may evict a demanded expert of the same visit whose turn has not come
+    (its use is then a collision miss). Under ``execution=visit`` the running set *is* the
+    visit's executed set, so ``pin`` changes nothing there (tested).
+
+In every reading an arrival batch admits the running turn's own demand copies first (ascending
+id), then every other copy in completion order (a copy of an expert whose turn has not come is a
+prefetch: it enters as one and is *useful* when its turn comes).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Optional
 
 TICK_S = 1e-7  # one tick = 100 ns
+EXECUTIONS = ("visit", "expert")
+PREFETCH_ISSUES = ("after_use", "at_router")
+PINS = ("visit", "running")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """How a layer executes (module docstring): the three dimensions of the timed model.
+
+    Attributes:
+        execution: ``visit`` (the whole demand at once) or ``expert`` (one expert at a time, in
+            router order).
+        prefetch_issue: ``after_use`` (the plan goes out after the layer's demand was used) or
+            ``at_router`` (when the layer's router runs, before its experts execute).
+        pin: ``visit`` (the visit's demand is never evicted to serve it) or ``running`` (only the
+            expert being executed is).
+    """
+
+    execution: str = "visit"
+    prefetch_issue: str = "after_use"
+    pin: str = "visit"
+
+    def __post_init__(self):
+        for name, valid in (("execution", EXECUTIONS), ("prefetch_issue", PREFETCH_ISSUES), ("pin", PINS)):
+            v = getattr(self, name)
+            if v not in valid:
+                raise ValueError(f"{name} must be one of {valid}, got {v!r}")
+
+    @property
+    def label(self) -> str:
+        """``execution/prefetch_issue/pin``, e.g. ``expert/at_router/running``."""
+        return f"{self.execution}/{self.prefetch_issue}/{self.pin}"
+
+    @property
+    def pins_running(self) -> bool:
+        """Only the running expert is protected (``pin=running`` under ``execution=expert``)."""
+        return self.execution == "expert" and self.pin == "running"
+
+    @property
+    def canonical(self) -> "Reading":
+        """The reading with ``pin`` normalised where it changes nothing (``execution=visit``)."""
+        return dataclasses.replace(self, pin="visit") if self.execution == "visit" else self
+
+    @classmethod
+    def parse(cls, label: str) -> "Reading":
+        """``Reading.parse("expert/at_router/running")``."""
+        parts = str(label).split("/")
+        if len(parts) != 3:
+            raise ValueError(f"a reading is 'execution/prefetch_issue/pin', got {label!r}")
+        return cls(*parts)
+
+
+DEFAULT_READING = Reading()
+# the readings that differ (pin=running under execution=visit is the same replay as pin=visit)
+READINGS = tuple(Reading(e, i, p) for e in EXECUTIONS for i in PREFETCH_ISSUES for p in PINS
+                 if not (e == "visit" and p == "running"))
 
 
 def to_ticks(seconds: float) -> int:
@@ -67,6 +162,10 @@ class Hardware:
         prefill_layer_us: fixed compute time of one layer in a prefill pass.
         prefill_token_us: additional prefill compute per prompt token per layer.
         name: label for tables.
+        expert_us: if set, one expert's compute in microseconds: a layer computes
+            ``n x expert_us`` for ``n`` demanded experts (both phases, every reading), replacing
+            the three per-layer numbers; ``None`` (default): those numbers, split evenly over
+            the layer's experts under ``execution=expert``.
     """
 
     bandwidth_gbps: float = 5.0
@@ -75,6 +174,7 @@ class Hardware:
     prefill_layer_us: float = 150.0
     prefill_token_us: float = 5.0
     name: str = "custom"
+    expert_us: Optional[float] = None
 
     def __post_init__(self):
         if not (self.bandwidth_gbps > 0):
@@ -83,6 +183,8 @@ class Hardware:
             v = getattr(self, f)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{f} must be finite and >= 0, got {v!r}")
+        if self.expert_us is not None and not (math.isfinite(self.expert_us) and self.expert_us >= 0):
+            raise ValueError(f"expert_us must be None or finite and >= 0, got {self.expert_us!r}")
 
     def transfer_ticks(self, expert_bytes: int) -> int:
         """Ticks to copy one expert: latency + bytes / bandwidth (each rounded to ticks)."""
@@ -94,6 +196,20 @@ class Hardware:
         if prefill:
             return to_ticks(self.prefill_layer_us * 1e-6) + int(tokens) * to_ticks(self.prefill_token_us * 1e-6)
         return to_ticks(self.decode_layer_us * 1e-6)
+
+    def layer_ticks(self, prefill: bool, tokens: int, n: int) -> int:
+        """Ticks one layer computes with ``n`` demanded experts (:meth:`compute_ticks`, or
+        ``n x expert_us`` when that is set)."""
+        if self.expert_us is not None:
+            return int(n) * to_ticks(self.expert_us * 1e-6)
+        return self.compute_ticks(prefill, tokens)
+
+
+def turn_share(layer: int, n: int, i: int) -> int:
+    """Ticks of turn ``i`` of ``n`` when a layer's ``layer`` ticks are split evenly over its
+    turns (``execution=expert``): ``layer // n``, plus one for the first ``layer % n`` turns."""
+    q, r = divmod(int(layer), max(int(n), 1))
+    return q + (1 if i < r else 0)
 
 
 INSTANT = Hardware(bandwidth_gbps=math.inf, latency_us=0.0, name="instant")
