@@ -271,3 +271,33 @@ def test_belady_keeps_an_upcoming_expert_of_the_running_visit():
     # pass 1: 2's copy evicts 1 (next use pass 2), not 0 (its turn is next), so 0 hits; pass 2's
     # miss on 1 then evicts 0 (never used again; ties with 2 go to the lower id)
     assert r.totals["collisions"] == 0 and r.per_layer["hits"] == [1] and r.resident == [1, 2]
+
+
+# --------------------------------------------------------------------------- turns (the engines' steps)
+
+
+def test_turns_follow_the_reference_router_order():
+    """``prepare_turns``: one turn per visit, or one per expert in the reference's router order
+    (empty visits keep one empty turn); the slot points at the expert in the visit's row."""
+    from specmd_jax.turns import prepare_turns
+    from specmd_jax.visits import prepare_steps
+    for seed in range(4):
+        t = random_trace(seed=seed)
+        L, E = t.shape.num_layers, t.shape.num_experts
+        st = prepare_steps(t)
+        assert (prepare_turns(t, st, "visit").ids == st.ids).all()
+        tu = prepare_turns(t, st, "expert")
+        off, ex = t.cell_offsets.tolist(), t.experts.tolist()
+        want = []
+        for v in range(t.num_visits):
+            order = list(dict.fromkeys((v % L) * E + e for r in range(off[v], off[v + 1]) for e in ex[r]))
+            want += [(v, g, i, max(len(order), 1)) for i, g in enumerate(order)] or [(v, -1, 0, 1)]
+        got = list(zip(tu.visit.tolist(), tu.ids[:, 0].tolist(), tu.index.tolist(), tu.count.tolist()))
+        assert got == want
+        ok = tu.slot >= 0
+        assert (st.ids[tu.visit[ok], tu.slot[ok]] == tu.ids[ok, 0]).all() and (tu.ids[~ok, 0] == -1).all()
+        assert tu.new_pass.sum() == t.num_passes and (tu.per_turn(st.ids, -1) == tu.ids).all()
+        stack = np.arange(2 * st.num_steps * 3, dtype=np.int32).reshape(2, st.num_steps, 3)
+        for issue, on in (("at_router", tu.first), ("after_use", tu.last)):
+            pr = tu.proposals(stack, issue)
+            assert (pr[:, on] == stack[:, tu.visit[on]]).all() and (pr[:, ~on] == -1).all()
