@@ -89,6 +89,7 @@ class AsyncParams:
     degrade: Any = None    # fetch_priority: level the degraded experts are fetched at
     cas_th: Any = None     # int32[cascade_len] cascade thresholds in router-weight units
     lam: Any = None        # float32 cache-aware routing strength (AsyncSpec.routing)
+    c_exp: Any = None      # int32 ticks of one expert's compute (Hardware.expert_us), -1: the layer's numbers
 
 
 @pytree_dataclass
@@ -141,6 +142,10 @@ class AsyncVisit:
     row0: Any = None   # cache-aware routing (AsyncSpec.routing): first routed row of the visit,
     nrows: Any = None  # its number of rows (tokens)
     delta: Any = None  # float32 the layer's logit gap mean before the visit (routing.gap_means)
+    turn: Any = None   # int32 the step's turn in its visit (specmd_jax.turns; 0 under execution="visit")
+    nturns: Any = None  # int32 turns of its visit (1 under execution="visit")
+    vdem: Any = None   # int32 the visit's demand count (fetch_priority's percentile, expert_us compute)
+    pins: Any = None   # int32[pin_width] the visit's demand (-1 padded) when AsyncSpec.pin_width > 0
 
 
 class AsyncSpec(NamedTuple):
@@ -158,6 +163,9 @@ class AsyncSpec(NamedTuple):
                               # shared by all configurations (a cheaper pinning mask)
     routing: bool = False     # cache-aware routing: each configuration re-routes the visit's tokens
     top_k: int = 0            # K (routing only)
+    issue: str = "after_use"  # prefetch_issue of the reading: "after_use" | "at_router" (timing.Reading)
+    pin_width: int = 0        # > 0: a separate pinned set of this width per step (AsyncVisit.pins: the
+                              # visit's demand, execution="expert" with pin="visit"); 0: the step's executed set
 
 
 def rank_sentinels(spec: "AsyncSpec") -> tuple:
@@ -184,6 +192,15 @@ def make_async_policy(spec: AsyncSpec):
     u0, NL, kind = int(spec.units[0]), len(spec.units), spec.miss_kind
     if kind not in ("fetch", "fetch_lowest", "fetch_priority", "cascade"):
         raise ValueError(f"unknown miss kind {kind!r}")
+    if spec.issue not in ("after_use", "at_router"):
+        raise ValueError(f"unknown prefetch issue point {spec.issue!r}")
+    if spec.pin_width and (sub or spec.routing):
+        raise ValueError("a separate pinned set (execution='expert', pin='visit') goes with neither substitute nor "
+                         "cache-aware routing")
+    # the pinned set is not the step's own demand: pinned residents and admitted demand copies are
+    # scattered separately, and a batch member of the pinned set that is not the step's own copy
+    # is a prefetch (a later turn's expert)
+    separate = sub or spec.pin_width > 0
     laterQ = jnp.arange(Q)[None, :] > jnp.arange(Q)[:, None]
     layer_of = jnp.arange(N) // E
 
@@ -267,6 +284,15 @@ def make_async_policy(spec: AsyncSpec):
             w = w - jnp.where(layer_of == l, jnp.sum(dlc[:, None] < st["lc"][None, :], axis=0, dtype=jnp.int32), 0)
         return w
 
+    def own_mask(inD, ids, demb):
+        """bool[N]: the batch members that are the step's own demand copies (the others are
+        prefetches). With the pinned set = the executed demand that is ``inD`` itself (a
+        pinned expert in a batch is one of the step's copies); with a separate pinned set, the
+        step's copies in the batch (``demb``)."""
+        if not spec.pin_width:
+            return inD
+        return jnp.zeros((N,), bool).at[jnp.where(demb, ids, N)].set(True, mode="drop")
+
     def admit(st, T, cap, D, dem_q, l):
         """Arrival batch of every copy done by ``T``; ``D`` (ids, valid, loc, loc_drop, inD) pinned.
         ``dem_q`` int32[W]: issue numbers of D's queued copies (NONE otherwise), or ``None`` when
@@ -292,7 +318,7 @@ def make_async_policy(spec: AsyncSpec):
         gone = (r >= rstar) & (r < G_) & ~inD
         # arrival order among the batch's prefetches: issue order minus D's copies issued earlier
         o = arrival_order(st, demb, dem_q)
-        pf_in = inb & ~inD
+        pf_in = inb & ~own_mask(inD, ids, demb)
         pf_adm = pf_in & (o < n_pf_adm)
         j = jnp.sum(earlier & demb[None, :], axis=1, dtype=jnp.int32)
         dem_adm = demb & (j < n_dem_adm)
@@ -323,7 +349,7 @@ def make_async_policy(spec: AsyncSpec):
             # pinned hits below R* move up past the victims; demanded arrivals: ascending id, under the prefetches
             newP = rDp + n_adm - jnp.clip(ev_pos - thresh, 0, nev)
             newA = n_pf_adm + n_dem_adm - 1 - j
-        if sub:  # substitutes are pinned too: their own scatter
+        if separate:  # pinned residents and the admitted demand copies: two scatters
             r2 = r2.at[jnp.where(pin, pids, N)].set(newP.astype(rdt), mode="drop")
             r2 = r2.at[jnp.where(dem_adm, ids, N)].set(newA.astype(rdt), mode="drop")
         else:  # the pinned are the demand's residents: one scatter at the demand's ids
@@ -367,7 +393,7 @@ def make_async_policy(spec: AsyncSpec):
         below_p = occ - rP - pu - jnp.sum(jnp.where(rP[None, :] > rP[:, None], pu[None, :], 0), axis=1)
         victims_above = jnp.maximum(0, freed - below_p)
         o = arrival_order(st, demb, dem_q)
-        pf_adm = inb & ~inD & (o < n_pf_adm)
+        pf_adm = inb & ~own_mask(inD, ids, demb) & (o < n_pf_adm)
         if ls:
             # the current tier's blocks hold units; its victims leave from the bottom (lowest
             # layers first, skipping the pinned), the rest of the freed units were stale
@@ -459,6 +485,54 @@ def make_async_policy(spec: AsyncSpec):
                               score=score, spos=spos)
         return visit, pick(npr), (chg, rer_p, rer_u)
 
+    def issue(st, visit, t_issue, xfer):
+        """Issue the step's proposals at ``t_issue``, in order: a resident one is skipped
+        (Least-Stale re-marks it current), one already queued is skipped, the others are queued
+        on the FIFO engine. Returns the state and ``(issued, resident, pending, wrapped)``."""
+        pv = visit.pf_ids >= 0
+        pidx = jnp.where(pv, visit.pf_ids, 0)
+        resP = pv & (st["rank"][pidx] < G_)
+        pendP = pv & ~resP & (st["qidx"][pidx] != NONE)
+        iss = pv & ~resP & ~pendP
+        n_iss = jnp.sum(iss, dtype=jnp.int32)
+        pl = jnp.where(pv, visit.pf_ids // E, 0)                           # proposals' layers
+        sameQ = pl[None, :] == pl[:, None]
+        pdrop = jnp.where(pv, visit.pf_ids, N)
+        if ls:
+            # a resident stale proposal is re-marked current: top of its layer's block, later higher
+            r, cur = st["rank"], st["cur"]
+            ncur = jnp.sum(cur)
+            rP = jnp.where(pv, r[pidx], A_).astype(rdt)
+            R = resP & (rP.astype(jnp.int32) >= ncur)
+            if mixed:  # in units: the re-marked experts hold their own levels
+                ru = jnp.where(R, st["ul"][pidx], 0)
+                rcnt = jnp.zeros((L,), jnp.int32).at[pl].add(ru)
+                up_st = jnp.sum(ru) - wsum(jnp.where(R, rP, A_), ru, r, False)
+                later_same = jnp.sum(jnp.where(laterQ & sameQ & R[None, :], ru[None, :], 0), axis=1)
+            else:
+                nR = jnp.sum(R, dtype=jnp.int32)
+                rcnt = jnp.zeros((L,), jnp.int32).at[pl].add(R.astype(jnp.int32))
+                up_st = nR.astype(rdt) - _count_lt(jnp.where(R, rP, A_).astype(rdt), r)
+                later_same = jnp.sum(laterQ & sameQ & R[None, :], axis=1, dtype=jnp.int32)
+            r = jnp.where(r < ncur, r + per_id(_suffix(rcnt)), jnp.where(r < G_, r + up_st, r)).astype(rdt)
+            cur = cur + rcnt
+            rR_new = _above(cur, pl) + later_same
+            st["rank"] = r.at[pdrop].set(jnp.where(R, rR_new.astype(rdt), r[pidx]), mode="drop")
+            st["cur"] = cur
+            # per-layer issue numbers of the new copies
+            lcq = st["icnt"][pl] + jnp.sum(earlierQ & sameQ & iss[None, :], axis=1, dtype=jnp.int32)
+            st["lc"] = st["lc"].at[jnp.where(iss, visit.pf_ids, N)].set(lcq, mode="drop")
+            st["icnt"] = st["icnt"].at[pl].add(iss.astype(jnp.int32))
+        startp = jnp.maximum(t_issue, st["eng"])
+        kp = jnp.sum(earlierQ & iss[None, :], axis=1, dtype=jnp.int32)
+        q_p = st["tail"] + kp
+        st["qidx"] = st["qidx"].at[jnp.where(iss, visit.pf_ids, N)].set(q_p, mode="drop")
+        st["ring"] = st["ring"].at[jnp.where(iss, q_p % N, N)].set(startp + (kp + 1) * xfer, mode="drop")
+        st["tail"] = st["tail"] + n_iss
+        st["eng"] = jnp.where(n_iss > 0, startp + n_iss * xfer, st["eng"])
+        ovf = jnp.any(iss & (startp + (kp + 1) * xfer < startp))
+        return st, (n_iss, jnp.sum(resP, dtype=jnp.int32), jnp.sum(pendP, dtype=jnp.int32), ovf)
+
     def step(state: AsyncState, visit: AsyncVisit, params: AsyncParams, tabs=None):
         st = {k: getattr(state, k) for k in _FIELDS}
         l = visit.layer
@@ -530,13 +604,18 @@ def make_async_policy(spec: AsyncSpec):
             inD = jnp.zeros((N,), bool).at[loc_drop].set(True, mode="drop")
         else:
             inD = jnp.zeros((N,), bool).at[jnp.where(pvalid, pids, N)].set(True, mode="drop")
-        D = (ids, valid, loc, loc_drop, inD, pids, pvalid)
-        ploc = jnp.where(pvalid, pids, 0)
+        ploc = jnp.where(pvalid, pids, 0)   # the executed set (used below)
+        if spec.pin_width:  # the visit's demand is pinned, not only this turn's expert
+            pv_ = visit.pins >= 0
+            D = (ids, valid, loc, loc_drop, jnp.zeros((N,), bool).at[jnp.where(pv_, visit.pins, N)].set(True, mode="drop"),
+                 visit.pins, pv_)
+        else:
+            D = (ids, valid, loc, loc_drop, inD, pids, pvalid)
         # precision level of each fetched miss (specmd_jax.miss; waited-for copies are prefetches: 0)
         if kind == "fetch_lowest":
             lvl = jnp.full((W,), NL - 1, jnp.int32)
-        elif kind == "fetch_priority":
-            cut = params.pct_milli * nd // 100000
+        elif kind == "fetch_priority":  # a percentile of the visit's demand (its turns share it)
+            cut = params.pct_milli * (nd if visit.vdem is None else visit.vdem) // 100000
             lvl = jnp.where(visit.spos < cut, jnp.minimum(params.degrade, NL - 1), 0).astype(jnp.int32)
         elif kind == "cascade":
             lvl = jnp.minimum(jnp.sum(visit.score[:, None] < params.cas_th[None, :], axis=1, dtype=jnp.int32), NL - 1)
@@ -555,6 +634,8 @@ def make_async_policy(spec: AsyncSpec):
         st["ring"] = st["ring"].at[jnp.where(miss, q_m % N, N)].set(done_m, mode="drop")
         st["tail"] = st["tail"] + nm
         st["eng"] = jnp.where(nm > 0, start + jnp.sum(jnp.where(miss, xj, 0)), st["eng"])
+        if spec.issue == "at_router":  # the router issues the plan right after its demand copies
+            st, pfc = issue(st, visit, t, xfer)
         done_l = st["ring"][jnp.where(late, qD, 0) % N]
         t_ready = jnp.maximum(t, jnp.max(jnp.where(miss, done_m, jnp.where(late, done_l, t))))
         dem_q = jnp.where(late, qD, jnp.where(miss, q_m, NONE))
@@ -628,49 +709,14 @@ def make_async_policy(spec: AsyncSpec):
             st["rank"] = rc.at[jnp.where(moved, pids, N)].set(rD_moved.astype(rdt), mode="drop")
             st["cur"] = cur.at[l].add(nM)
         st["pfu"] = st["pfu"].at[jnp.where(valid, ids, N)].set(False, mode="drop")
-        # prefetch issue at t_ready (overlaps the layer's compute)
-        pv = visit.pf_ids >= 0
-        pidx = jnp.where(pv, visit.pf_ids, 0)
-        resP = pv & (st["rank"][pidx] < G_)
-        pendP = pv & ~resP & (st["qidx"][pidx] != NONE)
-        iss = pv & ~resP & ~pendP
-        n_iss = jnp.sum(iss, dtype=jnp.int32)
-        pl = jnp.where(pv, visit.pf_ids // E, 0)                           # proposals' layers
-        sameQ = pl[None, :] == pl[:, None]
-        pdrop = jnp.where(pv, visit.pf_ids, N)
-        if ls:
-            # a resident stale proposal is re-marked current: top of its layer's block, later higher
-            r, cur = st["rank"], st["cur"]
-            ncur = jnp.sum(cur)
-            rP = jnp.where(pv, r[pidx], A_).astype(rdt)
-            R = resP & (rP.astype(jnp.int32) >= ncur)
-            if mixed:  # in units: the re-marked experts hold their own levels
-                ru = jnp.where(R, st["ul"][pidx], 0)
-                rcnt = jnp.zeros((L,), jnp.int32).at[pl].add(ru)
-                up_st = jnp.sum(ru) - wsum(jnp.where(R, rP, A_), ru, r, False)
-                later_same = jnp.sum(jnp.where(laterQ & sameQ & R[None, :], ru[None, :], 0), axis=1)
-            else:
-                nR = jnp.sum(R, dtype=jnp.int32)
-                rcnt = jnp.zeros((L,), jnp.int32).at[pl].add(R.astype(jnp.int32))
-                up_st = nR.astype(rdt) - _count_lt(jnp.where(R, rP, A_).astype(rdt), r)
-                later_same = jnp.sum(laterQ & sameQ & R[None, :], axis=1, dtype=jnp.int32)
-            r = jnp.where(r < ncur, r + per_id(_suffix(rcnt)), jnp.where(r < G_, r + up_st, r)).astype(rdt)
-            cur = cur + rcnt
-            rR_new = _above(cur, pl) + later_same
-            st["rank"] = r.at[pdrop].set(jnp.where(R, rR_new.astype(rdt), r[pidx]), mode="drop")
-            st["cur"] = cur
-            # per-layer issue numbers of the new copies
-            lcq = st["icnt"][pl] + jnp.sum(earlierQ & sameQ & iss[None, :], axis=1, dtype=jnp.int32)
-            st["lc"] = st["lc"].at[jnp.where(iss, visit.pf_ids, N)].set(lcq, mode="drop")
-            st["icnt"] = st["icnt"].at[pl].add(iss.astype(jnp.int32))
-        startp = jnp.maximum(t_ready, st["eng"])
-        kp = jnp.sum(earlierQ & iss[None, :], axis=1, dtype=jnp.int32)
-        q_p = st["tail"] + kp
-        st["qidx"] = st["qidx"].at[jnp.where(iss, visit.pf_ids, N)].set(q_p, mode="drop")
-        st["ring"] = st["ring"].at[jnp.where(iss, q_p % N, N)].set(startp + (kp + 1) * xfer, mode="drop")
-        st["tail"] = st["tail"] + n_iss
-        st["eng"] = jnp.where(n_iss > 0, startp + n_iss * xfer, st["eng"])
+        if spec.issue == "after_use":  # prefetch issue at t_ready (overlaps the layer's compute)
+            st, pfc = issue(st, visit, t_ready, xfer)
         comp = jnp.where(visit.prefill, params.c_pre0 + visit.tokens * params.c_pre1, params.c_dec).astype(jnp.int32)
+        if visit.nturns is not None:  # this turn's share of the layer (timing.turn_share)
+            if params.c_exp is not None:
+                comp = jnp.where(params.c_exp >= 0, params.c_exp * visit.vdem, comp).astype(jnp.int32)
+            n_t = jnp.maximum(visit.nturns, 1)
+            comp = comp // n_t + (visit.turn < comp % n_t).astype(jnp.int32)
         comp = jnp.where(visit.live, comp, 0)
         t_end = t_ready + comp
         if mixed:
@@ -679,10 +725,10 @@ def make_async_policy(spec: AsyncSpec):
             st, (ev2, _, arr2, drop2) = admit(st, t_end, cap, D, None, l)
         st["t"] = t_end
         # int32 ticks relative to the pass start: a sum that wraps becomes smaller than its base
-        st["ovf"] = (st["ovf"] | (t_ready < t) | (t_end < t_ready) | jnp.any(miss & (done_m < start))
-                     | jnp.any(iss & (startp + (kp + 1) * xfer < startp)))
+        n_iss, n_res, n_pend, iss_ovf = pfc
+        st["ovf"] = st["ovf"] | (t_ready < t) | (t_end < t_ready) | jnp.any(miss & (done_m < start)) | iss_ovf
         info = jnp.stack([nd, nh, nm_all, coll, ev1 + ev2, byp]).astype(jnp.int32)
-        pinfo = jnp.stack([nl, n_iss, jnp.sum(resP, dtype=jnp.int32), jnp.sum(pendP, dtype=jnp.int32),
+        pinfo = jnp.stack([nl, n_iss, n_res, n_pend,
                            arr1 + arr2, drop1 + drop2, useful, jnp.sum(drop, dtype=jnp.int32),
                            jnp.sum(jnp.where(drop, visit.pairs, 0)), jnp.sum(jnp.where(drop, visit.units, 0)),
                            nm, jnp.sum(subd, dtype=jnp.int32), jnp.sum(jnp.where(subd, visit.pairs, 0)),

@@ -22,8 +22,9 @@ from .engine import GONE
 from .engine_pf import PF_COUNTER_NAMES, PfParams, PfSpec, PfVisit, make_pf_policy
 from .prefetch import PrefetchPlan
 from .semantics import SB_SCALE
-from .timing import Hardware
+from .timing import Hardware, Reading, to_ticks
 from .trace import PREFILL, Trace
+from .turns import prepare_turns
 from .visits import prepare_steps
 
 _COMPILED: dict = {}
@@ -275,7 +276,8 @@ def _async_runner(spec, multi: bool = False):
     init, step = make_async_policy(spec)
     vis_axes = AsyncVisit(live=None, layer=None, new_pass=None, prefill=None, tokens=None, ids=None,
                           pf_ids=0, rank=None, pairs=None, units=None, lscore=None, score=None,
-                          spos=None, row0=None, nrows=None, delta=None) if multi else None
+                          spos=None, row0=None, nrows=None, delta=None, turn=None, nturns=None, vdem=None,
+                          pins=None) if multi else None
     vstep = jax.vmap(step, in_axes=(0, vis_axes, 0, None))
 
     def run(params, states, xs, tabs):
@@ -285,7 +287,7 @@ def _async_runner(spec, multi: bool = False):
 
 
 def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=None, precision=None,
-              routing=None, chunk_steps: int = 8192) -> AsyncResult:
+              routing=None, reading=None, chunk_steps: int = 8192) -> AsyncResult:
     """Asynchronous-prefetch replay of ``trace`` for every (plan, capacity, hardware profile, miss
     configuration) in one compiled program (:mod:`specmd_jax.engine_async`; ``lru``, ``ls``,
     ``fifo``). ``plan``: a :class:`PrefetchPlan` or a list. ``misses``: a list of
@@ -294,8 +296,11 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
     ``precision``: :class:`~specmd_jax.miss.Precision` levels (``capacities`` then in units; mixed
     levels: weighted ranks). ``routing``: a list of :class:`~specmd_jax.routing.RoutingConfig`
     (``standard`` or ``cache_aware``, whose ``lam`` is vmapped data; ``standard`` runs as
-    ``lam = 0``, which is the same routing exactly); not with ``substitute``. Configurations are
-    plan-major, then capacity, hardware, miss, routing."""
+    ``lam = 0``, which is the same routing exactly); not with ``substitute``. ``reading``: the
+    execution reading (:class:`~specmd_jax.timing.Reading`; structural: one program per reading,
+    the scan runs over its turns, :mod:`specmd_jax.turns`); per-expert execution goes with
+    neither ``substitute`` nor cache-aware routing here. Configurations are plan-major, then
+    capacity, hardware, miss, routing."""
     from .engine_async import ASYNC_COUNTER_NAMES, AsyncParams, AsyncSpec, AsyncVisit, rank_sentinels
     from .miss import MissConfig, Precision, structural_kind
     from .routing import RoutingConfig, gap_means, token_tables
@@ -311,6 +316,11 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
                          "asynchronous kernel")
     if routed and trace.logits is None and trace.weights is None:
         raise ValueError(f"cache-aware routing needs router logits or weights; trace {trace.source} has neither")
+    rd = reading if reading is not None else Reading()
+    expert = rd.execution == "expert"
+    if expert and (routed or substitute):
+        raise ValueError("per-expert execution with " + ("cache-aware routing" if routed else "substitute")
+                         + " runs in the reference (reference_timed), not the asynchronous kernel")
     lams = np.array([float(rc.lam) if rc.active else 0.0 for rc in routings], np.float32)
     R = len(routings)
     L = trace.shape.num_layers
@@ -329,7 +339,8 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
     NL = len(prec.units)
     xlv = np.array([[h.transfer_ticks(prec.level_bytes(eb, i)) for i in range(NL)] for h in hws], np.int64)
     hw_num = np.array([[h.compute_ticks(False, 0), h.compute_ticks(True, 0),
-                        h.compute_ticks(True, 1) - h.compute_ticks(True, 0)] for h in hws], np.int64)
+                        h.compute_ticks(True, 1) - h.compute_ticks(True, 0),
+                        -1 if h.expert_us is None else to_ticks(h.expert_us * 1e-6)] for h in hws], np.int64)
     cap_b = np.repeat(caps, H * M * R)
     hb = np.tile(np.repeat(np.arange(H), M * R), len(caps))
     mb = np.tile(np.repeat(np.arange(M), R), len(caps) * H)
@@ -344,17 +355,22 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
                          xfer_lv=jnp.asarray(xlv[hb], jnp.int32),
                          pct_milli=jnp.asarray([misses[i].percentile_milli for i in mb], jnp.int32),
                          degrade=jnp.asarray([misses[i].degrade_level for i in mb], jnp.int32),
-                         cas_th=jnp.asarray(cas[mb], jnp.int32), lam=jnp.asarray(lams[rb], jnp.float32))
+                         cas_th=jnp.asarray(cas[mb], jnp.int32), lam=jnp.asarray(lams[rb], jnp.float32),
+                         c_exp=jnp.asarray(hw_num[hb, 3], jnp.int32))
     det = demand_details(trace, steps)
     E, K = trace.shape.num_experts, trace.shape.top_k
     nrows = np.diff(trace.cell_offsets).astype(np.int32)
     # a routed visit demands at most min(E, tokens x K) experts (the step replaces the visit's
     # recorded demand fields with its own W-wide ones, so the host arrays keep their width)
     width = max(steps.width, int(np.minimum(E, nrows * K).max(initial=0))) if routed else steps.width
+    turns = prepare_turns(trace, steps, rd.execution)
+    if expert:
+        width = 1
+    pin_width = steps.width if expert and not rd.pins_running else 0
     spec = AsyncSpec(policy, L, E, width, int(stack.shape[2]), bool(substitute),
                      units=tuple(prec.units), miss_kind=kind, cascade_len=ncas, bits=tuple(prec.bits),
                      full_demand=not substitute and all(m.policy != "drop_priority" for m in misses),
-                     routing=routed, top_k=K if routed else 0)
+                     routing=routed, top_k=K if routed else 0, issue=rd.prefetch_issue, pin_width=pin_width)
     if routed:
         tabs = {k: jnp.asarray(v) for k, v in token_tables(trace).items()}
         row0 = trace.cell_offsets[:-1].astype(np.int32)
@@ -364,11 +380,18 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
     lscore = running_scores(trace, steps) if substitute else np.zeros((steps.num_steps, 1), np.int32)
     init, run = _async_runner(spec, multi)
     states = init(params)
-    S = steps.num_steps
+    S = turns.num_turns
     pre = trace.pass_phase == PREFILL
-    step_pass = steps.pass_
-    prefill = pre[step_pass]
-    tokens = trace.pass_tokens[step_pass].astype(np.int32)
+    tv = turns.visit                                                  # each turn's visit
+    prefill = pre[steps.pass_[tv]]
+    tokens = trace.pass_tokens[steps.pass_[tv]].astype(np.int32)
+    layer_t = steps.layer[tv]
+    vdem = np.sum(steps.ids >= 0, axis=1).astype(np.int32)[tv]
+    stack = turns.proposals(stack, rd.prefetch_issue)
+    det = {k: turns.per_turn(v, NO_DROP if k == "rank" else 0) for k, v in det.items()}
+    units_t = turns.per_turn(steps.units, 0)
+    pins = steps.ids[tv] if pin_width else None
+    lscore = lscore[tv]
     chunk = max(1, min(int(chunk_steps), 1 << max(0, (S - 1).bit_length())))
     if multi:
         chunk = max(1, min(chunk, (64 << 20) // max(1, B * stack.shape[2] * 4)))
@@ -379,21 +402,25 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
         hi = min(S, lo + chunk)
         pad = chunk - (hi - lo)
         return AsyncVisit(live=jnp.asarray(_take(live, lo, hi, pad, False)),
-                          layer=jnp.asarray(_take(steps.layer, lo, hi, pad, 0)),
-                          new_pass=jnp.asarray(_take(steps.new_pass, lo, hi, pad, False)),
+                          layer=jnp.asarray(_take(layer_t, lo, hi, pad, 0)),
+                          new_pass=jnp.asarray(_take(turns.new_pass, lo, hi, pad, False)),
                           prefill=jnp.asarray(_take(prefill, lo, hi, pad, False)),
                           tokens=jnp.asarray(_take(tokens, lo, hi, pad, 0)),
-                          ids=jnp.asarray(_take(steps.ids, lo, hi, pad, -1)),
+                          ids=jnp.asarray(_take(turns.ids, lo, hi, pad, -1)),
                           pf_ids=jnp.asarray(_pf_chunk(stack, lo, hi, pad, len(caps0) * H * M * R, multi)),
                           rank=jnp.asarray(_take(det["rank"], lo, hi, pad, NO_DROP)),
                           pairs=jnp.asarray(_take(det["pairs"], lo, hi, pad, 0)),
-                          units=jnp.asarray(_take(steps.units, lo, hi, pad, 0)),
+                          units=jnp.asarray(_take(units_t, lo, hi, pad, 0)),
                           lscore=jnp.asarray(_take(lscore, lo, hi, pad, 0)),
                           score=jnp.asarray(_take(det["score"], lo, hi, pad, 0)),
                           spos=jnp.asarray(_take(det["spos"], lo, hi, pad, 0)),
                           row0=None if row0 is None else jnp.asarray(_take(row0, lo, hi, pad, 0)),
                           nrows=None if row0 is None else jnp.asarray(_take(nrows, lo, hi, pad, 0)),
-                          delta=None if row0 is None else jnp.asarray(_take(delta, lo, hi, pad, 0.0)))
+                          delta=None if row0 is None else jnp.asarray(_take(delta, lo, hi, pad, 0.0)),
+                          turn=jnp.asarray(_take(turns.index, lo, hi, pad, 0)),
+                          nturns=jnp.asarray(_take(turns.count, lo, hi, pad, 1)),
+                          vdem=jnp.asarray(_take(vdem, lo, hi, pad, 0)),
+                          pins=None if pins is None else jnp.asarray(_take(pins, lo, hi, pad, -1)))
 
     key = ("async", spec, multi, B, chunk) + ((tabs["cid"].shape,) if routed else ())
     states, ends, compile_s, run_s = _run_chunks(key, run, params, states, xs_of, S, chunk, (tabs,))
@@ -403,14 +430,16 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
         raise ValueError(f"a pass lasted over 2**31 ticks (214 s) for capacity {int(cap_b[b])} on hardware "
                          f"{hws[hb[b]].name!r} ({hws[hb[b]].bandwidth_gbps} GB/s): int32 time overflow; use the "
                          "reference (reference_timed) for such settings")
-    t_end = ends.astype(np.int64).T                                   # [B, S], relative to pass start
-    last = np.flatnonzero(np.r_[steps.new_pass[1:], True])            # last visit of each pass
+    t_end = ends.astype(np.int64).T                                   # [B, T], relative to pass start
+    last = np.flatnonzero(np.r_[turns.new_pass[1:], True])            # last turn of each pass
     pass_ticks = t_end[:, last]
-    t_start = np.where(steps.new_pass[None, :], 0, np.concatenate([np.zeros((B, 1), np.int64), t_end[:, :-1]], 1))
+    t_start = np.where(turns.new_pass[None, :], 0, np.concatenate([np.zeros((B, 1), np.int64), t_end[:, :-1]], 1))
     comp = np.where(prefill[None, :], hw_num[hb, 1][:, None] + tokens[None, :] * hw_num[hb, 2][:, None],
                     hw_num[hb, 0][:, None])
-    stall = t_end - t_start - comp                                    # [B, S]
-    stall_l = np.stack([stall[:, steps.layer == l].sum(axis=1) for l in range(L)], 1)
+    comp = np.where(hw_num[hb, 3][:, None] >= 0, hw_num[hb, 3][:, None] * vdem[None, :], comp)
+    comp = comp // turns.count[None, :] + (turns.index[None, :] < comp % turns.count[None, :])   # turn_share
+    stall = t_end - t_start - comp                                    # [B, T]
+    stall_l = np.stack([stall[:, layer_t == l].sum(axis=1) for l in range(L)], 1)
     reqs = np.unique(trace.pass_request[pre])
     ttft = (np.stack([pass_ticks[:, pre & (trace.pass_request == r)].sum(axis=1) for r in reqs], 1).mean(axis=1)
             if len(reqs) else np.full(B, np.nan))
