@@ -108,7 +108,7 @@ class _Replay:
         self.deltas = gap_means(trace) if self.rcfg.active else None
         self.off = trace.cell_offsets.tolist()
         self.lv_units, self.lv_bits = self.prec.units, self.prec.bits
-        self.L, self.E = L, E = trace.shape.num_layers, trace.shape.num_experts
+        self.L, self.E = L, _ = trace.shape.num_layers, trace.shape.num_experts
         self.steps = list(steps_of(trace, "pinned"))
         if plan is not None and plan.ids.shape[0] != len(self.steps):
             raise ValueError(f"plan has {plan.ids.shape[0]} visits, trace has {len(self.steps)}")
