@@ -34,8 +34,8 @@ from specmd_jax.app_schema import register as register_schemas  # noqa: E402
 
 register_schemas()  # conf/*.yaml extend these typed schemas: typos and wrong types fail at startup
 
-SHOW = ["policy", "prefetch", "miss", "routing", "capacity_fraction", "hardware", "hit_rate", "late_rate", "collision_rate",
-        "ttft_ms", "tpot_ms", "proxy_mass_full_precision"]
+SHOW = ["policy", "prefetch", "miss", "routing", "reading", "capacity_fraction", "below_token_cycle", "hardware",
+        "hit_rate", "late_rate", "collision_rate", "ttft_ms", "tpot_ms", "proxy_mass_full_precision"]
 
 
 def _hardware(cfg_hw) -> list:
@@ -118,7 +118,8 @@ def run(cfg: dict) -> pd.DataFrame:
         notes = []
     print(f"trace: {trace.describe()}")
     print(f"prefetch: {pf}; miss: {', '.join(x.label() for x in miss)}; precision: {'/'.join(prec.names)}; "
-          f"routing: {', '.join(r.label(trace) for r in routing)}; timing: {cfg['timing']}; "
+          f"routing: {', '.join(r.label(trace) for r in routing)}; timing: {cfg['timing']}; reading: "
+          f"{cfg.get('execution', 'visit')}/{cfg.get('prefetch_issue', 'after_use')}/{cfg.get('pin', 'visit')}; "
           f"hardware: {', '.join(h.name for h in hws)}")
     frames = []
     for pol, s in runs:
@@ -126,7 +127,8 @@ def run(cfg: dict) -> pd.DataFrame:
         try:
             df = sj.sweep_prefetch(trace, pol, **sizes, prefetch=pf, hardware=hws, timing=cfg["timing"],
                                    miss=miss, precision=prec, routing=routing, engine=cfg.get("engine", "auto"),
-                                   progress=bool(cfg.get("progress")))
+                                   progress=bool(cfg.get("progress")), execution=cfg.get("execution", "visit"),
+                                   prefetch_issue=cfg.get("prefetch_issue", "after_use"), pin=cfg.get("pin", "visit"))
         except ValueError as e:
             raise ConfigError(f"policy {pol}: {e}") from None
         df.insert(0, "system", s.name if s is not None else "")
@@ -152,7 +154,7 @@ def run(cfg: dict) -> pd.DataFrame:
             continue
         r = res.loc[col.idxmin() if how == "min" else col.idxmax()]
         print(f"  {how} {metric}: {r[metric]:.4f}  ({r['policy']}, {r['prefetch']}, miss {r['miss']}, routing "
-              f"{r['routing']}, capacity {r['capacity_fraction']:.3g}, {r['hardware']})")
+              f"{r['routing']}, reading {r['reading']}, capacity {r['capacity_fraction']:.3g}, {r['hardware']})")
     print(f"\nwrote {out / 'results.csv'}, {out / 'trace.txt'}")
     return res
 

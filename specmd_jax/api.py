@@ -45,7 +45,21 @@ METRICS = {
     "collision_rate": "collisions / demands (the paper leaves the denominator open; ours is demands)",
     "collision_share": "collisions / misses",
     "max_occupancy": "largest pool occupancy after any step (slots)",
+    "token_cycle_slots": "one token's demand over all layers, L x top-k slots (T = L x K x expert_bytes bytes)",
+    "below_token_cycle": "capacity below one token cycle (capacity_bytes < T): LRU's recency order is then the "
+                         "layer cycle and its decode hit rate collapses to about 0; read it as a cliff, not a "
+                         "policy result",
 }
+
+
+def token_cycle(trace: Trace) -> dict:
+    """One token cycle of ``trace``: the demand of one decode token over all layers,
+    ``{"slots": L * K, "bytes": L * K * expert_bytes, "fraction": L * K / (L * E)}``. A global
+    cache smaller than it cannot keep a layer's experts until the next token reaches that layer
+    under LRU (the recency order is the layer cycle): the *LRU cliff*."""
+    s = trace.shape
+    slots = s.num_layers * s.top_k
+    return {"slots": slots, "bytes": slots * s.expert_bytes, "fraction": slots / s.num_ids}
 
 
 def list_policies() -> dict:
@@ -80,6 +94,8 @@ def _table(trace, policy, mode, partitioned, caps, seeds, fracs, tot, maxocc) ->
     df["collision_rate"] = df["collisions"] / d
     df["collision_share"] = df["collisions"] / df["misses"].where(df["misses"] > 0)
     df["max_occupancy"] = maxocc
+    df["token_cycle_slots"] = token_cycle(trace)["slots"]
+    df["below_token_cycle"] = df["capacity_bytes"] < token_cycle(trace)["bytes"]
     return df
 
 

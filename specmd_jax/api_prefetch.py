@@ -26,7 +26,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from .api import capacity_slots
+from .api import capacity_slots, token_cycle
 from .engine import COUNTER_NAMES
 from .engine_async import ASYNC_POLICIES
 from .engine_pf import PF_POLICIES
@@ -35,7 +35,7 @@ from .routing import RoutingConfig
 from .semantics import SB_SCALE
 from .prefetch import PrefetchConfig, PrefetchPlan, make_plan, prediction_quality
 from .reference_timed import simulate_timed
-from .timing import TICK_S, Hardware
+from .timing import TICK_S, Hardware, Reading
 from .trace import Trace
 
 TIMINGS = ("instant", "async")
@@ -63,8 +63,12 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
                    train: Optional[Trace] = None, progress: bool = False,
                    miss: Optional[MissConfig] = None, precision: Optional[Precision] = None,
                    routing: Union[None, RoutingConfig, Sequence[RoutingConfig]] = None,
-                   engine: str = "auto", score_weights=None) -> pd.DataFrame:
-    """Replay ``trace`` with ``policy`` for every prefetch setting x capacity x hardware profile.
+                   engine: str = "auto", score_weights=None,
+                   execution: Union[str, Sequence[str]] = "visit",
+                   prefetch_issue: Union[str, Sequence[str]] = "after_use",
+                   pin: Union[str, Sequence[str]] = "visit") -> pd.DataFrame:
+    """Replay ``trace`` with ``policy`` for every prefetch setting x capacity x hardware profile
+    (x execution reading).
 
     Args:
         trace: a trace (pinned mode, global pool).
@@ -92,6 +96,14 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         score_weights: ``policy="score"`` only: the parametric score's integer weights (NF ints,
             :mod:`specmd_jax.score`) or a :class:`~specmd_jax.score.ScorePolicy` (quantised for
             this trace). Runs on the exact reference.
+        execution, prefetch_issue, pin: the execution reading (:class:`~specmd_jax.timing.Reading`):
+            ``execution`` ``"visit"`` (default: the whole demand at once) or ``"expert"`` (one
+            expert at a time in router order); ``prefetch_issue`` ``"after_use"`` (default) or
+            ``"at_router"``; ``pin`` ``"visit"`` (default) or ``"running"``. Each may be a list:
+            every combination is run (one program per reading on the JAX engines) and labelled
+            by the ``execution``, ``prefetch_issue``, ``pin`` and ``reading`` columns. The JAX
+            engines run every reading for ``lru``/``ls``/``fifo`` (and ``lhu`` asynchronously);
+            per-expert execution with ``substitute`` or cache-aware routing runs on the reference.
         engine: ``"jax"`` (the vmapped kernels where they exist), ``"reference"`` (always the
             exact Python reference) or ``"auto"``: JAX, except asynchronous sweeps of fewer than
             ``AUTO_ASYNC_MIN_CONFIGS`` configurations, where the reference is faster. Every
@@ -107,7 +119,26 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         ``proxy_mass_dropped``, ``proxy_mass_substituted``, ``proxy_mean_bits``: counted over
         routed (token, expert) pairs; the mass ones weight pairs by router weight, NaN without
         weights). A trace cannot measure model quality: these are proxies, not accuracy.
+        ``token_cycle_slots`` and ``below_token_cycle`` mark the LRU cliff (:func:`specmd_jax.api.token_cycle`).
     """
+    def axis(name, v):
+        vals = [v] if isinstance(v, str) else list(v)
+        if not vals:
+            raise ValueError(f"{name} must be a value or a non-empty list")
+        return vals
+    readings = [Reading(e, i, p) for e in axis("execution", execution) for i in axis("prefetch_issue", prefetch_issue)
+                for p in axis("pin", pin)]
+    frames = [_sweep_reading(trace, policy, capacities, fractions=fractions, prefetch=prefetch, hardware=hardware,
+                             timing=timing, train=train, progress=progress, miss=miss, precision=precision,
+                             routing=routing, engine=engine, score_weights=score_weights, reading=rd)
+              for rd in readings]
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return df
+
+
+def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, timing, train, progress, miss,
+                   precision, routing, engine, score_weights, reading: Reading) -> pd.DataFrame:
+    """:func:`sweep_prefetch` for one execution reading."""
     if timing not in TIMINGS:
         raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
     if engine not in ENGINES:
@@ -161,9 +192,11 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         one_kind = True
     except ValueError:
         one_kind = False
-    async_ok = (use_jax and one_kind and policy in ASYNC_POLICIES
-                and not (routed and any(m.policy == "substitute" for m in misses)))
-    if timing == "instant" and jax_ok and R == 1 and policy in PF_POLICIES:
+    substitute = any(m.policy == "substitute" for m in misses)
+    expert = reading.execution == "expert"
+    async_ok = (use_jax and one_kind and policy in ASYNC_POLICIES and not (routed and substitute)
+                and not (expert and (routed or substitute)))
+    if timing == "instant" and jax_ok and R == 1 and policy in PF_POLICIES and reading == Reading():
         from .prefetch_runner import NO_DROP, run_instant, timing as time_of  # jax only when used
         drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]
         r = run_instant(trace, policy, caps, [p if p is not None else empty for p in plans],
@@ -183,7 +216,7 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     elif timing == "async" and async_ok:
         from .prefetch_runner import run_async  # jax only when used
         r = run_async(trace, policy, caps, [p if p is not None else empty for p in plans], hws, misses=misses,
-                      precision=prec, routing=routings)
+                      precision=prec, routing=routings, reading=reading)
         H, C = len(hws), len(caps)
         for b in range(len(r.plan_index)):
             k, i, hi = int(r.plan_index[b]), (b // (H * M * R)) % C, (b // (M * R)) % H
@@ -203,7 +236,7 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         for k, i, c, hi, mi, ri in jobs:
             ref = simulate_timed(trace, policy, int(c), plan=plans[k], hardware=hws[hi],
                                  instant_prefetch=timing == "instant", miss=misses[mi], precision=prec,
-                                 routing=routings[ri], weights=score_weights)
+                                 routing=routings[ri], weights=score_weights, reading=reading)
             row = {n: ref.totals[n] for n in ref.totals}
             row["ttft_ticks"] = float(np.mean(list(ref.ttft_ticks.values()))) if ref.ttft_ticks else float("nan")
             row["tpot_ticks"] = float(ref.tpot_ticks)
@@ -234,6 +267,10 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     df.insert(5, "miss", [misses[x].label() for x in mi])
     df.insert(6, "precision", "/".join(prec.names))
     df.insert(7, "routing", [routings[x].label(trace) for x in ri])
+    df.insert(8, "execution", reading.execution)
+    df.insert(9, "prefetch_issue", reading.prefetch_issue)
+    df.insert(10, "pin", reading.pin)
+    df.insert(11, "reading", reading.label)
     if "pairs" not in df:  # a JAX engine: complete the proxy counters
         pairs = trace.experts.shape[0] * trace.shape.top_k
         units = int(np.rint(trace.weights.astype(np.float64) * SB_SCALE).sum()) if trace.weights is not None else 0
@@ -248,6 +285,10 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
             df["bits_served"] = df["exec_pairs"] * prec.bits[0]
             df["units_moved"] = df["fetched"] + df["pf_issued"]
     df["bytes_moved"] = df["units_moved"] * prec.unit_bytes(trace.shape.expert_bytes)
+    cyc = token_cycle(trace)
+    cap_bytes = df["capacity_slots"] * (trace.shape.expert_bytes if plain else prec.unit_bytes(trace.shape.expert_bytes))
+    df["token_cycle_slots"] = cyc["slots"]
+    df["below_token_cycle"] = cap_bytes < cyc["bytes"]
     rates = [proxy_rates(r) for r in df.to_dict("records")]
     for key in rates[0] if rates else ():
         df[key] = [r[key] for r in rates]

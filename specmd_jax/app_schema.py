@@ -36,6 +36,7 @@ from . import synthetic
 from .miss import MissConfig
 from .prefetch import PrefetchConfig
 from .routing import RoutingConfig
+from .timing import EXECUTIONS, PINS, PREFETCH_ISSUES
 
 __all__ = ["ModelSchema", "TraceSchema", "SyntheticTraceSchema", "FileTraceSchema", "SweepSchema",
            "RunSchema", "PrefetchAppSchema", "register"]
@@ -60,6 +61,12 @@ class PrefetchEngine(Enum):
     auto = "auto"
     jax = "jax"
     reference = "reference"
+
+
+# the execution reading (specmd_jax.timing.Reading): three structural axes of the prefetch app
+Execution = Enum("Execution", {v: v for v in EXECUTIONS})
+PrefetchIssue = Enum("PrefetchIssue", {v: v for v in PREFETCH_ISSUES})
+Pin = Enum("Pin", {v: v for v in PINS})
 
 
 @dataclass
@@ -203,6 +210,9 @@ class PrefetchAppSchema(_Common):
     routing: RoutingSchema = field(default_factory=RoutingSchema)
     engine: PrefetchEngine = PrefetchEngine.auto
     timing: str = "async"
+    execution: Execution = Execution.visit
+    prefetch_issue: PrefetchIssue = PrefetchIssue.after_use
+    pin: Pin = Pin.visit
 
 
 def register() -> None:

@@ -298,8 +298,8 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
     (``standard`` or ``cache_aware``, whose ``lam`` is vmapped data; ``standard`` runs as
     ``lam = 0``, which is the same routing exactly); not with ``substitute``. ``reading``: the
     execution reading (:class:`~specmd_jax.timing.Reading`; structural: one program per reading,
-    the scan runs over its turns, :mod:`specmd_jax.turns`); per-expert execution goes with
-    neither ``substitute`` nor cache-aware routing here. Configurations are plan-major, then
+    the scan runs over its turns, :mod:`specmd_jax.turns`); per-expert execution with
+    ``substitute`` or cache-aware routing runs in the reference only. Configurations are plan-major, then
     capacity, hardware, miss, routing."""
     from .engine_async import ASYNC_COUNTER_NAMES, AsyncParams, AsyncSpec, AsyncVisit, rank_sentinels
     from .miss import MissConfig, Precision, structural_kind

@@ -98,9 +98,6 @@ class _Replay:
         if not isinstance(self.reading, Reading):
             raise TypeError(f"reading must be a specmd_jax.timing.Reading, got {type(reading).__name__}")
         self.expert = self.reading.execution == "expert"
-        if self.expert and self.mcfg.policy == "substitute":
-            raise ValueError("miss policy 'substitute' picks a resident stand-in for the whole visit at the router; it "
-                             "is defined for execution='visit' only")
         if policy == "sb" and trace.weights is None:
             raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
         self.trace, self.policy, self.capacity = trace, policy, capacity
@@ -316,7 +313,8 @@ class _Replay:
                 self.nextuse[g] = self.next_demand(g, self.s)
         # miss policy (specmd_jax.miss) on everything not resident; X = the executed set
         dset = set(tids)
-        others = (sorted(x for x in resident if x // E == l and x not in dset)
+        vset = set(ids)  # a stand-in comes from outside the visit's demand
+        others = (sorted(x for x in resident if x // E == l and x not in vset)
                   if self.mcfg.policy == "substitute" else [])
         dec = decide(self.mcfg, len(self.lv_bits), sorted(late + miss), ids, vscore, vrank, self.score, others,
                      SB_SCALE)
@@ -331,7 +329,7 @@ class _Replay:
         served_lvl.update({g: dec[g][1] for g in fetched})
         served_lvl.update({("sub", g): resident[x]["lvl"] for g, x in tsubs.items()})
         D = set(hits) | set(fetched) | set(waited) | set(tsubs.values())
-        P = D if P_fixed is None else P_fixed
+        P = D if P_fixed is None else P_fixed | D
         own = set(fetched) | set(waited)
         # 3-5. demand copies behind the queue; [prefetch at the router]; wait; arrivals up to t_ready
         for g in fetched:  # ids ascending

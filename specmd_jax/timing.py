@@ -52,7 +52,8 @@ Least-Stale does. Three dimensions generalise it; the defaults are that reading.
     turn. Each turn repeats steps 2-9 for its one expert ``x`` at its own start time: ``x`` is
     classified when its turn comes (resident: hit; copy in flight: late; else a miss, fetched
     now, behind everything queued), the miss policy decides for ``x`` alone (with the visit's
-    ranks, scores and percentile; ``substitute`` is defined for ``visit`` only), ``x`` is used
+    ranks, scores and percentile; ``substitute`` picks its stand-in among the layer's residents
+    outside the visit's demand at that moment), ``x`` (or its stand-in) is used
     (its own recency/entry stamp), then computes its share of the layer. Shares: the layer's
     compute ``C`` split evenly over the ``n`` turns (``C // n``, plus one tick for the first
     ``C % n`` turns), or ``Hardware.expert_us`` per turn when set (then the layer computes
@@ -69,8 +70,8 @@ Least-Stale does. Three dimensions generalise it; the defaults are that reading.
 ``pin``
     What an arrival batch may not evict (besides its own members). ``visit`` (default): the
     visit's executed set under ``execution=visit`` (step 5); under ``expert`` every expert the
-    router selected for the visit, until the visit ends. ``running``: only the turn's executed
-    expert, so an arrival may evict a demanded expert of the same visit whose turn has not come
+    router selected for the visit, until the visit ends (and the running stand-in of a
+    ``substitute``). ``running``: only the turn's executed expert, so an arrival may evict a demanded expert of the same visit whose turn has not come
     (its use is then a collision miss). Under ``execution=visit`` the running set *is* the
     visit's executed set, so ``pin`` changes nothing there (tested).
 

@@ -85,6 +85,9 @@ def test_every_option_composes(app, group, option):
     ("prefetch", "engine=scan", "expected one of [auto, jax, reference]"),
     ("prefetch", "ls_dropin=maybe", "is not a valid bool"),
     ("prefetch", "unroll_layers=true", "Key 'unroll_layers' not in 'PrefetchAppSchema'"),
+    ("prefetch", "execution=experts", "expected one of [visit, expert]"),
+    ("prefetch", "prefetch_issue=router", "expected one of [after_use, at_router]"),
+    ("prefetch", "pin=layer", "expected one of [visit, running]"),
 ])
 def test_typos_and_wrong_types_fail_at_composition(app, override, needle):
     with pytest.raises(Exception) as e:

@@ -39,6 +39,19 @@ def test_engine_jax_from_the_command_line(tmp_path):
     assert set(pd.read_csv(tmp_path / "results.csv")["engine"]) == {"jax-async"}
 
 
+def test_execution_reading_from_the_command_line_and_as_a_multirun_axis(tmp_path):
+    _run([*TINY, "engine=jax", "execution=expert", "prefetch_issue=at_router", "pin=running",
+          f"hydra.run.dir={tmp_path / 'one'}"])
+    df = pd.read_csv(tmp_path / "one" / "results.csv")
+    assert set(df["reading"]) == {"expert/at_router/running"} and set(df["engine"]) == {"jax-async"}
+    assert (df["below_token_cycle"] == (df["capacity_slots"] < 16 * 8)).all()  # OLMoE: L x K = 128 slots
+    _run(["-m", *TINY, "execution=visit,expert", "pin=visit,running", "policies=[ls]",
+          f"hydra.sweep.dir={tmp_path / 'multi'}"])
+    got = sorted(pd.read_csv(f)["reading"].iloc[0] for f in (tmp_path / "multi").glob("*/results.csv"))
+    assert got == ["expert/after_use/running", "expert/after_use/visit", "visit/after_use/running",
+                   "visit/after_use/visit"]
+
+
 def test_system_with_ls_dropin_over_all_hardware(tmp_path):
     out = _run([*TINY, "system=zhu25", "timing=instant", "hardware=all", f"hydra.run.dir={tmp_path}"]).stdout
     df = pd.read_csv(tmp_path / "results.csv")

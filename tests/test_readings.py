@@ -90,8 +90,6 @@ def test_reading_validation_and_labels():
     assert len(READINGS) == 6 and Reading("visit", "at_router", "running") not in READINGS
     assert Reading("visit", "after_use", "running").canonical == Reading()
     t = random_trace(seed=0)
-    with pytest.raises(ValueError, match="substitute"):
-        simulate_timed(t, "lru", 4, miss=MissConfig("substitute"), reading=Reading("expert"))
     with pytest.raises(TypeError, match="Reading"):
         simulate_timed(t, "lru", 4, reading="expert")
 
@@ -301,3 +299,54 @@ def test_turns_follow_the_reference_router_order():
         for issue, on in (("at_router", tu.first), ("after_use", tu.last)):
             pr = tu.proposals(stack, issue)
             assert (pr[:, on] == stack[:, tu.visit[on]]).all() and (pr[:, ~on] == -1).all()
+
+
+# --------------------------------------------------------------------------- the API
+
+
+def test_sweep_prefetch_runs_every_reading_and_labels_it():
+    """Lists of readings are crossed; every engine gives the reference's numbers; the reading and
+    the LRU cliff (capacity below one token cycle, L x K slots) label each row."""
+    from specmd_jax import synthetic
+    from specmd_jax.api_prefetch import sweep_prefetch
+    t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=4, gen_len=6, seed=1, pred_noise=1.0)
+    kw = dict(fractions=[0.01, 0.05, 0.25], prefetch=PrefetchConfig("recorded", "topk"), hardware=[COPY10],
+              execution=["visit", "expert"], prefetch_issue=["after_use", "at_router"], pin="running")
+    cols = ["hits", "late", "misses", "collisions", "evictions", "pf_useful", "ttft_ms", "tpot_ms"]
+    for timing in ("async", "instant"):
+        ref = sweep_prefetch(t, "ls", timing=timing, engine="reference", **kw)
+        jx = sweep_prefetch(t, "ls", timing=timing, engine="jax", **kw)
+        assert list(ref["reading"].unique()) == ["visit/after_use/running", "visit/at_router/running",
+                                                 "expert/after_use/running", "expert/at_router/running"]
+        assert (ref[["execution", "prefetch_issue", "pin"]].agg("/".join, axis=1) == ref["reading"]).all()
+        assert ref[cols].equals(jx[cols]) and set(ref["engine"]) == {f"reference-{timing}"}
+        assert set(jx["engine"]) <= {"jax-async", "jax-instant", f"reference-{timing}"}
+        assert (ref["token_cycle_slots"] == 16 * 8).all()
+        assert ref["below_token_cycle"].tolist() == [True, True, False] * 4   # 10, 51, 256 slots vs 128
+    with pytest.raises(ValueError, match="execution must be one of"):
+        sweep_prefetch(t, "ls", capacities=[8], execution="layer")
+    sub = sweep_prefetch(t, "ls", capacities=[8], execution="expert", miss=MissConfig("substitute"), engine="jax",
+                         prefetch=PrefetchConfig("recorded", "topk"))
+    assert set(sub["engine"]) == {"reference-async"} and sub["substituted"].sum() > 0
+
+
+def test_token_cycle_and_the_demand_only_table():
+    import specmd_jax as sj
+    t = random_trace(L=3, E=6, K=2, seed=0)
+    assert sj.token_cycle(t) == {"slots": 6, "bytes": 600, "fraction": 6 / 18}
+    df = sj.sweep(t, "lru", capacities=[4, 5, 6, 7])
+    assert df["below_token_cycle"].tolist() == [True, True, False, False]
+
+
+def test_substitute_per_expert_picks_a_stand_in_at_the_turn():
+    """Substitute never fetches: layer 0's misses are dropped, layer 1 (ids 4..7) is filled by an
+    instant prefetch of 4 and 5 from layer 0 of pass 0. Pass 1 routes 6 then 4 at layer 1: 6 is
+    missing and its stand-in is the resident expert of layer 1 outside the visit's demand, 5,
+    which runs in its place; 4 hits. Every reading agrees here."""
+    t = _trace([[[[0], [0]], [[0], [1]]], [[[0], [0]], [[2], [0]]]], L=2, E=4)
+    plan = _plan(t, [[4, 5], [], [], []])
+    free = Hardware(bandwidth_gbps=math.inf, latency_us=0.0)
+    for rd in (Reading(), Reading("expert"), Reading("expert", "after_use", "running")):
+        r = simulate_timed(t, "lru", 3, plan=plan, hardware=free, miss=MissConfig("substitute"), reading=rd)
+        assert (r.totals["substituted"], r.totals["hits"], r.totals["misses"], r.totals["dropped"]) == (1, 3, 3, 2)
+        assert r.totals["pairs_substituted"] == 1 and r.resident == [4, 5], rd.label
