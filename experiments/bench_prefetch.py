@@ -11,6 +11,14 @@ four percentiles x ``configs / 4`` capacities: weighted ranks, issue 4), and the
 reference on one configuration (for scale). ``ratio_vs_demand_only`` = engine time /
 demand-only time of the same policy (issue 3's target: <= 2x at 1024 configurations).
 
+``--readings``: the execution readings (:class:`specmd_jax.timing.Reading`) on the asynchronous
+engine (and the instantaneous one where it runs them), each at ``--configs`` configurations on
+the first ``--reading-tokens`` passes of the same stream, against today's reading
+(``visit/after_use/visit``) in the same process: ``per_visit`` = run time / today's run time (the
+cost of replaying the same trace), ``per_step`` = the same per scan step (a per-expert reading
+scans one step per expert, ``turns`` of them, instead of one per visit). Writes
+``<out>/readings_<backend>.csv`` and ``.md``.
+
 Writes ``<out>/prefetch_<backend>.csv`` and ``.md``. Example::
 
     .venv/bin/python experiments/bench_prefetch.py --tokens 512 --configs 1024
@@ -49,6 +57,8 @@ def main(argv=None):
     ap.add_argument("--policies", default="lru,ls,fifo")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", default="outputs/bench")
+    ap.add_argument("--readings", action="store_true", help="only the execution-readings table")
+    ap.add_argument("--reading-tokens", type=int, default=128)
     a = ap.parse_args(argv)
     t = synthetic.decode_stream("olmoe-1b-7b", a.tokens, seed=0, pred_noise=1.0)
     N = t.shape.num_ids
@@ -57,6 +67,8 @@ def main(argv=None):
     acc = int(sum(len(set(t.experts[t.cell_offsets[c]:t.cell_offsets[c + 1]].reshape(-1).tolist()))
                   for c in range(t.num_visits)))
     hws = list(HARDWARE_PRESETS.values())
+    if a.readings:
+        return readings_table(a, t.slice_passes(0, min(a.reading_tokens, t.num_passes)), caps, argv)
     rows = []
 
     def best(fn):
@@ -113,6 +125,62 @@ def main(argv=None):
                      f"{r.acc_per_s / 1e6:.2f} | {r.ratio_vs_demand_only:.2f} |")
     Path(a.out, f"prefetch_{backend}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {a.out}/prefetch_{backend}.csv and .md")
+    return df
+
+
+def readings_table(a, t, caps, argv):
+    """Cost of every execution reading vs today's, same process (see the module docstring)."""
+    from specmd_jax.timing import READINGS, Reading
+    from specmd_jax.turns import prepare_turns
+    from specmd_jax.visits import prepare_steps
+    import inspect
+    plan = make_plan(t, PrefetchConfig("recorded", "topk"))
+    hw = [HARDWARE_PRESETS["a100-5gbps"]]
+    steps = prepare_steps(t, "pinned")
+    instant_readings = "reading" in inspect.signature(run_instant).parameters
+    rows = []
+    for pol in a.policies.split(","):
+        base = {}
+        for rd in READINGS:
+            nturns = prepare_turns(t, steps, rd.execution).num_turns
+            runs = [("async", lambda: run_async(t, pol, caps, plan, hw, reading=rd))]
+            if pol in ("lru", "ls", "fifo") and (instant_readings or rd == Reading()):
+                kw = {"reading": rd} if instant_readings else {}
+                runs.append(("instant", lambda: run_instant(t, pol, caps, plan, **kw)))
+            for engine, fn in runs:
+                best, comp = float("inf"), None
+                for _ in range(max(1, a.repeats)):
+                    out = fn()
+                    comp = out.compile_s if comp is None else comp
+                    best = min(best, out.run_s)
+                if rd == Reading():
+                    base[engine] = (best, nturns)
+                b_run, b_steps = base[engine]
+                rows.append({"policy": pol, "engine": engine, "reading": rd.label, "configs": len(caps),
+                             "visits": steps.num_steps, "steps": nturns, "compile_s": comp, "run_s": best,
+                             "M_steps_per_s": len(caps) * nturns / best / 1e6,
+                             "per_visit": best / b_run, "per_step": (best / nturns) / (b_run / b_steps)})
+                r = rows[-1]
+                print(f"{pol:4s} {engine:7s} {rd.label:26s} {best:7.2f} s  per visit {r['per_visit']:.2f}x  "
+                      f"per step {r['per_step']:.2f}x", flush=True)
+    df = pd.DataFrame(rows)
+    backend = jax.default_backend()
+    os.makedirs(a.out, exist_ok=True)
+    df.to_csv(os.path.join(a.out, f"readings_{backend}.csv"), index=False)
+    lines = [f"# Execution readings: cost against today's reading ({backend})", "",
+             f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; {os.cpu_count()} CPUs, "
+             f"{platform.platform()}; jax {jax.__version__}",
+             f"- trace: {t.describe()}; plan: recorded top-k x1.0; {len(caps)} capacities, one link",
+             f"- command: `{' '.join(sys.argv) if argv is None else argv}`",
+             "- per_visit: run time / today's (visit/after_use/visit) run time of the same engine and policy; "
+             "per_step: the same per scan step (per-expert readings scan one step per expert)", "",
+             "| policy | engine | reading | steps | compile_s | run_s | M steps/s | per_visit | per_step |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in df.iterrows():
+        lines.append(f"| {r.policy} | {r.engine} | {r.reading} | {r.steps} | {r.compile_s:.2f} | {r.run_s:.2f} | "
+                     f"{r.M_steps_per_s:.2f} | {r.per_visit:.2f} | {r.per_step:.2f} |")
+    Path(a.out, f"readings_{backend}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {a.out}/readings_{backend}.csv and .md")
     return df
 
 
