@@ -87,7 +87,7 @@ def with_prefetch(traces: dict) -> pd.DataFrame:
             df = sj.sweep_prefetch(t, p, fractions=list(FRACTIONS), prefetch=PrefetchConfig(pred, "topk"),
                                    hardware=hws, timing="async")
             df["trace"] = name
-            rows.append(df[["trace", "policy", "prefetch", "hardware", "capacity_fraction", "engine", "demands",
+            rows.append(df[["trace", "policy", "prefetch", "hardware", "capacity_fraction", "below_token_cycle", "engine", "demands",
                             "hits", "late", "misses", "collisions", "hit_rate", "collision_rate", "pf_wasted",
                             "ttft_ms", "tpot_ms"]])
             print(f"  with prefetch: {name} {p} ({df['engine'].iloc[0]})", flush=True)
@@ -99,6 +99,7 @@ def prefetch_summary(pf: pd.DataFrame) -> pd.DataFrame:
     for (tr, hw, fr), g in pf.groupby(["trace", "hardware", "capacity_fraction"], sort=False):
         c = g.set_index("policy")
         rows.append({"trace": tr, "hardware": hw, "capacity_fraction": fr,
+                     "below_token_cycle": bool(c["below_token_cycle"].iloc[0]),
                      "lru_collision_rate": float(c.loc["lru", "collision_rate"]),
                      "ls_collision_rate": float(c.loc["ls", "collision_rate"]),
                      "fifo_collision_rate": float(c.loc["fifo", "collision_rate"]),
@@ -122,7 +123,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
         c = g.set_index("policy")
         base = {p: float(c.loc[p, "collisions"]) for p in POLICIES if p in c.index}
         others = [base[p] for p in ("lru", "lfu", "fifo", "fld", "sb") if p in base]
-        rows.append({"trace": tr, "capacity_fraction": fr,
+        rows.append({"trace": tr, "capacity_fraction": fr, "capacity_slots": int(c["capacity_slots"].iloc[0]),
+                     "below_token_cycle": bool(c["below_token_cycle"].iloc[0]),
                      **{f"{p}_collision_rate": float(c.loc[p, "collision_rate"]) for p in FIG4 + ("belady",)},
                      "ls_vs_lru": ratio(base["lru"], base["ls"]), "ls_vs_sb": ratio(base["sb"], base["ls"]),
                      "ls_vs_baselines_mean": ratio(float(np.mean(others)), base["ls"]),
@@ -198,11 +200,14 @@ def markdown(df: pd.DataFrame, summ: pd.DataFrame, psumm: pd.DataFrame, cmd: str
              + ", SB " + PAPER["sb_collision_rate_5pct"] + " collision rate; LS vs LRU " + PAPER["ls_vs_lru_5pct"]
              + ", vs SB " + PAPER["ls_vs_sb_5pct"] + "; 1 %: " + PAPER["ls_vs_lru_1pct"] + " vs LRU",
              "- `ls_vs_lru` = LRU collision misses / LS collision misses (inf: LS has none); "
-             "`ls_vs_baselines_mean` uses the mean over lru, lfu, fifo, fld, sb", "",
+             "`ls_vs_baselines_mean` uses the mean over lru, lfu, fifo, fld, sb",
+             "- capacity marked **below T**: smaller than one token cycle (T = L x top-k slots; `sj.token_cycle`): "
+             "LRU's recency order is then the layer cycle and its decode hit rate collapses to about 0 (a cliff, "
+             "not a policy result); `below_token_cycle` in the CSVs", "",
              "| trace | capacity | LS | LRU | SB | FLD | Belady | LS vs LRU | LS vs SB | LS vs baselines | hit LS | hit LRU | hit Belady |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in summ.iterrows():
-        lines.append(f"| {r['trace']} | {r['capacity_fraction']:.0%} | {r['ls_collision_rate']:.2%} | "
+        lines.append(f"| {r['trace']} | {r['capacity_fraction']:.0%}{' (below T)' if r['below_token_cycle'] else ''} | {r['ls_collision_rate']:.2%} | "
                      f"{r['lru_collision_rate']:.2%} | {r['sb_collision_rate']:.2%} | {r['fld_collision_rate']:.2%} | "
                      f"{r['belady_collision_rate']:.2%} | {r['ls_vs_lru']:.1f}x | {r['ls_vs_sb']:.1f}x | "
                      f"{r['ls_vs_baselines_mean']:.1f}x | {r['ls_hit_rate']:.3f} | {r['lru_hit_rate']:.3f} | "
@@ -217,7 +222,7 @@ def markdown(df: pd.DataFrame, summ: pd.DataFrame, psumm: pd.DataFrame, cmd: str
               "| trace | hardware | capacity | LS | LRU | FIFO | LS vs LRU | hit LS | hit LRU | TTFT change |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in psumm.iterrows():
-        lines.append(f"| {r['trace']} | {r['hardware']} | {r['capacity_fraction']:.0%} | {r['ls_collision_rate']:.2%} | "
+        lines.append(f"| {r['trace']} | {r['hardware']} | {r['capacity_fraction']:.0%}{' (below T)' if r['below_token_cycle'] else ''} | {r['ls_collision_rate']:.2%} | "
                      f"{r['lru_collision_rate']:.2%} | {r['fifo_collision_rate']:.2%} | {r['ls_vs_lru']:.2f}x | "
                      f"{r['ls_hit_rate']:.3f} | {r['lru_hit_rate']:.3f} | {r['ttft_change_pct']:+.1f} % |")
     lines += ["", "![collisions](collisions.png)", "", "![per layer](per_layer.png)", "", "![MRC](mrc.png)", ""]

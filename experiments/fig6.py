@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import specmd_jax as sj  # noqa: E402
 from specmd_jax.prefetch import PrefetchConfig  # noqa: E402
+from specmd_jax.timing import Reading  # noqa: E402
 from specmd_jax.timing import HARDWARE_PRESETS  # noqa: E402
 
 QWEN = "bigmoeonedge-route-trace/qwen.route.csv"
@@ -36,6 +37,8 @@ def main(argv=None):
     ap.add_argument("--fraction", type=float, default=0.05)
     ap.add_argument("--policy", default="ls")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--reading", type=Reading.parse, default=Reading(),
+                    help="execution reading execution/prefetch_issue/pin (default visit/after_use/visit)")
     a = ap.parse_args(argv)
     syn = sj.synthetic.generate("olmoe-1b-7b", num_requests=1 if a.quick else 2, prompt_len=8 if a.quick else 32,
                                 gen_len=12 if a.quick else 64, seed=0, pred_noise=1.0)
@@ -50,9 +53,11 @@ def main(argv=None):
     for tname, (t, predictor) in traces.items():
         for sel, kw in STRATEGIES:
             pf = PrefetchConfig(predictor, sel, **kw)
-            df = sj.sweep_prefetch(t, a.policy, fractions=[a.fraction], prefetch=pf, hardware=[hw], timing="async")
+            df = sj.sweep_prefetch(t, a.policy, fractions=[a.fraction], prefetch=pf, hardware=[hw], timing="async",
+                                   **a.reading.kwargs())
             r = df.iloc[0]
-            rows.append({"trace": tname, "strategy": r["prefetch"], "precision": r["pred_precision"],
+            rows.append({"trace": tname, "reading": a.reading.label, "below_token_cycle": bool(r["below_token_cycle"]),
+                         "strategy": r["prefetch"], "precision": r["pred_precision"],
                          "recall": r["pred_recall"], "hit_rate": r["hit_rate"], "late_rate": r["late_rate"],
                          "served_by_prefetch": r["hit_rate"] + r["late_rate"], "stall_ms": r["stall_ms"],
                          "tpot_ms": r["tpot_ms"], "ttft_ms": r["ttft_ms"], "pf_issued": r["pf_issued"]})
@@ -67,7 +72,8 @@ def main(argv=None):
              f"- command: `{' '.join(sys.argv) if argv is None else argv}`",
              f"- eviction {a.policy}, {a.fraction:.0%} capacity, asynchronous copies on `a100-5gbps` "
              "(5 GB/s, FIFO engine); precision/recall are trace-level (plan vs true next-layer demand)",
-             "- `served_by_prefetch` = hit rate + late rate (demands whose copy was already made or under way)", "",
+             "- `served_by_prefetch` = hit rate + late rate (demands whose copy was already made or under way)",
+             f"- execution reading: `{a.reading.label}` (specmd_jax.timing.Reading)", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in res.iterrows():
         lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r) + " |")

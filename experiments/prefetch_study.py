@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import specmd_jax as sj  # noqa: E402
 from specmd_jax.prefetch import PrefetchConfig  # noqa: E402
+from specmd_jax.timing import Reading  # noqa: E402
 from specmd_jax.timing import HARDWARE_PRESETS, Hardware  # noqa: E402
 
 QWEN = "bigmoeonedge-route-trace/qwen.route.csv"
@@ -70,7 +71,8 @@ def run(args) -> pd.DataFrame:
             for pol in ("lru", "ls"):
                 for timing in ("instant", "async"):
                     t0 = time.perf_counter()
-                    df = sj.sweep_prefetch(t, pol, fractions=fracs, prefetch=pf, hardware=hws, timing=timing)
+                    df = sj.sweep_prefetch(t, pol, fractions=fracs, prefetch=pf, hardware=hws, timing=timing,
+                                           **args.reading.kwargs())
                     df.insert(0, "study_trace", name)
                     frames.append(df)
                     print(f"  {pol:>3} {timing:>7} {df['prefetch'].iloc[0]:<28} {time.perf_counter() - t0:5.1f} s",
@@ -79,7 +81,7 @@ def run(args) -> pd.DataFrame:
 
 
 def ratios(res: pd.DataFrame) -> pd.DataFrame:
-    key = ["study_trace", "timing", "prefetch", "capacity_fraction", "hardware"]
+    key = ["study_trace", "timing", "prefetch", "capacity_fraction", "below_token_cycle", "hardware"]
     piv = res.pivot_table(index=key, columns="policy", values=["collisions", "misses", "hit_rate", "tpot_ms",
                                                                  "ttft_ms"], aggfunc="first")
     out = pd.DataFrame(index=piv.index)
@@ -142,8 +144,11 @@ def summary(res: pd.DataFrame, rat: pd.DataFrame, args, files, wall: float) -> s
              "prefetches; late prefetches stall); `instant` = prefetches land at once "
              "(policy effect only), JAX engine. Semantics: `specmd_jax/timing.py`.",
              "- collision = a demand miss on an expert evicted earlier in the same pass; "
-             "`lru_over_ls` = LRU collisions / LS collisions (paper, 5 %: 2.6-8.6x; 1 %: up to 85x).", ""]
-    cols = ["study_trace", "timing", "prefetch", "capacity_fraction", "hardware", "lru_collisions",
+             "`lru_over_ls` = LRU collisions / LS collisions (paper, 5 %: 2.6-8.6x; 1 %: up to 85x).",
+             "- `below_token_cycle`: the capacity is smaller than one token cycle (L x top-k experts; "
+             "`sj.token_cycle`), where LRU's hit rate collapses to about 0: a cliff, not a policy result.",
+             f"- execution reading: `{args.reading.label}` (specmd_jax.timing.Reading)", ""]
+    cols = ["study_trace", "timing", "prefetch", "capacity_fraction", "below_token_cycle", "hardware", "lru_collisions",
             "ls_collisions", "lru_over_ls", "lru_hit_rate", "ls_hit_rate", "tpot_change_pct", "ttft_change_pct"]
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "---|" * len(cols))
@@ -191,6 +196,8 @@ def main(argv=None):
     ap.add_argument("--pred-noise", type=float, default=1.0)
     ap.add_argument("--expert-bits", type=int, default=4, choices=(4, 8, 16))
     ap.add_argument("--quick", action="store_true", help="tiny setting (smoke test)")
+    ap.add_argument("--reading", type=Reading.parse, default=Reading(),
+                    help="execution reading execution/prefetch_issue/pin (default visit/after_use/visit)")
     args = ap.parse_args(argv)
     if args.quick:
         args.requests, args.prompt_len, args.gen_len = 1, 8, 12

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import specmd_jax as sj  # noqa: E402
 from specmd_jax.systems import BASELINE, PAPER_TABLE1, SYSTEMS  # noqa: E402
+from specmd_jax.timing import Reading  # noqa: E402
 from specmd_jax.timing import HARDWARE_PRESETS  # noqa: E402
 
 MODELS = ("olmoe-1b-7b", "mixtral-8x7b", "qwen1.5-moe-a2.7b", "phi-3.5-moe", "qwen3-30b-a3b")
@@ -53,10 +54,12 @@ def run(a) -> pd.DataFrame:
         for key, sys_ in CONFIGS.items():
             df = sj.sweep_prefetch(t, sys_.eviction, fractions=fracs, prefetch=sys_.prefetch(), hardware=[hw],
                                    timing="async", miss=sys_.miss_config(), precision=sys_.precision(a.expert_bits),
-                                   routing=sys_.routing_config())
+                                   routing=sys_.routing_config(), **a.reading.kwargs())
             for _, r in df.iterrows():
-                rows.append({"model": model, "config": key, "paper_row": PAPER_LABEL[key], "label": sys_.label,
+                rows.append({"model": model, "reading": a.reading.label, "config": key, "paper_row": PAPER_LABEL[key],
+                             "label": sys_.label,
                              "eviction": sys_.eviction, "capacity_fraction": r["capacity_fraction"],
+                             "below_token_cycle": bool(r["below_token_cycle"]),
                              **{k: r[k] for k in KEEP}})
         print(f"{model:20s} {time.perf_counter() - t0:6.1f} s  ({t.describe()})", flush=True)
     res = pd.DataFrame(rows)
@@ -81,18 +84,21 @@ def write(res: pd.DataFrame, a, out: Path, argv) -> None:
              f"- command: `{' '.join(['experiments/table1.py', *(argv or sys.argv[1:])])}`",
              f"- synthetic traces ({a.requests} request(s) x {a.prompt_len} prompt + {a.gen_len} generated tokens, "
              f"seed {a.seed}, recorded predictions, router logits), experts at {a.expert_bits} bits, hardware "
-             f"`{a.hardware}`, asynchronous prefetch, exact reference engine; all capacities in `table1.csv`",
+             f"`{a.hardware}`, asynchronous prefetch, exact reference engine; all capacities in `table1.csv`; execution "
+             f"reading `{a.reading.label}`",
              "- speed-up = baseline time / config time at the same model and capacity (ours: baseline = no prefetch, "
              "LRU, fetch, standard; the paper's = its 8-bit baseline row)",
              "- **proxies, not accuracy**: `mass full` = router-weight mass served as routed at full precision; "
              "`dropped`/`subst.`/`rerouted` = mass lost those ways. The paper's GSM8K is printed beside them; "
-             "a trace cannot measure it.", "",
+             "a trace cannot measure it.",
+             "- **below T** after a model: the capacity is smaller than one token cycle (L x top-k experts; "
+             "`sj.token_cycle`), where LRU's hit rate collapses to about 0 whatever else the tuple does", "",
              "| model | config | tuple | TTFT ms | TTFT speed-up | tok/s | tok/s speed-up | hit | collisions | "
              "mass full | dropped | subst. | rerouted | mean bits | paper TTFT ms | paper speed-up | paper tok/s | "
              "paper GSM8K |", "|" + "---|" * 18]
     for _, r in res[res["capacity_fraction"] == f5].iterrows():
         tup = f"{r['prefetch']}, {r['eviction']}, {r['miss']}, {r['routing']}"
-        lines.append(f"| {r['model']} | {r['paper_row']} {r['config']} | {tup} | {r['ttft_ms']:.1f} | "
+        lines.append(f"| {r['model']}{' (below T)' if r['below_token_cycle'] else ''} | {r['paper_row']} {r['config']} | {tup} | {r['ttft_ms']:.1f} | "
                      f"{r['ttft_speedup']:.2f} | {r['tok_s']:.2f} | {r['tok_s_speedup']:.2f} | {r['hit_rate']:.3f} | "
                      f"{r['collision_rate']:.4f} | {r['proxy_mass_full_precision']:.3f} | "
                      f"{r['proxy_mass_dropped']:.3f} | {r['proxy_mass_substituted']:.3f} | "
@@ -140,6 +146,8 @@ def main(argv=None):
     ap.add_argument("--expert-bits", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="two small models, short traces")
+    ap.add_argument("--reading", type=Reading.parse, default=Reading(),
+                    help="execution reading execution/prefetch_issue/pin (default visit/after_use/visit)")
     a = ap.parse_args(argv)
     if a.quick:
         a.models, a.requests, a.prompt_len, a.gen_len = "olmoe-1b-7b,mixtral-8x7b", 1, 6, 6

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import specmd_jax as sj  # noqa: E402
 from specmd_jax.systems import PAPER_TABLE2_OLMOE, SYSTEMS  # noqa: E402
+from specmd_jax.timing import Reading  # noqa: E402
 from specmd_jax.timing import HARDWARE_PRESETS  # noqa: E402
 
 QWEN = "bigmoeonedge-route-trace/qwen.route.csv"
@@ -37,6 +38,8 @@ def main(argv=None):
     ap.add_argument("--hardware", default="a100-5gbps", choices=sorted(HARDWARE_PRESETS))
     ap.add_argument("--requests", type=int, default=3)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--reading", type=Reading.parse, default=Reading(),
+                    help="execution reading execution/prefetch_issue/pin (default visit/after_use/visit)")
     a = ap.parse_args(argv)
     syn = sj.synthetic.generate("olmoe-1b-7b", num_requests=1 if a.quick else a.requests,
                                 prompt_len=8 if a.quick else 32, gen_len=12 if a.quick else 64, seed=0, pred_noise=1.0,
@@ -60,9 +63,10 @@ def main(argv=None):
                 pf = variant.prefetch(**pred) if pred else variant.prefetch()
                 df = sj.sweep_prefetch(t, variant.eviction, fractions=[a.fraction], prefetch=pf, hardware=[hw],
                                        timing="async", miss=variant.miss_config(), routing=variant.routing_config(),
-                                       precision=variant.precision(stored_bits[tname]))
+                                       precision=variant.precision(stored_bits[tname]), **a.reading.kwargs())
                 r = df.iloc[0]
-                rows.append({"trace": tname, "system": key, "label": sys_.label, "eviction": variant.eviction,
+                rows.append({"trace": tname, "reading": a.reading.label, "system": key, "label": sys_.label,
+                             "eviction": variant.eviction, "below_token_cycle": bool(r["below_token_cycle"]),
                              "prefetch": r["prefetch"], "ttft_ms": r["ttft_ms"], "tpot_ms": r["tpot_ms"],
                              "hit_rate": r["hit_rate"], "late_rate": r["late_rate"], "collisions": r["collisions"],
                              "engine": r["engine"], "miss": r["miss"], "precision": r["precision"],
@@ -81,12 +85,14 @@ def main(argv=None):
              f"- {a.fraction:.0%} capacity, hardware `{a.hardware}` ({hw.bandwidth_gbps} GB/s, {hw.latency_us} us/copy, "
              f"decode layer {hw.decode_layer_us} us), asynchronous prefetch (FIFO copy engine); one configuration per row, so `engine=auto` runs the exact reference (`table2.csv` column `engine`)",
              "- TTFT = mean prefill pass time per request; TPOT = mean decode pass time; change = LS vs own",
+             f"- execution reading: `{a.reading.label}` (specmd_jax.timing.Reading); **below T**: the capacity is "
+             "smaller than one token cycle (L x top-k experts), LRU's cliff",
              "", "| trace | system | own eviction, miss (precision), routing | TTFT own (ms) | TTFT LS (ms) | TTFT change | TPOT own | TPOT LS | "
              "TPOT change | paper TTFT change (OLMoE) | notes |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (tname, key), g in res.groupby(["trace", "system"], sort=False):
         own, ls = g.iloc[0], g.iloc[1]
         paper = PAPER_TABLE2_OLMOE.get(key)
-        lines.append(f"| {tname} | {own['label']} | {own['eviction']}, miss {own['miss']} ({own['precision']}), routing {own['routing']} | {own['ttft_ms']:.1f} | {ls['ttft_ms']:.1f} | "
+        lines.append(f"| {tname}{' (below T)' if own['below_token_cycle'] else ''} | {own['label']} | {own['eviction']}, miss {own['miss']} ({own['precision']}), routing {own['routing']} | {own['ttft_ms']:.1f} | {ls['ttft_ms']:.1f} | "
                      f"{100 * (1 - ls['ttft_ms'] / own['ttft_ms']):+.1f}% | {own['tpot_ms']:.2f} | {ls['tpot_ms']:.2f} | "
                      f"{100 * (1 - ls['tpot_ms'] / own['tpot_ms']):+.1f}% | "
                      f"{'+' + str(paper[2]) + '%' if paper and tname.startswith('synthetic') else '-'} | {own['notes']} |")
