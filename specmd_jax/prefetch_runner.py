@@ -259,14 +259,29 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
                     num_turns=T, visit_demands=(steps.ids >= 0).sum(axis=1).astype(np.int64))
 
 
-def timing(trace: Trace, pass_misses: np.ndarray, hardware: Hardware) -> dict:
-    """Times (ticks) of replays whose visits stall ``misses x transfer`` (no prefetch, or instant
-    prefetch): ``pass_ticks`` int64[B, P], ``stall_ticks`` int64[B], ``ttft_ticks`` float[B]
-    (mean over requests with a prefill pass), ``tpot_ticks`` float[B] (mean decode pass)."""
+def timing(trace: Trace, pass_misses: np.ndarray, hardware: Hardware, demands=None) -> dict:
+    """Times (ticks) of replays whose turns stall ``misses x transfer`` (no prefetch, or instant
+    prefetch, under every execution reading: the copy engine is idle when a turn starts):
+    ``pass_ticks`` int64[B, P], ``stall_ticks`` int64[B], ``ttft_ticks`` float[B] (mean over
+    requests with a prefill pass), ``tpot_ticks`` float[B] (mean decode pass).
+
+    A pass computes the sum of its layers' :meth:`Hardware.layer_ticks` (how a layer's compute is
+    split over its turns does not change the sum). With ``hardware.expert_us`` set that is
+    ``n x expert_us`` for ``n`` demanded experts: ``demands`` int[S], the distinct experts of each
+    pinned visit (:attr:`PfResult.visit_demands`; default: the trace's recorded demand, which is
+    the demand under standard routing)."""
     L = trace.shape.num_layers
     x = hardware.transfer_ticks(trace.shape.expert_bytes)
     pre = trace.pass_phase == PREFILL
-    comp = np.array([L * hardware.compute_ticks(bool(ph), int(n)) for ph, n in zip(pre, trace.pass_tokens)], np.int64)
+    if hardware.expert_us is not None:
+        n = (np.asarray(demands, np.int64) if demands is not None
+             else (prepare_steps(trace, "pinned").ids >= 0).sum(axis=1).astype(np.int64))
+        if n.shape != (trace.num_passes * L,):
+            raise ValueError(f"demands must hold one count per visit ({trace.num_passes * L}), got shape {n.shape}")
+        comp = n.reshape(trace.num_passes, L).sum(axis=1) * hardware.layer_ticks(False, 0, 1)
+    else:
+        comp = np.array([L * hardware.compute_ticks(bool(ph), int(n)) for ph, n in zip(pre, trace.pass_tokens)],
+                        np.int64)
     pm = np.asarray(pass_misses, np.int64)
     pass_ticks = comp[None, :] + pm * x
     out = {"pass_ticks": pass_ticks, "stall_ticks": pm.sum(axis=1) * x, "transfer_ticks": x}
