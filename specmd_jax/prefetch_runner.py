@@ -205,6 +205,10 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
     M = len(drops)
     caps = np.repeat(np.tile(caps0, len(plans)), M)
     db = np.tile(drops, len(plans) * len(caps0))
+    # Least-Stale's one-layer shortcut holds when every proposal is of the next layer (make_plan
+    # with depth 1); a plan proposing any other layer takes the per-layer path
+    if depth < 2 and not np.all((stack < 0) | (stack // E == steps.layer[None, :, None] + 1)):
+        depth = 2
     turns = prepare_turns(trace, steps, reading.execution)
     T = turns.num_turns
     pin_width = steps.width if expert and reading.pin == "visit" else 0
