@@ -81,7 +81,7 @@ class PfState:
             layer by layer from the last layer down); zeros for other policies.
         pfu: bool[N] resident, prefetched and not demanded since.
         per_layer: int32[6, L] ``engine.COUNTER_NAMES`` by visit layer.
-        pf: int32[4, L] ``PF_COUNTER_NAMES`` by visit layer.
+        pf: int32[len(pf_counter_names(spec)), L] :func:`pf_counter_names` by visit layer.
         max_occ: int32[].
     """
 
