@@ -173,6 +173,49 @@ def _pf_chunk(stack: np.ndarray, lo: int, hi: int, pad: int, reps: int, multi: b
     return np.repeat(a.transpose(1, 0, 2), reps, axis=1)
 
 
+def _pin_pieces(need: np.ndarray, width: int, chunk: int) -> list:
+    """Scan pieces ``(lo, hi, length, pin width)`` of a replay whose turns pin their visit's whole
+    demand: turn ``t`` needs a pin set of ``need[t]`` ids. The pin work is ``[w, w]`` per
+    configuration and turn, so the turns run at a bucketed width (a power of two >= 8, at most
+    ``width``) rather than the trace's widest visit: runs of turns of one bucket, a run shorter than
+    ``min(chunk, 256)`` turns joined to the next (at the wider width), cut into pieces of at most
+    ``chunk`` turns, each padded to a power of two of at least ``min(chunk, 1024)`` turns (one
+    program per distinct width and length)."""
+    T = len(need)
+    b = np.minimum(np.maximum(8, 1 << np.ceil(np.log2(np.maximum(need, 1))).astype(np.int64)), width)
+    cut = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+    runs, min_run = [], min(chunk, 256)
+    for lo, hi in zip(cut, np.r_[cut[1:], T]):
+        w = int(b[lo])
+        if runs and runs[-1][1] - runs[-1][0] < min_run:
+            runs[-1] = [runs[-1][0], int(hi), max(runs[-1][2], w)]
+        else:
+            runs.append([int(lo), int(hi), w])
+    if len(runs) > 1 and runs[-1][1] - runs[-1][0] < min_run:
+        last = runs.pop()
+        runs[-1] = [runs[-1][0], last[1], max(runs[-1][2], last[2])]
+    return [(lo, min(hi, lo + chunk), min(chunk, max(1024, 1 << max(0, (min(hi, lo + chunk) - lo - 1).bit_length()))), w)
+            for a, hi, w in runs for lo in range(a, hi, chunk)]
+
+
+def _run_pieces(key, run, params, states, xs_of, pieces: list):
+    """:func:`_run_chunks` over pieces ``(lo, hi, length, width)`` of different shapes (one compiled
+    program per distinct (``key``, width, length), cached)."""
+    ys, compile_s, run_s = [], 0.0, 0.0
+    for lo, hi, n, w in pieces:
+        xs = xs_of(lo, hi, n, w)
+        t0 = time.perf_counter()
+        compiled = _COMPILED.get(key + (w, n))
+        if compiled is None:
+            compiled = _COMPILED[key + (w, n)] = run.lower(params, states, xs).compile()
+        t1 = time.perf_counter()
+        states, y = compiled(params, states, xs)
+        ys.append(np.asarray(y)[: hi - lo])
+        compile_s, run_s = compile_s + t1 - t0, run_s + time.perf_counter() - t1
+    jax.block_until_ready(states)
+    return states, np.concatenate(ys), compile_s, run_s
+
+
 def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
                 chunk_steps: int = 8192, reading: Reading = None) -> PfResult:
     """Replay ``trace`` with proposals inserted instantly, for every capacity at once.
@@ -232,9 +275,9 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
     if multi:  # keep the per-configuration proposals of a chunk under ~64 MiB
         chunk = max(1, min(chunk, (64 << 20) // max(1, B * stack.shape[2] * 4)))
 
-    def xs_of(lo):
-        hi = min(T, lo + chunk)
-        pad = chunk - (hi - lo)
+    def xs_of(lo, hi=None, n=chunk, w=None):
+        hi = min(T, lo + chunk) if hi is None else hi
+        pad = n - (hi - lo)
         return PfVisit(layer=jnp.asarray(_take(layer, lo, hi, pad, 0)),
                        new_pass=jnp.asarray(_take(turns.new_pass, lo, hi, pad, False)),
                        ids=jnp.asarray(_take(turns.ids, lo, hi, pad, -1)),
@@ -242,10 +285,15 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
                        rank=jnp.asarray(_take(rank, lo, hi, pad, NO_DROP)),
                        pairs=jnp.asarray(_take(pairs, lo, hi, pad, 0)),
                        units=jnp.asarray(_take(units, lo, hi, pad, 0)),
-                       pin=None if pin is None else jnp.asarray(_take(pin, lo, hi, pad, -1)),
+                       pin=None if pin is None else jnp.asarray(_take(pin[:, :w], lo, hi, pad, -1)),
                        issue=None if issue is None else jnp.asarray(_take(issue, lo, hi, pad, False)))
 
-    states, nm, compile_s, run_s = _run_chunks((spec, multi, B, chunk), run, params, states, xs_of, T, chunk)
+    if pin is None:
+        states, nm, compile_s, run_s = _run_chunks((spec, multi, B, chunk), run, params, states, xs_of, T, chunk)
+    else:  # the visit pin set at the width its turns need (decode visits are narrower than prefill ones)
+        need = (pin >= 0).sum(axis=1)
+        states, nm, compile_s, run_s = _run_pieces((spec, multi, B), run, params, states, xs_of,
+                                                   _pin_pieces(need, pin_width, chunk))
     per_turn = nm.astype(np.int64)                               # [T, B]
     # a pass's turns are contiguous and every pass has L visits, each with a turn
     pass_misses = np.add.reduceat(per_turn, np.flatnonzero(turns.new_pass), axis=0).T
