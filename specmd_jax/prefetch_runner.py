@@ -19,7 +19,7 @@ import numpy as np
 from jax import lax
 
 from .engine import GONE
-from .engine_pf import PF_COUNTER_NAMES, PfParams, PfSpec, PfVisit, make_pf_policy
+from .engine_pf import PfParams, PfSpec, PfVisit, make_pf_policy, pf_counter_names
 from .prefetch import PrefetchPlan
 from .semantics import SB_SCALE
 from .timing import Hardware, Reading, to_ticks
@@ -73,7 +73,7 @@ def _runner(spec: PfSpec, multi: bool = False):
     init, step = make_pf_policy(spec)
     # multi: each configuration has its own plan (pf_ids batched), the rest of the visit is shared
     vis_axes = PfVisit(layer=None, new_pass=None, ids=None, pf_ids=0, rank=None, pairs=None,
-                       units=None) if multi else None
+                       units=None, pin=None, issue=None) if multi else None
     vstep = jax.vmap(step, in_axes=(0, vis_axes, 0))
 
     def run(params, states, xs):
@@ -93,12 +93,18 @@ class PfResult:
         totals: int64[B, 6] ``engine.COUNTER_NAMES``; per_layer: int64[B, 6, L].
         pf_totals: dict name -> int64[B]: ``pf_issued`` (= arrived: instant), ``pf_resident``,
             ``pf_dropped``, ``pf_useful``, ``pf_wasted`` (admitted, evicted before any demand),
-            ``pf_unused_end`` (admitted, still resident and never demanded at the end).
+            ``pf_unused_end`` (admitted, still resident and never demanded at the end);
+            under ``prefetch_issue="at_router"`` also ``pf_pending`` (a proposal whose demand
+            copy its turn had just queued).
         resident: bool[B, N]; max_occupancy: int64[B].
-        pass_misses: int64[B, P] demand misses per pass.
+        pass_misses: int64[B, P] demand misses per pass (summed over the pass's turns).
         plan_index: int64[B] the plan of each configuration (configurations are plan-major,
             then capacity, then drop threshold).
         drop_rank: int64[B] the ``drop_priority`` threshold of each configuration.
+        reading: the execution reading replayed (:class:`~specmd_jax.timing.Reading`).
+        num_turns: scan steps of the replay (visits, or experts under ``execution="expert"``).
+        visit_demands: int64[S] distinct experts demanded per visit (the layer compute of
+            :meth:`Hardware.layer_ticks` when ``expert_us`` is set; :func:`timing`'s ``demands``).
     """
 
     totals: np.ndarray
@@ -111,6 +117,9 @@ class PfResult:
     run_s: float
     plan_index: np.ndarray = None
     drop_rank: np.ndarray = None
+    reading: Reading = None
+    num_turns: int = 0
+    visit_demands: np.ndarray = None
 
 
 def _plans(plan, S: int, source: str):
@@ -164,15 +173,67 @@ def _pf_chunk(stack: np.ndarray, lo: int, hi: int, pad: int, reps: int, multi: b
     return np.repeat(a.transpose(1, 0, 2), reps, axis=1)
 
 
+def _pin_pieces(need: np.ndarray, width: int, chunk: int) -> list:
+    """Scan pieces ``(lo, hi, length, pin width)`` of a replay whose turns pin their visit's whole
+    demand: turn ``t`` needs a pin set of ``need[t]`` ids. The pin work is ``[w, w]`` per
+    configuration and turn, so the turns run at a bucketed width (a power of two >= 8, at most
+    ``width``) rather than the trace's widest visit: runs of turns of one bucket, a run shorter than
+    ``min(chunk, 256)`` turns joined to the next (at the wider width), cut into pieces of at most
+    ``chunk`` turns, each padded to a power of two of at least ``min(chunk, 1024)`` turns (one
+    program per distinct width and length)."""
+    T = len(need)
+    b = np.minimum(np.maximum(8, 1 << np.ceil(np.log2(np.maximum(need, 1))).astype(np.int64)), width)
+    cut = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+    runs, min_run = [], min(chunk, 256)
+    for lo, hi in zip(cut, np.r_[cut[1:], T]):
+        w = int(b[lo])
+        if runs and runs[-1][1] - runs[-1][0] < min_run:
+            runs[-1] = [runs[-1][0], int(hi), max(runs[-1][2], w)]
+        else:
+            runs.append([int(lo), int(hi), w])
+    if len(runs) > 1 and runs[-1][1] - runs[-1][0] < min_run:
+        last = runs.pop()
+        runs[-1] = [runs[-1][0], last[1], max(runs[-1][2], last[2])]
+    return [(lo, min(hi, lo + chunk), min(chunk, max(1024, 1 << max(0, (min(hi, lo + chunk) - lo - 1).bit_length()))), w)
+            for a, hi, w in runs for lo in range(a, hi, chunk)]
+
+
+def _run_pieces(key, run, params, states, xs_of, pieces: list):
+    """:func:`_run_chunks` over pieces ``(lo, hi, length, width)`` of different shapes (one compiled
+    program per distinct (``key``, width, length), cached)."""
+    ys, compile_s, run_s = [], 0.0, 0.0
+    for lo, hi, n, w in pieces:
+        xs = xs_of(lo, hi, n, w)
+        t0 = time.perf_counter()
+        compiled = _COMPILED.get(key + (w, n))
+        if compiled is None:
+            compiled = _COMPILED[key + (w, n)] = run.lower(params, states, xs).compile()
+        t1 = time.perf_counter()
+        states, y = compiled(params, states, xs)
+        ys.append(np.asarray(y)[: hi - lo])
+        compile_s, run_s = compile_s + t1 - t0, run_s + time.perf_counter() - t1
+    jax.block_until_ready(states)
+    return states, np.concatenate(ys), compile_s, run_s
+
+
 def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
-                chunk_steps: int = 8192) -> PfResult:
+                chunk_steps: int = 8192, reading: Reading = None) -> PfResult:
     """Replay ``trace`` with proposals inserted instantly, for every capacity at once.
 
     ``plan`` is a :class:`PrefetchPlan` or a list of them: with several, every (plan, capacity)
     pair is a configuration of the same compiled program (prefetch parameters as a vmapped axis).
     ``drop_ranks``: thresholds of the ``drop_priority`` miss policy, one more axis (``None``:
-    fetch).
+    fetch). ``reading``: the execution reading (:class:`~specmd_jax.timing.Reading`; default:
+    whole visits, proposals after the use, the visit's demand pinned). Its three dimensions are
+    static: each (execution, prefetch_issue, pin) is compiled once (``pin`` only matters under
+    ``execution="expert"``), and the scan runs over its turns (:mod:`specmd_jax.turns`), ``chunk_steps``
+    turns at a time.
     """
+    reading = (reading if reading is not None else Reading())
+    if not isinstance(reading, Reading):
+        raise TypeError(f"reading must be a specmd_jax.timing.Reading, got {type(reading).__name__}")
+    reading = reading.canonical
+    expert = reading.execution == "expert"
     L, E = trace.shape.num_layers, trace.shape.num_experts
     steps = prepare_steps(trace, "pinned")
     S = steps.num_steps
@@ -187,51 +248,92 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
     M = len(drops)
     caps = np.repeat(np.tile(caps0, len(plans)), M)
     db = np.tile(drops, len(plans) * len(caps0))
-    spec = PfSpec(policy, L, E, steps.width, int(stack.shape[2]), depth, full_demand=drop_ranks is None)
+    # Least-Stale's one-layer shortcut holds when every proposal is of the next layer (make_plan
+    # with depth 1); a plan proposing any other layer takes the per-layer path
+    if depth < 2 and not np.all((stack < 0) | (stack // E == steps.layer[None, :, None] + 1)):
+        depth = 2
+    turns = prepare_turns(trace, steps, reading.execution)
+    T = turns.num_turns
+    pin_width = steps.width if expert and reading.pin == "visit" else 0
+    spec = PfSpec(policy, L, E, int(turns.ids.shape[1]), int(stack.shape[2]), depth,
+                  full_demand=drop_ranks is None, execution=reading.execution, issue=reading.prefetch_issue,
+                  pin_width=pin_width)
     init, run = _runner(spec, multi)
     B = caps.shape[0]
     params = PfParams(capacity=jnp.asarray(caps, jnp.int32), drop_rank=jnp.asarray(np.minimum(db, NO_DROP), jnp.int32))
     det = demand_details(trace, steps)
+    # per-turn inputs, shared by every configuration (the per-visit arrays themselves under "visit")
+    layer = steps.layer[turns.visit]
+    rank = turns.per_turn(det["rank"], NO_DROP)
+    pairs = turns.per_turn(det["pairs"], 0)
+    units = turns.per_turn(steps.units, 0)
+    stack = turns.proposals(stack, reading.prefetch_issue)
+    pin = steps.ids[turns.visit] if pin_width else None
+    issue = (turns.first if reading.prefetch_issue == "at_router" else turns.last) if expert else None
     states = init(params)
-    chunk = max(1, min(int(chunk_steps), 1 << max(0, (S - 1).bit_length())))
+    chunk = max(1, min(int(chunk_steps), 1 << max(0, (T - 1).bit_length())))
     if multi:  # keep the per-configuration proposals of a chunk under ~64 MiB
         chunk = max(1, min(chunk, (64 << 20) // max(1, B * stack.shape[2] * 4)))
 
-    def xs_of(lo):
-        hi = min(S, lo + chunk)
-        pad = chunk - (hi - lo)
-        return PfVisit(layer=jnp.asarray(_take(steps.layer, lo, hi, pad, 0)),
-                       new_pass=jnp.asarray(_take(steps.new_pass, lo, hi, pad, False)),
-                       ids=jnp.asarray(_take(steps.ids, lo, hi, pad, -1)),
+    def xs_of(lo, hi=None, n=chunk, w=None):
+        hi = min(T, lo + chunk) if hi is None else hi
+        pad = n - (hi - lo)
+        return PfVisit(layer=jnp.asarray(_take(layer, lo, hi, pad, 0)),
+                       new_pass=jnp.asarray(_take(turns.new_pass, lo, hi, pad, False)),
+                       ids=jnp.asarray(_take(turns.ids, lo, hi, pad, -1)),
                        pf_ids=jnp.asarray(_pf_chunk(stack, lo, hi, pad, len(caps0) * M, multi)),
-                       rank=jnp.asarray(_take(det["rank"], lo, hi, pad, NO_DROP)),
-                       pairs=jnp.asarray(_take(det["pairs"], lo, hi, pad, 0)),
-                       units=jnp.asarray(_take(steps.units, lo, hi, pad, 0)))
+                       rank=jnp.asarray(_take(rank, lo, hi, pad, NO_DROP)),
+                       pairs=jnp.asarray(_take(pairs, lo, hi, pad, 0)),
+                       units=jnp.asarray(_take(units, lo, hi, pad, 0)),
+                       pin=None if pin is None else jnp.asarray(_take(pin[:, :w], lo, hi, pad, -1)),
+                       issue=None if issue is None else jnp.asarray(_take(issue, lo, hi, pad, False)))
 
-    states, nm, compile_s, run_s = _run_chunks((spec, multi, B, chunk), run, params, states, xs_of, S, chunk)
-    per_step = nm.astype(np.int64)                               # [S, B]
-    pass_misses = per_step.reshape(trace.num_passes, L, B).sum(axis=1).T
+    if pin is None:
+        states, nm, compile_s, run_s = _run_chunks((spec, multi, B, chunk), run, params, states, xs_of, T, chunk)
+    else:  # the visit pin set at the width its turns need (decode visits are narrower than prefill ones)
+        need = (pin >= 0).sum(axis=1)
+        states, nm, compile_s, run_s = _run_pieces((spec, multi, B), run, params, states, xs_of,
+                                                   _pin_pieces(need, pin_width, chunk))
+    per_turn = nm.astype(np.int64)                               # [T, B]
+    # a pass's turns are contiguous and every pass has L visits, each with a turn
+    pass_misses = np.add.reduceat(per_turn, np.flatnonzero(turns.new_pass), axis=0).T
     per = np.asarray(states.per_layer, np.int64)
     pf = np.asarray(states.pf, np.int64).sum(axis=2)
     unused = np.asarray(states.pfu, np.int64).sum(axis=1)
-    names = dict(zip(PF_COUNTER_NAMES, pf.T))
+    names = dict(zip(pf_counter_names(spec), pf.T))
     admitted = names["pf_issued"] - names["pf_dropped"]
     names["pf_unused_end"] = unused
     names["pf_wasted"] = admitted - names["pf_useful"] - unused
     return PfResult(totals=per.sum(axis=2), per_layer=per, pf_totals=names,
                     resident=np.asarray(states.rank) < GONE, max_occupancy=np.asarray(states.max_occ, np.int64),
                     pass_misses=pass_misses, compile_s=compile_s, run_s=run_s,
-                    plan_index=np.repeat(np.arange(len(plans)), len(caps0) * M), drop_rank=db)
+                    plan_index=np.repeat(np.arange(len(plans)), len(caps0) * M), drop_rank=db, reading=reading,
+                    num_turns=T, visit_demands=(steps.ids >= 0).sum(axis=1).astype(np.int64))
 
 
-def timing(trace: Trace, pass_misses: np.ndarray, hardware: Hardware) -> dict:
-    """Times (ticks) of replays whose visits stall ``misses x transfer`` (no prefetch, or instant
-    prefetch): ``pass_ticks`` int64[B, P], ``stall_ticks`` int64[B], ``ttft_ticks`` float[B]
-    (mean over requests with a prefill pass), ``tpot_ticks`` float[B] (mean decode pass)."""
+def timing(trace: Trace, pass_misses: np.ndarray, hardware: Hardware, demands=None) -> dict:
+    """Times (ticks) of replays whose turns stall ``misses x transfer`` (no prefetch, or instant
+    prefetch, under every execution reading: the copy engine is idle when a turn starts):
+    ``pass_ticks`` int64[B, P], ``stall_ticks`` int64[B], ``ttft_ticks`` float[B] (mean over
+    requests with a prefill pass), ``tpot_ticks`` float[B] (mean decode pass).
+
+    A pass computes the sum of its layers' :meth:`Hardware.layer_ticks` (how a layer's compute is
+    split over its turns does not change the sum). With ``hardware.expert_us`` set that is
+    ``n x expert_us`` for ``n`` demanded experts: ``demands`` int[S], the distinct experts of each
+    pinned visit (:attr:`PfResult.visit_demands`; default: the trace's recorded demand, which is
+    the demand under standard routing)."""
     L = trace.shape.num_layers
     x = hardware.transfer_ticks(trace.shape.expert_bytes)
     pre = trace.pass_phase == PREFILL
-    comp = np.array([L * hardware.compute_ticks(bool(ph), int(n)) for ph, n in zip(pre, trace.pass_tokens)], np.int64)
+    if hardware.expert_us is not None:
+        n = (np.asarray(demands, np.int64) if demands is not None
+             else (prepare_steps(trace, "pinned").ids >= 0).sum(axis=1).astype(np.int64))
+        if n.shape != (trace.num_passes * L,):
+            raise ValueError(f"demands must hold one count per visit ({trace.num_passes * L}), got shape {n.shape}")
+        comp = n.reshape(trace.num_passes, L).sum(axis=1) * hardware.layer_ticks(False, 0, 1)
+    else:
+        comp = np.array([L * hardware.compute_ticks(bool(ph), int(n)) for ph, n in zip(pre, trace.pass_tokens)],
+                        np.int64)
     pm = np.asarray(pass_misses, np.int64)
     pass_ticks = comp[None, :] + pm * x
     out = {"pass_ticks": pass_ticks, "stall_ticks": pm.sum(axis=1) * x, "transfer_ticks": x}

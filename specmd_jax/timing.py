@@ -130,6 +130,15 @@ class Reading:
         """The reading with ``pin`` normalised where it changes nothing (``execution=visit``)."""
         return dataclasses.replace(self, pin="visit") if self.execution == "visit" else self
 
+    def kwargs(self) -> dict:
+        """``{"execution": ..., "prefetch_issue": ..., "pin": ...}`` for ``sweep_prefetch``."""
+        return {"execution": self.execution, "prefetch_issue": self.prefetch_issue, "pin": self.pin}
+
+    @property
+    def slug(self) -> str:
+        """A file-name form of :attr:`label`, e.g. ``expert-at_router-running``."""
+        return self.label.replace("/", "-")
+
     @classmethod
     def parse(cls, label: str) -> "Reading":
         """``Reading.parse("expert/at_router/running")``."""
