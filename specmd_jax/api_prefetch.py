@@ -196,11 +196,11 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
     expert = reading.execution == "expert"
     async_ok = (use_jax and one_kind and policy in ASYNC_POLICIES and not (routed and substitute)
                 and not (expert and (routed or substitute)))
-    if timing == "instant" and jax_ok and R == 1 and policy in PF_POLICIES and reading == Reading():
+    if timing == "instant" and jax_ok and R == 1 and policy in PF_POLICIES:
         from .prefetch_runner import NO_DROP, run_instant, timing as time_of  # jax only when used
         drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]
         r = run_instant(trace, policy, caps, [p if p is not None else empty for p in plans],
-                        drop_ranks=None if all(m.policy == "fetch" for m in misses) else drops)
+                        drop_ranks=None if all(m.policy == "fetch" for m in misses) else drops, reading=reading)
         C = len(caps)
         for hi, h in enumerate(hws):
             tm = time_of(trace, r.pass_misses, h)

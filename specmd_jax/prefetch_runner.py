@@ -130,6 +130,12 @@ def _plans(plan, S: int, source: str):
     for p in plans:
         if p.ids.shape[0] != S:
             raise ValueError(f"plan has {p.ids.shape[0]} visits, trace {source} has {S}")
+        srt = np.sort(p.ids, axis=1)
+        dup = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+        if dup.any():  # the kernels would queue a repeat twice; the reference counts it as pending
+            s = int(np.argmax(dup.any(axis=1)))
+            raise ValueError(f"plan {p.config} proposes expert {int(srt[s, 1:][dup[s]][0])} twice at visit {s}: "
+                             "a visit's proposals must be distinct (make_plan's always are)")
     Q = max(p.ids.shape[1] for p in plans)
     stack = np.full((len(plans), S, Q), -1, np.int32)
     for i, p in enumerate(plans):

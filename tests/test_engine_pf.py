@@ -104,6 +104,10 @@ def test_errors():
         run_instant(t, "belady", [10], plan)
     with pytest.raises(ValueError, match="visits"):
         run_instant(t.slice_passes(0, 2), "lru", [10], plan)
+    dup = PrefetchPlan(ids=np.where(plan.ids >= 0, plan.ids, -1)[:, :1].repeat(2, axis=1), config=plan.config,
+                       source="hand")
+    with pytest.raises(ValueError, match="twice at visit"):  # the kernels would queue a repeat twice
+        run_instant(t, "lru", [10], dup)
 
 
 @pytest.mark.parametrize("policy", PF_POLICIES)
