@@ -13,8 +13,8 @@ demand-only time of the same policy (issue 3's target: <= 2x at 1024 configurati
 
 ``--readings``: the execution readings (:class:`specmd_jax.timing.Reading`) on the asynchronous
 engine (and the instantaneous one where it runs them), each at ``--configs`` configurations on
-the first ``--reading-tokens`` passes of the same stream, against today's reading
-(``visit/after_use/visit``) in the same process: ``per_visit`` = run time / today's run time (the
+the first ``--reading-tokens`` passes of the same stream, against the whole-visit reading every
+earlier release used (``visit/after_use/visit``) in the same process: ``per_visit`` = run time / today's run time (the
 cost of replaying the same trace), ``per_step`` = the same per scan step (a per-expert reading
 scans one step per expert, ``turns`` of them, instead of one per visit). Writes
 ``<out>/readings_<backend>.csv`` and ``.md``.
@@ -130,7 +130,7 @@ def main(argv=None):
 
 def readings_table(a, t, caps, argv):
     """Cost of every execution reading vs today's, same process (see the module docstring)."""
-    from specmd_jax.timing import READINGS, Reading
+    from specmd_jax.timing import READINGS, VISIT_READING
     from specmd_jax.turns import prepare_turns
     from specmd_jax.visits import prepare_steps
     import inspect
@@ -144,7 +144,7 @@ def readings_table(a, t, caps, argv):
         for rd in READINGS:
             nturns = prepare_turns(t, steps, rd.execution).num_turns
             runs = [("async", lambda: run_async(t, pol, caps, plan, hw, reading=rd))]
-            if pol in ("lru", "ls", "fifo") and (instant_readings or rd == Reading()):
+            if pol in ("lru", "ls", "fifo") and (instant_readings or rd == VISIT_READING):
                 kw = {"reading": rd} if instant_readings else {}
                 runs.append(("instant", lambda: run_instant(t, pol, caps, plan, **kw)))
             for engine, fn in runs:
@@ -153,7 +153,7 @@ def readings_table(a, t, caps, argv):
                     out = fn()
                     comp = out.compile_s if comp is None else comp
                     best = min(best, out.run_s)
-                if rd == Reading():
+                if rd == VISIT_READING:
                     base[engine] = (best, nturns)
                 b_run, b_steps = base[engine]
                 rows.append({"policy": pol, "engine": engine, "reading": rd.label, "configs": len(caps),
@@ -172,7 +172,7 @@ def readings_table(a, t, caps, argv):
              f"{platform.platform()}; jax {jax.__version__}",
              f"- trace: {t.describe()}; plan: recorded top-k x1.0; {len(caps)} capacities, one link",
              f"- command: `{' '.join(sys.argv) if argv is None else argv}`",
-             "- per_visit: run time / today's (visit/after_use/visit) run time of the same engine and policy; "
+             "- per_visit: run time / the whole-visit reading's (visit/after_use/visit, the only one before) run time of the same engine and policy; "
              "per_step: the same per scan step (per-expert readings scan one step per expert)", "",
              "| policy | engine | reading | steps | compile_s | run_s | M steps/s | per_visit | per_step |",
              "|---|---|---|---|---|---|---|---|---|"]

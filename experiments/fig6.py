@@ -38,7 +38,7 @@ def main(argv=None):
     ap.add_argument("--policy", default="ls")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reading", type=Reading.parse, default=Reading(),
-                    help="execution reading execution/prefetch_issue/pin (default visit/after_use/visit)")
+                    help="execution reading execution/prefetch_issue/pin (default expert/at_router/running)")
     a = ap.parse_args(argv)
     syn = sj.synthetic.generate("olmoe-1b-7b", num_requests=1 if a.quick else 2, prompt_len=8 if a.quick else 32,
                                 gen_len=12 if a.quick else 64, seed=0, pred_noise=1.0)

@@ -119,7 +119,7 @@ def run(cfg: dict) -> pd.DataFrame:
     print(f"trace: {trace.describe()}")
     print(f"prefetch: {pf}; miss: {', '.join(x.label() for x in miss)}; precision: {'/'.join(prec.names)}; "
           f"routing: {', '.join(r.label(trace) for r in routing)}; timing: {cfg['timing']}; reading: "
-          f"{cfg.get('execution', 'visit')}/{cfg.get('prefetch_issue', 'after_use')}/{cfg.get('pin', 'visit')}; "
+          f"{cfg['execution']}/{cfg['prefetch_issue']}/{cfg['pin']}; "
           f"hardware: {', '.join(h.name for h in hws)}")
     frames = []
     for pol, s in runs:
@@ -127,8 +127,8 @@ def run(cfg: dict) -> pd.DataFrame:
         try:
             df = sj.sweep_prefetch(trace, pol, **sizes, prefetch=pf, hardware=hws, timing=cfg["timing"],
                                    miss=miss, precision=prec, routing=routing, engine=cfg.get("engine", "auto"),
-                                   progress=bool(cfg.get("progress")), execution=cfg.get("execution", "visit"),
-                                   prefetch_issue=cfg.get("prefetch_issue", "after_use"), pin=cfg.get("pin", "visit"))
+                                   progress=bool(cfg.get("progress")), execution=cfg["execution"],
+                                   prefetch_issue=cfg["prefetch_issue"], pin=cfg["pin"])
         except ValueError as e:
             raise ConfigError(f"policy {pol}: {e}") from None
         df.insert(0, "system", s.name if s is not None else "")

@@ -197,7 +197,7 @@ def main(argv=None):
     ap.add_argument("--expert-bits", type=int, default=4, choices=(4, 8, 16))
     ap.add_argument("--quick", action="store_true", help="tiny setting (smoke test)")
     ap.add_argument("--reading", type=Reading.parse, default=Reading(),
-                    help="execution reading execution/prefetch_issue/pin (default visit/after_use/visit)")
+                    help="execution reading execution/prefetch_issue/pin (default expert/at_router/running)")
     args = ap.parse_args(argv)
     if args.quick:
         args.requests, args.prompt_len, args.gen_len = 1, 8, 12

@@ -149,17 +149,22 @@ def claims(coll: pd.DataFrame, extra: dict) -> list:
 
     def coll_ratio(a, b, frac, agg):
         def f(g):
-            vals = []
-            for _, h in g[np.isclose(g["capacity_fraction"], frac)].groupby("trace"):
+            vals, where = [], []
+            for tr, h in g[np.isclose(g["capacity_fraction"], frac)].groupby("trace"):
                 ca = h[h["policy"] == a]["collisions"]
                 cb = h[h["policy"] == b]["collisions"]
                 if len(ca) and len(cb):
-                    vals.append(_ratio(float(ca.iloc[0]), float(cb.iloc[0])))
-            vals = [v for v in vals if not math.isnan(v)]
+                    v = _ratio(float(ca.iloc[0]), float(cb.iloc[0]))
+                    if not math.isnan(v):
+                        vals.append(v)
+                        where.append(f"{tr} ({int(h['capacity_slots'].iloc[0])} slots, T = "
+                                     f"{int(h['token_cycle_slots'].iloc[0])})")
             if not vals:
                 return (math.nan,) * 3 + ("",)
             fin = [v for v in vals if math.isfinite(v)] or [math.inf]
-            return (max(fin) if agg == "max" else float(np.median(fin)), min(vals), max(vals), f"{len(vals)} traces")
+            top = where[vals.index(max(fin))] if max(fin) in vals else ""
+            note = f"largest on {top}" if agg == "max" else f"{len(vals)} traces"
+            return (max(fin) if agg == "max" else float(np.median(fin)), min(vals), max(vals), note)
         return f
 
     out.append(("LS collision rate, 5 %", "1.6-1.9 %", "%", per_reading(rate("ls", 0.05))))
@@ -322,9 +327,12 @@ def write_page(out: Path, coll: pd.DataFrame, table: pd.DataFrame, cl: list, rea
         lines.append(f"| {r['claim']} | {r['paper']} | " + " | ".join(cells) + f" | {r['reproduced_by'] or 'none'} | "
                      f"{r['closest']} |")
     lines += ["", "## What each reading reproduces", ""]
+    notes = {c[0]: c[3] for c in cl}
     for _, r in table.iterrows():
+        where = notes[r["claim"]].get(r["closest"], (None,) * 4)[3] if r["closest"] else ""
+        where = f" ({where})" if where and where.startswith("largest") else ""
         if r["reproduced_by"]:
-            lines.append(f"- **{r['claim']}** ({r['paper']}): reproduced by {r['reproduced_by']}.")
+            lines.append(f"- **{r['claim']}** ({r['paper']}): reproduced by {r['reproduced_by']}{where}.")
         elif r["closest"]:
             x = r["closest"]
             lines.append(f"- **{r['claim']}** ({r['paper']}): no reading reproduces it; the closest is `{x}` "

@@ -147,7 +147,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="two small models, short traces")
     ap.add_argument("--reading", type=Reading.parse, default=Reading(),
-                    help="execution reading execution/prefetch_issue/pin (default visit/after_use/visit)")
+                    help="execution reading execution/prefetch_issue/pin (default expert/at_router/running)")
     a = ap.parse_args(argv)
     if a.quick:
         a.models, a.requests, a.prompt_len, a.gen_len = "olmoe-1b-7b,mixtral-8x7b", 1, 6, 6

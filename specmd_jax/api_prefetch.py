@@ -35,7 +35,7 @@ from .routing import RoutingConfig
 from .semantics import SB_SCALE
 from .prefetch import PrefetchConfig, PrefetchPlan, make_plan, prediction_quality
 from .reference_timed import simulate_timed
-from .timing import TICK_S, Hardware, Reading
+from .timing import DEFAULT_READING, TICK_S, Hardware, Reading
 from .trace import Trace
 
 TIMINGS = ("instant", "async")
@@ -64,9 +64,10 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
                    miss: Optional[MissConfig] = None, precision: Optional[Precision] = None,
                    routing: Union[None, RoutingConfig, Sequence[RoutingConfig]] = None,
                    engine: str = "auto", score_weights=None,
-                   execution: Union[str, Sequence[str]] = "visit",
-                   prefetch_issue: Union[str, Sequence[str]] = "after_use",
-                   pin: Union[str, Sequence[str]] = "visit") -> pd.DataFrame:
+                   execution: Union[None, str, Sequence[str]] = None,
+                   prefetch_issue: Union[None, str, Sequence[str]] = None,
+                   pin: Union[None, str, Sequence[str]] = None,
+                   reading: Union[None, str, Reading, Sequence] = None) -> pd.DataFrame:
     """Replay ``trace`` with ``policy`` for every prefetch setting x capacity x hardware profile
     (x execution reading).
 
@@ -97,11 +98,15 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
             :mod:`specmd_jax.score`) or a :class:`~specmd_jax.score.ScorePolicy` (quantised for
             this trace). Runs on the exact reference.
         execution, prefetch_issue, pin: the execution reading (:class:`~specmd_jax.timing.Reading`):
-            ``execution`` ``"visit"`` (default: the whole demand at once) or ``"expert"`` (one
-            expert at a time in router order); ``prefetch_issue`` ``"after_use"`` (default) or
-            ``"at_router"``; ``pin`` ``"visit"`` (default) or ``"running"``. Each may be a list:
-            every combination is run (one program per reading on the JAX engines) and labelled
-            by the ``execution``, ``prefetch_issue``, ``pin`` and ``reading`` columns. The JAX
+            ``execution`` ``"expert"`` (default: one expert at a time in router order) or
+            ``"visit"`` (the whole demand at once); ``prefetch_issue`` ``"at_router"`` (default)
+            or ``"after_use"``; ``pin`` ``"running"`` (default) or ``"visit"``. A field left out
+            takes :data:`~specmd_jax.timing.DEFAULT_READING`'s. Each may be a list: every
+            combination is run (one program per reading on the JAX engines) and labelled by the
+            ``execution``, ``prefetch_issue``, ``pin`` and ``reading`` columns.
+        reading: instead of the three fields, a :class:`~specmd_jax.timing.Reading`, a label
+            such as ``"visit/after_use/visit"`` (the whole-visit reading of earlier releases), or
+            a list of them. The JAX
             engines run every reading for ``lru``/``ls``/``fifo`` (and ``lhu`` asynchronously);
             per-expert execution with ``substitute`` or cache-aware routing runs on the reference.
         engine: ``"jax"`` (the vmapped kernels where they exist), ``"reference"`` (always the
@@ -122,12 +127,20 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         ``token_cycle_slots`` and ``below_token_cycle`` mark the LRU cliff (:func:`specmd_jax.api.token_cycle`).
     """
     def axis(name, v):
-        vals = [v] if isinstance(v, str) else list(v)
+        vals = [getattr(DEFAULT_READING, name)] if v is None else [v] if isinstance(v, str) else list(v)
         if not vals:
             raise ValueError(f"{name} must be a value or a non-empty list")
         return vals
-    readings = [Reading(e, i, p) for e in axis("execution", execution) for i in axis("prefetch_issue", prefetch_issue)
-                for p in axis("pin", pin)]
+    if reading is not None:
+        if not (execution is None and prefetch_issue is None and pin is None):
+            raise ValueError("give reading= or execution=/prefetch_issue=/pin=, not both")
+        items = [reading] if isinstance(reading, (str, Reading)) else list(reading)
+        readings = [r if isinstance(r, Reading) else Reading.parse(r) for r in items]
+        if not readings:
+            raise ValueError("reading must be a value or a non-empty list")
+    else:
+        readings = [Reading(e, i, p) for e in axis("execution", execution) for i in axis("prefetch_issue", prefetch_issue)
+                    for p in axis("pin", pin)]
     frames = [_sweep_reading(trace, policy, capacities, fractions=fractions, prefetch=prefetch, hardware=hardware,
                              timing=timing, train=train, progress=progress, miss=miss, precision=precision,
                              routing=routing, engine=engine, score_weights=score_weights, reading=rd)

@@ -36,7 +36,7 @@ from . import synthetic
 from .miss import MissConfig
 from .prefetch import PrefetchConfig
 from .routing import RoutingConfig
-from .timing import EXECUTIONS, PINS, PREFETCH_ISSUES
+from .timing import DEFAULT_READING, EXECUTIONS, PINS, PREFETCH_ISSUES
 
 __all__ = ["ModelSchema", "TraceSchema", "SyntheticTraceSchema", "FileTraceSchema", "SweepSchema",
            "RunSchema", "PrefetchAppSchema", "register"]
@@ -210,9 +210,9 @@ class PrefetchAppSchema(_Common):
     routing: RoutingSchema = field(default_factory=RoutingSchema)
     engine: PrefetchEngine = PrefetchEngine.auto
     timing: str = "async"
-    execution: Execution = Execution.visit
-    prefetch_issue: PrefetchIssue = PrefetchIssue.after_use
-    pin: Pin = Pin.visit
+    execution: Execution = Execution[DEFAULT_READING.execution]
+    prefetch_issue: PrefetchIssue = PrefetchIssue[DEFAULT_READING.prefetch_issue]
+    pin: Pin = Pin[DEFAULT_READING.pin]
 
 
 def register() -> None:

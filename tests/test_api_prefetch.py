@@ -3,6 +3,7 @@ errors; plus a slow smoke run of ``experiments/prefetch_study.py --quick``."""
 
 from __future__ import annotations
 
+import functools
 import math
 import subprocess
 import sys
@@ -14,7 +15,10 @@ import pytest
 
 import specmd_jax as sj
 from specmd_jax.prefetch import PrefetchConfig
-from specmd_jax.timing import HARDWARE_PRESETS, Hardware
+from specmd_jax.timing import HARDWARE_PRESETS, VISIT_READING, Hardware
+
+# this module was written for the whole-visit reading; the other readings: tests/test_*readings*.py
+sweep_prefetch = functools.partial(sj.sweep_prefetch, reading=VISIT_READING.label)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,14 +31,14 @@ def trace():
 def test_table_and_engines(trace):
     hws = [HARDWARE_PRESETS["a100-5gbps"], HARDWARE_PRESETS["pcie5-x16"]]
     pf = PrefetchConfig("recorded", "topk")
-    a = sj.sweep_prefetch(trace, "ls", fractions=[0.05, 0.25], prefetch=pf, hardware=hws, timing="async", engine="jax")
-    auto = sj.sweep_prefetch(trace, "ls", fractions=[0.05, 0.25], prefetch=pf, hardware=hws, timing="async")
+    a = sweep_prefetch(trace, "ls", fractions=[0.05, 0.25], prefetch=pf, hardware=hws, timing="async", engine="jax")
+    auto = sweep_prefetch(trace, "ls", fractions=[0.05, 0.25], prefetch=pf, hardware=hws, timing="async")
     assert set(auto["engine"]) == {"reference-async"}  # 4 configurations: the reference is faster
     shared = ["hits", "late", "misses", "collisions", "evictions", "pf_issued", "pf_wasted", "ttft_ms", "tpot_ms"]
     pd.testing.assert_frame_equal(auto[shared], a[shared], check_dtype=False)
-    i = sj.sweep_prefetch(trace, "ls", fractions=[0.05, 0.25], prefetch=pf, hardware=hws, timing="instant")
-    b = sj.sweep_prefetch(trace, "belady", fractions=[0.05], prefetch=pf, hardware=hws[:1], timing="instant")
-    s = sj.sweep_prefetch(trace, "sb", fractions=[0.05], prefetch=pf, hardware=hws[:1], timing="async")
+    i = sweep_prefetch(trace, "ls", fractions=[0.05, 0.25], prefetch=pf, hardware=hws, timing="instant")
+    b = sweep_prefetch(trace, "belady", fractions=[0.05], prefetch=pf, hardware=hws[:1], timing="instant")
+    s = sweep_prefetch(trace, "sb", fractions=[0.05], prefetch=pf, hardware=hws[:1], timing="async")
     assert len(a) == len(i) == 4 and len(b) == len(s) == 1
     assert set(a["engine"]) == {"jax-async"} and set(i["engine"]) == {"jax-instant"}
     assert set(b["engine"]) == {"reference-instant"} and set(s["engine"]) == {"reference-async"}
@@ -55,7 +59,7 @@ def test_async_engines_agree(trace):
     from specmd_jax.reference_timed import simulate_timed
     hws = [HARDWARE_PRESETS["a100-5gbps"], HARDWARE_PRESETS["edge-unified"]]
     pf = PrefetchConfig("recorded", "percentile")
-    df = sj.sweep_prefetch(trace, "lru", capacities=[10, 51], prefetch=pf, hardware=hws, timing="async", engine="jax")
+    df = sweep_prefetch(trace, "lru", capacities=[10, 51], prefetch=pf, hardware=hws, timing="async", engine="jax")
     assert set(df["engine"]) == {"jax-async"} and len(df) == 4
     plan = sj.make_plan(trace, pf)
     for _, r in df.iterrows():
@@ -70,7 +74,7 @@ def test_no_prefetch_matches_demand_only_sweep(trace):
     caps = [10, 51, 256]
     d = sj.sweep(trace, "lru", capacities=caps)
     for timing in ("async", "instant"):
-        p = sj.sweep_prefetch(trace, "lru", capacities=caps, timing=timing,
+        p = sweep_prefetch(trace, "lru", capacities=caps, timing=timing,
                               hardware=[Hardware(math.inf, 0.0, 100.0, 100.0, 2.0, "free")])
         assert p["hits"].tolist() == d["hits"].tolist() and p["collisions"].tolist() == d["collisions"].tolist()
         assert (p["stall_ms"] == 0).all() and (p["pf_issued"] == 0).all()
@@ -78,11 +82,11 @@ def test_no_prefetch_matches_demand_only_sweep(trace):
 
 def test_errors(trace):
     with pytest.raises(ValueError, match="timing must be"):
-        sj.sweep_prefetch(trace, "lru", capacities=[10], timing="later")
+        sweep_prefetch(trace, "lru", capacities=[10], timing="later")
     with pytest.raises(ValueError, match="exactly one"):
-        sj.sweep_prefetch(trace, "lru")
+        sweep_prefetch(trace, "lru")
     with pytest.raises(TypeError, match="prefetch must be"):
-        sj.sweep_prefetch(trace, "lru", capacities=[10], prefetch="topk")
+        sweep_prefetch(trace, "lru", capacities=[10], prefetch="topk")
     with pytest.raises(ValueError, match="bandwidth_gbps"):
         Hardware(bandwidth_gbps=0.0)
 
@@ -151,12 +155,12 @@ def test_several_prefetch_settings_in_one_program(trace):
     settings = [None, PrefetchConfig("recorded", "topk"), PrefetchConfig("recorded", "topk", overfetch=2.0),
                 PrefetchConfig("oracle_degraded", "all", recall=0.8, precision=0.8, depth=2)]
     for policy, timing in (("ls", "instant"), ("lru", "async")):
-        many = sj.sweep_prefetch(trace, policy, capacities=[10, 51, 256], prefetch=settings, hardware=hws,
+        many = sweep_prefetch(trace, policy, capacities=[10, 51, 256], prefetch=settings, hardware=hws,
                                  timing=timing)
         assert len(many) == 4 * 3 * 2
         assert list(many["prefetch"].unique()) == ["none", "recorded topk x1", "recorded topk x2",
                                                    "oracle_degraded r0.8/p0.8 all d2"]
         for k, pf in enumerate(settings):
-            one = sj.sweep_prefetch(trace, policy, capacities=[10, 51, 256], prefetch=pf, hardware=hws, timing=timing)
+            one = sweep_prefetch(trace, policy, capacities=[10, 51, 256], prefetch=pf, hardware=hws, timing=timing)
             part = many.iloc[k * 6:(k + 1) * 6].reset_index(drop=True)
             pd.testing.assert_frame_equal(part, one, check_dtype=False)

@@ -5,6 +5,7 @@ traces, with lookahead 1 and 2, slow, fast and free links."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -17,7 +18,11 @@ from specmd_jax.engine_async import ASYNC_POLICIES
 from specmd_jax.prefetch import PrefetchConfig, make_plan
 from specmd_jax.prefetch_runner import run_async
 from specmd_jax.reference_timed import simulate_timed
-from specmd_jax.timing import Hardware
+from specmd_jax.timing import VISIT_READING, Hardware
+
+# this module was written for the whole-visit reading; the other readings: tests/test_*readings*.py
+simulate_timed = functools.partial(simulate_timed, reading=VISIT_READING)
+run_async = functools.partial(run_async, reading=VISIT_READING)
 
 HWS = [Hardware(bandwidth_gbps=3.0, latency_us=5.0, decode_layer_us=80.0, prefill_layer_us=60.0, prefill_token_us=4.0),
        Hardware(bandwidth_gbps=0.5, latency_us=20.0, decode_layer_us=100.0),

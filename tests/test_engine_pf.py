@@ -4,6 +4,7 @@ time, for lru / ls / fifo, many capacities at once, on random, synthetic and rea
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -17,7 +18,11 @@ from specmd_jax.prefetch import PrefetchConfig, PrefetchPlan, make_plan
 from specmd_jax.prefetch_runner import run_instant, timing
 from specmd_jax.reference_timed import simulate_timed
 from specmd_jax.runner import run_configs
-from specmd_jax.timing import Hardware
+from specmd_jax.timing import VISIT_READING, Hardware
+
+# this module was written for the whole-visit reading; the other readings: tests/test_*readings*.py
+simulate_timed = functools.partial(simulate_timed, reading=VISIT_READING)
+run_instant = functools.partial(run_instant, reading=VISIT_READING)
 
 HW = Hardware(bandwidth_gbps=3.0, latency_us=5.0, decode_layer_us=80.0, prefill_layer_us=60.0, prefill_token_us=4.0)
 PF_COUNTERS = ("pf_issued", "pf_resident", "pf_dropped", "pf_useful", "pf_wasted")

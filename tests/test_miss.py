@@ -5,17 +5,22 @@ accounting, served bits) on random and synthetic traces, with and without prefet
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pandas as pd
 import pytest
 
 from conftest import random_trace
-from specmd_jax import synthetic
+from specmd_jax import api_prefetch, synthetic
 from specmd_jax.miss import PRECISION_PRESETS, MissConfig, Precision, decide, proxy_rates
 from specmd_jax.prefetch import PrefetchConfig, make_plan
 from specmd_jax.reference_timed import simulate_timed
-from specmd_jax.timing import Hardware
+from specmd_jax.timing import VISIT_READING, Hardware
+
+# this module was written for the whole-visit reading; the other readings: tests/test_*readings*.py
+simulate_timed = functools.partial(simulate_timed, reading=VISIT_READING)
+sweep_prefetch = functools.partial(api_prefetch.sweep_prefetch, reading=VISIT_READING.label)
 
 HW = Hardware(bandwidth_gbps=0.5, latency_us=5.0, decode_layer_us=80.0, prefill_layer_us=60.0, prefill_token_us=4.0)
 MIXED = PRECISION_PRESETS["int8-int4-int2"]
@@ -150,18 +155,17 @@ def test_sweep_prefetch_surface():
     """sweep_prefetch takes the miss and precision dimensions: non-default ones run on the
     reference and report proxies; the default rows from the JAX engines report the exact
     trivial proxies (everything served as routed at full precision)."""
-    import specmd_jax as sj
     t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=4, gen_len=6, seed=2, pred_noise=1.0)
     pf = PrefetchConfig("recorded", "topk")
     hw = [Hardware()]
-    base = sj.sweep_prefetch(t, "lru", fractions=[0.05, 0.25], prefetch=pf, hardware=hw, engine="jax")
+    base = sweep_prefetch(t, "lru", fractions=[0.05, 0.25], prefetch=pf, hardware=hw, engine="jax")
     assert set(base["engine"]) == {"jax-async"} and (base["proxy_mass_full_precision"] == 1).all()
     assert (base["proxy_mean_bits"] == 16).all() and (base["miss"] == "fetch").all()
-    drop = sj.sweep_prefetch(t, "lru", fractions=[0.05, 0.25], prefetch=pf, hardware=hw,
+    drop = sweep_prefetch(t, "lru", fractions=[0.05, 0.25], prefetch=pf, hardware=hw,
                              miss=MissConfig("drop_priority", rank_threshold=2))
     assert set(drop["engine"]) == {"reference-async"} and (drop["proxy_mass_dropped"] > 0).all()
     assert (drop["ttft_ms"] <= base["ttft_ms"]).all()
-    mixed = sj.sweep_prefetch(t, "lhu", fractions=[0.05], prefetch=pf, hardware=hw, precision=MIXED,
+    mixed = sweep_prefetch(t, "lhu", fractions=[0.05], prefetch=pf, hardware=hw, precision=MIXED,
                               miss=MissConfig("fetch_lowest"))
     # 5 % of all expert bytes in int2 units (int8/int4/int2 of fp16-sized experts: 1/8 each)
     assert int(mixed["capacity_slots"].iloc[0]) == int(0.05 * t.shape.num_ids * 8)
@@ -175,32 +179,30 @@ def test_sweep_prefetch_surface():
 def test_drop_thresholds_vmapped_through_sweep_prefetch():
     """A list of drop_priority thresholds is one axis of one JAX program; rows equal the
     reference's, bytes moved included."""
-    import specmd_jax as sj
     t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=4, gen_len=6, seed=2, pred_noise=1.0)
     pf = PrefetchConfig("recorded", "topk")
     misses = [MissConfig()] + [MissConfig("drop_priority", rank_threshold=r) for r in (1, 2, 4)]
     kw = dict(fractions=[0.05, 0.25], prefetch=pf, hardware=[HW], miss=misses)
-    j = sj.sweep_prefetch(t, "ls", engine="jax", **kw)
-    r = sj.sweep_prefetch(t, "ls", engine="reference", **kw)
+    j = sweep_prefetch(t, "ls", engine="jax", **kw)
+    r = sweep_prefetch(t, "ls", engine="reference", **kw)
     assert set(j["engine"]) == {"jax-async"} and set(r["engine"]) == {"reference-async"} and len(j) == 8
     assert j["miss"].tolist() == r["miss"].tolist()
     cols = ["capacity_slots", "hits", "late", "misses", "collisions", "dropped", "ttft_ms", "tpot_ms", "bytes_moved",
             "proxy_served_as_routed", "proxy_mass_full_precision", "proxy_mass_dropped", "proxy_mean_bits"]
     pd.testing.assert_frame_equal(j[cols], r[cols], check_dtype=False)
     assert (j.loc[j["miss"] != "fetch", "proxy_mass_dropped"] > 0).all()
-    ji = sj.sweep_prefetch(t, "lru", timing="instant", engine="jax", **kw)
-    ri = sj.sweep_prefetch(t, "lru", timing="instant", engine="reference", **kw)
+    ji = sweep_prefetch(t, "lru", timing="instant", engine="jax", **kw)
+    ri = sweep_prefetch(t, "lru", timing="instant", engine="reference", **kw)
     assert set(ji["engine"]) == {"jax-instant"} and ji["miss"].tolist() == ri["miss"].tolist()
     pd.testing.assert_frame_equal(ji[cols], ri[cols], check_dtype=False)
 
 
 def test_substitute_runs_on_the_async_kernel():
-    import specmd_jax as sj
     t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=4, gen_len=8, seed=5, pred_noise=1.0)
     kw = dict(fractions=[0.25, 0.5], prefetch=PrefetchConfig("recorded", "percentile"), hardware=[Hardware()],
               miss=MissConfig("substitute"))
-    j = sj.sweep_prefetch(t, "lru", engine="jax", **kw)
-    r = sj.sweep_prefetch(t, "lru", engine="reference", **kw)
+    j = sweep_prefetch(t, "lru", engine="jax", **kw)
+    r = sweep_prefetch(t, "lru", engine="reference", **kw)
     assert set(j["engine"]) == {"jax-async"} and set(r["engine"]) == {"reference-async"}
     cols = ["hits", "misses", "dropped", "substituted", "ttft_ms", "tpot_ms", "bytes_moved", "proxy_served_as_routed",
             "proxy_mass_full_precision", "proxy_mass_dropped", "proxy_mass_substituted", "proxy_mean_bits"]
@@ -211,13 +213,12 @@ def test_substitute_runs_on_the_async_kernel():
 def test_precision_and_percentiles_vmapped_through_sweep_prefetch():
     """Mixed precision with a list of fetch_priority percentiles runs as one JAX program (weighted
     ranks) and equals the reference row by row, bytes and proxies included."""
-    import specmd_jax as sj
     t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=4, gen_len=8, seed=8, pred_noise=1.0)
     misses = [MissConfig("fetch_priority", percentile=p) for p in (0, 40, 60, 100)]
     kw = dict(fractions=[0.05, 0.25], prefetch=PrefetchConfig("recorded", "topk"), hardware=[HW], miss=misses,
               precision=PRECISION_PRESETS["fp16-int8-int4-int2"])
-    j = sj.sweep_prefetch(t, "fifo", engine="jax", **kw)
-    r = sj.sweep_prefetch(t, "fifo", engine="reference", **kw)
+    j = sweep_prefetch(t, "fifo", engine="jax", **kw)
+    r = sweep_prefetch(t, "fifo", engine="reference", **kw)
     assert set(j["engine"]) == {"jax-async"} and set(r["engine"]) == {"reference-async"} and len(j) == 8
     cols = ["capacity_slots", "miss", "hits", "late", "misses", "evictions", "ttft_ms", "tpot_ms", "bytes_moved",
             "proxy_served_as_routed", "proxy_mass_full_precision", "proxy_mean_bits"]

@@ -32,3 +32,17 @@ def test_readme_prefetch_example_runs(tmp_path, monkeypatch):
     assert len(fast) == len(slow) == 4
     assert set(fast["engine"]) == {"jax-instant"} and set(slow["engine"]) == {"reference-async"}
     assert (slow["late"] > 0).any() and (fast["late"] == 0).all()
+
+
+def test_docs_readings_example_runs(tmp_path, monkeypatch):
+    """docs/readings.md's Python example runs as written: the default reading, the whole-visit
+    reading by label, and every reading in one call, each row labelled."""
+    doc = Path(__file__).resolve().parents[1] / "docs" / "readings.md"
+    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), flags=re.S)
+    assert blocks, "docs/readings.md lost its example"
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(blocks[0], "docs/readings.md", "exec"), ns)  # noqa: S102 - our own documentation
+    df, old, every = ns["df"], ns["old"], ns["every"]
+    assert set(df["reading"]) == {"expert/at_router/running"} and set(old["reading"]) == {"visit/after_use/visit"}
+    assert every["reading"].nunique() == 6 and every["below_token_cycle"].all()

@@ -4,6 +4,7 @@ each rule (late prefetch, FIFO queue, Least-Stale re-marking, arrival batches)."
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -14,8 +15,11 @@ from specmd_jax import reference, synthetic
 from specmd_jax.prefetch import PrefetchConfig, PrefetchPlan, make_plan, visit_mass
 from specmd_jax.reference_timed import COUNTERS, simulate_timed
 from specmd_jax.semantics import POLICIES
-from specmd_jax.timing import INSTANT, Hardware, to_ticks
+from specmd_jax.timing import INSTANT, VISIT_READING, Hardware, to_ticks
 from specmd_jax.trace import DECODE, ModelShape, make_trace
+
+# this module was written for the whole-visit reading; the other readings: tests/test_*readings*.py
+simulate_timed = functools.partial(simulate_timed, reading=VISIT_READING)
 
 SLOW = Hardware(bandwidth_gbps=0.5, latency_us=20.0, decode_layer_us=100.0)
 

@@ -4,6 +4,7 @@ never change a set, and the reference's proxies account for rerouted mass."""
 
 from __future__ import annotations
 
+import functools
 import numpy as np
 import pytest
 
@@ -12,8 +13,11 @@ from specmd_jax.miss import MissConfig, proxy_rates
 from specmd_jax.prefetch import PrefetchConfig, make_plan
 from specmd_jax.reference_timed import simulate_timed
 from specmd_jax.routing import RoutingConfig, gap_means, route_rows
-from specmd_jax.timing import Hardware
+from specmd_jax.timing import VISIT_READING, Hardware
 from specmd_jax.trace import ModelShape, TraceError, load_npz, make_trace, save_trace
+
+# this module was written for the whole-visit reading; the other readings: tests/test_*readings*.py
+simulate_timed = functools.partial(simulate_timed, reading=VISIT_READING)
 
 HW = Hardware(bandwidth_gbps=2.0, latency_us=5.0, decode_layer_us=80.0)
 

@@ -5,18 +5,24 @@ and without (candidates only: the order changes, so drop_priority ranks do)."""
 
 from __future__ import annotations
 
+import functools
 import numpy as np
 import pandas as pd
 import pytest
 
-from specmd_jax import synthetic
+from specmd_jax import api_prefetch, synthetic
 from specmd_jax.engine import COUNTER_NAMES
 from specmd_jax.miss import PRECISION_PRESETS, MissConfig
 from specmd_jax.prefetch import PrefetchConfig, PrefetchPlan, make_plan
 from specmd_jax.prefetch_runner import run_async
 from specmd_jax.reference_timed import simulate_timed
 from specmd_jax.routing import RoutingConfig
-from specmd_jax.timing import Hardware
+from specmd_jax.timing import VISIT_READING, Hardware
+
+# this module was written for the whole-visit reading; the other readings: tests/test_*readings*.py
+simulate_timed = functools.partial(simulate_timed, reading=VISIT_READING)
+run_async = functools.partial(run_async, reading=VISIT_READING)
+sweep_prefetch = functools.partial(api_prefetch.sweep_prefetch, reading=VISIT_READING.label)
 
 HWS = [Hardware(bandwidth_gbps=3.0, latency_us=5.0, decode_layer_us=80.0, prefill_layer_us=60.0, prefill_token_us=4.0),
        Hardware(bandwidth_gbps=0.5, latency_us=20.0, decode_layer_us=100.0)]
@@ -98,15 +104,14 @@ def test_lam_zero_is_the_standard_run_and_refusals():
 
 
 def test_sweep_prefetch_routing_list_one_program_equals_reference():
-    """``sj.sweep_prefetch(routing=[...])``: lam is one more vmapped axis on the asynchronous JAX
+    """``sweep_prefetch(routing=[...])``: lam is one more vmapped axis on the asynchronous JAX
     engine, and the whole table (counters, times, proxies) equals the reference engine's."""
-    import specmd_jax as sj
     t = _olmoe(seed=10)
     routs = [RoutingConfig(), RoutingConfig("cache_aware", 0.5), RoutingConfig("cache_aware", 2.0)]
     kw = dict(capacities=[40, 200], prefetch=PrefetchConfig("recorded", "topk"), hardware=HWS[:1],
               miss=[MissConfig(), MissConfig("drop_priority", rank_threshold=1)], routing=routs)
-    a = sj.sweep_prefetch(t, "lru", engine="jax", **kw)
-    b = sj.sweep_prefetch(t, "lru", engine="reference", **kw)
+    a = sweep_prefetch(t, "lru", engine="jax", **kw)
+    b = sweep_prefetch(t, "lru", engine="reference", **kw)
     assert set(a["engine"]) == {"jax-async"} and set(b["engine"]) == {"reference-async"} and len(a) == 12
     assert a["routing"].tolist() == b["routing"].tolist()
     assert a["routing"].iloc[:3].tolist() == ["standard", "cache_aware(lam=0.5)", "cache_aware(lam=2)"]

@@ -110,3 +110,20 @@ def test_report_quick_runs_every_experiment(tmp_path):
     assert "not available" not in page and page.count("\n| ") > 10
     for d in ("calibration", "collisions", "fig6", "table2", "table1", "prefetch_study", "tune_score"):
         assert any((tmp_path / d).iterdir()), d
+
+
+@pytest.mark.slow
+def test_readings_experiment_quick(tmp_path):
+    """experiments/readings.py on tiny traces: every reading's collisions and re-run tables, and a
+    paper table with one column per reading and a verdict per claim."""
+    _run("readings.py", tmp_path, timeout=1800)
+    paper = pd.read_csv(tmp_path / "paper.csv")
+    from specmd_jax.timing import READINGS
+    assert all(r.label in paper.columns for r in READINGS) and len(paper) >= 15
+    coll = pd.read_csv(tmp_path / "collisions.csv")
+    assert coll["reading"].nunique() == 6 and coll["collision_rate"].between(0, 1).all()
+    assert (coll["below_token_cycle"] == (coll["capacity_slots"] < coll["token_cycle_slots"])).all()
+    for r in READINGS:
+        assert (tmp_path / r.slug / "table2" / "table2.csv").exists()
+    text = (tmp_path / "readings.md").read_text()
+    assert "What each reading reproduces" in text and "The LRU cliff" in text
