@@ -59,3 +59,13 @@ def random_trace(L=3, E=6, K=2, P=12, max_tokens=3, seed=0, weights=True, empty_
     w = rng.random((len(rows), K)).astype(np.float32) if weights else None
     return make_trace(ModelShape("rand", L, E, K, 100), np.zeros(P), phase, toks, off,
                       np.array(rows).reshape(-1, K), w, source=f"random_trace(seed={seed})")
+
+
+def hand_plan(t, per_visit):
+    """A prefetch plan written by hand: ``per_visit[s]`` = the ids proposed after visit ``s``."""
+    from specmd_jax.prefetch import PrefetchConfig, PrefetchPlan
+    Q = max(1, max(len(v) for v in per_visit))
+    ids = np.full((t.num_visits, Q), -1, np.int32)
+    for s, v in enumerate(per_visit):
+        ids[s, : len(v)] = v
+    return PrefetchPlan(ids=ids, config=PrefetchConfig("oracle", "all"), source="hand")

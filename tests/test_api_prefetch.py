@@ -64,7 +64,7 @@ def test_async_engines_agree(trace):
     plan = sj.make_plan(trace, pf)
     for _, r in df.iterrows():
         h = HARDWARE_PRESETS[r["hardware"]]
-        ref = simulate_timed(trace, "lru", int(r["capacity_slots"]), plan=plan, hardware=h)
+        ref = simulate_timed(trace, "lru", int(r["capacity_slots"]), plan=plan, hardware=h, reading=VISIT_READING)
         assert [r[k] for k in ("hits", "late", "misses", "collisions", "pf_wasted")] == \
             [ref.totals[k] for k in ("hits", "late", "misses", "collisions", "pf_wasted")]
         assert r["stall_ms"] == pytest.approx(ref.totals["stall_ticks"] * 1e-4)

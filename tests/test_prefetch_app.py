@@ -48,8 +48,8 @@ def test_execution_reading_from_the_command_line_and_as_a_multirun_axis(tmp_path
     _run(["-m", *TINY, "execution=visit,expert", "pin=visit,running", "policies=[ls]",
           f"hydra.sweep.dir={tmp_path / 'multi'}"])
     got = sorted(pd.read_csv(f)["reading"].iloc[0] for f in (tmp_path / "multi").glob("*/results.csv"))
-    assert got == ["expert/after_use/running", "expert/after_use/visit", "visit/after_use/running",
-                   "visit/after_use/visit"]
+    assert got == ["expert/at_router/running", "expert/at_router/visit", "visit/at_router/running",
+                   "visit/at_router/visit"]
 
 
 def test_system_with_ls_dropin_over_all_hardware(tmp_path):
@@ -89,9 +89,10 @@ def test_routing_from_the_command_line_and_mixturecache(tmp_path):
     _run([*TINY, "system=mixturecache25", "ls_dropin=false", f"hydra.run.dir={tmp_path / 'mc'}"])
     mc = pd.read_csv(tmp_path / "mc" / "results.csv")
     assert set(mc["routing"]) == {"cache_aware(lam=0.3)"} and set(mc["prefetch"]) == {"none"}
-    # a list of lam values is one vmapped axis of the asynchronous JAX engine
+    # a list of lam values is one vmapped axis of the asynchronous JAX engine (which routes
+    # cache-aware under whole-visit execution; per expert such rows run on the reference)
     _run([*TINY, "policies=[ls]", "routing.policy=cache_aware", "routing.lam=[0.0,0.5,2.0]", "engine=jax",
-          f"hydra.run.dir={tmp_path / 'lams'}"])
+          "execution=visit", "prefetch_issue=after_use", "pin=visit", f"hydra.run.dir={tmp_path / 'lams'}"])
     lams = pd.read_csv(tmp_path / "lams" / "results.csv")
     assert set(lams["engine"]) == {"jax-async"} and len(lams) == 3 * 3
     assert set(lams["routing"]) == {"cache_aware(lam=0)", "cache_aware(lam=0.5)", "cache_aware(lam=2)"}

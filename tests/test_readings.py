@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import random_trace
+from conftest import hand_plan, random_trace
 from specmd_jax import reference
 from specmd_jax.miss import MissConfig
-from specmd_jax.prefetch import PrefetchConfig, PrefetchPlan, make_plan
+from specmd_jax.prefetch import PrefetchConfig, make_plan
 from specmd_jax.reference_timed import COUNTERS, simulate_timed
-from specmd_jax.timing import INSTANT, READINGS, Hardware, Reading, turn_share
+from specmd_jax.timing import DEFAULT_READING, INSTANT, READINGS, VISIT_READING, Hardware, Reading, turn_share
 from specmd_jax.trace import DECODE, PREFILL, ModelShape, make_trace
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -38,14 +38,6 @@ def _trace(cells, L, E, K=1):
                       np.array(rows).reshape(-1, K), None, source="hand")
 
 
-def _plan(t, per_visit):
-    Q = max(1, max(len(v) for v in per_visit))
-    ids = np.full((t.num_visits, Q), -1, np.int32)
-    for s, v in enumerate(per_visit):
-        ids[s, : len(v)] = v
-    return PrefetchPlan(ids=ids, config=PrefetchConfig("oracle", "all"), source="hand")
-
-
 # 10 ticks per copy (1 us latency, free bandwidth); layers compute nothing unless a test says so
 COPY10 = Hardware(bandwidth_gbps=math.inf, latency_us=1.0, decode_layer_us=0.0, prefill_layer_us=0.0,
                   prefill_token_us=0.0)
@@ -54,11 +46,11 @@ COPY10 = Hardware(bandwidth_gbps=math.inf, latency_us=1.0, decode_layer_us=0.0, 
 # --------------------------------------------------------------------------- today's reading
 
 
-def test_default_reading_reproduces_the_recorded_baseline():
+def test_visit_reading_reproduces_the_recorded_baseline():
     """1,965 configurations (8 policies, 3 plans, 3 links, instant and asynchronous prefetch,
     drop/substitute/cascade at two precisions, cache-aware routing) recorded before the readings
     existed (``tests/data/make_timed_baseline.py``): every counter, per-layer count, resident set,
-    pass time and TTFT equal, with the reading left out and with it given explicitly."""
+    pass time and TTFT equal under the whole-visit reading (named, and spelled out)."""
     sys.path.insert(0, str(DATA))
     import make_timed_baseline as mb
     lines = (DATA / "timed_baseline.csv").read_text().splitlines()
@@ -67,7 +59,7 @@ def test_default_reading_reproduces_the_recorded_baseline():
     n = 0
     for (key, t, kw), line in zip(mb.cases(), rows):
         pol = kw.pop("policy")
-        reading = Reading() if n % 2 else None
+        reading = VISIT_READING if n % 2 else Reading("visit", "after_use", "visit")
         d = mb.digest(simulate_timed(t, pol, reading=reading, **kw))
         got = ",".join(str(v) for v in key) + "," + ",".join(str(d[k]) for k in COUNTERS + ("state_sha",))
         assert got == line, f"configuration {key} changed"
@@ -79,7 +71,9 @@ def test_default_reading_reproduces_the_recorded_baseline():
 
 
 def test_reading_validation_and_labels():
-    assert Reading().label == "visit/after_use/visit"
+    assert Reading().label == DEFAULT_READING.label == "expert/at_router/running"
+    assert VISIT_READING.label == "visit/after_use/visit" and READINGS[0] == VISIT_READING
+    assert READINGS[-1] == DEFAULT_READING
     assert Reading.parse("expert/at_router/running") == Reading("expert", "at_router", "running")
     for bad, name in ((("experts", "after_use", "visit"), "execution"), (("visit", "router", "visit"), "prefetch_issue"),
                       (("visit", "after_use", "expert"), "pin")):
@@ -88,7 +82,7 @@ def test_reading_validation_and_labels():
     with pytest.raises(ValueError, match="execution/prefetch_issue/pin"):
         Reading.parse("expert/at_router")
     assert len(READINGS) == 6 and Reading("visit", "at_router", "running") not in READINGS
-    assert Reading("visit", "after_use", "running").canonical == Reading()
+    assert Reading("visit", "after_use", "running").canonical == VISIT_READING
     t = random_trace(seed=0)
     with pytest.raises(TypeError, match="Reading"):
         simulate_timed(t, "lru", 4, reading="expert")
@@ -122,12 +116,13 @@ def test_expert_execution_uses_experts_in_router_order():
     two slots of a 3-slot LRU cache. Whole visits stamp 0, 1, 3 alike (lowest id evicted first:
     0 and 1 go); per-expert execution stamps 3, 1, 0 in that order (3 and 1 go)."""
     t = _trace([[[[3, 1], [0, 3]]], [[[4, 5]]]], L=1, E=6, K=2)
-    assert simulate_timed(t, "lru", 3).resident == [3, 4, 5]
-    for rd in (Reading("expert"), *EXPERT_RUNNING):
+    assert simulate_timed(t, "lru", 3, reading=VISIT_READING).resident == [3, 4, 5]
+    for rd in (Reading("expert", "after_use", "visit"), *EXPERT_RUNNING):
         assert simulate_timed(t, "lru", 3, reading=rd).resident == [0, 4, 5]
+    assert simulate_timed(t, "lru", 3).resident == [0, 4, 5]  # the default reading is per expert
     # FIFO: whole visits insert 0, 1, 3 (ascending id); per expert 3, 1, 0
-    assert simulate_timed(t, "fifo", 3).resident == [3, 4, 5]
-    assert simulate_timed(t, "fifo", 3, reading=Reading("expert")).resident == [0, 4, 5]
+    assert simulate_timed(t, "fifo", 3, reading=VISIT_READING).resident == [3, 4, 5]
+    assert simulate_timed(t, "fifo", 3, reading=Reading("expert", "after_use", "visit")).resident == [0, 4, 5]
 
 
 def test_expert_turns_time_each_copy_and_share_of_compute():
@@ -136,14 +131,14 @@ def test_expert_turns_time_each_copy_and_share_of_compute():
     10), 16 ticks of compute, 0's copy (stall 10), 15 ticks: same total, different stalls."""
     t = _trace([[[[2], [0]]]], L=1, E=4)
     hw = Hardware(bandwidth_gbps=math.inf, latency_us=1.0, prefill_layer_us=3.1, prefill_token_us=0.0)
-    v = simulate_timed(t, "lru", 4, hardware=hw)
-    e = simulate_timed(t, "lru", 4, hardware=hw, reading=Reading("expert"))
+    v = simulate_timed(t, "lru", 4, hardware=hw, reading=VISIT_READING)
+    e = simulate_timed(t, "lru", 4, hardware=hw, reading=Reading("expert", "after_use", "visit"))
     assert v.pass_ticks == e.pass_ticks == [20 + 31]
     assert v.totals["stall_ticks"] == e.totals["stall_ticks"] == 20
     # with expert_us the layer computes n x expert_us in both readings
     hw2 = Hardware(bandwidth_gbps=math.inf, latency_us=1.0, expert_us=0.7)
-    assert simulate_timed(t, "lru", 4, hardware=hw2).pass_ticks == [20 + 14]
-    assert simulate_timed(t, "lru", 4, hardware=hw2, reading=Reading("expert")).pass_ticks == [20 + 14]
+    assert simulate_timed(t, "lru", 4, hardware=hw2, reading=VISIT_READING).pass_ticks == [20 + 14]
+    assert simulate_timed(t, "lru", 4, hardware=hw2, reading=Reading("expert", "after_use", "visit")).pass_ticks == [20 + 14]
 
 
 def test_prefetch_copy_of_a_later_turn_is_a_useful_hit():
@@ -152,9 +147,9 @@ def test_prefetch_copy_of_a_later_turn_is_a_useful_hit():
     copy queues behind 6's until 30), 6's copy arrives in that batch as a prefetch, and 6's turn
     is a hit on a prefetched expert."""
     t = _trace([[[[0], [0]], [[1], [2]]]], L=2, E=4)
-    plan = _plan(t, [[6], []])
-    v = simulate_timed(t, "lru", 8, plan=plan, hardware=COPY10)
-    e = simulate_timed(t, "lru", 8, plan=plan, hardware=COPY10, reading=Reading("expert"))
+    plan = hand_plan(t, [[6], []])
+    v = simulate_timed(t, "lru", 8, plan=plan, hardware=COPY10, reading=VISIT_READING)
+    e = simulate_timed(t, "lru", 8, plan=plan, hardware=COPY10, reading=Reading("expert", "after_use", "visit"))
     assert (v.totals["hits"], v.totals["late"], v.totals["pf_useful"]) == (0, 1, 1)
     assert (e.totals["hits"], e.totals["late"], e.totals["pf_useful"]) == (1, 0, 1)
     assert v.pass_ticks == e.pass_ticks == [30]
@@ -173,7 +168,7 @@ def test_pin_running_lets_an_arrival_evict_an_upcoming_expert():
         run = simulate_timed(t, pol, 2, reading=Reading("expert", "after_use", "running"))
         assert (run.totals["hits"], run.totals["misses"], run.totals["collisions"]) == (0, 4, 1), pol
         assert run.resident == [0, 2] and run.totals["evictions"] == 2
-        for rd in (Reading(), Reading("expert")):
+        for rd in (VISIT_READING, Reading("expert", "after_use", "visit")):
             pinned = simulate_timed(t, pol, 2, reading=rd)
             assert (pinned.totals["hits"], pinned.totals["collisions"]) == (1, 0), (pol, rd)
             assert pinned.resident == [0, 2] and pinned.totals["evictions"] == 1
@@ -189,7 +184,7 @@ def test_at_router_prefetch_lands_between_expert_turns():
     (30), and 6 is resident when layer 1 starts: a hit. Under whole visits the router queues
     both demand copies first, so at_router changes nothing there."""
     t = _trace([[[[0], [1]], [[2], [2]]]], L=2, E=4)
-    plan = _plan(t, [[6], []])
+    plan = hand_plan(t, [[6], []])
 
     def run(rd):
         r = simulate_timed(t, "lru", 8, plan=plan, hardware=COPY10, reading=rd)
@@ -208,7 +203,7 @@ def test_at_router_remark_protects_the_next_layer_under_least_stale_only():
     then 4 collide. After use both evict 2 first and re-fetch it by prefetch: one collision
     each, so the issue point alone decides whether Least-Stale beats LRU here."""
     t = _trace([[[[0]], [[0]], [[0]]], [[[1]], [[0]], [[0]]]], L=3, E=2)
-    plan = _plan(t, [[], [], [], [2], [], []])
+    plan = hand_plan(t, [[], [], [], [2], [], []])
     free = Hardware(bandwidth_gbps=math.inf, latency_us=0.0, decode_layer_us=1.0)
 
     def coll(pol, issue, inst):
@@ -344,9 +339,9 @@ def test_substitute_per_expert_picks_a_stand_in_at_the_turn():
     missing and its stand-in is the resident expert of layer 1 outside the visit's demand, 5,
     which runs in its place; 4 hits. Every reading agrees here."""
     t = _trace([[[[0], [0]], [[0], [1]]], [[[0], [0]], [[2], [0]]]], L=2, E=4)
-    plan = _plan(t, [[4, 5], [], [], []])
+    plan = hand_plan(t, [[4, 5], [], [], []])
     free = Hardware(bandwidth_gbps=math.inf, latency_us=0.0)
-    for rd in (Reading(), Reading("expert"), Reading("expert", "after_use", "running")):
+    for rd in (VISIT_READING, Reading("expert", "after_use", "visit"), Reading("expert", "after_use", "running")):
         r = simulate_timed(t, "lru", 3, plan=plan, hardware=free, miss=MissConfig("substitute"), reading=rd)
         assert (r.totals["substituted"], r.totals["hits"], r.totals["misses"], r.totals["dropped"]) == (1, 3, 3, 2)
         assert r.totals["pairs_substituted"] == 1 and r.resident == [4, 5], rd.label

@@ -8,12 +8,18 @@ from pathlib import Path
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
-    assert blocks, "README has no python example"
+def _run_block(path: Path, i: int, tmp_path, monkeypatch) -> dict:
+    """Execute the ``i``-th fenced Python block of ``path`` in ``tmp_path``; its namespace."""
+    blocks = re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
+    assert len(blocks) > i, f"{path.name} lost its Python example {i}"
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
-    exec(compile(blocks[0], "README.md", "exec"), ns)  # noqa: S102 - our own documentation
+    exec(compile(blocks[i], path.name, "exec"), ns)  # noqa: S102 - our own documentation
+    return ns
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
+    ns = _run_block(README, 0, tmp_path, monkeypatch)
     df, big, mrc = ns["df"], ns["big"], ns["mrc"]
     assert len(df) == 3 and df["hit_rate"].between(0, 1).all()
     assert len(big) == 64 * 3 and set(big["seed"]) == {0, 1, 2}
@@ -23,11 +29,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
 
 
 def test_readme_prefetch_example_runs(tmp_path, monkeypatch):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
-    assert len(blocks) >= 2, "README lost its prefetch example"
-    monkeypatch.chdir(tmp_path)
-    ns: dict = {}
-    exec(compile(blocks[1], "README.md", "exec"), ns)  # noqa: S102 - our own documentation
+    ns = _run_block(README, 1, tmp_path, monkeypatch)
     fast, slow = ns["fast"], ns["slow"]
     assert len(fast) == len(slow) == 4
     assert set(fast["engine"]) == {"jax-instant"} and set(slow["engine"]) == {"reference-async"}
@@ -37,12 +39,7 @@ def test_readme_prefetch_example_runs(tmp_path, monkeypatch):
 def test_docs_readings_example_runs(tmp_path, monkeypatch):
     """docs/readings.md's Python example runs as written: the default reading, the whole-visit
     reading by label, and every reading in one call, each row labelled."""
-    doc = Path(__file__).resolve().parents[1] / "docs" / "readings.md"
-    blocks = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), flags=re.S)
-    assert blocks, "docs/readings.md lost its example"
-    monkeypatch.chdir(tmp_path)
-    ns: dict = {}
-    exec(compile(blocks[0], "docs/readings.md", "exec"), ns)  # noqa: S102 - our own documentation
+    ns = _run_block(README.parent / "docs" / "readings.md", 0, tmp_path, monkeypatch)
     df, old, every = ns["df"], ns["old"], ns["every"]
     assert set(df["reading"]) == {"expert/at_router/running"} and set(old["reading"]) == {"visit/after_use/visit"}
     assert every["reading"].nunique() == 6 and every["below_token_cycle"].all()

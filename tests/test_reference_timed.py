@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import random_trace
+from conftest import hand_plan, random_trace
 from specmd_jax import reference, synthetic
 from specmd_jax.prefetch import PrefetchConfig, PrefetchPlan, make_plan, visit_mass
 from specmd_jax.reference_timed import COUNTERS, simulate_timed
@@ -133,14 +133,6 @@ def _tiny(cells, L=2, E=4):
                       np.arange(P * L + 1), np.array(rows), None, source="tiny")
 
 
-def _plan(t, per_visit):
-    Q = max(1, max(len(v) for v in per_visit))
-    ids = np.full((t.num_visits, Q), -1, np.int32)
-    for s, v in enumerate(per_visit):
-        ids[s, : len(v)] = v
-    return PrefetchPlan(ids=ids, config=PrefetchConfig("oracle", "all"), source="hand")
-
-
 HW = Hardware(bandwidth_gbps=1.0, latency_us=0.0, decode_layer_us=300.0)  # 1 MB: copy 1000 us
 
 
@@ -149,7 +141,7 @@ def test_late_prefetch_partial_stall():
     (id 5) starts after it and finishes 1000 us after t_ready, 700 us after layer 0's compute:
     visit (0, 1) is late by exactly 700 us."""
     t = _tiny([[0, 1]])
-    r = simulate_timed(t, "lru", 8, plan=_plan(t, [[5], []]), hardware=HW)
+    r = simulate_timed(t, "lru", 8, plan=hand_plan(t, [[5], []]), hardware=HW)
     assert r.totals["misses"] == 1 and r.totals["late"] == 1 and r.totals["pf_useful"] == 1
     assert r.per_layer["stall_ticks"] == [to_ticks(1e-3), to_ticks(0.7e-3)]
     assert r.pass_ticks == [to_ticks(1e-3 + 0.3e-3 + 0.7e-3 + 0.3e-3)]
@@ -159,7 +151,7 @@ def test_demand_miss_queues_behind_inflight_prefetch():
     """A wrong prefetch (id 6) issued at (0, 0) occupies the engine; the demand miss at (0, 1)
     (id 5) waits for it: FIFO, no priority, no cancellation."""
     t = _tiny([[0, 1]])
-    r = simulate_timed(t, "lru", 8, plan=_plan(t, [[6], []]), hardware=HW)
+    r = simulate_timed(t, "lru", 8, plan=hand_plan(t, [[6], []]), hardware=HW)
     assert r.totals["misses"] == 2 and r.totals["late"] == 0
     # layer 1 starts at 1300 us; the prefetch ends at 2000 us; the miss then copies until 3000 us
     assert r.per_layer["stall_ticks"] == [to_ticks(1e-3), to_ticks(1.7e-3)]
@@ -173,7 +165,7 @@ def test_least_stale_remarks_resident_prefetch_lru_does_not():
     5 (least recent); Least-Stale re-marks 5 current, so the victim is 2 (current, earlier
     layer). Without the proposal Least-Stale evicts the stale 5, like LRU."""
     t = _tiny([[0, 1], [2, 2]])
-    plan = _plan(t, [[], [], [5], []])
+    plan = hand_plan(t, [[], [], [5], []])
     hw = Hardware(bandwidth_gbps=math.inf, latency_us=0.0)
     assert simulate_timed(t, "lru", 2, plan=plan, hardware=hw).resident == [2, 6]
     assert simulate_timed(t, "ls", 2, hardware=hw).resident == [2, 6]
@@ -188,7 +180,7 @@ def test_arrival_batch_admits_demand_first_and_drops_prefetch_without_room():
     first (evicting 0); 6 finds no evictable slot (5 is pinned) and is dropped. Completion order
     alone would have cached 6 and bypassed the demanded 5."""
     t = _tiny([[0, 1]])
-    r = simulate_timed(t, "lru", 1, plan=_plan(t, [[6, 5], []]), hardware=HW)
+    r = simulate_timed(t, "lru", 1, plan=hand_plan(t, [[6, 5], []]), hardware=HW)
     T = r.totals
     assert (T["misses"], T["late"], T["pf_issued"], T["pf_arrived"], T["pf_dropped"]) == (1, 1, 2, 1, 1)
     assert r.resident == [5] and T["evictions"] == 1 and T["bypass"] == 0
@@ -202,6 +194,6 @@ def test_free_copies_arrive_in_issue_order():
     have kept 4 and 6); at (0, 1) the miss on 5 evicts 0, the least recent."""
     t = _tiny([[0, 1]], E=4)
     free = Hardware(bandwidth_gbps=math.inf, latency_us=0.0, decode_layer_us=100.0)
-    r = simulate_timed(t, "lru", 3, plan=_plan(t, [[7, 4, 6], []]), hardware=free)
+    r = simulate_timed(t, "lru", 3, plan=hand_plan(t, [[7, 4, 6], []]), hardware=free)
     assert r.totals["pf_arrived"] == 3 and r.totals["pf_dropped"] == 1
     assert r.resident == [4, 5, 7] and r.totals["evictions"] == 1

@@ -124,6 +124,7 @@ def test_prefill_misses_and_ttft_equal_the_timed_reference(small):
     hws = list(sj.HARDWARE_PRESETS.values())
     for name in ("lru", "ls"):
         ref = sj.sweep_prefetch(small, name, capacities=[20, 200], prefetch=None, hardware=hws, timing="async",
+                                reading="visit/after_use/visit",  # the score engine replays whole visits
                                 engine="reference")
         r = run_scores(small, np.stack([preset_weights(name, st.num_steps)] * 2), [20, 200], st)
         for hw in hws:
