@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from . import checks
 from .engine import COUNTER_NAMES
 from .semantics import POLICIES
 from .runner import run_configs
@@ -85,7 +86,7 @@ def _table(trace, policy, mode, partitioned, caps, seeds, fracs, tot, maxocc) ->
     df.insert(4, "partitioned", bool(partitioned))
     df.insert(5, "capacity_slots", caps)
     df.insert(6, "capacity_fraction", fracs if fracs is not None else caps / s.num_ids)
-    df.insert(7, "capacity_bytes", caps * s.expert_bytes)
+    df.insert(7, "capacity_bytes", checks.capacity_bytes(caps, s.expert_bytes))
     df.insert(8, "seed", seeds)
     df["bytes_moved"] = df["misses"] * s.expert_bytes
     d = df["demands"].where(df["demands"] > 0)
@@ -131,8 +132,8 @@ def sweep(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None,
         caps = capacity_slots(trace, fractions)
         fr = np.atleast_1d(np.asarray(fractions, np.float64))
     else:
-        caps = np.atleast_1d(np.asarray(capacities, np.int64))
-    seeds = np.atleast_1d(np.asarray(seeds, np.int64))
+        caps = checks.capacities(capacities)
+    seeds = checks.seeds(seeds)
     C, Sd = np.meshgrid(np.arange(len(caps)), np.arange(len(seeds)), indexing="ij")
     ci, si = C.reshape(-1), Sd.reshape(-1)
     r = run_auto(trace, policy, caps[ci], seeds[si], mode=mode, partitioned=partitioned, engine=engine,
@@ -159,7 +160,9 @@ def simulate(trace: Trace, policy: str, capacity: Optional[int] = None, *,
     """One configuration, unbatched; returns that configuration's row of the tidy table."""
     if (capacity is None) == (fraction is None):
         raise ValueError("give exactly one of capacity= (slots) or fraction=")
-    cap = int(capacity_slots(trace, [fraction])[0]) if fraction is not None else int(capacity)
+    cap = int(capacity_slots(trace, [fraction])[0] if fraction is not None
+              else checks.capacities(capacity, name="capacity")[0])
+    seed = int(checks.seeds(seed, name="seed")[0])
     r = run_configs(trace, policy, [cap], [seed], mode=mode, partitioned=partitioned, batched=False)
     df = _table(trace, policy, mode, partitioned, np.array([cap]), np.array([seed]),
                 None if fraction is None else np.array([fraction]), r.totals, r.max_occupancy)

@@ -26,6 +26,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
+from . import checks
 from .api import capacity_slots, token_cycle
 from .engine import COUNTER_NAMES
 from .engine_async import ASYNC_POLICIES
@@ -111,8 +112,10 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
             per-expert execution with ``substitute`` or cache-aware routing runs on the reference.
         engine: ``"jax"`` (the vmapped kernels where they exist), ``"reference"`` (always the
             exact Python reference) or ``"auto"``: JAX, except asynchronous sweeps of fewer than
-            ``AUTO_ASYNC_MIN_CONFIGS`` configurations, where the reference is faster. Every
-            engine gives the same numbers (tested); each row names the one that ran.
+            ``AUTO_ASYNC_MIN_CONFIGS`` configurations, where the reference is faster, and
+            settings whose passes could outlast the asynchronous kernel's int32 clock (214 s per
+            pass; :func:`~specmd_jax.prefetch_runner.async_tick_problem`), where ``"jax"`` raises.
+            Every engine gives the same numbers (tested); each row names the one that ran.
 
     Returns:
         One row per (prefetch setting, capacity, hardware): parameters, ``engine``, the demand
@@ -141,6 +144,7 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     else:
         readings = [Reading(e, i, p) for e in axis("execution", execution) for i in axis("prefetch_issue", prefetch_issue)
                     for p in axis("pin", pin)]
+    hardware = checks.hardware_list(hardware)
     frames = [_sweep_reading(trace, policy, capacities, fractions=fractions, prefetch=prefetch, hardware=hardware,
                              timing=timing, train=train, progress=progress, miss=miss, precision=precision,
                              routing=routing, engine=engine, score_weights=score_weights, reading=rd)
@@ -183,7 +187,7 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
     elif fractions is not None:
         caps = capacity_slots(trace, fractions)
     else:
-        caps = np.atleast_1d(np.asarray(capacities, np.int64))
+        caps = checks.capacities(capacities)
     fr = np.atleast_1d(np.asarray(fractions, np.float64)) if fractions is not None else caps / trace.shape.num_ids
     hws = list(hardware)
     settings = list(prefetch) if isinstance(prefetch, (list, tuple)) else [prefetch]
@@ -209,6 +213,9 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
     expert = reading.execution == "expert"
     async_ok = (use_jax and one_kind and policy in ASYNC_POLICIES and not (routed and substitute)
                 and not (expert and (routed or substitute)))
+    if async_ok and timing == "async" and engine == "auto":   # "jax" raises on it, naming the profile
+        from .prefetch_runner import async_tick_problem
+        async_ok = async_tick_problem(trace, hws, prec, [p.ids for p in plans if p is not None], routed) is None
     if timing == "instant" and jax_ok and R == 1 and policy in PF_POLICIES:
         from .prefetch_runner import NO_DROP, run_instant, timing as time_of  # jax only when used
         drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]

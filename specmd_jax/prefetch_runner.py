@@ -18,11 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from . import checks
 from .engine import GONE
 from .engine_pf import PfParams, PfSpec, PfVisit, make_pf_policy, pf_counter_names
 from .prefetch import PrefetchPlan
 from .semantics import SB_SCALE
-from .timing import Hardware, Reading, to_ticks
+from .timing import TICK_S, Hardware, Reading, to_ticks
 from .trace import PREFILL, Trace
 from .turns import prepare_turns
 from .visits import prepare_steps
@@ -252,9 +253,7 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
     S = steps.num_steps
     plans, stack, depth = _plans(plan, S, trace.source)
     multi = len(plans) > 1
-    caps0 = np.atleast_1d(np.asarray(capacities, np.int64))
-    if np.any(caps0 < 0) or np.any(caps0 > 16000):
-        raise ValueError("capacities must be in [0, 16000]")
+    caps0 = checks.capacities(capacities, limit=16000, why="the instant kernel ranks residents in int16")
     drops = np.atleast_1d(np.asarray([NO_DROP] if drop_ranks is None else drop_ranks, np.int64))
     if np.any(drops < 0):
         raise ValueError(f"drop ranks must be >= 0, got {drops.tolist()}")
@@ -385,6 +384,44 @@ class AsyncResult:
     routing_index: np.ndarray = None  # int64[B] index into run_async's ``routing`` list
 
 
+def async_tick_problem(trace: Trace, hardware, precision=None, plan_ids=(), routed: bool = False):
+    """Why the asynchronous kernel's int32 clock could not hold a pass of ``trace`` on one of
+    ``hardware`` (a message naming the profile and its numbers), or ``None`` when it can.
+
+    The kernel keeps times in int32 ticks relative to the pass start (2**31 ticks = 214 s). A
+    pass lasts at most its layers' compute plus the copy engine's work since the pass started:
+    the copies still queued from before (at most one per expert, ``N``) and the pass's own
+    demand misses and proposals, each at the slowest precision level's copy time. That bound,
+    and every per-copy and per-layer number, must fit; otherwise the kernel's casts would wrap
+    (the reference, in Python integers, has no limit)."""
+    from .miss import Precision
+    prec = precision if precision is not None else Precision()
+    steps = prepare_steps(trace, "pinned")
+    L, E, K = trace.shape.num_layers, trace.shape.num_experts, trace.shape.top_k
+    dem = np.sum(steps.ids >= 0, axis=1).astype(np.int64)
+    if routed:      # a routed visit demands at most min(E, tokens x K) experts
+        dem = np.maximum(dem, np.minimum(E, np.diff(trace.cell_offsets).astype(np.int64) * K))
+    prop = np.zeros(steps.num_steps, np.int64)
+    for ids in plan_ids:
+        prop = np.maximum(prop, np.sum(np.asarray(ids) >= 0, axis=1))
+    copies = int(np.bincount(steps.pass_, weights=dem + prop, minlength=1).max()) + L * E
+    tok = int(trace.pass_tokens.max(initial=0))
+    eb = trace.shape.expert_bytes
+    for h in hardware:
+        x = max(h.transfer_ticks(prec.level_bytes(eb, i)) for i in range(len(prec.units)))
+        layer = max(h.compute_ticks(False, 0), h.compute_ticks(True, tok),
+                    h.layer_ticks(False, 0, int(dem.max(initial=0))))
+        bound = L * layer + copies * x
+        if bound > checks.INT32_MAX:
+            return (f"hardware {h.name!r} (bandwidth_gbps={h.bandwidth_gbps!r}, latency_us={h.latency_us!r}, "
+                    f"decode_layer_us={h.decode_layer_us!r}, prefill_layer_us={h.prefill_layer_us!r}, "
+                    f"prefill_token_us={h.prefill_token_us!r}, expert_us={h.expert_us!r}): one copy takes {x} "
+                    f"ticks and a layer up to {layer}, so a pass of trace {trace.source} can last up to "
+                    f"{bound} ticks, past the asynchronous kernel's int32 clock ({checks.INT32_MAX} ticks = "
+                    f"{checks.INT32_MAX * TICK_S:.0f} s per pass); engine='reference' is exact at any scale")
+    return None
+
+
 @functools.lru_cache(maxsize=None)
 def _async_runner(spec, multi: bool = False):
     from .engine_async import AsyncVisit, make_async_policy
@@ -442,20 +479,26 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
     steps = prepare_steps(trace, "pinned")
     plans, stack, _ = _plans(plan, steps.num_steps, trace.source)
     multi = len(plans) > 1
-    caps0 = np.atleast_1d(np.asarray(capacities, np.int64))
-    hws = list(hardware)
-    if np.any(caps0 < 0) or np.any(caps0 > (16000 if prec.units == (1,) else 2 ** 28)):
-        raise ValueError("capacities must be in [0, 16000] slots (or units)")
+    caps0 = checks.capacities(capacities, limit=16000 if prec.units == (1,) else 2 ** 28,
+                              why="the asynchronous kernel ranks residents in int16 (int32 units at mixed precision)")
+    hws = checks.hardware_list(hardware)
     caps = np.tile(caps0, len(plans))
     H = len(hws)
     M = len(misses)
     B = len(caps) * H * M * R
     eb = trace.shape.expert_bytes
     NL = len(prec.units)
+    problem = async_tick_problem(trace, hws, prec, [p.ids for p in plans], routed)
+    if problem is not None:
+        raise ValueError(problem)
     xlv = np.array([[h.transfer_ticks(prec.level_bytes(eb, i)) for i in range(NL)] for h in hws], np.int64)
     hw_num = np.array([[h.compute_ticks(False, 0), h.compute_ticks(True, 0),
                         h.compute_ticks(True, 1) - h.compute_ticks(True, 0),
                         -1 if h.expert_us is None else to_ticks(h.expert_us * 1e-6)] for h in hws], np.int64)
+    for hi, h in enumerate(hws):   # every number cast to int32 below (the pass bound above covers most)
+        for nm, v in zip(("transfer ticks", "decode layer ticks", "prefill layer ticks", "prefill token ticks",
+                          "expert ticks"), (*xlv[hi], *hw_num[hi])):
+            checks.int32_fits(f"hardware {h.name!r}: {nm}", v, "ticks of 100 ns")
     cap_b = np.repeat(caps, H * M * R)
     hb = np.tile(np.repeat(np.arange(H), M * R), len(caps))
     mb = np.tile(np.repeat(np.arange(M), R), len(caps) * H)

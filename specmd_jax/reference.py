@@ -11,6 +11,7 @@ import dataclasses
 import heapq
 from typing import Optional
 
+from . import checks
 from .semantics import INF_STEP, MODES, POLICIES, SB_SCALE, layer_capacity, rand_u32
 
 COUNTERS = ("demands", "hits", "misses", "collisions", "evictions", "bypass")
@@ -132,6 +133,8 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
         raise ValueError(f"unknown policy {policy!r}; known: {POLICIES}")
     if policy == "sb" and trace.weights is None:
         raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
+    capacity = int(checks.capacities(capacity, name="capacity")[0])
+    seed = int(checks.seeds(seed, name="seed")[0])
     L, E = trace.shape.num_layers, trace.shape.num_experts
     steps = list(steps_of(trace, mode))
     nxt = _next_uses(steps) if policy == "belady" else None

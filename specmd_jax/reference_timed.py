@@ -13,6 +13,7 @@ import dataclasses
 
 import numpy as np
 
+from . import checks
 from .miss import PROXY_COUNTERS, MissConfig, Precision, check_levels, decide, row_details
 from .routing import RoutingConfig, gap_means, route_rows
 from .reference import floyd_pick, policy_key, steps_of
@@ -81,6 +82,12 @@ class _Replay:
 
     def __init__(self, trace, policy, capacity, *, plan, hardware, instant_prefetch, partitioned, seed,
                  precision, miss, routing, weights, reading):
+        capacity = int(checks.capacities(capacity, name="capacity")[0])
+        seed = int(checks.seeds(seed, name="seed")[0])
+        hws = checks.hardware_list(hardware)
+        if len(hws) != 1:
+            raise ValueError(f"hardware: one profile per replay, got {len(hws)} (sweep_prefetch takes a list)")
+        hardware = hws[0]
         self.score_w = None
         if policy == "score":
             if weights is None or len(weights) != NF:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from . import checks
 from .engine import COUNTER_NAMES, GONE, Params, Spec, Visit, make_policy
 from .semantics import INF_STEP, MODES, POLICIES
 from .trace import Trace
@@ -172,12 +173,8 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if policy == "sb" and trace.weights is None:
         raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
-    caps = np.atleast_1d(np.asarray(capacities, np.int64))
-    if np.any(caps < 0):
-        raise ValueError(f"capacities must be >= 0, got {caps[caps < 0][:5].tolist()}")
-    if np.any(caps > 32000):
-        raise ValueError("capacities above 32000 slots are not supported (int16 ranks)")
-    seeds = np.zeros_like(caps) if seeds is None else np.atleast_1d(np.asarray(seeds, np.int64))
+    caps = checks.capacities(capacities, limit=32000, why="the scan ranks residents in int16")
+    seeds = np.zeros_like(caps) if seeds is None else checks.seeds(seeds)
     if seeds.shape != caps.shape:
         raise ValueError(f"seeds shape {seeds.shape} != capacities shape {caps.shape}")
     if not batched and caps.shape[0] != 1:
@@ -207,7 +204,7 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
     segments = (_width_segments(steps, L, trace.shape.top_k) if split_widths
                 else [(0, steps.num_steps, steps.width)])
     S = steps.num_steps
-    params = Params(capacity=jnp.asarray(caps, jnp.int32), seed=jnp.asarray(seeds % 2 ** 32, jnp.uint32))
+    params = Params(capacity=jnp.asarray(caps, jnp.int32), seed=jnp.asarray(seeds, jnp.uint32))
     if not batched:
         params = jax.tree.map(lambda a: a[0], params)
     # one compiled program per width class; the state does not depend on the width

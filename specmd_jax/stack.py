@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from . import checks
 from .engine import COUNTER_NAMES
 from .runner import RunResult, run_configs
 from .semantics import INF_STEP, MODES
@@ -247,7 +248,7 @@ def run_stack(trace: Trace, capacities, *, mode: str = "pinned", partitioned: bo
     N = L * E
     if N > 32000:
         raise ValueError(f"the stack path holds depths in int16; L*E = {N} is above 32000")
-    caps = np.atleast_1d(np.asarray(capacities, np.int64))
+    caps = checks.capacities(capacities)
     ok = exact_mask(steps, caps, L, partitioned)
     if not np.all(ok):
         raise ValueError(f"capacities {caps[~ok][:5].tolist()} are below the largest visit demand of "
@@ -318,7 +319,7 @@ def run_auto(trace: Trace, policy: str, capacities, seeds=None, *, mode: str = "
     stack path for ``lru``/``ls``/``belady`` configurations where it is exact and the scan for the rest."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be 'auto', 'scan' or 'stack', got {engine!r}")
-    caps = np.atleast_1d(np.asarray(capacities, np.int64))
+    caps = checks.capacities(capacities)
     if engine == "stack" and policy not in STACK_POLICIES:
         raise ValueError(f"engine='stack' serves {STACK_POLICIES} only, not {policy!r}")
     if engine == "scan" or policy not in STACK_POLICIES or scan_kwargs.get("record"):

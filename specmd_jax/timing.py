@@ -91,6 +91,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Optional
 
 TICK_S = 1e-7  # one tick = 100 ns
@@ -168,6 +169,8 @@ def to_ticks(seconds: float) -> int:
     """Seconds to whole ticks (nearest); ``inf`` is refused."""
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"a time must be finite and >= 0, got {seconds!r} s")
+    if seconds / TICK_S > 2 ** 62:   # sums of such ticks would overflow the timing model's int64
+        raise ValueError(f"a time of {seconds!r} s is over 2**62 ticks of 100 ns (about 14,600 years)")
     return int(round(seconds / TICK_S))
 
 
@@ -197,6 +200,11 @@ class Hardware:
     expert_us: Optional[float] = None
 
     def __post_init__(self):
+        for f in ("bandwidth_gbps", "latency_us", "decode_layer_us", "prefill_layer_us", "prefill_token_us",
+                  "expert_us"):
+            v = getattr(self, f)
+            if not (v is None and f == "expert_us") and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                raise TypeError(f"Hardware {self.name!r}: {f} must be a number, got {v!r} ({type(v).__name__})")
         if not (self.bandwidth_gbps > 0):
             raise ValueError(f"bandwidth_gbps must be > 0 (inf allowed), got {self.bandwidth_gbps!r}")
         for f in ("latency_us", "decode_layer_us", "prefill_layer_us", "prefill_token_us"):
@@ -205,11 +213,19 @@ class Hardware:
                 raise ValueError(f"{f} must be finite and >= 0, got {v!r}")
         if self.expert_us is not None and not (math.isfinite(self.expert_us) and self.expert_us >= 0):
             raise ValueError(f"expert_us must be None or finite and >= 0, got {self.expert_us!r}")
+        for f in ("latency_us", "decode_layer_us", "prefill_layer_us", "prefill_token_us", "expert_us"):
+            v = getattr(self, f)
+            if v is not None and v * 1e-6 / TICK_S > 2 ** 62:   # sums would overflow the int64 timing
+                raise ValueError(f"{f}={v!r} is over 2**62 ticks of 100 ns (about 14,600 years)")
 
     def transfer_ticks(self, expert_bytes: int) -> int:
         """Ticks to copy one expert: latency + bytes / bandwidth (each rounded to ticks)."""
-        copy = 0 if math.isinf(self.bandwidth_gbps) else to_ticks(expert_bytes / (self.bandwidth_gbps * 1e9))
-        return to_ticks(self.latency_us * 1e-6) + copy
+        try:
+            copy = 0 if math.isinf(self.bandwidth_gbps) else to_ticks(expert_bytes / (self.bandwidth_gbps * 1e9))
+            return to_ticks(self.latency_us * 1e-6) + copy
+        except ValueError as e:
+            raise ValueError(f"hardware {self.name!r} (bandwidth_gbps={self.bandwidth_gbps!r}, latency_us="
+                             f"{self.latency_us!r}): copying {expert_bytes} bytes: {e}") from None
 
     def compute_ticks(self, prefill: bool, tokens: int) -> int:
         """Ticks one layer computes in a pass of ``tokens`` tokens."""
