@@ -7,8 +7,8 @@ A reader must never let a small file claim a big allocation: header claims (``n_
 * The ``(pass, layer)`` grid: at most :func:`max_cells` cells for ``R`` routed rows (a grid that is
   almost all empty cells is refused; real traces have about one row per cell or more).
 * Request ids, pass tokens fit int32; ``expert_bytes <= MAX_EXPERT_BYTES``.
-* ``.csv``/``.jsonl``: at most ``SPECMD_MAX_TEXT_BYTES`` (default 256 MiB; parsing holds about
-  30 bytes of Python objects per byte of text), lines at most ``MAX_LINE_CHARS``, UTF-8 (a BOM is
+* ``.csv``/``.jsonl``: at most ``SPECMD_MAX_TEXT_BYTES`` (default 128 MiB; parsing holds about
+  30 bytes of Python objects per byte of text, so about 4 GB at the limit), lines at most ``MAX_LINE_CHARS``, UTF-8 (a BOM is
   accepted, CRLF too); compressed or binary input is refused with what it looks like.
 * ``.npz``: the arrays' total size claimed by their ``.npy`` headers at most
   ``SPECMD_MAX_NPZ_BYTES`` (default 4 GiB), every header checked before any data is read.
@@ -33,7 +33,7 @@ MAX_EXPERT_BYTES = 2 ** 48         # bytes of one expert: 32000 of them still fi
 MAX_LINE_CHARS = 1 << 20           # one line of a text trace
 MAX_HEADER_BYTES = 1 << 16         # one .npy header
 MAX_META_CHARS = 1 << 22           # the npz 'meta' JSON string
-DEFAULT_MAX_TEXT_BYTES = 256 << 20
+DEFAULT_MAX_TEXT_BYTES = 128 << 20
 DEFAULT_MAX_NPZ_BYTES = 4 << 30
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -72,7 +72,7 @@ def _env_bytes(name: str, default: int) -> int:
 
 
 def max_text_bytes() -> int:
-    """Largest ``.csv``/``.jsonl`` accepted (``SPECMD_MAX_TEXT_BYTES``, default 256 MiB)."""
+    """Largest ``.csv``/``.jsonl`` accepted (``SPECMD_MAX_TEXT_BYTES``, default 128 MiB)."""
     return _env_bytes("SPECMD_MAX_TEXT_BYTES", DEFAULT_MAX_TEXT_BYTES)
 
 

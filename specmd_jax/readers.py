@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -124,7 +125,7 @@ def _read_preamble(path: str, lines: list[str]):
     for c in _CSV_COLUMNS:
         if c not in cols:
             _err(path, i + 1, c, lines[i].strip(), "missing column in header")
-    dup = sorted({c for c in cols if cols.count(c) > 1})
+    dup = sorted(c for c, n in Counter(cols).items() if n > 1)     # not cols.count: a 1 MiB header is 500k columns
     if dup:
         _err(path, i + 1, dup[0], lines[i].strip(), "column named twice in header")
     name = "route_trace"

@@ -383,12 +383,16 @@ def save_trace(t: Trace, path) -> None:
         arrays["pred_scores"] = t.pred_scores
     if t.logits is not None:
         arrays["logits"] = t.logits
+    meta_s = json.dumps(meta)
+    if len(meta_s) > MAX_META_CHARS:
+        _fail(path, "meta", f"{len(meta_s)} characters of JSON (source and notes) exceed {MAX_META_CHARS}: "
+                            "load_npz would refuse the file")
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, meta=np.array(json.dumps(meta)), **arrays)
+            np.savez_compressed(f, meta=np.array(meta_s), **arrays)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
