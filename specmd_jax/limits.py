@@ -8,8 +8,9 @@ A reader must never let a small file claim a big allocation: header claims (``n_
   almost all empty cells is refused; real traces have about one row per cell or more).
 * Request ids, pass tokens fit int32; ``expert_bytes <= MAX_EXPERT_BYTES``.
 * ``.csv``/``.jsonl``: at most ``SPECMD_MAX_TEXT_BYTES`` (default 128 MiB; parsing holds about
-  30 bytes of Python objects per byte of text, so about 4 GB at the limit), lines at most ``MAX_LINE_CHARS``, UTF-8 (a BOM is
-  accepted, CRLF too); compressed or binary input is refused with what it looks like.
+  30 bytes of Python objects per byte of text, so about 4 GB at the limit), lines at most
+  ``MAX_LINE_CHARS``, UTF-8 (a BOM is accepted, CRLF too); compressed or binary input is refused
+  with what it looks like.
 * ``.npz``: the arrays' total size claimed by their ``.npy`` headers at most
   ``SPECMD_MAX_NPZ_BYTES`` (default 4 GiB), every header checked before any data is read.
 """
@@ -29,7 +30,7 @@ MAX_IDS = 32000                    # L * E: int16 rank encoding
 MAX_CELLS_FREE = 1 << 22           # a (pass, layer) grid this small is always accepted (32 MiB of offsets)
 MAX_CELLS_PER_ROW = 64             # beyond it: at most this many cells per routed row
 INT32_MAX = 2 ** 31 - 1            # request ids, pass tokens
-MAX_EXPERT_BYTES = 2 ** 48         # bytes of one expert: 32000 of them still fit int64 and float64 exactly
+MAX_EXPERT_BYTES = 2 ** 48         # bytes of one expert: all MAX_IDS experts together still fit int64
 MAX_LINE_CHARS = 1 << 20           # one line of a text trace
 MAX_HEADER_BYTES = 1 << 16         # one .npy header
 MAX_META_CHARS = 1 << 22           # the npz 'meta' JSON string

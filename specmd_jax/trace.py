@@ -21,6 +21,9 @@ On disk (``.npz``, ``format_version`` = 3; versions 1 and 2, without predictions
 still load) the
 same arrays are stored under their field names plus the model shape and provenance strings. :func:`validate` runs on every load and on construction
 from readers and the synthetic generator; its errors name the file, the field and the value.
+:func:`load_npz` checks every member's ``.npy`` header (shape, dtype) against ``meta``, the other
+members and :mod:`specmd_jax.limits` before it reads any data; nothing is cast that would change
+a value (:func:`make_trace` likewise).
 """
 
 from __future__ import annotations
