@@ -119,6 +119,9 @@ class RunDir:
     :meth:`csv`, :meth:`text` and :meth:`write` are listed in the manifest by :meth:`finish`."""
 
     def __init__(self, path: str | Path, names: Iterable[str] = ()):
+        if str(path).strip() in ("", "???"):  # "": the launch directory; "???": OmegaConf's MISSING as text
+            raise OutputError(f"output_dir={str(path)!r} would write into the launch directory (or a dir named ???): "
+                              "leave output_dir at its default, the hydra run directory, or name a directory")
         self.path = Path(path)
         self.names = tuple(names)
         self.files: dict[str, int | None] = {}  # name -> rows (None: not a table)
