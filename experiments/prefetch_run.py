@@ -2,7 +2,10 @@
 
 Hydra selects (trace, capacities, hardware profiles, a prior system or a prefetch config,
 timing); :func:`specmd_jax.sweep_prefetch` computes. Writes ``results.csv`` (one row per policy x
-capacity x hardware profile) and ``trace.txt`` into the run directory, prints a summary.
+capacity x hardware profile) and ``trace.txt`` into the run directory (atomically, then
+``manifest.json`` last; :mod:`specmd_jax.outputs`), prints a summary. The directory is checked
+writable and claimed before any compute and refused if it already holds results; input errors
+print one ``error:`` line and exit 2, Ctrl-C exits 130 and SIGTERM 143 (no manifest).
 
     python experiments/prefetch_run.py
     python experiments/prefetch_run.py system=zhu25 hardware=all timing=instant
@@ -11,6 +14,7 @@ capacity x hardware profile) and ``trace.txt`` into the run directory, prints a 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +29,7 @@ import specmd_jax as sj  # noqa: E402
 from specmd_jax.app_config import (ConfigError, build_trace, enable_compilation_cache,  # noqa: E402
                                    resolve_capacities, resolve_policies)
 from specmd_jax.miss import MissConfig, Precision  # noqa: E402
+from specmd_jax.outputs import RunDir, guarded  # noqa: E402
 from specmd_jax.prefetch import PrefetchConfig  # noqa: E402
 from specmd_jax.routing import RoutingConfig  # noqa: E402
 from specmd_jax.systems import get_system  # noqa: E402
@@ -36,6 +41,7 @@ register_schemas()  # conf/*.yaml extend these typed schemas: typos and wrong ty
 
 SHOW = ["policy", "prefetch", "miss", "routing", "reading", "capacity_fraction", "below_token_cycle", "hardware",
         "hit_rate", "late_rate", "collision_rate", "ttft_ms", "tpot_ms", "proxy_mass_full_precision"]
+OUTPUTS = ("results.csv", "trace.txt")
 
 
 def _hardware(cfg_hw) -> list:
@@ -96,6 +102,16 @@ def _routing(cfg: dict, system) -> list:
 
 
 def run(cfg: dict) -> pd.DataFrame:
+    """Run the plain-dict config; write the output files and the manifest; return the results table."""
+    with RunDir(cfg["output_dir"], OUTPUTS) as out:  # checked writable and claimed before any compute
+        res = _run(cfg, out)
+        out.finish(cfg, app="experiments/prefetch_run.py")
+    print(f"\nwrote {out.path}{os.sep}: {', '.join(out.files)}, manifest.json (written last: "
+          "the run is complete)")
+    return res
+
+
+def _run(cfg: dict, out: RunDir) -> pd.DataFrame:
     trace = build_trace(cfg["trace"])
     sizes = resolve_capacities(trace, cfg["sweep"])
     hws = _hardware(cfg.get("hardware"))
@@ -135,13 +151,11 @@ def run(cfg: dict) -> pd.DataFrame:
         frames.append(df)
         print(f"  {pol:>6s}: {time.perf_counter() - t0:6.1f} s ({df['engine'].iloc[0]})", flush=True)
     res = pd.concat(frames, ignore_index=True)
-    out = Path(cfg["output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    res.to_csv(out / "results.csv", index=False)
+    out.csv("results.csv", res)
     info = [trace.describe(), f"source: {trace.source}", f"prefetch: {pf}", f"timing: {cfg['timing']}",
             f"hardware: {[h for h in hws]}", f"prediction precision/recall: {res['pred_precision'].iloc[0]:.3f} / "
             f"{res['pred_recall'].iloc[0]:.3f}", "notes:"] + [f"  - {n}" for n in (*trace.notes, *notes)]
-    (out / "trace.txt").write_text("\n".join(info) + "\n", encoding="utf-8")
+    out.text("trace.txt", "\n".join(info) + "\n")
     with pd.option_context("display.width", 200):
         print()
         print(res[SHOW].to_string(index=False, max_rows=60, float_format=lambda x: f"{x:.4f}"))
@@ -155,7 +169,6 @@ def run(cfg: dict) -> pd.DataFrame:
         r = res.loc[col.idxmin() if how == "min" else col.idxmax()]
         print(f"  {how} {metric}: {r[metric]:.4f}  ({r['policy']}, {r['prefetch']}, miss {r['miss']}, routing "
               f"{r['routing']}, reading {r['reading']}, capacity {r['capacity_fraction']:.3g}, {r['hardware']})")
-    print(f"\nwrote {out / 'results.csv'}, {out / 'trace.txt'}")
     return res
 
 
@@ -163,11 +176,9 @@ def run(cfg: dict) -> pd.DataFrame:
 def main(cfg: DictConfig) -> None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    try:
-        enable_compilation_cache(plain.get("compilation_cache"))
-        run(plain)
-    except (ConfigError, TraceError) as e:
-        raise SystemExit(f"error: {e}") from None
+    # input errors: one "error:" line, exit 2; Ctrl-C: 130, SIGTERM: 143; bugs keep their traceback
+    guarded(lambda: (enable_compilation_cache(plain.get("compilation_cache")), run(plain)),
+            (ConfigError, TraceError))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,18 @@ Usage (from the repo root; see conf/config.yaml for more)::
     python experiments/run.py -m policy=lru,ls,belady trace=synthetic,qwen3_real
 
 Writes ``results.csv``, ``per_layer.csv``, ``trace.txt`` and the plots ``hit_rate.png`` and
-``misses.png`` into the hydra output directory.
+``misses.png`` into the hydra output directory, each atomically, then ``manifest.json`` last
+(:mod:`specmd_jax.outputs`): a directory without a manifest holds no complete run. The directory
+is checked writable and claimed before any compute and refused if it already holds results.
+Input errors (config, trace, output directory) print one ``error:`` line and exit 2; Ctrl-C
+exits 130, SIGTERM 143 (no manifest).
 """
 
 from __future__ import annotations
 
-import sys
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import specmd_jax as sj  # noqa: E402
 from specmd_jax.app_config import (ConfigError, build_trace, enable_compilation_cache,  # noqa: E402
                                    resolve_capacities, resolve_policies)
+from specmd_jax.outputs import RunDir, guarded  # noqa: E402
 from specmd_jax.plots import plot_hit_rate, plot_misses  # noqa: E402
 from specmd_jax.stack import ENGINES, STACK_POLICIES  # noqa: E402
 from specmd_jax.trace import TraceError  # noqa: E402
@@ -42,6 +48,7 @@ register_schemas()  # conf/*.yaml extend these typed schemas: typos and wrong ty
 SHOW = ["policy", "capacity_fraction", "capacity_slots", "hit_rate", "collision_rate", "misses",
         "collisions", "bypass"]
 ORACLES = {"belady"}
+OUTPUTS = ("results.csv", "per_layer.csv", "trace.txt", "hit_rate.png", "misses.png")
 
 
 def best_by_capacity(df: pd.DataFrame) -> pd.DataFrame:
@@ -69,7 +76,18 @@ def best_by_capacity(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(cfg: dict) -> pd.DataFrame:
-    """Run the plain-dict config; write the output files; return the results table."""
+    """Run the plain-dict config; write the output files and the manifest; return the results table."""
+    with RunDir(cfg["output_dir"], OUTPUTS) as out:  # checked writable and claimed before any compute
+        res = _run(cfg, out)
+        out.finish(cfg, app="experiments/run.py")
+    print(f"wrote {out.path}{os.sep}: {', '.join(out.files)}, manifest.json (written last: "
+          "the run is complete)")
+    return res
+
+
+def _run(cfg: dict, out: RunDir) -> pd.DataFrame:
+    if not list(cfg.get("seeds") or []):
+        raise ConfigError("seeds is empty: give at least one, e.g. seeds=[0]")
     trace = build_trace(cfg["trace"])
     sizes = resolve_capacities(trace, cfg["sweep"])
     policies = resolve_policies(cfg.get("policies"), cfg.get("policy"), cfg.get("mode", "pinned"), extra=("score",))
@@ -136,16 +154,14 @@ def run(cfg: dict) -> pd.DataFrame:
     res = pd.concat(tables, ignore_index=True)
     per_layer = pd.concat(layers, ignore_index=True) if layers else pd.DataFrame()
 
-    out = Path(cfg["output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    res.to_csv(out / "results.csv", index=False)
-    per_layer.to_csv(out / "per_layer.csv", index=False)
+    out.csv("results.csv", res)
+    out.csv("per_layer.csv", per_layer)
     info = [trace.describe(), f"source: {trace.source}", f"policies: {', '.join(policies)}",
             f"mode: {cfg['mode']}  partitioned: {cfg['partitioned']}  seeds: {list(cfg['seeds'])}",
             f"cache sizes: {sizes}",
             "collision_rate = collisions / demands; hit_rate = hits / demands",
             "notes:"] + [f"  - {n}" for n in (*trace.notes, *notes)] + ([] if (trace.notes or notes) else ["  (none)"])
-    (out / "trace.txt").write_text("\n".join(info) + "\n", encoding="utf-8")
+    out.text("trace.txt", "\n".join(info) + "\n")
 
     show = SHOW + (["seed"] if len(cfg["seeds"]) > 1 else [])
     with pd.option_context("display.width", 200):
@@ -154,9 +170,9 @@ def run(cfg: dict) -> pd.DataFrame:
         print("\nbest policy per capacity (hit rate):")
         print(best_by_capacity(res).to_string(index=False, max_rows=60, float_format=lambda x: f"{x:.4f}"))
     title = f"{trace.shape.name} ({trace.source.split('(')[0]}), {cfg['mode']}"
-    pngs = [plot_hit_rate(res, out / "hit_rate.png", title), plot_misses(res, out / "misses.png", title)]
-    print(f"\nwrote {out / 'results.csv'}, {out / 'per_layer.csv'}, {out / 'trace.txt'}, "
-          f"{', '.join(str(p) for p in pngs)}")
+    out.write("hit_rate.png", lambda p: plot_hit_rate(res, p, title))
+    out.write("misses.png", lambda p: plot_misses(res, p, title))
+    print()
     return res
 
 
@@ -164,11 +180,9 @@ def run(cfg: dict) -> pd.DataFrame:
 def main(cfg: DictConfig) -> None:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "no TPU" chatter
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # only this entry point sees a DictConfig
-    try:
-        enable_compilation_cache(plain.get("compilation_cache"))
-        run(plain)
-    except (ConfigError, TraceError) as e:
-        raise SystemExit(f"error: {e}") from None
+    # input errors: one "error:" line, exit 2; Ctrl-C: 130, SIGTERM: 143; bugs keep their traceback
+    guarded(lambda: (enable_compilation_cache(plain.get("compilation_cache")), run(plain)),
+            (ConfigError, TraceError))
 
 
 if __name__ == "__main__":
