@@ -15,8 +15,9 @@ Config groups (``conf/``):
 
 Every user error is a :class:`ConfigError` naming the config key (``trace.path``,
 ``sweep.fractions``, ...); a trace file that fails to load raises the reader's
-:class:`~specmd_jax.trace.TraceError` unchanged (it names file, line, field and value); a file
-that is not UTF-8 text or cannot be read raises a ``TraceError`` naming it.
+:class:`~specmd_jax.trace.TraceError` unchanged (it names file, line, field and value; the
+readers also refuse bytes that are not UTF-8); a file that cannot be read raises a ``TraceError``
+naming it.
 """
 
 from __future__ import annotations
@@ -174,9 +175,6 @@ def build_trace(cfg_trace: Mapping) -> Trace:
             raise TraceError(f"{e} (trace.path={str(path)!r}; a relative path resolves against {os.getcwd()}; "
                              f"the *_real trace configs look under $SPECMD_TRACES, else ../shared/traces "
                              f"next to the launch directory)") from e
-        except UnicodeDecodeError as e:  # a text reader met bytes that are not UTF-8
-            raise TraceError(f"{path}: not UTF-8 text (a byte {e.object[e.start:e.start + 1]!r} that UTF-8 cannot decode; "
-                             f"trace.path={str(path)!r})") from None
         except OSError as e:  # a directory, a file without read permission, ...
             raise TraceError(f"{path}: cannot read the trace ({e.strerror}; trace.path={str(path)!r})") from None
     raise ConfigError(f"unknown trace.kind {kind!r}; valid: synthetic, file")

@@ -128,7 +128,7 @@ def test_input_errors_are_named_and_bugs_keep_their_traceback(tmp_path, capsys):
         enable_compilation_cache(str(f / "cache"))
     bad = tmp_path / "latin1.route.csv"
     bad.write_bytes(b"# route_trace v1\n# model=Qw\xffen3 arch=qwen3moe\n")
-    with pytest.raises(TraceError, match=r"latin1\.route\.csv: not UTF-8 text .*trace\.path="):
+    with pytest.raises(TraceError, match=r"latin1\.route\.csv:2: not UTF-8 text: byte b'\\xff' at column 11"):
         build_trace(dict(kind="file", path=str(bad)))
     for exc, code, line in ((ConfigError("sweep.fractions: bad"), 2, "error: sweep.fractions: bad"),
                             (KeyboardInterrupt(), 130, "interrupted: no manifest.json written")):
