@@ -70,9 +70,7 @@ def list_policies() -> dict:
 
 def capacity_slots(trace: Trace, fractions) -> np.ndarray:
     """Slots holding ``fraction`` of all expert bytes: ``floor(fraction * L * E)``."""
-    f = np.atleast_1d(np.asarray(fractions, np.float64))
-    if np.any((f < 0) | (f > 1)) or not np.all(np.isfinite(f)):
-        raise ValueError(f"capacity fractions must be in [0, 1], got {f.tolist()}")
+    f = checks.fractions(fractions)
     return np.floor(f * trace.shape.num_ids + 1e-9).astype(np.int64)
 
 
@@ -125,12 +123,14 @@ def sweep(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None,
         ``df.attrs`` holds ``per_layer`` (long table by the visit's layer), ``resident``
         (bool[B, N] final resident sets) and ``timing`` (compile and run seconds).
     """
+    checks.trace(trace)
     if (capacities is None) == (fractions is None):
         raise ValueError("give exactly one of capacities= (slots) or fractions=")
+    checks.whole("chunk_steps", chunk_steps, 1)
     fr = None
     if fractions is not None:
         caps = capacity_slots(trace, fractions)
-        fr = np.atleast_1d(np.asarray(fractions, np.float64))
+        fr = checks.fractions(fractions)
     else:
         caps = checks.capacities(capacities)
     seeds = checks.seeds(seeds)
@@ -158,6 +158,7 @@ def simulate(trace: Trace, policy: str, capacity: Optional[int] = None, *,
              fraction: Optional[float] = None, seed: int = 0, mode: str = "pinned",
              partitioned: bool = False) -> pd.Series:
     """One configuration, unbatched; returns that configuration's row of the tidy table."""
+    checks.trace(trace)
     if (capacity is None) == (fraction is None):
         raise ValueError("give exactly one of capacity= (slots) or fraction=")
     cap = int(capacity_slots(trace, [fraction])[0] if fraction is not None

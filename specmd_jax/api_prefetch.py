@@ -144,6 +144,7 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
     else:
         readings = [Reading(e, i, p) for e in axis("execution", execution) for i in axis("prefetch_issue", prefetch_issue)
                     for p in axis("pin", pin)]
+    checks.trace(trace)
     hardware = checks.hardware_list(hardware)
     frames = [_sweep_reading(trace, policy, capacities, fractions=fractions, prefetch=prefetch, hardware=hardware,
                              timing=timing, train=train, progress=progress, miss=miss, precision=precision,
@@ -188,7 +189,7 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
         caps = capacity_slots(trace, fractions)
     else:
         caps = checks.capacities(capacities)
-    fr = np.atleast_1d(np.asarray(fractions, np.float64)) if fractions is not None else caps / trace.shape.num_ids
+    fr = checks.fractions(fractions) if fractions is not None else caps / trace.shape.num_ids
     hws = list(hardware)
     settings = list(prefetch) if isinstance(prefetch, (list, tuple)) else [prefetch]
     plans = [_plan(trace, pf, train) for pf in settings]

@@ -19,6 +19,8 @@ SEED_LIMIT = 2 ** 32        # seeds are uint32 in the kernels: larger ones would
 
 def _ints(name: str, values, lo: int, hi: int, why: str = "") -> np.ndarray:
     """int64[n] from a scalar or a non-empty sequence of whole numbers in ``[lo, hi]``."""
+    if np.ndim(values) > 1:
+        raise ValueError(f"{name} must be a value or a flat list, got a {np.ndim(values)}-D array")
     vals = [values] if np.ndim(values) == 0 else list(np.asarray(values, dtype=object).reshape(-1))
     if not vals:
         raise ValueError(f"{name} must be a value or a non-empty list, got an empty list")
@@ -37,6 +39,36 @@ def _ints(name: str, values, lo: int, hi: int, why: str = "") -> np.ndarray:
             raise ValueError(f"{where} must be in [{lo}, {hi}]{why}, got {iv}")
         out.append(iv)
     return np.asarray(out, np.int64)
+
+
+def whole(name: str, value, lo: int = 0, hi: int = INT32_MAX) -> int:
+    """One whole number in ``[lo, hi]`` (a whole float counts; fractions, bools, strings do not)."""
+    return int(_ints(name, value, lo, hi)[0]) if np.ndim(value) == 0 else int(_ints(name, [value], lo, hi)[0])
+
+
+def fractions(values, *, name: str = "fractions") -> np.ndarray:
+    """Capacity fractions: real numbers in ``[0, 1]`` (not strings or bools), as float64[n]."""
+    if np.ndim(values) > 1:
+        raise ValueError(f"{name} must be a value or a flat list, got a {np.ndim(values)}-D array")
+    vals = [values] if np.ndim(values) == 0 else list(np.asarray(values, dtype=object).reshape(-1))
+    if not vals:
+        raise ValueError(f"{name} must be a value or a non-empty list, got an empty list")
+    for i, v in enumerate(vals):
+        where = f"{name}[{i}]" if np.ndim(values) else name
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{where} must be a number in [0, 1], got {v!r} ({type(v).__name__})")
+        if not (np.isfinite(float(v)) and 0 <= float(v) <= 1):
+            raise ValueError(f"{where} must be in [0, 1], got {v!r}")
+    return np.asarray([float(v) for v in vals], np.float64)
+
+
+def trace(t, *, name: str = "trace"):
+    """``t`` if it is a :class:`~specmd_jax.trace.Trace`; else a TypeError saying how to get one."""
+    from .trace import Trace
+    if not isinstance(t, Trace):
+        raise TypeError(f"{name} must be a specmd_jax Trace (sj.load_trace(path) or sj.synthetic.generate(...)), "
+                        f"got {t!r:.80} ({type(t).__name__})")
+    return t
 
 
 def capacities(values, *, name: str = "capacities", limit: int = INT32_MAX, why: str = "") -> np.ndarray:
@@ -84,4 +116,4 @@ def capacity_bytes(caps: Sequence[int], unit_bytes: int, *, name: str = "capacit
     return caps * np.int64(unit_bytes)
 
 
-__all__ = ["INT32_MAX", "SEED_LIMIT", "capacities", "seeds", "hardware_list", "int32_fits", "capacity_bytes"]
+__all__ = ["INT32_MAX", "SEED_LIMIT", "whole", "fractions", "trace", "capacities", "seeds", "hardware_list", "int32_fits", "capacity_bytes"]

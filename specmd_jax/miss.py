@@ -160,8 +160,9 @@ class MissConfig:
             raise ValueError(f"unknown miss policy {self.policy!r}; valid: {', '.join(MISS_POLICIES)}")
         if not 0.0 <= float(self.percentile) <= 100.0:
             raise ValueError(f"percentile must be in [0, 100], got {self.percentile!r}")
-        if int(self.degrade_level) < 0 or int(self.rank_threshold) < 0:
-            raise ValueError("degrade_level and rank_threshold must be >= 0")
+        from . import checks
+        checks.whole("miss.degrade_level", self.degrade_level)
+        checks.whole("miss.rank_threshold", self.rank_threshold)
         th = tuple(float(t) for t in self.thresholds)
         object.__setattr__(self, "thresholds", th)
         if any(a < b for a, b in zip(th, th[1:])):

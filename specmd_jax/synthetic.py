@@ -38,6 +38,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from . import checks
+from .limits import max_npz_bytes
 from .presets import get_model_preset
 from .trace import DECODE, PREFILL, ModelShape, Trace, make_trace
 
@@ -171,6 +173,13 @@ def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int
     L, K = shape.num_layers, shape.top_k
     _per_layer("skew", skew, L), _per_layer("cross_layer", cross_layer, L)
     n, pl, gl = int(num_requests), int(prompt_len), int(gen_len)
+    seed = checks.whole("seed", seed, 0, 2 ** 63 - 1)
+    rows = n * (pl + gl) * L
+    need = rows * (8 * shape.num_experts + 6 * K)   # the routing pass's per-row float32/int16 working arrays
+    if need > max_npz_bytes():
+        raise ValueError(f"num_requests x (prompt_len + gen_len) x L = {n} x {pl + gl} x {L} = {rows} routed rows "
+                         f"would take about {need / 2 ** 30:.1f} GiB to generate (limit {max_npz_bytes() / 2 ** 30:.1f} "
+                         "GiB, SPECMD_MAX_NPZ_BYTES)")
     rng = np.random.default_rng(seed)
     if not (np.isfinite(rank_coupling) and rank_coupling >= 0):
         raise ValueError(f"rank_coupling must be a finite number >= 0, got {rank_coupling!r}")

@@ -148,3 +148,30 @@ def test_capacity_bytes_refuses_to_wrap():
     assert checks.capacity_bytes([3], 7).tolist() == [21]
     with pytest.raises(ValueError, match="overflows int64"):
         checks.capacity_bytes([2 ** 31 - 1], 2 ** 33)
+
+
+@pytest.mark.parametrize("call, exc, err", [
+    (lambda t: sj.sweep(t, "lru", fractions=["0.1"]), TypeError, r"fractions\[0\] must be a number in \[0, 1\], got '0.1'"),
+    (lambda t: sj.sweep(t, "lru", fractions=[float("nan")]), ValueError, r"fractions\[0\] must be in \[0, 1\], got nan"),
+    (lambda t: sj.sweep(t, "lru", [[8, 16]]), ValueError, "capacities must be a value or a flat list, got a 2-D"),
+    (lambda t: sj.sweep(t, "lru", [8], chunk_steps=0), ValueError, r"chunk_steps must be in \[1, "),
+    (lambda t: sj.sweep("x.npz", "lru", [8]), TypeError, r"trace must be a specmd_jax Trace .*got 'x.npz' \(str\)"),
+    (lambda t: sj.sweep_prefetch("x.npz", "lru", [8], prefetch=PF), TypeError, "trace must be a specmd_jax Trace"),
+    (lambda t: sj.simulate(None, "lru", 8), TypeError, "trace must be a specmd_jax Trace"),
+    (lambda t: sj.MissConfig(policy="drop_priority", rank_threshold=float("nan")), ValueError,
+     "miss.rank_threshold must be a whole number, got nan"),
+    (lambda t: sj.MissConfig(policy="drop_priority", rank_threshold=2.5), ValueError,
+     "miss.rank_threshold must be a whole number, got 2.5"),
+    (lambda t: sj.synthetic.generate("olmoe-1b-7b", num_requests=1, seed=1.5), ValueError,
+     "seed must be a whole number, got 1.5"),
+    (lambda t: sj.synthetic.generate("olmoe-1b-7b", num_requests=1, seed=-1), ValueError, r"seed must be in \[0, "),
+    (lambda t: sj.synthetic.generate("olmoe-1b-7b", num_requests=10 ** 6, prompt_len=10 ** 6), ValueError,
+     r"= 1000000 x 1000064 x 16 = 16001024000000 routed rows would take about .* GiB to generate"),
+], ids=["fraction-str", "fraction-nan", "caps-2d", "chunk-0", "sweep-path", "sweep_prefetch-path", "simulate-none",
+        "miss-nan", "miss-frac", "gen-seed-frac", "gen-seed-neg", "gen-huge"])
+def test_api_probes_of_our_own(tiny, call, exc, err):
+    # before: a string fraction was cast, a 2-D list flattened, chunk 0 accepted, a path string
+    # gave AttributeError, NaN thresholds "cannot convert float NaN to integer", a fractional seed
+    # numpy's SeedSequence error and a huge synthetic trace numpy's "array is too big"
+    with pytest.raises(exc, match=err):
+        call(tiny)
