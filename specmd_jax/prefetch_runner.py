@@ -342,11 +342,15 @@ def timing(trace: Trace, pass_misses: np.ndarray, hardware: Hardware, demands=No
              else (prepare_steps(trace, "pinned").ids >= 0).sum(axis=1).astype(np.int64))
         if n.shape != (trace.num_passes * L,):
             raise ValueError(f"demands must hold one count per visit ({trace.num_passes * L}), got shape {n.shape}")
-        comp = n.reshape(trace.num_passes, L).sum(axis=1) * hardware.layer_ticks(False, 0, 1)
+        comp = [int(c) * hardware.layer_ticks(False, 0, 1) for c in n.reshape(trace.num_passes, L).sum(axis=1)]
     else:
-        comp = np.array([L * hardware.compute_ticks(bool(ph), int(n)) for ph, n in zip(pre, trace.pass_tokens)],
-                        np.int64)
+        comp = [L * hardware.compute_ticks(bool(ph), int(n)) for ph, n in zip(pre, trace.pass_tokens)]
     pm = np.asarray(pass_misses, np.int64)
+    worst = sum(comp) + int(pm.sum(axis=1).max(initial=0)) * x      # Python ints: exact
+    if worst > 2 ** 62:
+        raise ValueError(f"hardware {hardware.name!r}: the passes of trace {trace.source} would total {worst} ticks, "
+                         "past the timing model's int64 ticks (2**62 of 100 ns, about 14,600 years)")
+    comp = np.asarray(comp, np.int64)
     pass_ticks = comp[None, :] + pm * x
     out = {"pass_ticks": pass_ticks, "stall_ticks": pm.sum(axis=1) * x, "transfer_ticks": x}
     reqs = np.unique(trace.pass_request[pre])

@@ -175,3 +175,11 @@ def test_api_probes_of_our_own(tiny, call, exc, err):
     # numpy's SeedSequence error and a huge synthetic trace numpy's "array is too big"
     with pytest.raises(exc, match=err):
         call(tiny)
+
+
+def test_instant_timing_refuses_sums_past_int64(tiny):
+    # one copy fits in int64 ticks, but a pass of many such copies would wrap numpy's int64
+    h = Hardware(bandwidth_gbps=12582912 / (2 ** 58 * TICK_S) / 1e9, latency_us=0.0, name="geologic")
+    assert 2 ** 57 < h.transfer_ticks(tiny.shape.expert_bytes) < 2 ** 62
+    with pytest.raises(ValueError, match=r"hardware 'geologic': the passes .* past the timing model's int64"):
+        sj.sweep_prefetch(tiny, "lru", [16], prefetch=PF, hardware=[h], timing="instant")
