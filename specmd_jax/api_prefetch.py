@@ -217,6 +217,10 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
     if async_ok and timing == "async" and engine == "auto":   # "jax" raises on it, naming the profile
         from .prefetch_runner import async_tick_problem
         async_ok = async_tick_problem(trace, hws, prec, [p.ids for p in plans if p is not None], routed) is None
+    if engine == "auto" and (jax_ok or async_ok):   # counts past int32: the reference ("jax" raises)
+        n_prop = max((int(np.sum(p.ids >= 0)) for p in plans if p is not None), default=0)
+        if checks.count_problem(trace, n_prop, max(prec.bits)) is not None:
+            jax_ok = async_ok = False
     if timing == "instant" and jax_ok and R == 1 and policy in PF_POLICIES:
         from .prefetch_runner import NO_DROP, run_instant, timing as time_of  # jax only when used
         drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]

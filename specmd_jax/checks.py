@@ -107,6 +107,29 @@ def int32_fits(name: str, value: int, why: str) -> None:
                          "the exact reference has no such limit (engine='reference')")
 
 
+def count_problem(trace, proposals: int = 0, bits: int = 16) -> "str | None":
+    """Why the JAX kernels' int32 counters could not hold ``trace``'s totals (a message naming
+    the trace, the quantity and its value), or ``None`` when they can.
+
+    The kernels count in int32: routed (token, expert) pairs bound every demand, hit, miss and
+    eviction count, ``bits`` times them the bits served, pairs plus ``proposals`` every copy,
+    and the summed quantised router weights (``round(w x SB_SCALE)``) the SB keys and the
+    weight-mass counters. The references count in Python integers and have no such limit."""
+    from .semantics import SB_SCALE
+    pairs = int(trace.experts.shape[0]) * int(trace.shape.top_k)
+    need = {"routed pairs x bits served per pair": pairs * max(int(bits), 1),
+            "routed pairs + prefetch proposals": pairs + int(proposals)}
+    if trace.weights is not None:
+        need["summed router weight units (round(w x SB_SCALE))"] = int(
+            np.rint(trace.weights.astype(np.float64) * SB_SCALE).sum())
+    for what, v in need.items():
+        if v > INT32_MAX:
+            return (f"trace {trace.source}: {what} = {v} exceeds the JAX kernels' int32 counters "
+                    f"({INT32_MAX}); the exact reference counts in Python integers (engine='reference', "
+                    "or specmd_jax.reference.simulate per configuration)")
+    return None
+
+
 def capacity_bytes(caps: Sequence[int], unit_bytes: int, *, name: str = "capacities") -> np.ndarray:
     """``caps x unit_bytes`` as int64, refusing a product past int64 instead of wrapping."""
     caps = np.asarray(caps, np.int64)
@@ -116,4 +139,4 @@ def capacity_bytes(caps: Sequence[int], unit_bytes: int, *, name: str = "capacit
     return caps * np.int64(unit_bytes)
 
 
-__all__ = ["INT32_MAX", "SEED_LIMIT", "whole", "fractions", "trace", "capacities", "seeds", "hardware_list", "int32_fits", "capacity_bytes"]
+__all__ = ["INT32_MAX", "SEED_LIMIT", "whole", "fractions", "trace", "capacities", "seeds", "hardware_list", "int32_fits", "count_problem", "capacity_bytes"]

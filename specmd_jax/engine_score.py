@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from jax import lax
 
+from . import checks
 from .prefetch_runner import timing
 from .score import FEATURES, NF, bounds_of, check_bounds
 from .timing import TICK_S
@@ -108,7 +109,10 @@ def run_scores(trace: Trace, qs, capacities, steps: StepArrays | None = None) ->
     """
     st = steps if steps is not None else prepare_steps(trace, "pinned")
     qs = np.atleast_2d(np.asarray(qs, np.int64))
-    caps = np.asarray(capacities, np.int64).reshape(-1)
+    caps = checks.capacities(capacities)
+    problem = checks.count_problem(trace)
+    if problem:
+        raise ValueError(problem)
     if qs.shape[1] != NF or qs.shape[0] != caps.shape[0]:
         raise ValueError(f"qs must be [C, {NF}] ({', '.join(FEATURES)}) and capacities [C]; got {qs.shape}, {caps.shape}")
     b = bounds_of(st)
@@ -131,7 +135,7 @@ def score_table(trace: Trace, qs, capacities, labels=None, steps: StepArrays | N
     ``capacity_slots``, the counters, ``prefill_misses``, ``hit_rate`` and ``collision_rate``
     (per demand); ``df.attrs["pass_misses"]`` holds int64[C, P]."""
     r = run_scores(trace, qs, capacities, steps)
-    caps = np.asarray(capacities, np.int64).reshape(-1)
+    caps = checks.capacities(capacities)
     df = pd.DataFrame({"label": list(labels) if labels is not None else [f"q{i}" for i in range(len(caps))],
                        "capacity_slots": caps, **{k: r[k] for k in COUNTERS}, "prefill_misses": r["prefill_misses"]})
     df.attrs["pass_misses"] = r["pass_misses"]

@@ -144,6 +144,12 @@ def _plans(plan, S: int, source: str):
     return plans, stack, max(int(p.config.depth) for p in plans)
 
 
+def _n_proposals(plan) -> int:
+    """The most proposals any one of ``plan``'s plans makes over the trace."""
+    plans = [plan] if isinstance(plan, PrefetchPlan) else list(plan)
+    return max((int(np.sum(np.asarray(p.ids) >= 0)) for p in plans), default=0)
+
+
 def _cols(a: np.ndarray, width: int, fill) -> np.ndarray:
     """``a`` ([rows, w]) padded with columns of ``fill`` to ``width`` (unchanged if already as wide)."""
     if a.shape[1] >= width:
@@ -254,6 +260,9 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
     plans, stack, depth = _plans(plan, S, trace.source)
     multi = len(plans) > 1
     caps0 = checks.capacities(capacities, limit=16000, why="the instant kernel ranks residents in int16")
+    problem = checks.count_problem(trace, _n_proposals(plan))
+    if problem:
+        raise ValueError(problem)
     drops = np.atleast_1d(np.asarray([NO_DROP] if drop_ranks is None else drop_ranks, np.int64))
     if np.any(drops < 0):
         raise ValueError(f"drop ranks must be >= 0, got {drops.tolist()}")
@@ -486,6 +495,9 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
     caps0 = checks.capacities(capacities, limit=16000 if prec.units == (1,) else 2 ** 28,
                               why="the asynchronous kernel ranks residents in int16 (int32 units at mixed precision)")
     hws = checks.hardware_list(hardware)
+    problem = checks.count_problem(trace, _n_proposals(plan), max(prec.bits))
+    if problem:
+        raise ValueError(problem)
     caps = np.tile(caps0, len(plans))
     H = len(hws)
     M = len(misses)

@@ -320,6 +320,9 @@ def run_auto(trace: Trace, policy: str, capacities, seeds=None, *, mode: str = "
     if engine not in ENGINES:
         raise ValueError(f"engine must be 'auto', 'scan' or 'stack', got {engine!r}")
     caps = checks.capacities(capacities)
+    problem = checks.count_problem(trace)
+    if problem:
+        raise ValueError(problem)
     if engine == "stack" and policy not in STACK_POLICIES:
         raise ValueError(f"engine='stack' serves {STACK_POLICIES} only, not {policy!r}")
     if engine == "scan" or policy not in STACK_POLICIES or scan_kwargs.get("record"):

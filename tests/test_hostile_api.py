@@ -183,3 +183,29 @@ def test_instant_timing_refuses_sums_past_int64(tiny):
     assert 2 ** 57 < h.transfer_ticks(tiny.shape.expert_bytes) < 2 ** 62
     with pytest.raises(ValueError, match=r"hardware 'geologic': the passes .* past the timing model's int64"):
         sj.sweep_prefetch(tiny, "lru", [16], prefetch=PF, hardware=[h], timing="instant")
+
+
+def test_counts_past_the_kernels_int32_are_refused_or_run_on_the_reference(monkeypatch):
+    """Router weights that sum past int32 units (SB keys, weight-mass counters): the kernels
+    would wrap, so they refuse and engine='auto' runs the reference, which counts exactly."""
+    from conftest import random_trace
+    from specmd_jax.trace import make_trace
+    t0 = random_trace(seed=4)
+    heavy = make_trace(t0.shape, t0.pass_request, t0.pass_phase, t0.pass_tokens, t0.cell_offsets, t0.experts,
+                       np.full(t0.experts.shape, 2.0e6, np.float32), source="heavy weights")
+    assert checks.count_problem(t0) is None
+    assert "summed router weight units" in checks.count_problem(heavy)
+    with pytest.raises(ValueError, match="trace heavy weights: summed router weight units .* int32 counters"):
+        sj.sweep(heavy, "sb", [4])
+    monkeypatch.setattr(api_prefetch, "AUTO_ASYNC_MIN_CONFIGS", 1)
+    plan = sj.make_plan(heavy, PF)
+    a = sj.sweep_prefetch(heavy, "lru", [4, 9], prefetch=PF, engine="auto")
+    assert set(a["engine"]) == {"reference-async"}
+    for c, row in zip((4, 9), a.itertuples()):
+        ref = simulate_timed(heavy, "lru", c, plan=plan, hardware=Hardware())
+        assert (row.hits, row.units_full) == (ref.totals["hits"], ref.totals["units_full"])
+    # pairs x bits: a shape-only stand-in for a 2**28-row, top-8 trace (no memory behind it)
+    import types
+    big = types.SimpleNamespace(experts=np.broadcast_to(np.int16(0), (2 ** 28, 8)), shape=t0.shape,
+                                weights=None, source="big")
+    assert "routed pairs x bits served per pair" in checks.count_problem(big)
