@@ -117,7 +117,7 @@ def count_problem(trace, proposals: int = 0, bits: int = 16) -> "str | None":
     weight-mass counters. The references count in Python integers and have no such limit."""
     from .semantics import SB_SCALE
     pairs = int(trace.experts.shape[0]) * int(trace.shape.top_k)
-    need = {"routed pairs x bits served per pair": pairs * max(int(bits), 1),
+    need = {"routed pairs" if int(bits) <= 1 else "routed pairs x bits served per pair": pairs * max(int(bits), 1),
             "routed pairs + prefetch proposals": pairs + int(proposals)}
     if trace.weights is not None:
         need["summed router weight units (round(w x SB_SCALE))"] = int(

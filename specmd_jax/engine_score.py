@@ -110,7 +110,7 @@ def run_scores(trace: Trace, qs, capacities, steps: StepArrays | None = None) ->
     st = steps if steps is not None else prepare_steps(trace, "pinned")
     qs = np.atleast_2d(np.asarray(qs, np.int64))
     caps = checks.capacities(capacities)
-    problem = checks.count_problem(trace)
+    problem = checks.count_problem(trace, bits=1)   # demand-only: no bits-served counter
     if problem:
         raise ValueError(problem)
     if qs.shape[1] != NF or qs.shape[0] != caps.shape[0]:

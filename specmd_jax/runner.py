@@ -174,7 +174,7 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
     if policy == "sb" and trace.weights is None:
         raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
     caps = checks.capacities(capacities, limit=32000, why="the scan ranks residents in int16")
-    problem = checks.count_problem(trace)
+    problem = checks.count_problem(trace, bits=1)   # demand-only: no bits-served counter
     if problem:
         raise ValueError(problem)
     seeds = np.zeros_like(caps) if seeds is None else checks.seeds(seeds)

@@ -320,7 +320,7 @@ def run_auto(trace: Trace, policy: str, capacities, seeds=None, *, mode: str = "
     if engine not in ENGINES:
         raise ValueError(f"engine must be 'auto', 'scan' or 'stack', got {engine!r}")
     caps = checks.capacities(capacities)
-    problem = checks.count_problem(trace)
+    problem = checks.count_problem(trace, bits=1)   # demand-only: no bits-served counter
     if problem:
         raise ValueError(problem)
     if engine == "stack" and policy not in STACK_POLICIES:
