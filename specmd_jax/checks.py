@@ -139,4 +139,5 @@ def capacity_bytes(caps: Sequence[int], unit_bytes: int, *, name: str = "capacit
     return caps * np.int64(unit_bytes)
 
 
-__all__ = ["INT32_MAX", "SEED_LIMIT", "whole", "fractions", "trace", "capacities", "seeds", "hardware_list", "int32_fits", "count_problem", "capacity_bytes"]
+__all__ = ["INT32_MAX", "SEED_LIMIT", "whole", "fractions", "trace", "capacities", "seeds", "hardware_list",
+           "int32_fits", "count_problem", "capacity_bytes"]

@@ -260,7 +260,7 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
     plans, stack, depth = _plans(plan, S, trace.source)
     multi = len(plans) > 1
     caps0 = checks.capacities(capacities, limit=16000, why="the instant kernel ranks residents in int16")
-    problem = checks.count_problem(trace, _n_proposals(plan))
+    problem = checks.count_problem(trace, _n_proposals(plan), bits=1)   # bits served are counted on the host
     if problem:
         raise ValueError(problem)
     drops = np.atleast_1d(np.asarray([NO_DROP] if drop_ranks is None else drop_ranks, np.int64))
