@@ -113,8 +113,10 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
         engine: ``"jax"`` (the vmapped kernels where they exist), ``"reference"`` (always the
             exact Python reference) or ``"auto"``: JAX, except asynchronous sweeps of fewer than
             ``AUTO_ASYNC_MIN_CONFIGS`` configurations, where the reference is faster, and
-            settings whose passes could outlast the asynchronous kernel's int32 clock (214 s per
-            pass; :func:`~specmd_jax.prefetch_runner.async_tick_problem`), where ``"jax"`` raises.
+            settings that outlast the asynchronous kernel's int32 clock (214 s per pass:
+            :func:`~specmd_jax.prefetch_runner.async_tick_problem` before the run,
+            :class:`~specmd_jax.prefetch_runner.ClockOverflow` during it) or its int32 counters,
+            where ``"jax"`` raises.
             Every engine gives the same numbers (tested); each row names the one that ran.
 
     Returns:
@@ -221,6 +223,15 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
         n_prop = max((int(np.sum(p.ids >= 0)) for p in plans if p is not None), default=0)
         if checks.count_problem(trace, n_prop, max(prec.bits)) is not None:
             jax_ok = async_ok = False
+    r_async = None
+    if timing == "async" and async_ok:
+        from .prefetch_runner import ClockOverflow, run_async  # jax only when used
+        try:
+            r_async = run_async(trace, policy, caps, [p if p is not None else empty for p in plans], hws,
+                                misses=misses, precision=prec, routing=routings, reading=reading)
+        except ClockOverflow:          # a pass outlasted the kernel's int32 clock: auto runs the reference
+            if engine != "auto":
+                raise
     if timing == "instant" and jax_ok and R == 1 and policy in PF_POLICIES:
         from .prefetch_runner import NO_DROP, run_instant, timing as time_of  # jax only when used
         drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]
@@ -238,10 +249,8 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
                 row.update(stall_ticks=int(tm["stall_ticks"][b]), ttft_ticks=float(tm["ttft_ticks"][b]),
                            tpot_ticks=float(tm["tpot_ticks"][b]))
                 rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-instant", k, mi, 0))
-    elif timing == "async" and async_ok:
-        from .prefetch_runner import run_async  # jax only when used
-        r = run_async(trace, policy, caps, [p if p is not None else empty for p in plans], hws, misses=misses,
-                      precision=prec, routing=routings, reading=reading)
+    elif r_async is not None:
+        r = r_async
         H, C = len(hws), len(caps)
         for b in range(len(r.plan_index)):
             k, i, hi = int(r.plan_index[b]), (b // (H * M * R)) % C, (b // (M * R)) % H

@@ -23,7 +23,7 @@ from .engine import GONE
 from .engine_pf import PfParams, PfSpec, PfVisit, make_pf_policy, pf_counter_names
 from .prefetch import PrefetchPlan
 from .semantics import SB_SCALE
-from .timing import TICK_S, Hardware, Reading, to_ticks
+from .timing import Hardware, Reading, to_ticks
 from .trace import PREFILL, Trace
 from .turns import prepare_turns
 from .visits import prepare_steps
@@ -397,41 +397,47 @@ class AsyncResult:
     routing_index: np.ndarray = None  # int64[B] index into run_async's ``routing`` list
 
 
-def async_tick_problem(trace: Trace, hardware, precision=None, plan_ids=(), routed: bool = False):
-    """Why the asynchronous kernel's int32 clock could not hold a pass of ``trace`` on one of
-    ``hardware`` (a message naming the profile and its numbers), or ``None`` when it can.
+class ClockOverflow(ValueError):
+    """A pass outlasted the asynchronous kernel's int32 clock (2**31 ticks of 100 ns, 214 s)."""
 
-    The kernel keeps times in int32 ticks relative to the pass start (2**31 ticks = 214 s). A
-    pass lasts at most its layers' compute plus the copy engine's work since the pass started:
-    the copies still queued from before (at most one per expert, ``N``) and the pass's own
-    demand misses and proposals, each at the slowest precision level's copy time. That bound,
-    and every per-copy and per-layer number, must fit; otherwise the kernel's casts would wrap
-    (the reference, in Python integers, has no limit)."""
+
+def async_tick_problem(trace: Trace, hardware, precision=None, plan_ids=(), routed: bool = False):
+    """Why the asynchronous kernel could not even start timing ``trace`` on one of ``hardware``
+    without an int32 product wrapping unseen (a message naming the profile and its numbers), or
+    ``None``.
+
+    The kernel keeps times in int32 ticks relative to the pass start (2**31 ticks = 214 s). It
+    detects a sum that passes that range (the runner raises :class:`ClockOverflow`), but a
+    *product* can wrap more than once and come out positive: one batch of copies (a visit's
+    demand misses plus its proposals, at the slowest precision level's copy time), a prefill
+    layer's compute (fixed + tokens x per token) and per-expert compute (demand x expert_us)
+    must each fit, and so must every per-copy and per-layer number."""
     from .miss import Precision
     prec = precision if precision is not None else Precision()
     steps = prepare_steps(trace, "pinned")
-    L, E, K = trace.shape.num_layers, trace.shape.num_experts, trace.shape.top_k
+    E, K = trace.shape.num_experts, trace.shape.top_k
     dem = np.sum(steps.ids >= 0, axis=1).astype(np.int64)
     if routed:      # a routed visit demands at most min(E, tokens x K) experts
         dem = np.maximum(dem, np.minimum(E, np.diff(trace.cell_offsets).astype(np.int64) * K))
     prop = np.zeros(steps.num_steps, np.int64)
     for ids in plan_ids:
         prop = np.maximum(prop, np.sum(np.asarray(ids) >= 0, axis=1))
-    copies = int(np.bincount(steps.pass_, weights=dem + prop, minlength=1).max()) + L * E
+    batch = int((dem + prop).max(initial=0)) + 1
     tok = int(trace.pass_tokens.max(initial=0))
     eb = trace.shape.expert_bytes
     for h in hardware:
         x = max(h.transfer_ticks(prec.level_bytes(eb, i)) for i in range(len(prec.units)))
-        layer = max(h.compute_ticks(False, 0), h.compute_ticks(True, tok),
-                    h.layer_ticks(False, 0, int(dem.max(initial=0))))
-        bound = L * layer + copies * x
-        if bound > checks.INT32_MAX:
-            return (f"hardware {h.name!r} (bandwidth_gbps={h.bandwidth_gbps!r}, latency_us={h.latency_us!r}, "
-                    f"decode_layer_us={h.decode_layer_us!r}, prefill_layer_us={h.prefill_layer_us!r}, "
-                    f"prefill_token_us={h.prefill_token_us!r}, expert_us={h.expert_us!r}): one copy takes {x} "
-                    f"ticks and a layer up to {layer}, so a pass of trace {trace.source} can last up to "
-                    f"{bound} ticks, past the asynchronous kernel's int32 clock ({checks.INT32_MAX} ticks = "
-                    f"{checks.INT32_MAX * TICK_S:.0f} s per pass); engine='reference' is exact at any scale")
+        need = {f"a batch of {batch} copies at {x} ticks each": batch * x,
+                f"a prefill layer of {tok} tokens": h.compute_ticks(True, tok),
+                "a decode layer": h.compute_ticks(False, 0),
+                f"a layer of {int(dem.max(initial=0))} experts": h.layer_ticks(False, 0, int(dem.max(initial=0)))}
+        for what, v in need.items():
+            if v > checks.INT32_MAX:
+                return (f"hardware {h.name!r} (bandwidth_gbps={h.bandwidth_gbps!r}, latency_us={h.latency_us!r}, "
+                        f"decode_layer_us={h.decode_layer_us!r}, prefill_layer_us={h.prefill_layer_us!r}, "
+                        f"prefill_token_us={h.prefill_token_us!r}, expert_us={h.expert_us!r}): {what} takes {v} "
+                        f"ticks on trace {trace.source}, past the asynchronous kernel's int32 clock (2**31 ticks, "
+                        "214 s per pass); engine='reference' is exact at any scale")
     return None
 
 
@@ -608,9 +614,9 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
     ovf = np.asarray(states.ovf)
     if ovf.any():
         b = int(np.argmax(ovf))
-        raise ValueError(f"a pass lasted over 2**31 ticks (214 s) for capacity {int(cap_b[b])} on hardware "
-                         f"{hws[hb[b]].name!r} ({hws[hb[b]].bandwidth_gbps} GB/s): int32 time overflow; use the "
-                         "reference (reference_timed) for such settings")
+        raise ClockOverflow(f"a pass lasted over 2**31 ticks (214 s) for capacity {int(cap_b[b])} on hardware "
+                            f"{hws[hb[b]].name!r} ({hws[hb[b]].bandwidth_gbps} GB/s): int32 time overflow; use the "
+                            "reference (engine='reference', or reference_timed) for such settings")
     t_end = ends.astype(np.int64).T                                   # [B, T], relative to pass start
     last = np.flatnonzero(np.r_[turns.new_pass[1:], True])            # last turn of each pass
     pass_ticks = t_end[:, last]
