@@ -182,7 +182,9 @@ for p in sys.argv[2:]:
     except MemoryError:
         out = "MEMORYERROR"
     print(f"{time.perf_counter() - t0:.3f} {out}", flush=True)
-print("MAXRSS_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# the peak of this process's own memory map (VmHWM; getrusage's ru_maxrss survives exec and would
+# report the parent's peak, e.g. a pytest worker that ran the JAX tests)
+print("MAXRSS_KIB", next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")))
 """
 
 
