@@ -25,13 +25,54 @@ def _release_compiled_programs():
     clear_compiled()
 
 
+EXCERPT = Path(__file__).resolve().parent / "data" / "qwen3_excerpt.route.csv"   # Apache-2.0, see data/README.md
+REAL_FIXTURES = {"traces_dir", "qwen_trace", "mixtral_trace"}
+_MISSING = "real traces not found at"
+
+
+def _traces_path() -> Path:
+    env = os.environ.get("SPECMD_TRACES")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "traces"
+
+
+def _traces_required() -> bool:
+    return os.environ.get("SPECMD_REQUIRE_TRACES", "") not in ("", "0")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that needs the real traces (``-m "not real_traces"`` deselects them)."""
+    for item in items:
+        if REAL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_traces)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One loud line when real-trace tests were skipped (a lone clone): how many and how to run them."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if _MISSING in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(
+            f"SKIPPED {len(skipped)} real-trace tests: {_MISSING} {_traces_path()} (set SPECMD_TRACES to the "
+            "shared/traces folder; the excerpt in tests/data still ran; CI sets SPECMD_REQUIRE_TRACES=1 "
+            "and fails instead)", red=True, bold=True)
+
+
 @pytest.fixture(scope="session")
 def traces_dir() -> Path:
-    env = os.environ.get("SPECMD_TRACES")
-    d = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "traces"
-    if not d.is_dir():  # a hard failure, not a skip: these tests must run in CI
-        pytest.fail(f"real traces not found at {d}; set SPECMD_TRACES to the shared/traces folder")
+    """The real traces folder: ``$SPECMD_TRACES`` or ``../shared/traces``. Absent, the test skips
+    (a lone clone) or, with ``SPECMD_REQUIRE_TRACES=1`` (CI), fails."""
+    d = _traces_path()
+    if not d.is_dir():
+        msg = f"{_MISSING} {d}; set SPECMD_TRACES to the shared/traces folder"
+        if _traces_required():
+            pytest.fail(msg + " (SPECMD_REQUIRE_TRACES is set)")
+        pytest.skip(msg)
     return d
+
+
+@pytest.fixture(scope="session")
+def qwen_excerpt():
+    """The real Qwen3 routing excerpt committed in tests/data (prefill + 16 decode steps)."""
+    return load_trace(str(EXCERPT))
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +100,17 @@ def random_trace(L=3, E=6, K=2, P=12, max_tokens=3, seed=0, weights=True, empty_
     w = rng.random((len(rows), K)).astype(np.float32) if weights else None
     return make_trace(ModelShape("rand", L, E, K, 100), np.zeros(P), phase, toks, off,
                       np.array(rows).reshape(-1, K), w, source=f"random_trace(seed={seed})")
+
+
+REAL = pytest.mark.real_traces
+
+
+def trace_named(request, name: str):
+    """A test's trace by name, so one test can run on synthetic, excerpt and full real traces and
+    skip only the last on a lone clone: ``olmoe`` (the module's fixture), ``qwen_excerpt``,
+    ``qwen`` / ``mixtral`` (full real traces; parametrize them with ``marks=REAL``)."""
+    fixture = {"qwen": "qwen_trace", "mixtral": "mixtral_trace"}.get(name, name)
+    return request.getfixturevalue(fixture)
 
 
 def hand_plan(t, per_visit):

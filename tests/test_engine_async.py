@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import random_trace
+from conftest import REAL, random_trace, trace_named
 from specmd_jax import synthetic
 from specmd_jax.engine import COUNTER_NAMES
 from specmd_jax.engine_async import ASYNC_POLICIES
@@ -66,11 +66,14 @@ def test_synthetic_olmoe_with_prefill(policy):
         check(t, policy, make_plan(t, cfg), [1, 10, 51, 256, 1024])
 
 
-def test_real_traces(qwen_trace, mixtral_trace):
-    q = qwen_trace.slice_passes(0, 10)
+def test_real_qwen_excerpt(qwen_excerpt):
+    q = qwen_excerpt.slice_passes(0, 10)
     check(q, "lru", make_plan(q, PrefetchConfig("reuse", "all")), [61, 307, 1536], HWS[:1])
-    check(q, "ls", make_plan(q, PrefetchConfig("transition", "topk", overfetch=2.0), train=qwen_trace.slice_passes(10, 60)),
+    check(q, "ls", make_plan(q, PrefetchConfig("transition", "topk", overfetch=2.0), train=qwen_excerpt.slice_passes(10, 17)),
           [61, 307, 1536], HWS[:2])
+
+
+def test_real_mixtral(mixtral_trace):
     m = mixtral_trace.slice_passes(0, 50)
     check(m, "fifo", make_plan(m, PrefetchConfig("oracle", "topk")), [2, 12, 64], HWS[::2])
     check(m, "ls", make_plan(m, PrefetchConfig("oracle_degraded", "all", recall=0.7, precision=0.5, depth=2)),
@@ -243,18 +246,24 @@ def test_lhu_matches_the_reference():
     assert differs  # LHU is not LRU on these traces
 
 
-def test_real_traces_at_mixed_precision_with_lhu(qwen_trace, mixtral_trace):
-    """The issue-4 dimensions on the real traces: byte capacity at four levels, fetch_priority
+def _mixed_precision_cases(name):
+    from specmd_jax.miss import MissConfig
+    if name == "qwen_excerpt":
+        return (("lhu", [500, 4000], [MissConfig("cascade", thresholds=(0.3, 0.1, 0.05))]),
+                ("fifo", [500, 4000], [MissConfig("fetch_lowest")]))
+    return (("lhu", [16, 96], [MissConfig("fetch_priority", percentile=p) for p in (30, 80)]),
+            ("ls", [16, 96], [MissConfig("cascade", thresholds=(0.4, 0.2, 0.1))]),
+            ("lru", [16, 96], [MissConfig("substitute")]))
+
+
+@pytest.mark.parametrize("name", ["qwen_excerpt", pytest.param("mixtral", marks=REAL)])
+def test_real_traces_at_mixed_precision_with_lhu(request, name):
+    """The miss/precision dimensions on real routing: byte capacity at four levels, fetch_priority
     percentiles and cascade thresholds vmapped, LHU and Least-Stale, equal to the reference."""
-    from specmd_jax.miss import PRECISION_PRESETS, MissConfig
+    from specmd_jax.miss import PRECISION_PRESETS
     prec = PRECISION_PRESETS["fp16-int8-int4-int2"]
-    q = qwen_trace.slice_passes(0, 6)
-    m = mixtral_trace.slice_passes(0, 30)
-    for t, pol, caps, misses in ((q, "lhu", [500, 4000], [MissConfig("cascade", thresholds=(0.3, 0.1, 0.05))]),
-                                 (m, "lhu", [16, 96], [MissConfig("fetch_priority", percentile=p) for p in (30, 80)]),
-                                 (m, "ls", [16, 96], [MissConfig("cascade", thresholds=(0.4, 0.2, 0.1))]),
-                                 (m, "lru", [16, 96], [MissConfig("substitute")]),
-                                 (q, "fifo", [500, 4000], [MissConfig("fetch_lowest")])):
+    t = trace_named(request, name).slice_passes(0, 6 if name == "qwen_excerpt" else 30)
+    for pol, caps, misses in _mixed_precision_cases(name):
         plan = make_plan(t, PrefetchConfig("reuse", "all"))
         r = run_async(t, pol, caps, plan, HWS[1:2], misses=misses, precision=prec)
         for b in range(len(r.capacities)):

@@ -106,8 +106,8 @@ def test_synthetic_olmoe_every_reading(reading):
 
 @pytest.mark.parametrize("reading", [Reading("expert", "at_router", "running"), Reading("expert", "after_use", "visit")],
                          ids=lambda r: r.label)
-def test_real_qwen3_slice(reading, qwen_trace):
-    t = qwen_trace.slice_passes(0, 10)
+def test_real_qwen3_slice(reading, qwen_excerpt):
+    t = qwen_excerpt.slice_passes(0, 10)
     plan = make_plan(t, PrefetchConfig("oracle_degraded", "all", recall=0.8, precision=0.6, seed=0))
     for pol in ("lru", "ls"):
         check(t, pol, plan, [61, 307], reading, hws=HWS[:2])

@@ -79,9 +79,12 @@ def test_synthetic_olmoe_with_prefill_and_recorded_predictions(policy):
         check(t, policy, make_plan(t, cfg), [4, 10, 51, 128, 256, 1024])
 
 
-def test_real_traces(qwen_trace, mixtral_trace):
-    q = qwen_trace.slice_passes(0, 12)
+def test_real_qwen_excerpt(qwen_excerpt):
+    q = qwen_excerpt.slice_passes(0, 12)
     check(q, "ls", make_plan(q, PrefetchConfig("reuse", "all")), [61, 307, 1536])
+
+
+def test_real_mixtral(mixtral_trace):
     m = mixtral_trace.slice_passes(0, 60)
     for pol in ("lru", "ls"):
         check(m, pol, make_plan(m, PrefetchConfig("oracle", "topk")), [2, 12, 64, 128])

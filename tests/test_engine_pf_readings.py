@@ -158,10 +158,10 @@ def test_hand_plans_proposing_any_layer(reading):
     assert (pending > 0) == (reading.prefetch_issue == "at_router")
 
 
-def test_real_qwen_slice(qwen_trace):
+def test_real_qwen_slice(qwen_excerpt):
     """The first 12 passes of the real Qwen3 trace (a 28-token prefill, then decode; 48 layers,
-    128 experts) under every reading."""
-    q = qwen_trace.slice_passes(0, 12)
+    128 experts; the excerpt in tests/data) under every reading."""
+    q = qwen_excerpt.slice_passes(0, 12)
     plan = make_plan(q, PrefetchConfig("reuse", "all"))
     for i, rd in enumerate(READINGS):
         check(q, PF_POLICIES[i % 3], [plan], [61, 192], rd)

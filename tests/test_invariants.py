@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import random_trace
+from conftest import REAL, random_trace, trace_named
 from specmd_jax import reference, synthetic
 from specmd_jax.mrc import lru_mrc
 from specmd_jax.runner import run_configs
@@ -66,17 +66,22 @@ def test_hits_monotone_in_capacity(olmoe, policy):
     assert np.all(np.diff(hits) >= 0)
 
 
-def test_mrc_equals_engine_lru_and_ls(olmoe, qwen_trace):
-    for t in (olmoe, qwen_trace.slice_passes(0, 30)):
-        N = t.shape.num_ids
-        md = max_demand(t)
-        caps = np.unique(np.linspace(md, N, 9).astype(int))
-        df = lru_mrc(t).set_index("capacity_slots")
-        for pol in ("lru", "ls"):
-            r = run_configs(t, pol, caps)
-            assert df.loc[caps, "hits"].tolist() == r.totals[:, 1].tolist()
-            assert df.loc[caps, "collisions"].tolist() == r.totals[:, 3].tolist()
-        assert df.loc[caps, "exact"].all() and not df.loc[md - 1, "exact"]
+@pytest.mark.parametrize("name", ["olmoe", "qwen_excerpt", pytest.param("qwen", marks=REAL)])
+def test_mrc_equals_engine_lru_and_ls(request, name):
+    t = trace_named(request, name)
+    t = t.slice_passes(0, min(30, t.num_passes))
+    N = t.shape.num_ids
+    md = max_demand(t)
+    caps = np.unique(np.linspace(md, N, 9).astype(int))
+    df = lru_mrc(t).set_index("capacity_slots")
+    for pol in ("lru", "ls"):
+        r = run_configs(t, pol, caps)
+        assert df.loc[caps, "hits"].tolist() == r.totals[:, 1].tolist()
+        assert df.loc[caps, "collisions"].tolist() == r.totals[:, 3].tolist()
+    assert df.loc[caps, "exact"].all() and not df.loc[md - 1, "exact"]
+
+
+def test_mrc_sequential_equals_engine(olmoe):
     seq = lru_mrc(olmoe, mode="sequential").set_index("capacity_slots")
     r = run_configs(olmoe, "lru", [1, 7, 64, 300], mode="sequential")
     assert seq.loc[[1, 7, 64, 300], "hits"].tolist() == r.totals[:, 1].tolist()

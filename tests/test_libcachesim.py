@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import REAL, trace_named
 
 from specmd_jax import synthetic
 from specmd_jax.peers import libcachesim_hits
@@ -41,10 +42,15 @@ def test_single_access_stream(policy):
         assert ours == theirs, (mode, ours, theirs)
 
 
+FULL_STREAMS = {"olmoe": [16, 64, 128, 200, 512], "qwen_excerpt": [48, 307, 1536, 3000],
+                "qwen": [48, 307, 1536, 3000]}
+
+
+@pytest.mark.parametrize("name", ["olmoe", "qwen_excerpt", pytest.param("qwen", marks=REAL)])
 @pytest.mark.parametrize("policy", ["lru", "fifo", "lfu", "belady"])
-def test_full_moe_streams_sequential(policy, qwen_trace):
-    olmoe = synthetic.decode_stream("olmoe-1b-7b", 160, seed=2)
-    for t, caps in ((olmoe, [16, 64, 128, 200, 512]), (qwen_trace, [48, 307, 1536, 3000])):
-        ours = run_configs(t, policy, caps, mode="sequential").totals[:, 1].tolist()
-        theirs = libcachesim_hits(prepare_steps(t, "sequential"), policy, caps)
-        assert ours == theirs, (t.source, ours, theirs)
+def test_full_moe_streams_sequential(policy, request, name):
+    t = synthetic.decode_stream("olmoe-1b-7b", 160, seed=2) if name == "olmoe" else trace_named(request, name)
+    caps = FULL_STREAMS[name]
+    ours = run_configs(t, policy, caps, mode="sequential").totals[:, 1].tolist()
+    theirs = libcachesim_hits(prepare_steps(t, "sequential"), policy, caps)
+    assert ours == theirs, (t.source, ours, theirs)

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import trace_named
 
 from specmd_jax import synthetic
 from specmd_jax.prefetch import (PREDICTORS, PrefetchConfig, make_plan, prediction_quality, select,
@@ -119,10 +120,14 @@ def test_recorded_needs_predictions(train):
 # ------------------------------------------------------------------------- predictor semantics
 
 
-def test_oracle_is_exact_and_topk_counts(olmoe, qwen_trace):
-    for t in (olmoe, qwen_trace.slice_passes(0, 6)):
-        q = prediction_quality(t, make_plan(t, PrefetchConfig("oracle", "all", depth=2)))
-        assert q["precision"] == 1.0 and q["recall"] == 1.0
+@pytest.mark.parametrize("name", ["olmoe", "qwen_excerpt"])   # the excerpt is the real trace's first passes
+def test_oracle_is_exact(request, name):
+    t = trace_named(request, name).slice_passes(0, 6)
+    q = prediction_quality(t, make_plan(t, PrefetchConfig("oracle", "all", depth=2)))
+    assert q["precision"] == 1.0 and q["recall"] == 1.0
+
+
+def test_oracle_topk_counts(olmoe):
     plan = make_plan(olmoe, PrefetchConfig("oracle", "topk", overfetch=0.5))
     L, K = olmoe.shape.num_layers, olmoe.shape.top_k
     n = (plan.ids >= 0).sum(axis=1).reshape(-1, L)

@@ -77,10 +77,10 @@ def test_routing_at_mixed_precision_with_level_choosing_misses():
         check(t, "lru", plan, [7, 64, 300], misses, routs, prec=prec, hws=HWS[:1])
 
 
-def test_candidates_only_real_trace(qwen_trace):
+def test_candidates_only_real_trace(qwen_excerpt):
     """Qwen3 has no logits: only the recorded candidates compete, so no set changes, but the
     re-ranked order moves drop_priority's decisions."""
-    q = qwen_trace.slice_passes(0, 6)
+    q = qwen_excerpt.slice_passes(0, 6)
     routs = [RoutingConfig(), RoutingConfig("cache_aware", 1.0), RoutingConfig("cache_aware", 20.0)]
     r = check(q, "ls", make_plan(q, PrefetchConfig("reuse", "all")), [40, 400],
               [MissConfig("drop_priority", rank_threshold=2)], routs, hws=HWS[1:])

@@ -14,7 +14,6 @@ import pytest
 
 from specmd_jax import reference, synthetic
 from specmd_jax.engine_score import run_scores, score_table
-from specmd_jax.readers import load_trace
 from specmd_jax.score import (FEATURES, NF, PRESETS, ScorePolicy, bounds_of, check_bounds, preset_weights,
                               quantize)
 from specmd_jax.visits import prepare_steps
@@ -26,9 +25,8 @@ def small():
 
 
 @pytest.fixture(scope="module")
-def qwen_slice(traces_dir):
-    t = load_trace(traces_dir / "bigmoeonedge-route-trace" / "qwen.route.csv")
-    return t.slice_passes(0, 12)  # the 28-token prefill and 11 decode passes
+def qwen_slice(qwen_excerpt):
+    return qwen_excerpt.slice_passes(0, 12)  # the 28-token prefill and 11 decode passes
 
 
 def _check_equal(trace, qs, caps, names=None):

@@ -55,10 +55,14 @@ def test_stack_equals_reference_synthetic_prefill(policy, partitioned):
 
 
 @pytest.mark.parametrize("policy", ["lru", "belady"])
-def test_stack_equals_reference_real_traces(qwen_trace, mixtral_trace, policy):
-    q = qwen_trace.slice_passes(0, 24)
+def test_stack_equals_reference_real_qwen_excerpt(qwen_excerpt, policy):
+    q = qwen_excerpt
     check_vs_reference(q, policy, [128, 307, 1536, 6144], "pinned", False, engine="stack")
     check_vs_reference(q, policy, [61, 307], "sequential", False, engine="stack")
+
+
+@pytest.mark.parametrize("policy", ["lru", "belady"])
+def test_stack_equals_reference_real_mixtral(mixtral_trace, policy):
     m = mixtral_trace.slice_passes(0, 200)
     check_vs_reference(m, policy, [2, 12, 64, 128, 256], "sequential", False, engine="stack")
     check_vs_reference(m, policy, [16, 64, 128, 256], "pinned", True)

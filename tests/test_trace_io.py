@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 
 import numpy as np
 import pytest
+from conftest import EXCERPT, REAL
 
 from specmd_jax.presets import MODEL_PRESETS, get_model_preset
 from specmd_jax.readers import load_trace, read_expert_jsonl, read_route_trace_csv
@@ -315,18 +315,20 @@ def test_presets():
 # --------------------------------------------------------------------------- real traces
 
 
-def test_real_qwen_route_trace(traces_dir, tmp_path):
-    p = traces_dir / QWEN_CSV
+@pytest.mark.parametrize("name", ["excerpt", pytest.param("full", marks=REAL)])
+def test_real_qwen_route_trace(request, name, tmp_path):
+    """The real Qwen3 route trace: the committed excerpt (prefill + 16 decode steps) everywhere,
+    the whole trace (128 decode steps) where ../shared/traces is present."""
+    p = EXCERPT if name == "excerpt" else request.getfixturevalue("traces_dir") / QWEN_CSV
+    n_decode = 16 if name == "excerpt" else 128
     data_rows = sum(1 for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith(("#", "turn,")))
-    assert data_rows == 44_766
-    t0 = time.perf_counter()
+    assert data_rows == 28 * 47 * 6 + 6 + n_decode * 48 * 6        # 12,510 / 44,766 (README of the traces)
     t = load_trace(p)
-    assert time.perf_counter() - t0 < 5.0
     s = t.shape
     assert (s.num_layers, s.num_experts, s.top_k) == (48, 128, 6)
     assert t.experts.size == data_rows                          # nothing dropped
     assert np.sum(t.pass_phase == PREFILL) == 1 and t.pass_phase[0] == PREFILL and t.pass_tokens[0] == 28
-    assert np.sum(t.pass_phase == DECODE) == 128 and np.all(t.pass_tokens[1:] == 1)
+    assert np.sum(t.pass_phase == DECODE) == n_decode and np.all(t.pass_tokens[1:] == 1)
     rows = np.diff(t.cell_offsets).reshape(t.num_passes, 48)
     assert np.all(rows[0, :47] == 28) and rows[0, 47] == 1 and np.all(rows[1:] == 1)
     assert any("layer 47 routes 1 of 28 prompt tokens" in n for n in t.notes)
@@ -339,9 +341,7 @@ def test_real_mixtral_jsonl(traces_dir):
     p = traces_dir / MIXTRAL_JSONL
     records = sum(1 for ln in p.read_text().splitlines() if ln.strip())
     assert records == 7_889
-    t0 = time.perf_counter()
     t = load_trace(p)
-    assert time.perf_counter() - t0 < 5.0
     s = t.shape
     assert (s.num_layers, s.num_experts, s.top_k) == (32, 8, 2)
     assert len(np.unique(t.pass_request)) == 2 and np.all(t.pass_phase == DECODE)
