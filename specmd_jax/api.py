@@ -70,7 +70,7 @@ def list_policies() -> dict:
 
 def capacity_slots(trace: Trace, fractions) -> np.ndarray:
     """Slots holding ``fraction`` of all expert bytes: ``floor(fraction * L * E)``."""
-    f = checks.fractions(fractions)
+    f = checks.fractions(fractions, name="capacity fractions")
     return np.floor(f * trace.shape.num_ids + 1e-9).astype(np.int64)
 
 
