@@ -1,4 +1,4 @@
-"""The README's Python API example runs as written (it is documentation users copy)."""
+"""The Python examples of the README and docs/ run as written (they are documentation users copy)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,38 @@ def test_docs_readings_example_runs(tmp_path, monkeypatch):
     df, old, every = ns["df"], ns["old"], ns["every"]
     assert set(df["reading"]) == {"expert/at_router/running"} and set(old["reading"]) == {"visit/after_use/visit"}
     assert every["reading"].nunique() == 6 and every["below_token_cycle"].all()
+
+
+# (file relative to the repository, block index) -> the test above that runs it with assertions
+COVERED = {("README.md", 0), ("README.md", 1), ("docs/readings.md", 0)}
+
+
+def _blocks():
+    root = README.parent
+    for path in [README, *sorted((root / "docs").glob("*.md"))]:
+        n = len(re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S))
+        for i in range(n):
+            yield path.relative_to(root).as_posix(), i
+
+
+def test_every_python_block_in_the_docs_is_run(tmp_path, monkeypatch):
+    """Every fenced Python block in the README and docs/ executes: the ones the tests above check
+    with assertions, and any other here (so no example can rot unseen)."""
+    blocks = list(_blocks())
+    assert COVERED <= set(blocks), f"a covered block moved: {sorted(COVERED - set(blocks))}"
+    for name, i in blocks:
+        if (name, i) not in COVERED:
+            _run_block(README.parent / name, i, tmp_path, monkeypatch)
+
+
+def test_every_relative_link_in_the_docs_resolves():
+    """README and docs/ link files by relative path; each must exist (after the README split)."""
+    root = README.parent
+    bad = []
+    for path in [README, *sorted((root / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text(encoding="utf-8")):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            if not (path.parent / target).exists():
+                bad.append(f"{path.relative_to(root)}: {target}")
+    assert not bad, bad
