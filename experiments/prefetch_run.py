@@ -14,7 +14,6 @@ print one ``error:`` line and exit 2, Ctrl-C exits 130 and SIGTERM 143 (no manif
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import specmd_jax as sj  # noqa: E402
 from specmd_jax.app_config import (ConfigError, build_trace, enable_compilation_cache,  # noqa: E402
                                    resolve_capacities, resolve_policies)
 from specmd_jax.miss import MissConfig, Precision  # noqa: E402
-from specmd_jax.outputs import RunDir, guarded  # noqa: E402
+from specmd_jax.outputs import RunDir, guarded, run_job  # noqa: E402
 from specmd_jax.prefetch import PrefetchConfig  # noqa: E402
 from specmd_jax.routing import RoutingConfig  # noqa: E402
 from specmd_jax.systems import get_system  # noqa: E402
@@ -103,12 +102,7 @@ def _routing(cfg: dict, system) -> list:
 
 def run(cfg: dict) -> pd.DataFrame:
     """Run the plain-dict config; write the output files and the manifest; return the results table."""
-    with RunDir(cfg["output_dir"], OUTPUTS) as out:  # checked writable and claimed before any compute
-        res = _run(cfg, out)
-        out.finish(cfg, app="experiments/prefetch_run.py")
-    print(f"\nwrote {out.path}{os.sep}: {', '.join(out.files)}, manifest.json (written last: "
-          "the run is complete)")
-    return res
+    return run_job(cfg, OUTPUTS, "experiments/prefetch_run.py", _run, lead="\n")
 
 
 def _run(cfg: dict, out: RunDir) -> pd.DataFrame:

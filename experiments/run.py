@@ -20,7 +20,6 @@ exits 130, SIGTERM 143 (no manifest).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import specmd_jax as sj  # noqa: E402
 from specmd_jax.app_config import (ConfigError, build_trace, enable_compilation_cache,  # noqa: E402
                                    resolve_capacities, resolve_policies)
-from specmd_jax.outputs import RunDir, guarded  # noqa: E402
+from specmd_jax.outputs import RunDir, guarded, run_job  # noqa: E402
 from specmd_jax.plots import plot_hit_rate, plot_misses  # noqa: E402
 from specmd_jax.stack import ENGINES, STACK_POLICIES  # noqa: E402
 from specmd_jax.trace import TraceError  # noqa: E402
@@ -77,12 +76,7 @@ def best_by_capacity(df: pd.DataFrame) -> pd.DataFrame:
 
 def run(cfg: dict) -> pd.DataFrame:
     """Run the plain-dict config; write the output files and the manifest; return the results table."""
-    with RunDir(cfg["output_dir"], OUTPUTS) as out:  # checked writable and claimed before any compute
-        res = _run(cfg, out)
-        out.finish(cfg, app="experiments/run.py")
-    print(f"wrote {out.path}{os.sep}: {', '.join(out.files)}, manifest.json (written last: "
-          "the run is complete)")
-    return res
+    return run_job(cfg, OUTPUTS, "experiments/run.py", _run)
 
 
 def _run(cfg: dict, out: RunDir) -> pd.DataFrame:

@@ -216,6 +216,17 @@ class RunDir:
             raise OutputError(f"output_dir {self.path}: cannot write {MANIFEST} ({e.strerror or e})") from None
 
 
+def run_job(cfg: dict, names: Iterable[str], app: str, body: Callable[[dict, "RunDir"], Any], lead: str = "") -> Any:
+    """An app's job: claim ``cfg["output_dir"]`` (writable, unused) before any compute, run
+    ``body(cfg, run_dir)``, write the manifest last and say what was written; ``body``'s result."""
+    with RunDir(cfg["output_dir"], names) as out:
+        res = body(cfg, out)
+        out.finish(cfg, app=app)
+    print(f"{lead}wrote {out.path}{os.sep}: {', '.join(out.files)}, manifest.json (written last: "
+          "the run is complete)")
+    return res
+
+
 def verify(path: str | Path) -> dict:
     """The manifest of a complete run directory; :class:`OutputError` naming what is missing,
     incomplete or changed (a file whose size or sha256 differs from the manifest)."""
