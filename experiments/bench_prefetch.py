@@ -52,16 +52,21 @@ from specmd_jax.runner import run_configs  # noqa: E402
 from specmd_jax.timing import HARDWARE_PRESETS, VISIT_READING  # noqa: E402
 
 
-def _write(a, df: pd.DataFrame, name: str, title: str, notes: list, argv) -> list:
-    """Write ``<out>/<name>_<backend>.csv`` and return the Markdown header lines (title, machine,
-    ``notes``, command)."""
+def _write(a, df: pd.DataFrame, name: str, title: str, notes: list, argv, cols: dict) -> None:
+    """Write ``<out>/<name>_<backend>.csv`` and ``.md`` (title, machine, ``notes``, command, then a
+    table of ``cols``: header -> ``(column, format)``)."""
     backend = jax.default_backend()
     os.makedirs(a.out, exist_ok=True)
     df.to_csv(os.path.join(a.out, f"{name}_{backend}.csv"), index=False)
-    return [f"# {title} ({backend})", "",
-            f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; {os.cpu_count()} CPUs, "
-            f"{platform.platform()}; jax {jax.__version__}", *notes,
-            f"- command: `{' '.join(sys.argv) if argv is None else argv}`"]
+    lines = [f"# {title} ({backend})", "",
+             f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; {os.cpu_count()} CPUs, "
+             f"{platform.platform()}; jax {jax.__version__}", *notes,
+             f"- command: `{' '.join(sys.argv) if argv is None else argv}`", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(format(r[c], f) for c, f in cols.values()) + " |")
+    Path(a.out, f"{name}_{backend}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {a.out}/{name}_{backend}.csv and .md")
 
 
 def main(argv=None):
@@ -125,17 +130,13 @@ def main(argv=None):
         print(f"{pol}: demand-only {ds:.2f}s, instant prefetch {ps:.2f}s ({ps / ds:.2f}x), host timing {th * 1e3:.1f} ms, "
               f"async reference {tr:.2f}s/config", flush=True)
     df = pd.DataFrame(rows)
-    backend = jax.default_backend()
-    lines = _write(a, df, "prefetch", "Prefetch + timing cost",
-                   [f"- trace: {t.describe()}; {acc} demands per configuration; plan: recorded top-k x1.0 "
-                    f"({plan.num_proposals} proposals); execution reading visit/after_use/visit"], argv)
-    lines += ["", "| policy | engine | configs | compile_s | run_s | M acc/s | ratio_vs_demand_only |",
-              "|---|---|---|---|---|---|---|"]
-    for _, r in df.iterrows():
-        lines.append(f"| {r.policy} | {r.engine} | {r.configs} | {r.compile_s:.2f} | {r.run_s:.3f} | "
-                     f"{r.acc_per_s / 1e6:.2f} | {r.ratio_vs_demand_only:.2f} |")
-    Path(a.out, f"prefetch_{backend}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {a.out}/prefetch_{backend}.csv and .md")
+    df["M_acc_per_s"] = df["acc_per_s"] / 1e6
+    _write(a, df, "prefetch", "Prefetch + timing cost",
+           [f"- trace: {t.describe()}; {acc} demands per configuration; plan: recorded top-k x1.0 "
+            f"({plan.num_proposals} proposals); execution reading visit/after_use/visit"], argv,
+           {"policy": ("policy", ""), "engine": ("engine", ""), "configs": ("configs", ""),
+            "compile_s": ("compile_s", ".2f"), "run_s": ("run_s", ".3f"), "M acc/s": ("M_acc_per_s", ".2f"),
+            "ratio_vs_demand_only": ("ratio_vs_demand_only", ".2f")})
     return df
 
 
@@ -144,20 +145,17 @@ def readings_table(a, t, caps, argv):
     from specmd_jax.timing import READINGS
     from specmd_jax.turns import prepare_turns
     from specmd_jax.visits import prepare_steps
-    import inspect
     plan = make_plan(t, PrefetchConfig("recorded", "topk"))
     hw = [HARDWARE_PRESETS["a100-5gbps"]]
     steps = prepare_steps(t, "pinned")
-    instant_readings = "reading" in inspect.signature(run_instant).parameters
     rows = []
     for pol in a.policies.split(","):
         base = {}
         for rd in READINGS:
             nturns = prepare_turns(t, steps, rd.execution).num_turns
             runs = [("async", lambda: run_async(t, pol, caps, plan, hw, reading=rd))]
-            if pol in ("lru", "ls", "fifo") and (instant_readings or rd == VISIT_READING):
-                kw = {"reading": rd} if instant_readings else {}
-                runs.append(("instant", lambda: run_instant(t, pol, caps, plan, **kw)))
+            if pol in ("lru", "ls", "fifo"):
+                runs.append(("instant", lambda: run_instant(t, pol, caps, plan, reading=rd)))
             for engine, fn in runs:
                 best, comp = float("inf"), None
                 for _ in range(max(1, a.repeats)):
@@ -175,19 +173,14 @@ def readings_table(a, t, caps, argv):
                 print(f"{pol:4s} {engine:7s} {rd.label:26s} {best:7.2f} s  per visit {r['per_visit']:.2f}x  "
                       f"per step {r['per_step']:.2f}x", flush=True)
     df = pd.DataFrame(rows)
-    backend = jax.default_backend()
-    lines = _write(a, df, "readings", "Execution readings: cost against the whole-visit reading",
-                   [f"- trace: {t.describe()}; plan: recorded top-k x1.0; {len(caps)} capacities, one link",
-                    "- per_visit: run time / the whole-visit reading's (visit/after_use/visit, the only one before) "
-                    "run time of the same engine and policy; per_step: the same per scan step (per-expert readings "
-                    "scan one step per expert)"], argv)
-    lines += ["", "| policy | engine | reading | steps | compile_s | run_s | M steps/s | per_visit | per_step |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for _, r in df.iterrows():
-        lines.append(f"| {r.policy} | {r.engine} | {r.reading} | {r.steps} | {r.compile_s:.2f} | {r.run_s:.2f} | "
-                     f"{r.M_steps_per_s:.2f} | {r.per_visit:.2f} | {r.per_step:.2f} |")
-    Path(a.out, f"readings_{backend}.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {a.out}/readings_{backend}.csv and .md")
+    _write(a, df, "readings", "Execution readings: cost against the whole-visit reading",
+           [f"- trace: {t.describe()}; plan: recorded top-k x1.0; {len(caps)} capacities, one link",
+            "- per_visit: run time / the whole-visit reading's (visit/after_use/visit, the only one before) "
+            "run time of the same engine and policy; per_step: the same per scan step (per-expert readings "
+            "scan one step per expert)"], argv,
+           {**{c: (c, "") for c in ("policy", "engine", "reading", "steps")}, "compile_s": ("compile_s", ".2f"),
+            "run_s": ("run_s", ".2f"), "M steps/s": ("M_steps_per_s", ".2f"), "per_visit": ("per_visit", ".2f"),
+            "per_step": ("per_step", ".2f")})
     return df
 
 

@@ -43,7 +43,9 @@ def _ints(name: str, values, lo: int, hi: int, why: str = "") -> np.ndarray:
 
 def whole(name: str, value, lo: int = 0, hi: int = INT32_MAX) -> int:
     """One whole number in ``[lo, hi]`` (a whole float counts; fractions, bools, strings do not)."""
-    return int(_ints(name, value, lo, hi)[0]) if np.ndim(value) == 0 else int(_ints(name, [value], lo, hi)[0])
+    if np.ndim(value) != 0:
+        raise TypeError(f"{name} must be one whole number, got {value!r}")
+    return int(_ints(name, value, lo, hi)[0])
 
 
 def fractions(values, *, name: str = "fractions") -> np.ndarray:

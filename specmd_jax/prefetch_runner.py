@@ -401,7 +401,7 @@ class ClockOverflow(ValueError):
     """A pass outlasted the asynchronous kernel's int32 clock (2**31 ticks of 100 ns, 214 s)."""
 
 
-def async_tick_problem(trace: Trace, hardware, precision=None, plan_ids=(), routed: bool = False):
+def async_tick_problem(trace: Trace, hardware, precision=None, plan_ids=(), routed: bool = False, steps=None):
     """Why the asynchronous kernel could not even start timing ``trace`` on one of ``hardware``
     without an int32 product wrapping unseen (a message naming the profile and its numbers), or
     ``None``.
@@ -414,7 +414,7 @@ def async_tick_problem(trace: Trace, hardware, precision=None, plan_ids=(), rout
     must each fit, and so must every per-copy and per-layer number."""
     from .miss import Precision
     prec = precision if precision is not None else Precision()
-    steps = prepare_steps(trace, "pinned")
+    steps = steps if steps is not None else prepare_steps(trace, "pinned")
     E, K = trace.shape.num_experts, trace.shape.top_k
     dem = np.sum(steps.ids >= 0, axis=1).astype(np.int64)
     if routed:      # a routed visit demands at most min(E, tokens x K) experts
@@ -510,7 +510,7 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
     B = len(caps) * H * M * R
     eb = trace.shape.expert_bytes
     NL = len(prec.units)
-    problem = async_tick_problem(trace, hws, prec, [p.ids for p in plans], routed)
+    problem = async_tick_problem(trace, hws, prec, [p.ids for p in plans], routed, steps)
     if problem is not None:
         raise ValueError(problem)
     xlv = np.array([[h.transfer_ticks(prec.level_bytes(eb, i)) for i in range(NL)] for h in hws], np.int64)

@@ -113,6 +113,22 @@ def trace_named(request, name: str):
     return request.getfixturevalue(fixture)
 
 
+def assert_async_row_equals_reference(r, b, ref, ctx, counters):
+    """Configuration ``b`` of an asynchronous-engine result ``r`` equals the timed reference's
+    ``ref``: totals, per-layer counts, the prefetch ``counters``, resident set, occupancy, every
+    pass time and the per-layer stall."""
+    import numpy as np
+    from specmd_jax.engine import COUNTER_NAMES
+    assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
+    for k, name in enumerate(COUNTER_NAMES):
+        assert r.per_layer[b, k].tolist() == ref.per_layer[name], f"{ctx} per-layer {name}"
+    assert {k: int(r.pf_totals[k][b]) for k in counters} == {k: ref.totals[k] for k in counters}, ctx
+    assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
+    assert r.max_occupancy[b] == ref.max_occupancy, ctx
+    assert r.pass_ticks[b].tolist() == ref.pass_ticks, ctx
+    assert r.stall_ticks[b].tolist() == ref.per_layer["stall_ticks"], ctx
+
+
 def hand_plan(t, per_visit):
     """A prefetch plan written by hand: ``per_visit[s]`` = the ids proposed after visit ``s``."""
     from specmd_jax.prefetch import PrefetchConfig, PrefetchPlan

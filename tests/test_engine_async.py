@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import REAL, random_trace, trace_named
+from conftest import REAL, assert_async_row_equals_reference, random_trace, trace_named
 from specmd_jax import synthetic
 from specmd_jax.engine import COUNTER_NAMES
 from specmd_jax.engine_async import ASYNC_POLICIES
@@ -37,14 +37,7 @@ def check(trace, policy, plan, caps, hws=HWS):
         c, h = int(r.capacities[b]), r.hardware[b]
         ref = simulate_timed(trace, policy, c, plan=plan, hardware=h)
         ctx = f"{trace.source} {policy} {plan.config.predictor} d{plan.config.depth} cap={c} {h.bandwidth_gbps} GB/s"
-        assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
-        for k, name in enumerate(COUNTER_NAMES):
-            assert r.per_layer[b, k].tolist() == ref.per_layer[name], f"{ctx} per-layer {name}"
-        assert {k: int(r.pf_totals[k][b]) for k in PF} == {k: ref.totals[k] for k in PF}, ctx
-        assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
-        assert r.max_occupancy[b] == ref.max_occupancy, ctx
-        assert r.pass_ticks[b].tolist() == ref.pass_ticks, ctx
-        assert r.stall_ticks[b].tolist() == ref.per_layer["stall_ticks"], ctx
+        assert_async_row_equals_reference(r, b, ref, ctx, PF)
         ttft = np.mean(list(ref.ttft_ticks.values())) if ref.ttft_ticks else float("nan")
         np.testing.assert_allclose([r.ttft_ticks[b], r.tpot_ticks[b]], [ttft, ref.tpot_ticks], rtol=1e-12)
 

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
-from conftest import random_trace
+from conftest import assert_async_row_equals_reference, random_trace
 from specmd_jax import synthetic
-from specmd_jax.engine import COUNTER_NAMES
 from specmd_jax.engine_async import ASYNC_POLICIES
 from specmd_jax.miss import MissConfig, Precision
 from specmd_jax.prefetch import PrefetchConfig, make_plan
@@ -44,14 +42,7 @@ def check(trace, policy, plan, caps, reading, hws=HWS, misses=None, precision=No
         ref = simulate_timed(trace, policy, c, plan=pl, hardware=h, miss=m, precision=precision, reading=reading)
         ctx = (f"{trace.source} {policy} {reading.label} {pl.config.predictor} d{pl.config.depth} cap={c} "
                f"{h.bandwidth_gbps} GB/s {m.label()}")
-        assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
-        for k, name in enumerate(COUNTER_NAMES):
-            assert r.per_layer[b, k].tolist() == ref.per_layer[name], f"{ctx} per-layer {name}"
-        assert {k: int(r.pf_totals[k][b]) for k in EXTRA} == {k: ref.totals[k] for k in EXTRA}, ctx
-        assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
-        assert r.max_occupancy[b] == ref.max_occupancy, ctx
-        assert r.pass_ticks[b].tolist() == ref.pass_ticks, ctx
-        assert r.stall_ticks[b].tolist() == ref.per_layer["stall_ticks"], ctx
+        assert_async_row_equals_reference(r, b, ref, ctx, EXTRA)
 
 
 def _random_case(policy, reading, seed):
