@@ -13,7 +13,7 @@ demand-only time of the same policy (issue 3's target: <= 2x at 1024 configurati
 replay the whole-visit reading (``visit/after_use/visit``), the one they were first measured
 under; ``--readings`` measures every reading, the default included, against it.
 
-``--readings``: the execution readings (:class:`specmd_jax.timing.Reading`) on the asynchronous
+``--readings``: the execution readings (:class:`specmd_jax.core.timing.Reading`) on the asynchronous
 engine (and the instantaneous one where it runs them), each at ``--configs`` configurations on
 the first ``--reading-tokens`` passes of the same stream, against the whole-visit reading every
 earlier release used (``visit/after_use/visit``) in the same process: ``per_visit`` = run time / today's run time (the
@@ -42,14 +42,14 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from specmd_jax import synthetic  # noqa: E402
-from specmd_jax.prefetch import PrefetchConfig, make_plan  # noqa: E402
-from specmd_jax.engine_async import ASYNC_POLICIES  # noqa: E402
-from specmd_jax.miss import PRECISION_PRESETS, MissConfig  # noqa: E402
-from specmd_jax.prefetch_runner import run_async, run_instant, timing  # noqa: E402
-from specmd_jax.reference_timed import simulate_timed  # noqa: E402
-from specmd_jax.runner import run_configs  # noqa: E402
-from specmd_jax.timing import HARDWARE_PRESETS, VISIT_READING  # noqa: E402
+from specmd_jax.core import synthetic  # noqa: E402
+from specmd_jax.core.prefetch import PrefetchConfig, make_plan  # noqa: E402
+from specmd_jax.kernels.asynchronous import ASYNC_POLICIES  # noqa: E402
+from specmd_jax.core.miss import PRECISION_PRESETS, MissConfig  # noqa: E402
+from specmd_jax.run.timed import run_async, run_instant, timing  # noqa: E402
+from specmd_jax.reference.timed import simulate_timed  # noqa: E402
+from specmd_jax.run.demand import run_configs  # noqa: E402
+from specmd_jax.core.timing import HARDWARE_PRESETS, VISIT_READING  # noqa: E402
 
 
 def _write(a, df: pd.DataFrame, name: str, title: str, notes: list, argv, cols: dict) -> None:
@@ -142,9 +142,9 @@ def main(argv=None):
 
 def readings_table(a, t, caps, argv):
     """Cost of every execution reading vs today's, same process (see the module docstring)."""
-    from specmd_jax.timing import READINGS
-    from specmd_jax.turns import prepare_turns
-    from specmd_jax.visits import prepare_steps
+    from specmd_jax.core.timing import READINGS
+    from specmd_jax.core.turns import prepare_turns
+    from specmd_jax.core.steps import prepare_steps
     plan = make_plan(t, PrefetchConfig("recorded", "topk"))
     hw = [HARDWARE_PRESETS["a100-5gbps"]]
     steps = prepare_steps(t, "pinned")

@@ -54,16 +54,16 @@ import numpy as np
 import pandas as pd
 
 from specmd_jax import reference
-from specmd_jax.engine import COUNTER_NAMES
-from specmd_jax.mrc import lru_mrc
-from specmd_jax.semantics import POLICIES
-from specmd_jax.synthetic import decode_stream
-from specmd_jax.trace import Trace
-from specmd_jax.visits import StepArrays, prepare_steps
+from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.run.mrc import lru_mrc
+from specmd_jax.core.semantics import POLICIES
+from specmd_jax.core.synthetic import decode_stream
+from specmd_jax.core.trace import Trace
+from specmd_jax.core.steps import StepArrays, prepare_steps
 
-from specmd_jax.peers import make_cache, oracle_reader
-from specmd_jax.runner import run_configs
-from specmd_jax.stack import STACK_POLICIES, run_stack
+from specmd_jax.study.peers import make_cache, oracle_reader
+from specmd_jax.run.demand import run_configs
+from specmd_jax.run.stack import STACK_POLICIES, run_stack
 
 HITS = COUNTER_NAMES.index("hits")
 DEMANDS = COUNTER_NAMES.index("demands")

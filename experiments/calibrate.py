@@ -6,11 +6,11 @@
 For OLMoE-1B-7B and Mixtral-8x7B (the models with routing counts in
 ``../shared/traces/olmoe-routing-stats/``): coordinate search over per-layer ``skew`` (at layers
 0, 7, 15) and ``cross_layer`` (layers 1-7, 8+) minimising mean sorted-marginal TV + mean
-slot-aligned MI gap (``specmd_jax.calibrate``), on seeded synthetic prefill traces; then ``reuse``
+slot-aligned MI gap (``specmd_jax.study.calibrate``), on seeded synthetic prefill traces; then ``reuse``
 so that the synthetic decode reuse rate matches the real Qwen3 / Mixtral traces (OLMoE: their
 mean, as no OLMoE token sequence is available; Qwen3-30B-A3B: reuse only). Writes
 ``calibration.md`` (every distance before and after), ``calibration.csv``, ``calibrated.json``
-(paste into ``specmd_jax.calibrate.CALIBRATED``) and ``marginals.png``.
+(paste into ``specmd_jax.study.calibrate.CALIBRATED``) and ``marginals.png``.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specmd_jax import synthetic  # noqa: E402
-from specmd_jax.calibrate import (STATS_MODELS, distances, expand_knobs, fit_score, load_routing_stats,  # noqa: E402
+from specmd_jax.core import synthetic  # noqa: E402
+from specmd_jax.study.calibrate import (STATS_MODELS, distances, expand_knobs, fit_score, load_routing_stats,  # noqa: E402
                                   reuse_rate, trace_stats)
-from specmd_jax.presets import get_model_preset  # noqa: E402
-from specmd_jax.readers import load_trace  # noqa: E402
+from specmd_jax.core.presets import get_model_preset  # noqa: E402
+from specmd_jax.core.readers import load_trace  # noqa: E402
 
 DEFAULT = {"skew": (1.0, 1.0, 1.0), "cross_layer": (0.3, 0.3), "reuse": 0.5, "rank_coupling": 0.0}  # generate()'s
 REAL_TRACES = {"qwen3-30b-a3b": "bigmoeonedge-route-trace/qwen.route.csv",
@@ -208,7 +208,7 @@ def main(argv=None) -> pd.DataFrame:
           "TV; `fit_score` = mean layer TV + mean MI gap (what the search minimises); `reuse_gap` absolute "
           "reuse-rate difference. `mi_real_*` / `mi_syn_*` are the values themselves.",
           "- default knobs: skew 1.0, cross_layer 0.3, rank_coupling 0, reuse 0.5; fitted knobs (`calibrated.json`, shipped as "
-          "`specmd_jax.calibrate.CALIBRATED`):", ""]
+          "`specmd_jax.study.calibrate.CALIBRATED`):", ""]
     for m, f in fitted.items():
         md.append(f"  - `{m}`: skew at layers 0/7/15 {f['skew']}, cross_layer (1-7, 8+) {f['cross_layer']}, "
                   f"rank_coupling {f['rank_coupling']}, reuse {f['reuse']}")

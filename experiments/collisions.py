@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import specmd_jax as sj  # noqa: E402
-from specmd_jax.calibrate import CALIBRATED, calibrated_knobs  # noqa: E402
+from specmd_jax.study.calibrate import CALIBRATED, calibrated_knobs  # noqa: E402
 
 MODELS = ("olmoe-1b-7b", "mixtral-8x7b", "qwen1.5-moe-a2.7b", "phi-3.5-moe", "qwen3-30b-a3b")
 REAL = {"qwen3-real": "bigmoeonedge-route-trace/qwen.route.csv",
@@ -77,8 +77,8 @@ def with_prefetch(traces: dict) -> pd.DataFrame:
     """LRU vs Least-Stale (and FIFO) with next-layer top-k prefetch, asynchronous copies on the
     paper's A100 link and on a free link (copies land at once: the policy effect alone), where
     the paper locates Least-Stale's edge (in demand-only replay it decides as LRU)."""
-    from specmd_jax.prefetch import PrefetchConfig
-    from specmd_jax.timing import HARDWARE_PRESETS, Hardware
+    from specmd_jax.core.prefetch import PrefetchConfig
+    from specmd_jax.core.timing import HARDWARE_PRESETS, Hardware
     hws = [HARDWARE_PRESETS["a100-5gbps"], Hardware(math.inf, 0.0, 150.0, 150.0, 5.0, "free-link")]
     rows = []
     for name, pred in PREFETCH_TRACES.items():
@@ -213,7 +213,7 @@ def markdown(df: pd.DataFrame, summ: pd.DataFrame, psumm: pd.DataFrame, cmd: str
                      f"{r['ls_vs_baselines_mean']:.1f}x | {r['ls_hit_rate']:.3f} | {r['lru_hit_rate']:.3f} | "
                      f"{r['belady_hit_rate']:.3f} |")
     lines += ["", "In demand-only replay Least-Stale decides exactly as LRU (a demanded expert's key dominates every "
-              "resident's; `specmd_jax/engine.py`), so `LS vs LRU` is 1.0 by construction there: its edge needs "
+              "resident's; `specmd_jax/kernels/demand.py`), so `LS vs LRU` is 1.0 by construction there: its edge needs "
               "prefetching, below.", "",
               "## With next-layer prefetch (top-k x1.0)", "",
               "Asynchronous copies (`a100-5gbps`: 5 GB/s FIFO copy engine; `free-link`: copies land at once, the "

@@ -22,9 +22,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import specmd_jax as sj  # noqa: E402
-from specmd_jax.prefetch import PrefetchConfig  # noqa: E402
-from specmd_jax.timing import Reading  # noqa: E402
-from specmd_jax.timing import HARDWARE_PRESETS  # noqa: E402
+from specmd_jax.core.prefetch import PrefetchConfig  # noqa: E402
+from specmd_jax.core.timing import Reading  # noqa: E402
+from specmd_jax.core.timing import HARDWARE_PRESETS  # noqa: E402
 
 QWEN = "bigmoeonedge-route-trace/qwen.route.csv"
 STRATEGIES = [("topk", {"overfetch": 1.0}), ("topk", {"overfetch": 1.5}), ("topk", {"overfetch": 2.0}),
@@ -73,7 +73,7 @@ def main(argv=None):
              f"- eviction {a.policy}, {a.fraction:.0%} capacity, asynchronous copies on `a100-5gbps` "
              "(5 GB/s, FIFO engine); precision/recall are trace-level (plan vs true next-layer demand)",
              "- `served_by_prefetch` = hit rate + late rate (demands whose copy was already made or under way)",
-             f"- execution reading: `{a.reading.label}` (specmd_jax.timing.Reading)", "",
+             f"- execution reading: `{a.reading.label}` (specmd_jax.core.timing.Reading)", "",
              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in res.iterrows():
         lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r) + " |")

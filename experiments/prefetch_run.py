@@ -3,7 +3,7 @@
 Hydra selects (trace, capacities, hardware profiles, a prior system or a prefetch config,
 timing); :func:`specmd_jax.sweep_prefetch` computes. Writes ``results.csv`` (one row per policy x
 capacity x hardware profile) and ``trace.txt`` into the run directory (atomically, then
-``manifest.json`` last; :mod:`specmd_jax.outputs`), prints a summary. The directory is checked
+``manifest.json`` last; :mod:`specmd_jax.core.outputs`), prints a summary. The directory is checked
 writable and claimed before any compute and refused if it already holds results; input errors
 print one ``error:`` line and exit 2, Ctrl-C exits 130 and SIGTERM 143 (no manifest).
 
@@ -25,16 +25,16 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import specmd_jax as sj  # noqa: E402
-from specmd_jax.app_config import (ConfigError, build_trace, enable_compilation_cache,  # noqa: E402
+from specmd_jax.config.build import (ConfigError, build_trace, enable_compilation_cache,  # noqa: E402
                                    resolve_capacities, resolve_policies)
-from specmd_jax.miss import MissConfig, Precision  # noqa: E402
-from specmd_jax.outputs import RunDir, guarded, run_job  # noqa: E402
-from specmd_jax.prefetch import PrefetchConfig  # noqa: E402
-from specmd_jax.routing import RoutingConfig  # noqa: E402
-from specmd_jax.systems import get_system  # noqa: E402
-from specmd_jax.timing import HARDWARE_PRESETS  # noqa: E402
-from specmd_jax.trace import TraceError  # noqa: E402
-from specmd_jax.app_schema import register as register_schemas  # noqa: E402
+from specmd_jax.core.miss import MissConfig, Precision  # noqa: E402
+from specmd_jax.core.outputs import RunDir, guarded, run_job  # noqa: E402
+from specmd_jax.core.prefetch import PrefetchConfig  # noqa: E402
+from specmd_jax.core.routing import RoutingConfig  # noqa: E402
+from specmd_jax.study.systems import get_system  # noqa: E402
+from specmd_jax.core.timing import HARDWARE_PRESETS  # noqa: E402
+from specmd_jax.core.trace import TraceError  # noqa: E402
+from specmd_jax.config.schema import register as register_schemas  # noqa: E402
 
 register_schemas()  # conf/*.yaml extend these typed schemas: typos and wrong types fail at startup
 

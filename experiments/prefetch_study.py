@@ -29,9 +29,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import specmd_jax as sj  # noqa: E402
-from specmd_jax.prefetch import PrefetchConfig  # noqa: E402
-from specmd_jax.timing import Reading  # noqa: E402
-from specmd_jax.timing import HARDWARE_PRESETS, Hardware  # noqa: E402
+from specmd_jax.core.prefetch import PrefetchConfig  # noqa: E402
+from specmd_jax.core.timing import Reading  # noqa: E402
+from specmd_jax.core.timing import HARDWARE_PRESETS, Hardware  # noqa: E402
 
 QWEN = "bigmoeonedge-route-trace/qwen.route.csv"
 
@@ -166,12 +166,12 @@ def summary(res: pd.DataFrame, rat: pd.DataFrame, args, files, wall: float) -> s
              f"tokens, pred_noise={args.pred_noise}, experts at {args.expert_bits} bits",
              "- timing: `async` = copies complete on one FIFO copy engine (demand misses queue behind "
              "prefetches; late prefetches stall); `instant` = prefetches land at once "
-             "(policy effect only), JAX engine. Semantics: `specmd_jax/timing.py`.",
+             "(policy effect only), JAX engine. Semantics: `specmd_jax/core/timing.py`.",
              "- collision = a demand miss on an expert evicted earlier in the same pass; "
              "`lru_over_ls` = LRU collisions / LS collisions (paper, 5 %: 2.6-8.6x; 1 %: up to 85x).",
              "- `below_token_cycle`: the capacity is smaller than one token cycle (L x top-k experts; "
              "`sj.token_cycle`), where LRU's hit rate collapses to about 0: a cliff, not a policy result.",
-             f"- execution reading: `{args.reading.label}` (specmd_jax.timing.Reading)", ""]
+             f"- execution reading: `{args.reading.label}` (specmd_jax.core.timing.Reading)", ""]
     cols = ["study_trace", "timing", "prefetch", "capacity_fraction", "below_token_cycle", "hardware", "lru_collisions",
             "ls_collisions", "lru_over_ls", "lru_hit_rate", "ls_hit_rate", "tpot_change_pct", "ttft_change_pct"]
     lines.append("| " + " | ".join(cols) + " |")

@@ -228,7 +228,7 @@ def build_page(base: Path, out: Path, cmd: str, secs: dict) -> str:
         lines += [f"- not available (run the experiment first): {', '.join(missing)}", ""]
     lines += ["Under the default execution reading (`expert/at_router/running`: one expert at a time in router "
               "order, the next layer's plan issued when the router runs, only the running expert pinned; "
-              "`specmd_jax.timing.Reading`). The next section has every reading.", "",
+              "`specmd_jax.core.timing.Reading`). The next section has every reading.", "",
               "| paper claim | paper | our setting | ours | ratio | why (notes) |", "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append("| " + " | ".join(str(x) for x in r) + " |")

@@ -11,7 +11,7 @@ Usage (from the repo root; see conf/config.yaml for more)::
 
 Writes ``results.csv``, ``per_layer.csv``, ``trace.txt`` and the plots ``hit_rate.png`` and
 ``misses.png`` into the hydra output directory, each atomically, then ``manifest.json`` last
-(:mod:`specmd_jax.outputs`): a directory without a manifest holds no complete run. The directory
+(:mod:`specmd_jax.core.outputs`): a directory without a manifest holds no complete run. The directory
 is checked writable and claimed before any compute and refused if it already holds results.
 Input errors (config, trace, output directory) print one ``error:`` line and exit 2; Ctrl-C
 exits 130, SIGTERM 143 (no manifest).
@@ -32,15 +32,15 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import specmd_jax as sj  # noqa: E402
-from specmd_jax.app_config import (ConfigError, build_trace, enable_compilation_cache,  # noqa: E402
+from specmd_jax.config.build import (ConfigError, build_trace, enable_compilation_cache,  # noqa: E402
                                    resolve_capacities, resolve_policies)
-from specmd_jax.outputs import RunDir, guarded, run_job  # noqa: E402
-from specmd_jax.plots import plot_hit_rate, plot_misses  # noqa: E402
-from specmd_jax.stack import ENGINES, STACK_POLICIES  # noqa: E402
-from specmd_jax.trace import TraceError  # noqa: E402
-from specmd_jax.app_schema import register as register_schemas  # noqa: E402
-from specmd_jax.engine_score import sweep_score  # noqa: E402
-from specmd_jax.score import FEATURES, ScorePolicy  # noqa: E402
+from specmd_jax.core.outputs import RunDir, guarded, run_job  # noqa: E402
+from specmd_jax.study.plots import plot_hit_rate, plot_misses  # noqa: E402
+from specmd_jax.run.stack import ENGINES, STACK_POLICIES  # noqa: E402
+from specmd_jax.core.trace import TraceError  # noqa: E402
+from specmd_jax.config.schema import register as register_schemas  # noqa: E402
+from specmd_jax.run.keyed import sweep_score  # noqa: E402
+from specmd_jax.core.score import FEATURES, ScorePolicy  # noqa: E402
 
 register_schemas()  # conf/*.yaml extend these typed schemas: typos and wrong types fail at startup
 
@@ -86,7 +86,7 @@ def _run(cfg: dict, out: RunDir) -> pd.DataFrame:
     sizes = resolve_capacities(trace, cfg["sweep"])
     policies = resolve_policies(cfg.get("policies"), cfg.get("policy"), cfg.get("mode", "pinned"), extra=("score",))
     score_pol = None
-    if "score" in policies:  # a learned (or hand-written) score policy, specmd_jax.score
+    if "score" in policies:  # a learned (or hand-written) score policy, specmd_jax.core.score
         path = cfg.get("score_policy")
         if path in (None, ""):
             raise ConfigError("policy 'score' needs score_policy=<file.json> (e.g. outputs/tune_score/learned.json, "

@@ -29,9 +29,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import specmd_jax as sj  # noqa: E402
-from specmd_jax.systems import BASELINE, PAPER_TABLE1, SYSTEMS  # noqa: E402
-from specmd_jax.timing import Reading  # noqa: E402
-from specmd_jax.timing import HARDWARE_PRESETS  # noqa: E402
+from specmd_jax.study.systems import BASELINE, PAPER_TABLE1, SYSTEMS  # noqa: E402
+from specmd_jax.core.timing import Reading  # noqa: E402
+from specmd_jax.core.timing import HARDWARE_PRESETS  # noqa: E402
 
 MODELS = ("olmoe-1b-7b", "mixtral-8x7b", "qwen1.5-moe-a2.7b", "phi-3.5-moe", "qwen3-30b-a3b")
 CONFIGS = {"baseline": BASELINE, **SYSTEMS}

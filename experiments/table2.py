@@ -6,7 +6,7 @@ stands in, and the table says so). The paper's OLMoE numbers are printed beside 
 
 One configuration per row, so ``sweep_prefetch(engine="auto")`` runs the exact reference; each
 row's ``engine`` column says so. Miss policies and precision levels are each system's own
-(:mod:`specmd_jax.systems`); the table lists them and the quality proxies are in the CSV. Writes ``<out>/table2.csv``,
+(:mod:`specmd_jax.study.systems`); the table lists them and the quality proxies are in the CSV. Writes ``<out>/table2.csv``,
 ``<out>/table2.md`` and ``<out>/table2.png``. Run: ``python experiments/table2.py``.
 """
 
@@ -24,9 +24,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import specmd_jax as sj  # noqa: E402
-from specmd_jax.systems import PAPER_TABLE2_OLMOE, SYSTEMS  # noqa: E402
-from specmd_jax.timing import Reading  # noqa: E402
-from specmd_jax.timing import HARDWARE_PRESETS  # noqa: E402
+from specmd_jax.study.systems import PAPER_TABLE2_OLMOE, SYSTEMS  # noqa: E402
+from specmd_jax.core.timing import Reading  # noqa: E402
+from specmd_jax.core.timing import HARDWARE_PRESETS  # noqa: E402
 
 QWEN = "bigmoeonedge-route-trace/qwen.route.csv"
 
@@ -85,7 +85,7 @@ def main(argv=None):
              f"- {a.fraction:.0%} capacity, hardware `{a.hardware}` ({hw.bandwidth_gbps} GB/s, {hw.latency_us} us/copy, "
              f"decode layer {hw.decode_layer_us} us), asynchronous prefetch (FIFO copy engine); one configuration per row, so `engine=auto` runs the exact reference (`table2.csv` column `engine`)",
              "- TTFT = mean prefill pass time per request; TPOT = mean decode pass time; change = LS vs own",
-             f"- execution reading: `{a.reading.label}` (specmd_jax.timing.Reading); **below T**: the capacity is "
+             f"- execution reading: `{a.reading.label}` (specmd_jax.core.timing.Reading); **below T**: the capacity is "
              "smaller than one token cycle (L x top-k experts), LRU's cliff",
              "", "| trace | system | own eviction, miss (precision), routing | TTFT own (ms) | TTFT LS (ms) | TTFT change | TPOT own | TPOT LS | "
              "TPOT change | paper TTFT change (OLMoE) | notes |", "|---|---|---|---|---|---|---|---|---|---|---|"]

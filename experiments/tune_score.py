@@ -3,11 +3,11 @@
     python experiments/tune_score.py                     # default size; writes outputs/tune_score/
     python experiments/tune_score.py --quick --out /tmp/ts
 
-1. **Tune** (:func:`specmd_jax.tune.tune`): the soft relaxation's expected miss rate on
+1. **Tune** (:func:`specmd_jax.learn.tune.tune`): the soft relaxation's expected miss rate on
    training traces (calibrated synthetic OLMoE and Mixtral, seeds 0 and 1) at 1 %, 5 %, 25 %,
    Adam over restarts x learning rates as one vmapped axis, early stopping on the *hard* miss
    rate of validation traces (seed 2 of each). The winner is saved as ``learned.json`` (a named
-   :class:`~specmd_jax.score.ScorePolicy`; hydra: ``python experiments/run.py policy=learned``).
+   :class:`~specmd_jax.core.score.ScorePolicy`; hydra: ``python experiments/run.py policy=learned``).
 2. **Evaluate** with the hard simulator on traces it never saw: calibrated OLMoE (seeds 10,
    11), calibrated Mixtral (seed 10; another model: the weights act on normalised features),
    calibrated Qwen3 (a model it was not tuned on), and the real Qwen3 and Mixtral traces, at
@@ -36,13 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import specmd_jax as sj  # noqa: E402
-from specmd_jax.calibrate import calibrated_knobs  # noqa: E402
-from specmd_jax.engine_score import run_scores, times_ms  # noqa: E402
-from specmd_jax.score import (DEMAND_FEATURES, FEATURES, NF, ScorePolicy, bounds_of, norms,  # noqa: E402
+from specmd_jax.study.calibrate import calibrated_knobs  # noqa: E402
+from specmd_jax.run.keyed import run_scores, times_ms  # noqa: E402
+from specmd_jax.core.score import (DEMAND_FEATURES, FEATURES, NF, ScorePolicy, bounds_of, norms,  # noqa: E402
                               preset_weights)
-from specmd_jax.soft import sensitivities  # noqa: E402
-from specmd_jax.tune import TuneConfig, tune  # noqa: E402
-from specmd_jax.visits import prepare_steps  # noqa: E402
+from specmd_jax.learn.soft import sensitivities  # noqa: E402
+from specmd_jax.learn.tune import TuneConfig, tune  # noqa: E402
+from specmd_jax.core.steps import prepare_steps  # noqa: E402
 
 FRACTIONS = (0.01, 0.05, 0.25)
 TRAIN_MODELS = ("olmoe-1b-7b", "mixtral-8x7b")

@@ -6,31 +6,38 @@ Public API: :func:`load_trace`, :func:`save_trace`, :mod:`synthetic`, :func:`sim
 :class:`Reading` / ``READINGS``, :func:`token_cycle`; miss handling, precision and
 routing: :class:`MissConfig`, :class:`Precision`, ``PRECISION_PRESETS``, :class:`RoutingConfig`;
 the tunable eviction score: :class:`ScorePolicy`, :func:`sweep_score`, ``tune.tune``,
-:class:`TuneConfig` (modules ``score``, ``engine_score``, ``soft``, ``tune``). Attributes are imported lazily so that
-the pure-Python parts (``trace``, ``readers``, ``synthetic``, ``reference``) load without jax.
+:class:`TuneConfig`. The package map is in ``docs/architecture.md``. Attributes are imported
+lazily so that the pure-Python parts (``core``, ``reference``) load without jax.
 """
 
 import importlib
 
 _LAZY = {
-    "load_trace": "readers", "save_trace": "trace", "ModelShape": "trace", "Trace": "trace",
-    "TraceError": "trace", "MODEL_PRESETS": "presets", "simulate": "api", "sweep": "api",
-    "list_policies": "api", "capacity_slots": "api", "METRICS": "api", "lru_mrc": "mrc",
-    "sweep_prefetch": "api_prefetch", "PrefetchConfig": "prefetch", "make_plan": "prefetch",
-    "Hardware": "timing", "HARDWARE_PRESETS": "timing", "MissConfig": "miss", "Precision": "miss",
-    "PRECISION_PRESETS": "miss", "RoutingConfig": "routing", "ScorePolicy": "score", "sweep_score": "engine_score",
-    "TuneConfig": "tune", "Reading": "timing", "READINGS": "timing", "token_cycle": "api",
+    "load_trace": "core.readers", "save_trace": "core.trace", "ModelShape": "core.trace", "Trace": "core.trace",
+    "TraceError": "core.trace", "MODEL_PRESETS": "core.presets", "simulate": "api", "sweep": "api",
+    "list_policies": "policies", "capacity_slots": "core.capacity", "METRICS": "core.counters",
+    "lru_mrc": "run.mrc", "sweep_prefetch": "api", "PrefetchConfig": "core.prefetch", "make_plan": "core.prefetch",
+    "Hardware": "core.timing", "HARDWARE_PRESETS": "core.timing", "MissConfig": "core.miss", "Precision": "core.miss",
+    "PRECISION_PRESETS": "core.miss", "RoutingConfig": "core.routing", "ScorePolicy": "core.score",
+    "sweep_score": "run.keyed", "TuneConfig": "learn.tune", "Reading": "core.timing", "READINGS": "core.timing",
+    "token_cycle": "core.capacity",
 }
-__all__ = sorted(_LAZY) + ["synthetic", "reference"]
+# short names of the modules users reach for (``sj.synthetic.generate``, ``sj.reference.simulate``)
+_MODULES = {
+    "synthetic": "core.synthetic", "readers": "core.readers", "trace": "core.trace", "presets": "core.presets",
+    "timing": "core.timing", "prefetch": "core.prefetch", "miss": "core.miss", "routing": "core.routing",
+    "score": "core.score", "reference": "reference", "systems": "study.systems", "calibrate": "study.calibrate",
+    "tune": "learn.tune", "soft": "learn.soft", "policies": "policies",
+    "core": "core", "kernels": "kernels", "run": "run", "api": "api", "learn": "learn", "study": "study",
+    "config": "config",
+}
+__all__ = sorted(_LAZY) + sorted(_MODULES)
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    if name in ("synthetic", "reference", "readers", "trace", "presets", "engine", "runner", "mrc", "api", "visits",
-                "semantics", "stack", "prefetch", "timing", "reference_timed", "engine_pf", "prefetch_runner",
-                "api_prefetch", "miss", "routing", "systems", "engine_async", "score", "engine_score", "soft",
-                "tune", "calibrate", "turns"):
-        return importlib.import_module(f".{name}", __name__)
+    if name in _MODULES:
+        return importlib.import_module(f".{_MODULES[name]}", __name__)
     raise AttributeError(f"module 'specmd_jax' has no attribute {name!r}")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specmd_jax.readers import load_trace
-from specmd_jax.trace import ModelShape, make_trace
+from specmd_jax.core.readers import load_trace
+from specmd_jax.core.trace import ModelShape, make_trace
 
 QWEN = "bigmoeonedge-route-trace/qwen.route.csv"
 MIXTRAL = "mixtral8x7b-speculative-moe/routing_data_collected/gsm8k_2_routing.jsonl"
@@ -21,7 +21,7 @@ def _release_compiled_programs():
     """Free the compiled programs of each test module when it ends: a worker that runs many
     modules otherwise keeps hundreds of executables (memory and memory mappings) alive."""
     yield
-    from specmd_jax.runner import clear_compiled
+    from specmd_jax.run.demand import clear_compiled
     clear_compiled()
 
 
@@ -118,7 +118,7 @@ def assert_async_row_equals_reference(r, b, ref, ctx, counters):
     ``ref``: totals, per-layer counts, the prefetch ``counters``, resident set, occupancy, every
     pass time and the per-layer stall."""
     import numpy as np
-    from specmd_jax.engine import COUNTER_NAMES
+    from specmd_jax.kernels.demand import COUNTER_NAMES
     assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
     for k, name in enumerate(COUNTER_NAMES):
         assert r.per_layer[b, k].tolist() == ref.per_layer[name], f"{ctx} per-layer {name}"
@@ -131,7 +131,7 @@ def assert_async_row_equals_reference(r, b, ref, ctx, counters):
 
 def hand_plan(t, per_visit):
     """A prefetch plan written by hand: ``per_visit[s]`` = the ids proposed after visit ``s``."""
-    from specmd_jax.prefetch import PrefetchConfig, PrefetchPlan
+    from specmd_jax.core.prefetch import PrefetchConfig, PrefetchPlan
     Q = max(1, max(len(v) for v in per_visit))
     ids = np.full((t.num_visits, Q), -1, np.int32)
     for s, v in enumerate(per_visit):

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 import specmd_jax as sj
-from specmd_jax.prefetch import PrefetchConfig
-from specmd_jax.timing import HARDWARE_PRESETS, VISIT_READING, Hardware
+from specmd_jax.core.prefetch import PrefetchConfig
+from specmd_jax.core.timing import HARDWARE_PRESETS, VISIT_READING, Hardware
 
 # this module was written for the whole-visit reading; the other readings: tests/test_*readings*.py
 sweep_prefetch = functools.partial(sj.sweep_prefetch, reading=VISIT_READING.label)
@@ -56,7 +56,7 @@ def test_table_and_engines(trace):
 
 def test_async_engines_agree(trace):
     """An async lru sweep runs on the JAX engine and equals the reference row by row."""
-    from specmd_jax.reference_timed import simulate_timed
+    from specmd_jax.reference.timed import simulate_timed
     hws = [HARDWARE_PRESETS["a100-5gbps"], HARDWARE_PRESETS["edge-unified"]]
     pf = PrefetchConfig("recorded", "percentile")
     df = sweep_prefetch(trace, "lru", capacities=[10, 51], prefetch=pf, hardware=hws, timing="async", engine="jax")
@@ -113,7 +113,7 @@ def test_prefetch_study_quick(tmp_path):
 
 
 def test_system_presets():
-    from specmd_jax.systems import SYSTEMS, get_system
+    from specmd_jax.study.systems import SYSTEMS, get_system
     assert set(SYSTEMS) == {"eliseev23", "zhu25", "hobbit24", "mixturecache25", "specmd"}
     assert get_system("specmd").prefetch().selector == "percentile" and get_system("specmd").eviction == "ls"
     assert get_system("mixturecache25").prefetch() is None

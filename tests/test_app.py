@@ -1,6 +1,6 @@
 """The hydra entry point (experiments/run.py) and its cfg -> library conversion (app_config).
 
-Unit tests of :mod:`specmd_jax.app_config` (plain dicts, every error path) plus three
+Unit tests of :mod:`specmd_jax.config.build` (plain dicts, every error path) plus three
 subprocess runs of the entry point on tiny traces with ``unroll_layers=false`` (fast compiles):
 a single run, a ``-m`` multirun, and the real Qwen3 trace.
 """
@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from specmd_jax import synthetic
-from specmd_jax.app_config import ConfigError, build_trace, resolve_capacities, resolve_policies
-from specmd_jax.trace import TraceError
+from specmd_jax.core import synthetic
+from specmd_jax.config.build import ConfigError, build_trace, resolve_capacities, resolve_policies
+from specmd_jax.core.trace import TraceError
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = str(ROOT / "experiments" / "run.py")
@@ -183,7 +183,7 @@ def test_run_real_qwen3(tmp_path, traces_dir):
 def test_run_learned_score_policy(tmp_path):
     """policies=[lru,score] with a saved ScorePolicy: the LRU-like score replays exactly as LRU;
     a missing or malformed policy file is a startup error naming score_policy."""
-    from specmd_jax.score import ScorePolicy
+    from specmd_jax.core.score import ScorePolicy
     f = ScorePolicy("lru-like", (-1.0,) + (0.0,) * 8).save(tmp_path / "p.json")
     _run([*TINY, "policies=[lru,score]", f"score_policy={f}", "score_sensitivity=a100-5gbps",
           f"hydra.run.dir={tmp_path / 'ok'}"])

@@ -1,4 +1,4 @@
-"""Calibration of the synthetic generator (specmd_jax.calibrate): the statistics by hand, the
+"""Calibration of the synthetic generator (specmd_jax.study.calibrate): the statistics by hand, the
 real OLMoE counts load consistently, per-layer knobs keep scalar traces byte-identical, and the
 shipped calibrated presets are closer to the real statistics than the defaults."""
 
@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from specmd_jax import synthetic
-from specmd_jax.calibrate import (CALIBRATED, calibrated_knobs, distances, expand_knobs, fit_score,
+from specmd_jax.core import synthetic
+from specmd_jax.study.calibrate import (CALIBRATED, calibrated_knobs, distances, expand_knobs, fit_score,
                                   load_routing_stats, mutual_information, reuse_rate, trace_stats, tv_sorted)
-from specmd_jax.trace import DECODE, PREFILL, ModelShape, make_trace
+from specmd_jax.core.trace import DECODE, PREFILL, ModelShape, make_trace
 
 
 def test_statistics_by_hand():
@@ -79,7 +79,7 @@ def test_calibrated_presets_beat_the_defaults(traces_dir, model, folder):
 
 
 def test_calibrated_trace_config():
-    from specmd_jax.app_config import ConfigError, build_trace
+    from specmd_jax.config.build import ConfigError, build_trace
     cfg = {"kind": "synthetic", "calibrated": True, "model": "olmoe-1b-7b", "num_requests": 1, "prompt_len": 3,
            "gen_len": 2, "seed": 4}
     t = build_trace(cfg)

@@ -1,4 +1,4 @@
-"""The conf tree (``conf/``) and its structured-config schemas (``specmd_jax.app_schema``).
+"""The conf tree (``conf/``) and its structured-config schemas (``specmd_jax.config.schema``).
 
 Every option of every group composes with its app's schema; typos and wrong types fail at
 composition with hydra's message naming the key; the model group drives synthetic traces (and a
@@ -18,10 +18,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from specmd_jax.app_config import ConfigError, build_trace, model_shape
-from specmd_jax.app_schema import register
-from specmd_jax.presets import MODEL_PRESETS
-from specmd_jax.trace import ModelShape
+from specmd_jax.config.build import ConfigError, build_trace, model_shape
+from specmd_jax.config.schema import register
+from specmd_jax.core.presets import MODEL_PRESETS
+from specmd_jax.core.trace import ModelShape
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from conftest import REAL, assert_async_row_equals_reference, random_trace, trace_named
-from specmd_jax import synthetic
-from specmd_jax.engine import COUNTER_NAMES
-from specmd_jax.engine_async import ASYNC_POLICIES
-from specmd_jax.prefetch import PrefetchConfig, make_plan
-from specmd_jax.prefetch_runner import run_async
-from specmd_jax.reference_timed import simulate_timed
-from specmd_jax.timing import VISIT_READING, Hardware
+from specmd_jax.core import synthetic
+from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.kernels.asynchronous import ASYNC_POLICIES
+from specmd_jax.core.prefetch import PrefetchConfig, make_plan
+from specmd_jax.run.timed import run_async
+from specmd_jax.reference.timed import simulate_timed
+from specmd_jax.core.timing import VISIT_READING, Hardware
 
 # this module was written for the whole-visit reading; the other readings: tests/test_*readings*.py
 simulate_timed = functools.partial(simulate_timed, reading=VISIT_READING)
@@ -99,7 +99,7 @@ def test_overflow_is_an_error_and_other_policies_are_refused():
 def test_drop_priority_thresholds_as_a_vmapped_axis(policy):
     """The drop_priority miss policy in the kernel: thresholds are data (one more config axis),
     and every (capacity, hardware, threshold) equals the reference exactly, dropped mass too."""
-    from specmd_jax.miss import MissConfig
+    from specmd_jax.core.miss import MissConfig
     cases = [(random_trace(L=3, E=6, K=3, P=12, max_tokens=3, seed=11), PrefetchConfig("reuse", "all")),
              (synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=5, gen_len=8, seed=4, pred_noise=1.0),
               PrefetchConfig("recorded", "topk"))]
@@ -126,7 +126,7 @@ def test_drop_priority_thresholds_as_a_vmapped_axis(policy):
 def test_substitute_matches_the_reference(policy):
     """The substitute miss policy in the kernel (closest running gate score among the layer's
     residents, pinned and used) equals the reference, with prefetch warming the cache."""
-    from specmd_jax.miss import MissConfig
+    from specmd_jax.core.miss import MissConfig
     cases = [(random_trace(L=3, E=6, K=2, P=14, max_tokens=3, seed=12), PrefetchConfig("reuse", "all")),
              (random_trace(L=4, E=5, K=3, P=10, max_tokens=2, seed=13),
               PrefetchConfig("oracle_degraded", "all", recall=0.7, precision=0.5, seed=2, depth=2)),
@@ -154,7 +154,7 @@ def test_precision_levels_and_level_choosing_miss_policies(policy):
     """Byte capacity at mixed precision (weighted ranks) with fetch_lowest, fetch_priority
     (percentiles vmapped), cascade (thresholds vmapped), drop_priority and substitute: every
     configuration equals the reference exactly, occupancy in units and quality proxies included."""
-    from specmd_jax.miss import PRECISION_PRESETS, MissConfig
+    from specmd_jax.core.miss import PRECISION_PRESETS, MissConfig
     prec = PRECISION_PRESETS["fp16-int8-int4-int2"]
     cases = [(random_trace(L=3, E=6, K=3, P=12, max_tokens=3, seed=21), PrefetchConfig("reuse", "all")),
              (synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=5, gen_len=8, seed=6, pred_noise=1.0),
@@ -185,7 +185,7 @@ def test_precision_levels_and_level_choosing_miss_policies(policy):
 def test_least_stale_at_mixed_precision_with_deep_lookahead():
     """Least-Stale's per-layer blocks in units: deep lookahead on a slow link (late arrivals of
     several layers), resident proposals re-marked, fetch_priority levels."""
-    from specmd_jax.miss import PRECISION_PRESETS, MissConfig
+    from specmd_jax.core.miss import PRECISION_PRESETS, MissConfig
     prec = PRECISION_PRESETS["int8-int4-int2"]
     slow = [Hardware(bandwidth_gbps=0.3, latency_us=50.0, decode_layer_us=10.0), HWS[0]]
     misses = [MissConfig("fetch_priority", percentile=p) for p in (0, 50)]
@@ -208,7 +208,7 @@ def test_lhu_matches_the_reference():
     level; key: top-level uses since insertion, last use, id): arrivals enter under the residents
     with uses, a use re-files the executed experts by their new count; equal to the reference
     at one level (where it is LFU-like) and at four, with the level-choosing miss policies."""
-    from specmd_jax.miss import PRECISION_PRESETS, MissConfig
+    from specmd_jax.core.miss import PRECISION_PRESETS, MissConfig
     cases = [(random_trace(L=3, E=6, K=3, P=12, max_tokens=3, seed=31), PrefetchConfig("reuse", "all")),
              (synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=5, gen_len=8, seed=6, pred_noise=1.0),
               PrefetchConfig("recorded", "topk"))]
@@ -240,7 +240,7 @@ def test_lhu_matches_the_reference():
 
 
 def _mixed_precision_cases(name):
-    from specmd_jax.miss import MissConfig
+    from specmd_jax.core.miss import MissConfig
     if name == "qwen_excerpt":
         return (("lhu", [500, 4000], [MissConfig("cascade", thresholds=(0.3, 0.1, 0.05))]),
                 ("fifo", [500, 4000], [MissConfig("fetch_lowest")]))
@@ -253,7 +253,7 @@ def _mixed_precision_cases(name):
 def test_real_traces_at_mixed_precision_with_lhu(request, name):
     """The miss/precision dimensions on real routing: byte capacity at four levels, fetch_priority
     percentiles and cascade thresholds vmapped, LHU and Least-Stale, equal to the reference."""
-    from specmd_jax.miss import PRECISION_PRESETS
+    from specmd_jax.core.miss import PRECISION_PRESETS
     prec = PRECISION_PRESETS["fp16-int8-int4-int2"]
     t = trace_named(request, name).slice_passes(0, 6 if name == "qwen_excerpt" else 30)
     for pol, caps, misses in _mixed_precision_cases(name):
@@ -273,7 +273,7 @@ def test_real_traces_at_mixed_precision_with_lhu(request, name):
 def test_drop_at_or_above_k_is_fetch_in_the_kernel():
     """drop_priority with a threshold >= K never drops (every router rank is < K): the kernel's
     rows equal its fetch rows, at one level and at four."""
-    from specmd_jax.miss import PRECISION_PRESETS, MissConfig
+    from specmd_jax.core.miss import PRECISION_PRESETS, MissConfig
     t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=5, gen_len=8, seed=12, pred_noise=1.0)
     K = t.shape.top_k
     plan = make_plan(t, PrefetchConfig("recorded", "topk"))

@@ -11,14 +11,14 @@ import math
 import pytest
 
 from conftest import assert_async_row_equals_reference, random_trace
-from specmd_jax import synthetic
-from specmd_jax.engine_async import ASYNC_POLICIES
-from specmd_jax.miss import MissConfig, Precision
-from specmd_jax.prefetch import PrefetchConfig, make_plan
-from specmd_jax.prefetch_runner import run_async
-from specmd_jax.reference_timed import simulate_timed
-from specmd_jax.routing import RoutingConfig
-from specmd_jax.timing import READINGS, Hardware, Reading
+from specmd_jax.core import synthetic
+from specmd_jax.kernels.asynchronous import ASYNC_POLICIES
+from specmd_jax.core.miss import MissConfig, Precision
+from specmd_jax.core.prefetch import PrefetchConfig, make_plan
+from specmd_jax.run.timed import run_async
+from specmd_jax.reference.timed import simulate_timed
+from specmd_jax.core.routing import RoutingConfig
+from specmd_jax.core.timing import READINGS, Hardware, Reading
 
 HWS = [Hardware(bandwidth_gbps=3.0, latency_us=5.0, decode_layer_us=80.0, prefill_layer_us=60.0, prefill_token_us=4.0),
        Hardware(bandwidth_gbps=0.5, latency_us=20.0, decode_layer_us=100.0),

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from conftest import random_trace
-from specmd_jax import synthetic
-from specmd_jax.engine import COUNTER_NAMES
-from specmd_jax.engine_pf import PF_POLICIES
-from specmd_jax.prefetch import PrefetchConfig, PrefetchPlan, make_plan
-from specmd_jax.prefetch_runner import run_instant, timing
-from specmd_jax.reference_timed import simulate_timed
-from specmd_jax.runner import run_configs
-from specmd_jax.timing import VISIT_READING, Hardware
+from specmd_jax.core import synthetic
+from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.kernels.instant import PF_POLICIES
+from specmd_jax.core.prefetch import PrefetchConfig, PrefetchPlan, make_plan
+from specmd_jax.run.timed import run_instant, timing
+from specmd_jax.reference.timed import simulate_timed
+from specmd_jax.run.demand import run_configs
+from specmd_jax.core.timing import VISIT_READING, Hardware
 
 # this module was written for the whole-visit reading; the other readings: tests/test_*readings*.py
 simulate_timed = functools.partial(simulate_timed, reading=VISIT_READING)
@@ -122,8 +122,8 @@ def test_errors():
 def test_drop_priority_thresholds_as_a_vmapped_axis(policy):
     """drop_priority in the instant kernel: thresholds are one more configuration axis, and
     every (capacity, threshold) equals the reference (counts, dropped mass, pass times)."""
-    from specmd_jax.miss import MissConfig
-    from specmd_jax.prefetch_runner import NO_DROP
+    from specmd_jax.core.miss import MissConfig
+    from specmd_jax.run.timed import NO_DROP
     t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=5, gen_len=8, seed=4, pred_noise=1.0)
     plan = make_plan(t, PrefetchConfig("recorded", "topk"))
     drops, caps = [NO_DROP, 0, 2], [3, 40, 300]

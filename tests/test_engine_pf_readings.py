@@ -1,4 +1,4 @@
-"""The JAX instant-prefetch engine under every execution reading (``specmd_jax.timing.READINGS``)
+"""The JAX instant-prefetch engine under every execution reading (``specmd_jax.core.timing.READINGS``)
 equals the timed reference (``simulate_timed(..., instant_prefetch=True, reading=...)``) exactly:
 totals, per-layer counters, prefetch counters, final resident sets, largest occupancy and the
 pass times derived from the per-pass misses, for lru / ls / fifo at many capacities, on random
@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from conftest import random_trace
-from specmd_jax import synthetic
-from specmd_jax.engine import COUNTER_NAMES
-from specmd_jax.engine_pf import PF_POLICIES
-from specmd_jax.miss import MissConfig
-from specmd_jax.prefetch import PrefetchConfig, PrefetchPlan, make_plan
-from specmd_jax.prefetch_runner import NO_DROP, run_instant, timing
-from specmd_jax.reference_timed import simulate_timed
-from specmd_jax.timing import READINGS, Hardware, Reading
+from specmd_jax.core import synthetic
+from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.kernels.instant import PF_POLICIES
+from specmd_jax.core.miss import MissConfig
+from specmd_jax.core.prefetch import PrefetchConfig, PrefetchPlan, make_plan
+from specmd_jax.run.timed import NO_DROP, run_instant, timing
+from specmd_jax.reference.timed import simulate_timed
+from specmd_jax.core.timing import READINGS, Hardware, Reading
 
 HW = Hardware(bandwidth_gbps=3.0, latency_us=5.0, decode_layer_us=80.0, prefill_layer_us=60.0, prefill_token_us=4.0)
 HW_EXPERT = Hardware(bandwidth_gbps=7.0, latency_us=3.0, decode_layer_us=80.0, prefill_layer_us=60.0,

@@ -10,12 +10,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import REAL, random_trace, trace_named
-from specmd_jax import reference, synthetic
-from specmd_jax.engine import COUNTER_NAMES
-from specmd_jax.runner import run_configs
-from specmd_jax.semantics import POLICIES
-from specmd_jax.trace import ModelShape, make_trace
-from specmd_jax.visits import prepare_steps
+from specmd_jax import reference
+from specmd_jax.core import synthetic
+from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.run.demand import run_configs
+from specmd_jax.core.semantics import POLICIES
+from specmd_jax.core.trace import ModelShape, make_trace
+from specmd_jax.core.steps import prepare_steps
 
 assert tuple(reference.COUNTERS) == COUNTER_NAMES
 

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 import specmd_jax as sj
-from specmd_jax import api_prefetch, checks
-from specmd_jax.prefetch import PrefetchConfig
-from specmd_jax.prefetch_runner import async_tick_problem
-from specmd_jax.reference import simulate
-from specmd_jax.reference_timed import simulate_timed
-from specmd_jax.timing import HARDWARE_PRESETS, TICK_S, Hardware
+from specmd_jax.api import timed as api_timed
+from specmd_jax.core import checks
+from specmd_jax.core.prefetch import PrefetchConfig
+from specmd_jax.run.timed import async_tick_problem
+from specmd_jax.reference.demand import simulate
+from specmd_jax.reference.timed import simulate_timed
+from specmd_jax.core.timing import HARDWARE_PRESETS, TICK_S, Hardware
 
 PF = PrefetchConfig(predictor="oracle")
 
@@ -37,7 +38,7 @@ def test_the_async_kernel_refuses_times_past_its_int32_clock_naming_the_profile(
 
 @pytest.mark.parametrize("hw", [SLOW_LINK, SLOW_LAYER], ids=["copy", "layer"])
 def test_auto_runs_such_settings_on_the_exact_reference(tiny, hw, monkeypatch):
-    monkeypatch.setattr(api_prefetch, "AUTO_ASYNC_MIN_CONFIGS", 1)      # auto would pick the kernel
+    monkeypatch.setattr(api_timed, "AUTO_ASYNC_MIN_CONFIGS", 1)      # auto would pick the kernel
     a = sj.sweep_prefetch(tiny, "lru", [16, 64], prefetch=PF, hardware=[hw], engine="auto")
     assert set(a["engine"]) == {"reference-async"}
     for c, row in zip((16, 64), a.itertuples()):
@@ -52,7 +53,7 @@ def test_auto_runs_such_settings_on_the_exact_reference(tiny, hw, monkeypatch):
 def test_a_pass_past_the_clock_is_an_error_and_auto_runs_the_reference(tiny, monkeypatch):
     """Every product fits (one batch of copies < 2**31 ticks), but a pass's sum does not: the
     kernel detects the wrap and raises ClockOverflow; auto reruns on the reference."""
-    from specmd_jax.prefetch_runner import ClockOverflow
+    from specmd_jax.run.timed import ClockOverflow
     base = HARDWARE_PRESETS["a100-5gbps"]
     hw = dataclasses.replace(base, bandwidth_gbps=tiny.shape.expert_bytes / (2 ** 23 * TICK_S) / 1e9, name="slowish")
     x = hw.transfer_ticks(tiny.shape.expert_bytes)
@@ -60,7 +61,7 @@ def test_a_pass_past_the_clock_is_an_error_and_auto_runs_the_reference(tiny, mon
     assert async_tick_problem(tiny, [hw], None, [sj.make_plan(tiny, PF).ids]) is None
     with pytest.raises(ClockOverflow, match="a pass lasted over 2\\*\\*31 ticks"):
         sj.sweep_prefetch(tiny, "lru", [16, 64], prefetch=PF, hardware=[hw], engine="jax")
-    monkeypatch.setattr(api_prefetch, "AUTO_ASYNC_MIN_CONFIGS", 1)
+    monkeypatch.setattr(api_timed, "AUTO_ASYNC_MIN_CONFIGS", 1)
     a = sj.sweep_prefetch(tiny, "lru", [16, 64], prefetch=PF, hardware=[hw], engine="auto")
     r = sj.sweep_prefetch(tiny, "lru", [16, 64], prefetch=PF, hardware=[hw], engine="reference")
     assert set(a["engine"]) == {"reference-async"}
@@ -200,7 +201,7 @@ def test_counts_past_the_kernels_int32_are_refused_or_run_on_the_reference(monke
     """Router weights that sum past int32 units (SB keys, weight-mass counters): the kernels
     would wrap, so they refuse and engine='auto' runs the reference, which counts exactly."""
     from conftest import random_trace
-    from specmd_jax.trace import make_trace
+    from specmd_jax.core.trace import make_trace
     t0 = random_trace(seed=4)
     heavy = make_trace(t0.shape, t0.pass_request, t0.pass_phase, t0.pass_tokens, t0.cell_offsets, t0.experts,
                        np.full(t0.experts.shape, 2.0e6, np.float32), source="heavy weights")
@@ -208,7 +209,7 @@ def test_counts_past_the_kernels_int32_are_refused_or_run_on_the_reference(monke
     assert "summed router weight units" in checks.count_problem(heavy)
     with pytest.raises(ValueError, match="trace heavy weights: summed router weight units .* int32 counters"):
         sj.sweep(heavy, "sb", [4])
-    monkeypatch.setattr(api_prefetch, "AUTO_ASYNC_MIN_CONFIGS", 1)
+    monkeypatch.setattr(api_timed, "AUTO_ASYNC_MIN_CONFIGS", 1)
     plan = sj.make_plan(heavy, PF)
     a = sj.sweep_prefetch(heavy, "lru", [4, 9], prefetch=PF, engine="auto")
     assert set(a["engine"]) == {"reference-async"}

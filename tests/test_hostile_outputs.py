@@ -1,6 +1,6 @@
 """Hostile inputs and interruptions of the two hydra apps: results are complete (with a manifest)
 or visibly not, runs never share a directory, bad inputs fail early with one error line, plots
-stay bounded (issue 19, output side; :mod:`specmd_jax.outputs`)."""
+stay bounded (issue 19, output side; :mod:`specmd_jax.core.outputs`)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from specmd_jax import outputs
-from specmd_jax.app_config import ConfigError, build_trace, enable_compilation_cache
-from specmd_jax.outputs import CLAIM, DIRNAME_MAX, MANIFEST, OutputError, RunDir, atomic_path, guarded, job_dirname, verify
-from specmd_jax.trace import TraceError
+from specmd_jax.core import outputs
+from specmd_jax.config.build import ConfigError, build_trace, enable_compilation_cache
+from specmd_jax.core.outputs import CLAIM, DIRNAME_MAX, MANIFEST, OutputError, RunDir, atomic_path, guarded, job_dirname, verify
+from specmd_jax.core.trace import TraceError
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = str(ROOT / "experiments" / "run.py")
@@ -276,7 +276,7 @@ def _sweep_table(n_caps: int) -> pd.DataFrame:
 def test_misses_plot_stays_bounded_and_says_what_it_shows(tmp_path, monkeypatch, n_caps):
     from matplotlib.image import imread
 
-    from specmd_jax import plots
+    from specmd_jax.study import plots
     titles, save = [], plots._save
 
     def keep_titles(fig, path):

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 import specmd_jax
-from specmd_jax.limits import MAX_CELLS_FREE, MAX_CELLS_PER_ROW, MAX_LINE_CHARS
-from specmd_jax.readers import MAX_NOTES, load_trace, read_expert_jsonl, read_route_trace_csv
-from specmd_jax.trace import DECODE, PREFILL, ModelShape, TraceError, load_npz, make_trace, save_trace
+from specmd_jax.core.limits import MAX_CELLS_FREE, MAX_CELLS_PER_ROW, MAX_LINE_CHARS
+from specmd_jax.core.readers import MAX_NOTES, load_trace, read_expert_jsonl, read_route_trace_csv
+from specmd_jax.core.trace import DECODE, PREFILL, ModelShape, TraceError, load_npz, make_trace, save_trace
 
 ROOT = Path(specmd_jax.__file__).resolve().parents[1]
 
@@ -168,8 +168,8 @@ HEADROOM = 512 << 20   # bytes of address space the child may add after its impo
 
 CHILD = r"""
 import resource, sys, time
-from specmd_jax.readers import load_trace
-from specmd_jax.trace import TraceError
+from specmd_jax.core.readers import load_trace
+from specmd_jax.core.trace import TraceError
 vm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize:"))
 resource.setrlimit(resource.RLIMIT_AS, (vm + int(sys.argv[1]), resource.getrlimit(resource.RLIMIT_AS)[1]))
 for p in sys.argv[2:]:
@@ -653,7 +653,7 @@ def test_text_size_limit(tmp_path, monkeypatch):
 
 
 def test_save_refuses_meta_that_load_would_refuse(tmp_path):
-    from specmd_jax.limits import MAX_META_CHARS
+    from specmd_jax.core.limits import MAX_META_CHARS
     t = make_trace(ModelShape("tiny", 2, 4, 2, 100), **good_arrays(), notes=["n" * MAX_META_CHARS])
     p = tmp_path / "big.npz"
     with pytest.raises(TraceError) as e:

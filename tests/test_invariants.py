@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from conftest import REAL, random_trace, trace_named
-from specmd_jax import reference, synthetic
-from specmd_jax.mrc import lru_mrc
-from specmd_jax.runner import run_configs
-from specmd_jax.semantics import POLICIES
-from specmd_jax.visits import prepare_steps
+from specmd_jax import reference
+from specmd_jax.core import synthetic
+from specmd_jax.run.mrc import lru_mrc
+from specmd_jax.run.demand import run_configs
+from specmd_jax.core.semantics import POLICIES
+from specmd_jax.core.steps import prepare_steps
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +129,8 @@ def test_reference_imports_no_jax():
         "    def find_spec(self, name, path, target=None):\n"
         "        if name.split('.')[0] in ('jax', 'jaxlib'): raise ImportError('jax blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import specmd_jax.reference as r, specmd_jax.synthetic as s, specmd_jax.reference_timed as rt\n"
-        "from specmd_jax.miss import MissConfig, PRECISION_PRESETS\n"
+        "import specmd_jax.reference.demand as r, specmd_jax.core.synthetic as s, specmd_jax.reference.timed as rt\n"
+        "from specmd_jax.core.miss import MissConfig, PRECISION_PRESETS\n"
         "t = s.generate(num_requests=1, prompt_len=4, gen_len=4)\n"
         "rt.simulate_timed(t, 'lhu', 50, miss=MissConfig('cascade'), precision=PRECISION_PRESETS['int4-int2'])\n"
         "print(r.simulate(t, 'ls', 50).totals['demands'])\n"

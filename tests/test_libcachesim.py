@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from conftest import REAL, trace_named
 
-from specmd_jax import synthetic
-from specmd_jax.peers import libcachesim_hits
-from specmd_jax.runner import run_configs
-from specmd_jax.trace import ModelShape, make_trace
-from specmd_jax.visits import prepare_steps
+from specmd_jax.core import synthetic
+from specmd_jax.study.peers import libcachesim_hits
+from specmd_jax.run.demand import run_configs
+from specmd_jax.core.trace import ModelShape, make_trace
+from specmd_jax.core.steps import prepare_steps
 
 import libcachesim  # noqa: F401  (a test dependency: a missing install fails loudly)
 

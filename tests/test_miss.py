@@ -1,4 +1,4 @@
-"""Mixed precision and miss policies (specmd_jax.miss) in the timed reference: configuration
+"""Mixed precision and miss policies (specmd_jax.core.miss) in the timed reference: configuration
 errors, hand-checked decisions, the reductions the issue names (drop-priority with r >= K is
 fetch; one level makes fetch-lowest fetch and LHU LFU) and invariants (byte occupancy, pair
 accounting, served bits) on random and synthetic traces, with and without prefetch."""
@@ -12,15 +12,16 @@ import pandas as pd
 import pytest
 
 from conftest import random_trace
-from specmd_jax import api_prefetch, synthetic
-from specmd_jax.miss import PRECISION_PRESETS, MissConfig, Precision, decide, proxy_rates
-from specmd_jax.prefetch import PrefetchConfig, make_plan
-from specmd_jax.reference_timed import simulate_timed
-from specmd_jax.timing import VISIT_READING, Hardware
+from specmd_jax.api import timed as api_timed
+from specmd_jax.core import synthetic
+from specmd_jax.core.miss import PRECISION_PRESETS, MissConfig, Precision, decide, proxy_rates
+from specmd_jax.core.prefetch import PrefetchConfig, make_plan
+from specmd_jax.reference.timed import simulate_timed
+from specmd_jax.core.timing import VISIT_READING, Hardware
 
 # this module was written for the whole-visit reading; the other readings: tests/test_*readings*.py
 simulate_timed = functools.partial(simulate_timed, reading=VISIT_READING)
-sweep_prefetch = functools.partial(api_prefetch.sweep_prefetch, reading=VISIT_READING.label)
+sweep_prefetch = functools.partial(api_timed.sweep_prefetch, reading=VISIT_READING.label)
 
 HW = Hardware(bandwidth_gbps=0.5, latency_us=5.0, decode_layer_us=80.0, prefill_layer_us=60.0, prefill_token_us=4.0)
 MIXED = PRECISION_PRESETS["int8-int4-int2"]

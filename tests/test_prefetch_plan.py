@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from conftest import trace_named
 
-from specmd_jax import synthetic
-from specmd_jax.prefetch import (PREDICTORS, PrefetchConfig, make_plan, prediction_quality, select,
+from specmd_jax.core import synthetic
+from specmd_jax.core.prefetch import (PREDICTORS, PrefetchConfig, make_plan, prediction_quality, select,
                                  visit_mass)
-from specmd_jax.trace import TraceError, load_npz, make_trace, save_trace
+from specmd_jax.core.trace import TraceError, load_npz, make_trace, save_trace
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Execution readings of the timed reference (``specmd_jax.timing.Reading``): today's reading
+"""Execution readings of the timed reference (``specmd_jax.core.timing.Reading``): today's reading
 reproduced bit for bit, hand-checked tiny traces for each dimension, an independent cross-check
 (per-expert execution pinning only the running expert, without prefetch, is the demand-only
 reference's sequential mode), and the accounting identities under every reading."""
@@ -14,11 +14,11 @@ import pytest
 
 from conftest import hand_plan, random_trace
 from specmd_jax import reference
-from specmd_jax.miss import MissConfig
-from specmd_jax.prefetch import PrefetchConfig, make_plan
-from specmd_jax.reference_timed import COUNTERS, simulate_timed
-from specmd_jax.timing import DEFAULT_READING, INSTANT, READINGS, VISIT_READING, Hardware, Reading, turn_share
-from specmd_jax.trace import DECODE, PREFILL, ModelShape, make_trace
+from specmd_jax.core.miss import MissConfig
+from specmd_jax.core.prefetch import PrefetchConfig, make_plan
+from specmd_jax.reference.timed import COUNTERS, simulate_timed
+from specmd_jax.core.timing import DEFAULT_READING, INSTANT, READINGS, VISIT_READING, Hardware, Reading, turn_share
+from specmd_jax.core.trace import DECODE, PREFILL, ModelShape, make_trace
 
 DATA = Path(__file__).resolve().parent / "data"
 EXPERT_RUNNING = [Reading("expert", i, "running") for i in ("after_use", "at_router")]
@@ -272,8 +272,8 @@ def test_belady_keeps_an_upcoming_expert_of_the_running_visit():
 def test_turns_follow_the_reference_router_order():
     """``prepare_turns``: one turn per visit, or one per expert in the reference's router order
     (empty visits keep one empty turn); the slot points at the expert in the visit's row."""
-    from specmd_jax.turns import prepare_turns
-    from specmd_jax.visits import prepare_steps
+    from specmd_jax.core.turns import prepare_turns
+    from specmd_jax.core.steps import prepare_steps
     for seed in range(4):
         t = random_trace(seed=seed)
         L, E = t.shape.num_layers, t.shape.num_experts
@@ -302,8 +302,8 @@ def test_turns_follow_the_reference_router_order():
 def test_sweep_prefetch_runs_every_reading_and_labels_it():
     """Lists of readings are crossed; every engine gives the reference's numbers; the reading and
     the LRU cliff (capacity below one token cycle, L x K slots) label each row."""
-    from specmd_jax import synthetic
-    from specmd_jax.api_prefetch import sweep_prefetch
+    from specmd_jax.core import synthetic
+    from specmd_jax.api.timed import sweep_prefetch
     t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=4, gen_len=6, seed=1, pred_noise=1.0)
     kw = dict(fractions=[0.01, 0.05, 0.25], prefetch=PrefetchConfig("recorded", "topk"), hardware=[COPY10],
               execution=["visit", "expert"], prefetch_issue=["after_use", "at_router"], pin="running")

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 
 from conftest import hand_plan, random_trace
-from specmd_jax import reference, synthetic
-from specmd_jax.prefetch import PrefetchConfig, PrefetchPlan, make_plan, visit_mass
-from specmd_jax.reference_timed import COUNTERS, simulate_timed
-from specmd_jax.semantics import POLICIES
-from specmd_jax.timing import INSTANT, VISIT_READING, Hardware, to_ticks
-from specmd_jax.trace import DECODE, ModelShape, make_trace
+from specmd_jax import reference
+from specmd_jax.core import synthetic
+from specmd_jax.core.prefetch import PrefetchConfig, PrefetchPlan, make_plan, visit_mass
+from specmd_jax.reference.timed import COUNTERS, simulate_timed
+from specmd_jax.core.semantics import POLICIES
+from specmd_jax.core.timing import INSTANT, VISIT_READING, Hardware, to_ticks
+from specmd_jax.core.trace import DECODE, ModelShape, make_trace
 
 # this module was written for the whole-visit reading; the other readings: tests/test_*readings*.py
 simulate_timed = functools.partial(simulate_timed, reading=VISIT_READING)

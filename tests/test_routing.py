@@ -1,4 +1,4 @@
-"""Cache-aware routing (specmd_jax.routing) and router logits in traces: validation, hand-checked
+"""Cache-aware routing (specmd_jax.core.routing) and router logits in traces: validation, hand-checked
 re-ranking and dual-logit weights, lam = 0 is standard routing exactly, candidates-only traces
 never change a set, and the reference's proxies account for rerouted mass."""
 
@@ -8,13 +8,13 @@ import functools
 import numpy as np
 import pytest
 
-from specmd_jax import synthetic
-from specmd_jax.miss import MissConfig, proxy_rates
-from specmd_jax.prefetch import PrefetchConfig, make_plan
-from specmd_jax.reference_timed import simulate_timed
-from specmd_jax.routing import RoutingConfig, gap_means, route_rows
-from specmd_jax.timing import VISIT_READING, Hardware
-from specmd_jax.trace import ModelShape, TraceError, load_npz, make_trace, save_trace
+from specmd_jax.core import synthetic
+from specmd_jax.core.miss import MissConfig, proxy_rates
+from specmd_jax.core.prefetch import PrefetchConfig, make_plan
+from specmd_jax.reference.timed import simulate_timed
+from specmd_jax.core.routing import RoutingConfig, gap_means, route_rows
+from specmd_jax.core.timing import VISIT_READING, Hardware
+from specmd_jax.core.trace import ModelShape, TraceError, load_npz, make_trace, save_trace
 
 # this module was written for the whole-visit reading; the other readings: tests/test_*readings*.py
 simulate_timed = functools.partial(simulate_timed, reading=VISIT_READING)

@@ -10,19 +10,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from specmd_jax import api_prefetch, synthetic
-from specmd_jax.engine import COUNTER_NAMES
-from specmd_jax.miss import PRECISION_PRESETS, MissConfig
-from specmd_jax.prefetch import PrefetchConfig, PrefetchPlan, make_plan
-from specmd_jax.prefetch_runner import run_async
-from specmd_jax.reference_timed import simulate_timed
-from specmd_jax.routing import RoutingConfig
-from specmd_jax.timing import VISIT_READING, Hardware
+from specmd_jax.api import timed as api_timed
+from specmd_jax.core import synthetic
+from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.core.miss import PRECISION_PRESETS, MissConfig
+from specmd_jax.core.prefetch import PrefetchConfig, PrefetchPlan, make_plan
+from specmd_jax.run.timed import run_async
+from specmd_jax.reference.timed import simulate_timed
+from specmd_jax.core.routing import RoutingConfig
+from specmd_jax.core.timing import VISIT_READING, Hardware
 
 # this module was written for the whole-visit reading; the other readings: tests/test_*readings*.py
 simulate_timed = functools.partial(simulate_timed, reading=VISIT_READING)
 run_async = functools.partial(run_async, reading=VISIT_READING)
-sweep_prefetch = functools.partial(api_prefetch.sweep_prefetch, reading=VISIT_READING.label)
+sweep_prefetch = functools.partial(api_timed.sweep_prefetch, reading=VISIT_READING.label)
 
 HWS = [Hardware(bandwidth_gbps=3.0, latency_us=5.0, decode_layer_us=80.0, prefill_layer_us=60.0, prefill_token_us=4.0),
        Hardware(bandwidth_gbps=0.5, latency_us=20.0, decode_layer_us=100.0)]

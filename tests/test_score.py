@@ -12,11 +12,12 @@ import json
 import numpy as np
 import pytest
 
-from specmd_jax import reference, synthetic
-from specmd_jax.engine_score import run_scores, score_table
-from specmd_jax.score import (FEATURES, NF, PRESETS, ScorePolicy, bounds_of, check_bounds, preset_weights,
+from specmd_jax import reference
+from specmd_jax.core import synthetic
+from specmd_jax.run.keyed import run_scores, score_table
+from specmd_jax.core.score import (FEATURES, NF, PRESETS, ScorePolicy, bounds_of, check_bounds, preset_weights,
                               quantize)
-from specmd_jax.visits import prepare_steps
+from specmd_jax.core.steps import prepare_steps
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_prefill_misses_and_ttft_equal_the_timed_reference(small):
     """Demand-only TTFT and TPOT of the score engine (LRU and LS presets) equals the asynchronous timed
     reference without prefetch, on every hardware preset."""
     import specmd_jax as sj
-    from specmd_jax.engine_score import sweep_score, times_ms
+    from specmd_jax.run.keyed import sweep_score, times_ms
     st = prepare_steps(small)
     one = small.slice_passes(0, 1)  # the first prefill pass alone: all its misses are prefill misses
     r1 = run_scores(one, np.stack([preset_weights("lru", st.num_steps)] * 2), [20, 200])
@@ -145,7 +146,7 @@ def test_prefill_misses_and_ttft_equal_the_timed_reference(small):
 # ------------------------------------------------------------- with prefetch: the timed reference
 
 def test_timed_features():
-    from specmd_jax.score import timed_features
+    from specmd_jax.core.score import timed_features
     rec = dict(last=40, ins=10, freq=3, mark=2, pf=True, lvl=1)
     # resident of layer 1 (E = 8, id 12), visit of layer 3 of pass 2, event counter 50, L = 4
     assert timed_features(50, 2, 3, 12, 8, 4, rec, 77) == (10, 3, 40, 1, 2, 0, 77, 1, 1)
@@ -158,9 +159,9 @@ def test_presets_reproduce_fixed_rules_with_prefetch(timing):
     score presets decide exactly as the timed reference's own policies; the prefetch-only
     features (pf, level) are what the presets leave at 0."""
     import specmd_jax as sj
-    from specmd_jax.miss import MissConfig, Precision
-    from specmd_jax.prefetch import PrefetchConfig, make_plan
-    from specmd_jax.reference_timed import simulate_timed
+    from specmd_jax.core.miss import MissConfig, Precision
+    from specmd_jax.core.prefetch import PrefetchConfig, make_plan
+    from specmd_jax.reference.timed import simulate_timed
     t = synthetic.generate("olmoe-1b-7b", num_requests=2, prompt_len=4, gen_len=6, seed=5, pred_noise=1.0)
     plan = make_plan(t, PrefetchConfig("recorded", "topk", overfetch=1.5))
     hw = sj.HARDWARE_PRESETS["a100-5gbps"]
@@ -179,8 +180,8 @@ def test_prefetch_features_steer_eviction():
     """q_pf < 0 evicts unused prefetches before anything else, q_pf > 0 protects them: the
     number of prefetched experts evicted unused moves accordingly (same trace, plan, size)."""
     import specmd_jax as sj
-    from specmd_jax.prefetch import PrefetchConfig, make_plan
-    from specmd_jax.reference_timed import simulate_timed
+    from specmd_jax.core.prefetch import PrefetchConfig, make_plan
+    from specmd_jax.reference.timed import simulate_timed
     t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=4, gen_len=10, seed=2, pred_noise=4.0)
     plan = make_plan(t, PrefetchConfig("recorded", "topk", overfetch=2.0))
     base = preset_weights("lru", 10 ** 6)
@@ -196,7 +197,7 @@ def test_prefetch_features_steer_eviction():
 
 def test_sweep_prefetch_score_policy(small):
     import specmd_jax as sj
-    from specmd_jax.prefetch import PrefetchConfig
+    from specmd_jax.core.prefetch import PrefetchConfig
     t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=4, gen_len=6, seed=1, pred_noise=1.0)
     pf = PrefetchConfig("recorded", "topk")
     lru = sj.sweep_prefetch(t, "lru", capacities=[20, 80], prefetch=pf, engine="reference")

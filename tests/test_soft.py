@@ -15,14 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from specmd_jax import synthetic
-from specmd_jax.engine_score import run_scores
-from specmd_jax.score import FEATURES, NF, ScorePolicy, preset_weights
-from specmd_jax.soft import (SoftParams, preset_real_weights, sensitivities, soft_run, soft_steps,
+from specmd_jax.core import synthetic
+from specmd_jax.run.keyed import run_scores
+from specmd_jax.core.score import FEATURES, NF, ScorePolicy, preset_weights
+from specmd_jax.learn.soft import (SoftParams, preset_real_weights, sensitivities, soft_run, soft_steps,
                              transfer_seconds)
-from specmd_jax.timing import HARDWARE_PRESETS
-from specmd_jax.tune import TuneConfig, hard_miss_rates, tune
-from specmd_jax.visits import prepare_steps
+from specmd_jax.core.timing import HARDWARE_PRESETS
+from specmd_jax.learn.tune import TuneConfig, hard_miss_rates, tune
+from specmd_jax.core.steps import prepare_steps
 
 L, E = 16, 64
 

@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 
 from conftest import random_trace
-from specmd_jax import reference, synthetic
-from specmd_jax.engine import COUNTER_NAMES
-from specmd_jax.mrc import lru_mrc
-from specmd_jax.runner import run_configs
-from specmd_jax.stack import exact_mask, run_auto, run_stack
-from specmd_jax.visits import prepare_steps
+from specmd_jax import reference
+from specmd_jax.core import synthetic
+from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.run.mrc import lru_mrc
+from specmd_jax.run.demand import run_configs
+from specmd_jax.run.stack import exact_mask, run_auto, run_stack
+from specmd_jax.core.steps import prepare_steps
 
 
 def check_vs_reference(trace, policy, caps, mode, partitioned, engine="auto"):

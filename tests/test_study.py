@@ -58,8 +58,8 @@ def test_tune_score_experiment_quick(tmp_path):
     fixed rules' presets equal to the demand-only engine's own replay."""
     import numpy as np
     import specmd_jax as sj
-    from specmd_jax.calibrate import calibrated_knobs
-    from specmd_jax.score import ScorePolicy
+    from specmd_jax.study.calibrate import calibrated_knobs
+    from specmd_jax.core.score import ScorePolicy
     _run("tune_score.py", tmp_path)
     pol = ScorePolicy.load(tmp_path / "learned.json")
     assert len(pol.weights) == 9 and pol.meta["val_miss_rate"] > 0
@@ -118,7 +118,7 @@ def test_readings_experiment_quick(tmp_path):
     paper table with one column per reading and a verdict per claim."""
     _run("readings.py", tmp_path, timeout=1800)
     paper = pd.read_csv(tmp_path / "paper.csv")
-    from specmd_jax.timing import READINGS
+    from specmd_jax.core.timing import READINGS
     assert all(r.label in paper.columns for r in READINGS) and len(paper) >= 15
     coll = pd.read_csv(tmp_path / "collisions.csv")
     assert coll["reading"].nunique() == 6 and coll["collision_rate"].between(0, 1).all()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from specmd_jax.presets import MODEL_PRESETS
-from specmd_jax.synthetic import decode_stream, generate
-from specmd_jax.trace import DECODE, PREFILL
+from specmd_jax.core.presets import MODEL_PRESETS
+from specmd_jax.core.synthetic import decode_stream, generate
+from specmd_jax.core.trace import DECODE, PREFILL
 
 T = 300  # decode tokens for the knob-effect tests
 

@@ -20,12 +20,12 @@ sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE.parent))
 
 from conftest import random_trace  # noqa: E402
-from specmd_jax import synthetic  # noqa: E402
-from specmd_jax.miss import MissConfig, Precision  # noqa: E402
-from specmd_jax.prefetch import PrefetchConfig, make_plan  # noqa: E402
-from specmd_jax.reference_timed import COUNTERS, simulate_timed  # noqa: E402
-from specmd_jax.routing import RoutingConfig  # noqa: E402
-from specmd_jax.timing import INSTANT, Hardware  # noqa: E402
+from specmd_jax.core import synthetic  # noqa: E402
+from specmd_jax.core.miss import MissConfig, Precision  # noqa: E402
+from specmd_jax.core.prefetch import PrefetchConfig, make_plan  # noqa: E402
+from specmd_jax.reference.timed import COUNTERS, simulate_timed  # noqa: E402
+from specmd_jax.core.routing import RoutingConfig  # noqa: E402
+from specmd_jax.core.timing import INSTANT, Hardware  # noqa: E402
 
 SLOW = Hardware(bandwidth_gbps=0.5, latency_us=20.0, decode_layer_us=100.0, name="slow")
 FAST = Hardware(bandwidth_gbps=8.0, latency_us=5.0, decode_layer_us=150.0, name="fast")

@@ -1,0 +1,120 @@
+"""The Python API: load a trace, run a policy for one configuration or a sweep, get a table.
+
+Example::
+
+    import specmd_jax as sj
+    trace = sj.synthetic.generate("olmoe-1b-7b", num_requests=2, prompt_len=32, gen_len=64)
+    df = sj.sweep(trace, "ls", fractions=[0.01, 0.05, 0.25])
+    print(df[["capacity_fraction", "hit_rate", "collision_rate"]])
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from specmd_jax.core import checks
+from specmd_jax.core.capacity import capacity_slots, token_cycle  # noqa: F401  (public here too)
+from specmd_jax.core.counters import METRICS  # noqa: F401
+from specmd_jax.policies import POLICY_INFO, list_policies  # noqa: F401
+from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.run.demand import run_configs
+from specmd_jax.run.stack import run_auto
+from specmd_jax.core.trace import Trace
+
+def _table(trace, policy, mode, partitioned, caps, seeds, fracs, tot, maxocc) -> pd.DataFrame:
+    s = trace.shape
+    df = pd.DataFrame(tot, columns=list(COUNTER_NAMES))
+    df.insert(0, "trace", trace.source)
+    df.insert(1, "model", s.name)
+    df.insert(2, "policy", policy)
+    df.insert(3, "mode", mode)
+    df.insert(4, "partitioned", bool(partitioned))
+    df.insert(5, "capacity_slots", caps)
+    df.insert(6, "capacity_fraction", fracs if fracs is not None else caps / s.num_ids)
+    df.insert(7, "capacity_bytes", checks.capacity_bytes(caps, s.expert_bytes))
+    df.insert(8, "seed", seeds)
+    df["bytes_moved"] = df["misses"] * s.expert_bytes
+    d = df["demands"].where(df["demands"] > 0)
+    df["hit_rate"] = df["hits"] / d
+    df["miss_rate"] = df["misses"] / d
+    df["collision_rate"] = df["collisions"] / d
+    df["collision_share"] = df["collisions"] / df["misses"].where(df["misses"] > 0)
+    df["max_occupancy"] = maxocc
+    df["token_cycle_slots"] = token_cycle(trace)["slots"]
+    df["below_token_cycle"] = df["capacity_bytes"] < token_cycle(trace)["bytes"]
+    return df
+
+
+def sweep(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None, *,
+          fractions: Optional[Sequence[float]] = None, seeds: Sequence[int] = (0,),
+          mode: str = "pinned", partitioned: bool = False, progress: bool = False,
+          chunk_steps: int = 8192, unroll_layers: Optional[bool] = None,
+          engine: str = "auto") -> pd.DataFrame:
+    """Run ``policy`` over ``trace`` for every (capacity, seed) in one jitted vmap over one scan.
+
+    Args:
+        trace: a loaded or generated :class:`~specmd_jax.core.trace.Trace`.
+        policy: a name from :func:`list_policies`.
+        capacities: cache sizes in slots (experts), or
+        fractions: cache sizes as fractions of all expert bytes (``floor(f * L * E)`` slots).
+        seeds: seeds, crossed with the capacities (only ``random`` uses them).
+        mode: ``"pinned"`` (default; one step per (pass, layer) visit) or ``"sequential"``.
+        partitioned: one cache per layer (capacity split evenly) instead of one global pool.
+        progress: tqdm progress bar over the trace.
+        engine: ``"auto"`` (default): ``lru``/``ls``/``belady`` capacities that never bypass come
+            from one stack pass for all of them (:mod:`specmd_jax.run.stack`, exact), everything
+            else from the vmapped scan; ``"scan"``: always the scan; ``"stack"``: stack only.
+
+    Returns:
+        A tidy table, one row per configuration (columns in ``METRICS`` plus the parameters).
+        ``df.attrs`` holds ``per_layer`` (long table by the visit's layer), ``resident``
+        (bool[B, N] final resident sets) and ``timing`` (compile and run seconds).
+    """
+    checks.trace(trace)
+    if (capacities is None) == (fractions is None):
+        raise ValueError("give exactly one of capacities= (slots) or fractions=")
+    checks.whole("chunk_steps", chunk_steps, 1)
+    fr = None
+    if fractions is not None:
+        caps = capacity_slots(trace, fractions)
+        fr = checks.fractions(fractions)
+    else:
+        caps = checks.capacities(capacities)
+    seeds = checks.seeds(seeds)
+    C, Sd = np.meshgrid(np.arange(len(caps)), np.arange(len(seeds)), indexing="ij")
+    ci, si = C.reshape(-1), Sd.reshape(-1)
+    r = run_auto(trace, policy, caps[ci], seeds[si], mode=mode, partitioned=partitioned, engine=engine,
+                 progress=progress, chunk_steps=chunk_steps, unroll_layers=unroll_layers)
+    df = _table(trace, policy, mode, partitioned, caps[ci], seeds[si], None if fr is None else fr[ci],
+                r.totals, r.max_occupancy)
+    L = trace.shape.num_layers
+    pl = pd.DataFrame(r.per_layer.transpose(0, 2, 1).reshape(-1, len(COUNTER_NAMES)), columns=list(COUNTER_NAMES))
+    pl.insert(0, "config", np.repeat(np.arange(len(df)), L))
+    pl.insert(1, "capacity_slots", np.repeat(caps[ci], L))
+    pl.insert(2, "seed", np.repeat(seeds[si], L))
+    pl.insert(3, "layer", np.tile(np.arange(L), len(df)))
+    d = pl["demands"].where(pl["demands"] > 0)
+    pl["hit_rate"] = pl["hits"] / d
+    pl["collision_rate"] = pl["collisions"] / d
+    df.attrs = {"per_layer": pl, "resident": r.resident,
+                "timing": {"compile_s": r.compile_s, "run_s": r.run_s}}
+    return df
+
+
+def simulate(trace: Trace, policy: str, capacity: Optional[int] = None, *,
+             fraction: Optional[float] = None, seed: int = 0, mode: str = "pinned",
+             partitioned: bool = False) -> pd.Series:
+    """One configuration, unbatched; returns that configuration's row of the tidy table."""
+    checks.trace(trace)
+    if (capacity is None) == (fraction is None):
+        raise ValueError("give exactly one of capacity= (slots) or fraction=")
+    cap = int(capacity_slots(trace, [fraction])[0] if fraction is not None
+              else checks.capacities(capacity, name="capacity")[0])
+    seed = int(checks.seeds(seed, name="seed")[0])
+    r = run_configs(trace, policy, [cap], [seed], mode=mode, partitioned=partitioned, batched=False)
+    df = _table(trace, policy, mode, partitioned, np.array([cap]), np.array([seed]),
+                None if fraction is None else np.array([fraction]), r.totals, r.max_occupancy)
+    return df.iloc[0]

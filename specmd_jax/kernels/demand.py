@@ -1,0 +1,391 @@
+"""The JAX eviction engine: one pure ``step`` per (configuration, scan step).
+
+State is dense over expert ids (``N = L * E``) and holds, per pool (the global cache, or one
+cache per layer), a *contiguous protection rank* of the residents: ``rank[x] = #{residents more
+protected than x}`` (0 = evicted last), ``ABSENT`` for non-residents. With contiguous ranks the
+``n`` victims of a step are found elementwise ("the ``n`` evictable residents with the highest
+rank"), with no per-config reduction or gather (XLA:CPU reductions and config-dependent gathers
+are slow, see PERF_NOTES.md). Policies differ only in how a step re-ranks:
+
+``mtt`` (move to top; ``lru``, ``ls``)
+    demanded experts go to the top, lowest id least protected among them. For ``ls`` this is
+    exact in demand-only replay: a demanded expert's Least-Stale key (current pass, its layer,
+    step) dominates every resident's key, so Least-Stale *is* LRU at visit granularity here;
+    the reference implements the full key and the tests check the equality.
+``ins`` (insertion order; ``fifo``, ``random``)
+    hits keep their place; admitted experts go on top. ``random`` picks victim positions by
+    Floyd's algorithm with a counter hash (same numbers as the reference).
+``keyed`` (``belady``, ``sb``: trace-determined keys shared by all configurations; ``lfu``:
+    per-configuration keys)
+    new ranks of the demanded experts are counts of more-protected survivors: a dense matmul
+    against a shared ``[W, N]`` comparison matrix for shared keys, a reduction for ``lfu``.
+``fld``
+    victims by layer distance (counts per layer, then lowest ids in a layer via a small
+    triangular matmul); ranks only mark residency.
+
+All numbers (capacity, seed) are data in :class:`Params`; shapes and the policy are static.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+from jax import lax
+
+from specmd_jax.kernels.pytree import pytree_dataclass
+from specmd_jax.core.semantics import INF_STEP, POLICIES
+
+ABSENT = 32767  # not resident
+GONE = 32766    # not resident, evicted earlier in the current pass (collision bookkeeping)
+NCOUNT = 6  # demands, hits, misses, collisions, evictions, bypass
+COUNTER_NAMES = ("demands", "hits", "misses", "collisions", "evictions", "bypass")
+KIND = {"lru": "mtt", "ls": "mtt", "fifo": "ins", "random": "ins", "belady": "keyed",
+        "sb": "keyed", "lfu": "keyed", "fld": "fld"}
+SHARED_KEY = {"belady", "sb"}
+HIGHEST = lax.Precision.HIGHEST
+
+
+@pytree_dataclass
+class Params:
+    """Numeric parameters of one configuration (vmappable leaves).
+
+    Attributes:
+        capacity: int32[] cache slots (total over layers in partitioned mode).
+        seed: uint32[] seed of the ``random`` policy (ignored by the others).
+    """
+
+    capacity: Any
+    seed: Any
+
+
+@pytree_dataclass
+class CacheState:
+    """Per-configuration state.
+
+    Attributes:
+        rank: int16[N] protection rank within the pool for residents; ``GONE`` if evicted
+            earlier in the current pass, ``ABSENT`` otherwise (one array keeps both, halving
+            the memory traffic of a step).
+        occ: int32[P] occupancy per pool (``P`` = 1 global, ``L`` partitioned).
+        freq: int32[N] uses since insertion (``lfu`` only; else shape [0]). The last-use
+            tie-break needs no table: the rank order already holds it.
+        per_layer: int32[6, L] counters (``COUNTER_NAMES``) by the layer of the visit (the
+            totals are their sums).
+        max_occ: int32[] largest pool occupancy seen after any step.
+    """
+
+    rank: Any
+    occ: Any
+    freq: Any
+    per_layer: Any
+    max_occ: Any
+
+
+@pytree_dataclass
+class Visit:
+    """One scan step's inputs, shared by all configurations (see ``visits.StepArrays``)."""
+
+    step: Any
+    pass_: Any
+    layer: Any
+    new_pass: Any
+    ids: Any
+    units: Any
+    next_use: Any
+
+
+class Spec(NamedTuple):
+    """Static structure of a compiled engine (hashable; one compile per distinct Spec)."""
+
+    policy: str
+    num_layers: int
+    num_experts: int
+    width: int
+    partitioned: bool
+
+
+class Policy(NamedTuple):
+    """A policy as pure functions (optax-style): ``init(params) -> state``,
+    ``shared_init() -> shared``, ``shared_step(shared, visit) -> shared`` (trace-determined
+    state common to all configurations), ``step(state, visit, shared, params) -> (state, info)``."""
+
+    name: str
+    init: Any
+    shared_init: Any
+    shared_step: Any
+    step: Any
+
+
+def _mix32(x):
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def rand_u32(seed, step, draw):
+    """jax twin of ``semantics.rand_u32`` (uint32 wrap-around arithmetic)."""
+    h = _mix32(seed.astype(jnp.uint32) * jnp.uint32(0x9E3779B1) + step.astype(jnp.uint32))
+    return _mix32(h ^ (jnp.uint32(draw) * jnp.uint32(0x85EBCA77)))
+
+
+def _more_protected(ka, ia, kb, ib):
+    """Lexicographic ``(key, id) > (key, id)``; broadcasting."""
+    return (ka > kb) | ((ka == kb) & (ia > ib))
+
+
+def make_policy(spec: Spec) -> Policy:
+    """Build the pure ``init``/``step`` functions of ``spec.policy`` for ``spec``'s shapes."""
+    if spec.policy not in POLICIES:
+        raise ValueError(f"unknown policy {spec.policy!r}; known: {POLICIES}")
+    L, E, W = spec.num_layers, spec.num_experts, spec.width
+    N = L * E
+    kind = KIND[spec.policy]
+    part = spec.partitioned
+    M = E if part else N  # pool size
+    lfu = spec.policy == "lfu"
+
+    def init(params: Params) -> CacheState:
+        del params
+        z = jnp.zeros((N if lfu else 0,), jnp.int32)
+        return CacheState(rank=jnp.full((N,), ABSENT, jnp.int16), occ=jnp.zeros((L if part else 1,), jnp.int32),
+                          freq=z,
+                          per_layer=jnp.zeros((NCOUNT, L), jnp.int32),
+                          max_occ=jnp.zeros((), jnp.int32))
+
+    def shared_init():
+        if spec.policy in SHARED_KEY:
+            return jnp.full((N,), -INF_STEP if spec.policy == "belady" else 0, jnp.int32)
+        return jnp.zeros((0,), jnp.int32)
+
+    def shared_step(shared, visit: Visit):
+        if spec.policy not in SHARED_KEY:
+            return shared
+        valid = visit.ids >= 0
+        idx = jnp.where(valid, visit.ids, N)
+        if spec.policy == "belady":
+            return shared.at[idx].set(-visit.next_use, mode="drop")
+        return shared.at[idx].add(visit.units, mode="drop")
+
+    def pool(x, l):
+        return lax.dynamic_slice_in_dim(x, l * E, E) if part else x
+
+    def unpool(x, new, l):
+        return lax.dynamic_update_slice_in_dim(x, new, l * E, 0) if part else new
+
+    def step(state: CacheState, visit: Visit, shared, params: Params):
+        l = visit.layer
+        base = l * E if part else 0
+        valid = visit.ids >= 0
+        loc = jnp.where(valid, visit.ids - base, 0)
+        loc_drop = jnp.where(valid, visit.ids - base, M)
+        # forget "evicted in this pass" at a pass start; a real branch (the predicate is shared
+        # by all configurations), so the other L-1 visits of a pass skip the full-array pass.
+        # (Folding it into the step's one pass over the ranks made the step 2x slower here.)
+        rank_all = lax.cond(visit.new_pass, lambda a: jnp.where(a == GONE, ABSENT, a).astype(jnp.int16),
+                            lambda a: a, state.rank)
+        r = pool(rank_all, l)
+        pidx = l if part else 0
+        occ = state.occ[pidx]
+        if part:
+            cap = params.capacity // L + (l < params.capacity % L).astype(jnp.int32)
+        else:
+            cap = params.capacity
+        cap = cap.astype(jnp.int32)
+
+        inD = jnp.zeros((M,), bool).at[loc_drop].set(True, mode="drop")
+        r0D, rD, resD, missD, nd, nh, nm, coll, m, nev, na = classify_demand(r, loc, valid, occ, cap)
+        rD = jnp.where(resD, rD, ABSENT).astype(jnp.int16)
+        resident = r < GONE
+        evictable = resident & ~inD
+        # admission: the first `na` missing ids (ids ascending within the step). Per-configuration
+        # [W] work is written as W unrolled elementwise terms (_wsum): under vmap they are
+        # vectorised over the configurations, where a [W, W] reduction along the short W axis
+        # is scalar code on XLA:CPU (measured: 15-25% of the whole FIFO step).
+        earlier = jnp.arange(W)[None, :] < jnp.arange(W)[:, None]            # [W, W] j' < j
+        cm = _wsum([(jnp.arange(W) > j) & missD[j] for j in range(W - 1)], (W,))
+        admitD = missD & (cm < na)
+        Dp = resD | admitD
+        nDp = nh + na
+
+        freq = state.freq
+        occ_new = occ - nev + na
+        if kind == "fld":
+            # ranks only mark residency (0); victims by layer distance
+            gone = _fld_victims(evictable, nev, l)
+            r_c = jnp.zeros_like(r)
+            rD_new = jnp.zeros((W,), jnp.int16)
+        else:
+            # position among evictables (0 = most protected): W compares per element
+            # (fifo needs no per-element count: see below)
+            evpos = None if spec.policy == "fifo" else r - _count_lt(rD, r)
+            thresh = (m - nev).astype(jnp.int16)
+            na16 = na.astype(jnp.int16)
+            ev_posD = rD.astype(jnp.int32) - _wsum([rD[j] < rD for j in range(W)], (W,))   # hits' evpos
+            if kind == "mtt":
+                # a non-demanded resident moves to evpos + |D'|; it is a victim iff that rank
+                # reaches the new occupancy (= its evictable position is in the bottom `nev`)
+                r_c = evpos + nDp.astype(jnp.int16)
+                gone = r_c >= occ_new.astype(jnp.int16)
+                rD_new = (nDp - 1 - jnp.sum(earlier & Dp[None, :], axis=1, dtype=jnp.int32)).astype(jnp.int16)
+            elif spec.policy == "fifo":
+                # hits keep their place, admitted go on top; victims are the oldest evictables:
+                # the non-demanded residents ranked at or below R*, the rank of the evictable at
+                # position `thresh`. A hit's evictable position (rank minus the hits below it)
+                # is the position it sits above, so R* = thresh + #{hits with ev_pos <= thresh}:
+                # a [W] computation per config and one compare per element (no W-compare count).
+                rstar = (thresh + _wsum([resD[j] & (ev_posD[j] <= thresh) for j in range(W)], ())).astype(jnp.int16)
+                r_c = r + na16
+                gone = (r >= rstar) & ~inD
+                nv_aboveD = jnp.clip(ev_posD - thresh, 0, nev)
+                rD_new = jnp.where(resD, rD.astype(jnp.int32) - nv_aboveD + na, na - 1 - cm).astype(jnp.int16)
+            elif spec.policy == "random":
+                # Floyd positions count from the oldest evictable (the reference's order):
+                # position j <-> evpos m - 1 - j; victims above x have positions >= m - evpos(x)
+                U = _floyd(params.seed, visit.step, nev, m, W)
+                gone = jnp.any(U[:, None] == (m - 1 - evpos.astype(jnp.int32))[None, :], axis=0)
+                lim = m - evpos.astype(jnp.int32)
+                limD = m - ev_posD.astype(jnp.int32)
+                nv_above = jnp.sum((U[:, None] >= 0) & (U[:, None] >= lim[None, :]), axis=0, dtype=jnp.int16)
+                nv_aboveD = jnp.sum((U[None, :] >= 0) & (U[None, :] >= limD[:, None]), axis=1, dtype=jnp.int16)
+                r_c = r - nv_above + na16
+                rD_new = jnp.where(resD, rD - nv_aboveD + na16, na - 1 - cm).astype(jnp.int16)
+            else:  # keyed: new ranks count more-protected experts under the policy's keys
+                gone = evpos >= thresh
+                S = evictable & ~gone                      # non-demanded survivors
+                idsD = visit.ids
+                if lfu:
+                    # Demanded experts take last use = this step, later than every other
+                    # resident's, so against a non-demanded x the (freq, last, id) order reduces
+                    # to freq alone: d above x iff freq_d >= freq_x. One compare, no `last` table.
+                    f = pool(state.freq, l)
+                    fD = jnp.where(resD, f[loc] + 1, 1)
+                    G = fD[:, None] >= f[None, :]                                       # [W, M]
+                    Gdd = (fD[:, None] > fD[None, :]) | ((fD[:, None] == fD[None, :]) & (idsD[:, None] > idsD[None, :]))
+                    up_x = jnp.sum(G & Dp[:, None], axis=0, dtype=jnp.int16)
+                    # per-config [W, M] x [M] count as a matvec (XLA:CPU reductions along the
+                    # contiguous axis are scalar code; a dot is vectorised)
+                    sg = jnp.dot(G.astype(jnp.float32), S.astype(jnp.float32), precision=HIGHEST).astype(jnp.int32)
+                    f_new = jnp.where(resident & ~gone, f, 0).at[jnp.where(Dp, loc, M)].set(fD, mode="drop")
+                    freq = unpool(state.freq, f_new, l)
+                else:
+                    # keys shared by all configurations: G is shared, the counts are matmuls
+                    gid_pool = jnp.arange(M, dtype=jnp.int32) + base
+                    kD = jnp.where(valid, shared[jnp.where(valid, visit.ids, 0)], 0)
+                    G = _more_protected(kD[:, None], idsD[:, None], pool(shared, l)[None, :], gid_pool[None, :])
+                    Gdd = _more_protected(kD[:, None], idsD[:, None], kD[None, :], idsD[None, :])
+                    Gf = G.astype(jnp.float32)
+                    up_x = jnp.dot(Dp.astype(jnp.float32), Gf, precision=HIGHEST).astype(jnp.int16)
+                    sg = jnp.dot(Gf, S.astype(jnp.float32), precision=HIGHEST).astype(jnp.int32)
+                r_c = evpos + up_x
+                rD_new = ((m - nev - sg) + jnp.sum(Gdd & Dp[:, None], axis=0, dtype=jnp.int32)).astype(jnp.int16)
+        # non-residents keep their sentinel; victims become GONE; demanded experts are written last
+        r_new = jnp.where(r >= GONE, r, jnp.where(gone, GONE, r_c)).astype(jnp.int16)
+        # scatter at the shared indices (same for every configuration: a cheap scatter on CPU);
+        # bypassed demands keep their sentinel
+        r_new = r_new.at[loc_drop].set(jnp.where(Dp, rD_new, r0D), mode="drop")
+        info = jnp.stack([nd, nh, nm, coll, nev, nm - na]).astype(jnp.int32)
+        new = CacheState(rank=unpool(rank_all, r_new, l), occ=state.occ.at[pidx].set(occ_new),
+                         freq=freq,
+                         per_layer=state.per_layer.at[:, l].add(info),
+                         max_occ=jnp.maximum(state.max_occ, occ_new))
+        return new, occ_new
+
+    def _fld_victims(evictable, nev, l):
+        tri = (jnp.arange(E)[:, None] < jnp.arange(E)[None, :]).astype(jnp.float32)  # [E, E] strict
+        if part:
+            c = jnp.dot(evictable.astype(jnp.float32), tri, precision=HIGHEST)
+            return evictable & (c < nev)
+        ev3 = evictable.reshape(L, E)
+        cnt = jnp.sum(ev3, axis=1, dtype=jnp.int32)                                   # [L]
+        lay = jnp.arange(L)
+        dist = jnp.abs(lay - l)
+        # layer a is evicted before layer b: farther first, then lower layer
+        before = (dist[:, None] > dist[None, :]) | ((dist[:, None] == dist[None, :]) & (lay[:, None] < lay[None, :]))
+        nbefore = jnp.dot(cnt.astype(jnp.float32), before.astype(jnp.float32), precision=HIGHEST).astype(jnp.int32)
+        take = jnp.clip(nev - nbefore, 0, cnt)
+        c = jnp.dot(ev3.astype(jnp.float32), tri, precision=HIGHEST)                 # [L, E]
+        return (ev3 & (c < take[:, None].astype(jnp.float32))).reshape(N)
+
+    return Policy(spec.policy, init, shared_init, shared_step, step)
+
+
+class Demand(NamedTuple):
+    """A visit's demand against one configuration's ranks (pinned semantics, ``semantics``)."""
+
+    r0D: Any    # int16[W] ranks of the demanded ids as stored (sentinels included)
+    rD: Any     # int16[W] the same, ``ABSENT`` on padding (``GONE`` kept: collisions)
+    resD: Any   # bool[W] hit
+    missD: Any  # bool[W] miss
+    nd: Any     # demands
+    nh: Any     # hits
+    nm: Any     # misses
+    coll: Any   # collision misses
+    m: Any      # evictable residents (occupancy minus hits)
+    nev: Any    # evictions: clip(misses - free, 0, evictable)
+    na: Any     # admitted misses (the rest bypass)
+
+
+def classify_demand(r, loc, valid, occ, cap) -> Demand:
+    """Hits, misses, collisions and the eviction/admission counts of one visit (shared by the
+    demand-only and the prefetch engines)."""
+    W = loc.shape[0]
+    r0D = r[loc]
+    rD = jnp.where(valid, r0D, ABSENT).astype(jnp.int16)
+    resD = rD < GONE
+    nd = _wsum([valid[j] for j in range(W)], ())
+    nh = _wsum([resD[j] for j in range(W)], ())
+    nm = nd - nh
+    free = cap - occ
+    m = occ - nh
+    nev = jnp.clip(nm - free, 0, m)
+    return Demand(r0D, rD, resD, valid & ~resD, nd, nh, nm, _wsum([rD[j] == GONE for j in range(W)], ()), m, nev,
+                  jnp.minimum(nm, free + nev))
+
+
+def _wsum(terms, shape):
+    """int32 sum of a short list of boolean (or int) terms of ``shape``, as a chain of
+    elementwise adds: vectorised over a vmapped batch, where a reduction along a short axis
+    is scalar code on XLA:CPU. Long lists (wide prefill visits) are stacked and reduced."""
+    if not terms:
+        return jnp.zeros(shape, jnp.int32)
+    if len(terms) > 16:
+        return jnp.sum(jnp.stack([jnp.broadcast_to(t, shape) for t in terms]), axis=0, dtype=jnp.int32)
+    acc = jnp.zeros(shape, jnp.int32)
+    for t in terms:
+        acc = acc + t.astype(jnp.int32)
+    return acc
+
+
+def _count_lt(a, r):
+    """``#{j : a[j] < r[x]}`` for every x: int16[M] from int16[W] and int16[M].
+
+    A reduce over the short W axis. An unrolled chain of W adds looked faster in isolation but
+    made the whole step ~20x slower (XLA duplicates the chain into every consumer fusion). Wide
+    visits (prefill, W up to E) are counted 8 rows at a time in a rolled loop, so no
+    ``[configs, W, M]`` temporary is built.
+    """
+    W = a.shape[0]
+    if W <= 16:
+        return jnp.sum(a[:, None] < r[None, :], axis=0, dtype=jnp.int16)
+    g = W // 8
+
+    def body(i, acc):
+        return acc + jnp.sum(lax.dynamic_slice_in_dim(a, i * 8, 8)[:, None] < r[None, :], axis=0, dtype=jnp.int16)
+
+    tail = jnp.sum(a[g * 8:, None] < r[None, :], axis=0, dtype=jnp.int16)
+    return lax.fori_loop(0, g, body, tail)
+
+
+def _floyd(seed, step, nev, m, width):
+    """Floyd's sampling of ``nev`` distinct positions in ``[0, m)``; int32[width], -1 unused."""
+
+    def body(i, U):
+        j = m - nev + i
+        t = (rand_u32(seed, step, i) % jnp.maximum(j + 1, 1).astype(jnp.uint32)).astype(jnp.int32)
+        in_s = jnp.any(U == t)
+        return U.at[i].set(jnp.where(i < nev, jnp.where(in_s, j, t), -1))
+
+    return lax.fori_loop(0, width, body, jnp.full((width,), -1, jnp.int32))

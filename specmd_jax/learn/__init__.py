@@ -1,0 +1,1 @@
+"""The learned eviction score: its soft relaxation and the optax tuner."""

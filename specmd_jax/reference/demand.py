@@ -1,0 +1,207 @@
+"""Pure-Python reference simulator: the executable definition of the replay semantics.
+
+No jax here (a test imports this module with jax blocked). Slow but obviously correct: explicit
+dicts of resident experts and ``heapq.nsmallest`` over policy keys. Every JAX kernel must equal it
+exactly. The semantics are written in :mod:`specmd_jax.core.semantics`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from typing import Optional
+
+from specmd_jax.core import checks
+from specmd_jax.core.semantics import INF_STEP, MODES, POLICIES, SB_SCALE, layer_capacity, rand_u32
+
+COUNTERS = ("demands", "hits", "misses", "collisions", "evictions", "bypass")
+
+
+@dataclasses.dataclass
+class RefResult:
+    """Counts of one replay. Per-layer lists are indexed by the layer of the visit."""
+
+    totals: dict
+    per_layer: dict
+    resident: list  # sorted global ids resident at the end
+    max_occupancy: int
+    bytes_moved: int
+
+
+def steps_of(trace, mode: str = "pinned"):
+    """Yield ``(pass, layer, new_pass, ids, weight_units)`` per step, pure Python.
+
+    ``ids`` are global ids (``layer * E + expert``); ``weight_units[i]`` is the visit's summed
+    ``round(weight * SB_SCALE)`` of ``ids[i]`` (0 when the trace has no weights).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    L, E = trace.shape.num_layers, trace.shape.num_experts
+    experts = trace.experts.tolist()
+    weights = trace.weights.tolist() if trace.weights is not None else None
+    off = trace.cell_offsets.tolist()
+    for p in range(trace.num_passes):
+        first = True
+        for l in range(L):
+            c = p * L + l
+            order, units = [], {}
+            for r in range(off[c], off[c + 1]):
+                for k, e in enumerate(experts[r]):
+                    g = l * E + e
+                    if g not in units:
+                        order.append(g)
+                        units[g] = 0
+                    if weights is not None:
+                        units[g] += round(weights[r][k] * SB_SCALE)
+            if mode == "pinned":
+                ids = sorted(order)
+                yield p, l, first, ids, [units[g] for g in ids]
+                first = False
+            else:
+                for g in order:
+                    yield p, l, first, [g], [units[g]]
+                    first = False
+
+
+def _next_uses(steps):
+    """Next step index demanding each id, per step: list of dicts id -> next step."""
+    nxt = [None] * len(steps)
+    later = {}
+    for s in range(len(steps) - 1, -1, -1):
+        ids = steps[s][3]
+        nxt[s] = {g: later.get(g, INF_STEP) for g in ids}
+        for g in ids:
+            later[g] = s
+    return nxt
+
+
+def policy_key(policy: str, r: dict, g: int, l: int, E: int, score: dict, nextuse: dict) -> tuple:
+    """Eviction key of resident ``g`` (record ``r``) at a visit of layer ``l``; the smallest key
+    is evicted first (``semantics`` lists the keys)."""
+    if policy == "lru":
+        return (r["last"], g)
+    if policy in ("fifo", "random"):
+        return (r["ins"], g)
+    if policy == "lfu":
+        return (r["freq"], r["last"], g)
+    if policy == "lhu":  # least high-precision used (specmd_jax.core.miss; timed engines only)
+        return (r["hp"], r["last"], g)
+    if policy == "belady":
+        return (-nextuse[g], g)
+    if policy == "sb":
+        return (score.get(g, 0), g)
+    if policy == "ls":
+        return (r["mark"], g // E, r["entry"], g)
+    if policy == "fld":
+        return (-abs(g // E - l), g)
+    raise AssertionError(policy)
+
+
+def floyd_pick(evictable_sorted: list, nev: int, seed: int, step: int, draw0: int = 0) -> list:
+    """``random`` policy: ``nev`` victims from ``evictable_sorted`` (listed by (ins, id)) by Floyd's
+    algorithm with draws ``rand_u32(seed, step, draw0 + i)``."""
+    m, chosen = len(evictable_sorted), []
+    for i in range(nev):
+        j = m - nev + i
+        t = rand_u32(seed, step, draw0 + i) % (j + 1)
+        chosen.append(j if t in chosen else t)
+    return [evictable_sorted[i] for i in chosen]
+
+
+def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
+             partitioned: bool = False, seed: int = 0, weights=None,
+             occupancy_log: Optional[list] = None) -> RefResult:
+    """Replay ``trace`` through one cache configuration.
+
+    Args:
+        trace: a :class:`specmd_jax.core.trace.Trace`.
+        policy: one of ``semantics.POLICIES``.
+        capacity: slots (experts) in the cache; in partitioned mode the total over layers.
+        mode: ``"pinned"`` (one step per visit) or ``"sequential"`` (one per distinct access).
+        partitioned: one cache per layer instead of one global pool.
+        seed: seed of the ``random`` policy.
+        weights: ``policy="score"`` only: the NF integer weights ``q`` of the parametric keep
+            score (:mod:`specmd_jax.core.score`; pinned mode, global pool).
+        occupancy_log: if a list is given, the pool occupancy after every step is appended.
+    """
+    if policy == "score":
+        if weights is None or mode != "pinned" or partitioned:
+            raise ValueError("policy 'score' needs weights=, pinned mode and the global pool")
+        from specmd_jax.core.score import features
+        score_w = [int(x) for x in weights]
+    elif policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; known: {POLICIES}")
+    if policy == "sb" and trace.weights is None:
+        raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
+    capacity = int(checks.capacities(capacity, name="capacity")[0])
+    seed = int(checks.seeds(seed, name="seed")[0])
+    L, E = trace.shape.num_layers, trace.shape.num_experts
+    steps = list(steps_of(trace, mode))
+    nxt = _next_uses(steps) if policy == "belady" else None
+    tot = dict.fromkeys(COUNTERS, 0)
+    per = {k: [0] * L for k in COUNTERS}
+    resident = {}  # id -> dict of per-expert policy fields
+    occ = [0] * (L if partitioned else 1)
+    score = {}  # sb: trace-level cumulative weight units
+    nextuse = {}  # belady: trace-level next use
+    evicted_in_pass = set()
+    max_occ = 0
+
+    def key(g, l):
+        if policy == "score":
+            r = resident[g]
+            f = features(s, p, l, g, E, L, r["last"], r["ins"], r["freq"], score.get(g, 0))
+            return (sum(a * b for a, b in zip(score_w, f)), g)
+        return policy_key(policy, resident[g], g, l, E, score, nextuse)
+
+    for s, (p, l, new_pass, ids, units) in enumerate(steps):
+        if new_pass:
+            evicted_in_pass.clear()
+        pool = l if partitioned else 0
+        cap = layer_capacity(capacity, L, l) if partitioned else capacity
+        D = set(ids)
+        hit = [g in resident for g in ids]
+        miss = [g for g, h in zip(ids, hit) if not h]
+        nh = len(ids) - len(miss)
+        coll = sum(1 for g in miss if g in evicted_in_pass)
+        for g, u in zip(ids, units):
+            score[g] = score.get(g, 0) + u
+            if nxt is not None:
+                nextuse[g] = nxt[s][g]
+        free = cap - occ[pool]
+        evictable = [g for g in resident if g not in D and (not partitioned or g // E == l)]
+        nev = max(0, min(len(miss) - free, len(evictable)))
+        if nev:
+            if policy == "random":
+                evictable.sort(key=lambda g: key(g, l))
+                victims = floyd_pick(evictable, nev, seed, s)
+            else:
+                victims = heapq.nsmallest(nev, evictable, key=lambda g: key(g, l))
+            for g in victims:
+                del resident[g]
+                evicted_in_pass.add(g)
+            occ[pool] -= nev
+        na = min(len(miss), free + nev)
+        admitted = sorted(miss)[:na]
+        for g in ids:
+            if g in resident:  # hit
+                r = resident[g]
+                r["freq"] += 1
+            elif g in admitted:
+                r = resident[g] = {"ins": s, "freq": 1, "mark": -1, "entry": s}
+            else:
+                continue
+            r["last"] = s
+            if r["mark"] != p:
+                r["mark"], r["entry"] = p, s
+        occ[pool] += na
+        max_occ = max(max_occ, occ[pool])
+        if occupancy_log is not None:
+            occupancy_log.append(occ[pool])
+        assert occ[pool] <= max(cap, 0), "occupancy exceeded capacity"
+        for name, v in (("demands", len(ids)), ("hits", nh), ("misses", len(miss)), ("collisions", coll),
+                        ("evictions", nev), ("bypass", len(miss) - na)):
+            tot[name] += v
+            per[name][l] += v
+    return RefResult(totals=tot, per_layer=per, resident=sorted(resident), max_occupancy=max_occ,
+                     bytes_moved=tot["misses"] * trace.shape.expert_bytes)

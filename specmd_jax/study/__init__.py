@@ -1,0 +1,1 @@
+"""The paper study: prior systems, synthetic-trace calibration, outside peers, plots."""
