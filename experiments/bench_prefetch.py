@@ -3,9 +3,9 @@
 Workload: synthetic OLMoE decode stream (``--tokens`` passes, recorded predictions with
 ``pred_noise`` 1.0), ``--configs`` capacities ``linspace(16, N, B)``, top-k x 1.0 next-layer plan.
 Rows: the demand-only vmapped scan (``runner.run_configs``), the instant-prefetch engine
-(``prefetch_runner.run_instant``, which also yields every hardware profile's times from the same
+(``run.instant.run_instant``, which also yields every hardware profile's times from the same
 run; the host timing step is timed separately), the asynchronous prefetch + timing engine
-(``prefetch_runner.run_async``, lru/fifo, one hardware profile, so the same number of
+(``run.asynchronous.run_async``, lru/fifo, one hardware profile, so the same number of
 configurations), the same at mixed precision (fp16/int8/int4/int2 levels, ``fetch_priority`` with
 four percentiles x ``configs / 4`` capacities: weighted ranks, issue 4), and the exact async
 reference on one configuration (for scale). ``ratio_vs_demand_only`` = engine time /
@@ -46,7 +46,9 @@ from specmd_jax.core import synthetic  # noqa: E402
 from specmd_jax.core.prefetch import PrefetchConfig, make_plan  # noqa: E402
 from specmd_jax.kernels.asynchronous import ASYNC_POLICIES  # noqa: E402
 from specmd_jax.core.miss import PRECISION_PRESETS, MissConfig  # noqa: E402
-from specmd_jax.run.timed import run_async, run_instant, timing  # noqa: E402
+from specmd_jax.core.clock import pass_times as timing  # noqa: E402
+from specmd_jax.run.asynchronous import run_async  # noqa: E402
+from specmd_jax.run.instant import run_instant  # noqa: E402
 from specmd_jax.reference.timed import simulate_timed  # noqa: E402
 from specmd_jax.run.demand import run_configs  # noqa: E402
 from specmd_jax.core.timing import HARDWARE_PRESETS, VISIT_READING  # noqa: E402

@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from specmd_jax import reference
-from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.run.mrc import lru_mrc
 from specmd_jax.core.semantics import POLICIES
 from specmd_jax.core.synthetic import decode_stream
@@ -65,8 +65,8 @@ from specmd_jax.study.peers import make_cache, oracle_reader
 from specmd_jax.run.demand import run_configs
 from specmd_jax.run.stack import STACK_POLICIES, run_stack
 
-HITS = COUNTER_NAMES.index("hits")
-DEMANDS = COUNTER_NAMES.index("demands")
+HITS = DEMAND_COUNTERS.index("hits")
+DEMANDS = DEMAND_COUNTERS.index("demands")
 LCS_POLICIES = ("lru", "fifo", "lfu", "belady")
 COLUMNS = ("backend", "engine", "policy", "configs", "accesses", "compile_s", "run_s", "acc_per_s",
            "ratio_vs_libcachesim_lru", "ratio_vs_reference", "hits", "check")

@@ -19,7 +19,7 @@ _LAZY = {
     "lru_mrc": "run.mrc", "sweep_prefetch": "api", "PrefetchConfig": "core.prefetch", "make_plan": "core.prefetch",
     "Hardware": "core.timing", "HARDWARE_PRESETS": "core.timing", "MissConfig": "core.miss", "Precision": "core.miss",
     "PRECISION_PRESETS": "core.miss", "RoutingConfig": "core.routing", "ScorePolicy": "core.score",
-    "sweep_score": "run.keyed", "TuneConfig": "learn.tune", "Reading": "core.timing", "READINGS": "core.timing",
+    "sweep_score": "api", "TuneConfig": "learn.tune", "Reading": "core.timing", "READINGS": "core.timing",
     "token_cycle": "core.capacity",
 }
 # short names of the modules users reach for (``sj.synthetic.generate``, ``sj.reference.simulate``)

@@ -21,8 +21,8 @@ def _release_compiled_programs():
     """Free the compiled programs of each test module when it ends: a worker that runs many
     modules otherwise keeps hundreds of executables (memory and memory mappings) alive."""
     yield
-    from specmd_jax.run.demand import clear_compiled
-    clear_compiled()
+    from specmd_jax.run.cache import clear
+    clear()
 
 
 EXCERPT = Path(__file__).resolve().parent / "data" / "qwen3_excerpt.route.csv"   # Apache-2.0, see data/README.md
@@ -118,9 +118,9 @@ def assert_async_row_equals_reference(r, b, ref, ctx, counters):
     ``ref``: totals, per-layer counts, the prefetch ``counters``, resident set, occupancy, every
     pass time and the per-layer stall."""
     import numpy as np
-    from specmd_jax.kernels.demand import COUNTER_NAMES
-    assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
-    for k, name in enumerate(COUNTER_NAMES):
+    from specmd_jax.core.counters import DEMAND_COUNTERS
+    assert dict(zip(DEMAND_COUNTERS, r.totals[b].tolist())) == {k: ref.totals[k] for k in DEMAND_COUNTERS}, ctx
+    for k, name in enumerate(DEMAND_COUNTERS):
         assert r.per_layer[b, k].tolist() == ref.per_layer[name], f"{ctx} per-layer {name}"
     assert {k: int(r.pf_totals[k][b]) for k in counters} == {k: ref.totals[k] for k in counters}, ctx
     assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx

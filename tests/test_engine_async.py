@@ -13,10 +13,10 @@ import pytest
 
 from conftest import REAL, assert_async_row_equals_reference, random_trace, trace_named
 from specmd_jax.core import synthetic
-from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.kernels.asynchronous import ASYNC_POLICIES
 from specmd_jax.core.prefetch import PrefetchConfig, make_plan
-from specmd_jax.run.timed import run_async
+from specmd_jax.run.asynchronous import run_async
 from specmd_jax.reference.timed import simulate_timed
 from specmd_jax.core.timing import VISIT_READING, Hardware
 
@@ -114,7 +114,7 @@ def test_drop_priority_thresholds_as_a_vmapped_axis(policy):
             d = miss.rank_threshold if miss.policy == "drop_priority" else "-"
             ref = simulate_timed(t, policy, c, plan=plan, hardware=h, miss=miss)
             ctx = f"{t.source} {policy} cap={c} {h.bandwidth_gbps} GB/s drop>={d}"
-            assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
+            assert dict(zip(DEMAND_COUNTERS, r.totals[b].tolist())) == {k: ref.totals[k] for k in DEMAND_COUNTERS}, ctx
             got = {k: int(r.pf_totals[k][b]) for k in PF + ("dropped", "pairs_dropped", "units_dropped")}
             assert got == {k: ref.totals[k] for k in got}, ctx
             assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
@@ -140,7 +140,7 @@ def test_substitute_matches_the_reference(policy):
             c, h = int(r.capacities[b]), r.hardware[b]
             ref = simulate_timed(t, policy, c, plan=plan, hardware=h, miss=MissConfig("substitute"))
             ctx = f"{t.source} {policy} cap={c} {h.bandwidth_gbps} GB/s"
-            assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
+            assert dict(zip(DEMAND_COUNTERS, r.totals[b].tolist())) == {k: ref.totals[k] for k in DEMAND_COUNTERS}, ctx
             keys = PF + ("dropped", "pairs_dropped", "units_dropped", "substituted", "pairs_substituted",
                          "units_substituted")
             assert {k: int(r.pf_totals[k][b]) for k in keys} == {k: ref.totals[k] for k in keys}, ctx
@@ -175,7 +175,7 @@ def test_precision_levels_and_level_choosing_miss_policies(policy):
                 c, h, m = int(r.capacities[b]), r.hardware[b], misses[r.miss_index[b]]
                 ref = simulate_timed(t, policy, c, plan=plan, hardware=h, miss=m, precision=prec)
                 ctx = f"{t.source} {policy} cap={c} units {h.bandwidth_gbps} GB/s {m.label()}"
-                assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
+                assert dict(zip(DEMAND_COUNTERS, r.totals[b].tolist())) == {k: ref.totals[k] for k in DEMAND_COUNTERS}, ctx
                 assert {k: int(r.pf_totals[k][b]) for k in keys} == {k: ref.totals[k] for k in keys}, ctx
                 assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
                 assert r.max_occupancy[b] == ref.max_occupancy <= c, ctx
@@ -197,7 +197,7 @@ def test_least_stale_at_mixed_precision_with_deep_lookahead():
             c, h, m = int(r.capacities[b]), r.hardware[b], misses[r.miss_index[b]]
             ref = simulate_timed(t, "ls", c, plan=plan, hardware=h, miss=m, precision=prec)
             ctx = f"seed {seed} cap={c} {h.bandwidth_gbps} GB/s {m.label()}"
-            assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
+            assert dict(zip(DEMAND_COUNTERS, r.totals[b].tolist())) == {k: ref.totals[k] for k in DEMAND_COUNTERS}, ctx
             assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
             assert r.pass_ticks[b].tolist() == ref.pass_ticks, ctx
             assert int(r.pf_totals["bits_served"][b]) == ref.totals["bits_served"], ctx
@@ -231,7 +231,7 @@ def test_lhu_matches_the_reference():
                 c, h, m = int(r.capacities[b]), r.hardware[b], misses[r.miss_index[b]]
                 ref = simulate_timed(t, "lhu", c, plan=plan, hardware=h, miss=m, precision=prec)
                 ctx = f"{t.source} lhu cap={c} {h.bandwidth_gbps} GB/s {m.label()} {prec}"
-                assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
+                assert dict(zip(DEMAND_COUNTERS, r.totals[b].tolist())) == {k: ref.totals[k] for k in DEMAND_COUNTERS}, ctx
                 assert {k: int(r.pf_totals[k][b]) for k in keys} == {k: ref.totals[k] for k in keys}, ctx
                 assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx
                 assert r.max_occupancy[b] == ref.max_occupancy <= c, ctx
@@ -263,7 +263,7 @@ def test_real_traces_at_mixed_precision_with_lhu(request, name):
             c, mc = int(r.capacities[b]), misses[r.miss_index[b]]
             ref = simulate_timed(t, pol, c, plan=plan, hardware=HWS[1], miss=mc, precision=prec)
             ctx = f"{t.source} {pol} cap={c} {mc.label()}"
-            assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
+            assert dict(zip(DEMAND_COUNTERS, r.totals[b].tolist())) == {k: ref.totals[k] for k in DEMAND_COUNTERS}, ctx
             for k in ("late", "pf_wasted", "units_full", "bits_served", "units_moved"):
                 assert int(r.pf_totals[k][b]) == ref.totals[k], f"{ctx} {k}"
             assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx

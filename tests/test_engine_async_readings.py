@@ -15,7 +15,7 @@ from specmd_jax.core import synthetic
 from specmd_jax.kernels.asynchronous import ASYNC_POLICIES
 from specmd_jax.core.miss import MissConfig, Precision
 from specmd_jax.core.prefetch import PrefetchConfig, make_plan
-from specmd_jax.run.timed import run_async
+from specmd_jax.run.asynchronous import run_async
 from specmd_jax.reference.timed import simulate_timed
 from specmd_jax.core.routing import RoutingConfig
 from specmd_jax.core.timing import READINGS, Hardware, Reading

@@ -12,10 +12,11 @@ import pytest
 
 from conftest import random_trace
 from specmd_jax.core import synthetic
-from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.kernels.instant import PF_POLICIES
 from specmd_jax.core.prefetch import PrefetchConfig, PrefetchPlan, make_plan
-from specmd_jax.run.timed import run_instant, timing
+from specmd_jax.core.clock import pass_times as timing
+from specmd_jax.run.instant import run_instant
 from specmd_jax.reference.timed import simulate_timed
 from specmd_jax.run.demand import run_configs
 from specmd_jax.core.timing import VISIT_READING, Hardware
@@ -34,8 +35,8 @@ def check(trace, policy, plan, caps, hw=HW):
     for i, c in enumerate(caps):
         ref = simulate_timed(trace, policy, int(c), plan=plan, hardware=hw, instant_prefetch=True)
         ctx = f"{trace.source} {policy} {plan.config.predictor}/{plan.config.selector} cap={c}"
-        assert dict(zip(COUNTER_NAMES, r.totals[i].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
-        for k, name in enumerate(COUNTER_NAMES):
+        assert dict(zip(DEMAND_COUNTERS, r.totals[i].tolist())) == {k: ref.totals[k] for k in DEMAND_COUNTERS}, ctx
+        for k, name in enumerate(DEMAND_COUNTERS):
             assert r.per_layer[i, k].tolist() == ref.per_layer[name], f"{ctx} per-layer {name}"
         assert {k: int(r.pf_totals[k][i]) for k in PF_COUNTERS} == {k: ref.totals[k] for k in PF_COUNTERS}, ctx
         assert np.flatnonzero(r.resident[i]).tolist() == ref.resident, ctx
@@ -123,7 +124,7 @@ def test_drop_priority_thresholds_as_a_vmapped_axis(policy):
     """drop_priority in the instant kernel: thresholds are one more configuration axis, and
     every (capacity, threshold) equals the reference (counts, dropped mass, pass times)."""
     from specmd_jax.core.miss import MissConfig
-    from specmd_jax.run.timed import NO_DROP
+    from specmd_jax.core.miss import NO_DROP
     t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=5, gen_len=8, seed=4, pred_noise=1.0)
     plan = make_plan(t, PrefetchConfig("recorded", "topk"))
     drops, caps = [NO_DROP, 0, 2], [3, 40, 300]
@@ -134,7 +135,7 @@ def test_drop_priority_thresholds_as_a_vmapped_axis(policy):
         miss = MissConfig() if d == NO_DROP else MissConfig("drop_priority", rank_threshold=int(d))
         ref = simulate_timed(t, policy, int(c), plan=plan, hardware=HW, instant_prefetch=True, miss=miss)
         ctx = f"{policy} cap={c} drop>={d}"
-        assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
+        assert dict(zip(DEMAND_COUNTERS, r.totals[b].tolist())) == {k: ref.totals[k] for k in DEMAND_COUNTERS}, ctx
         got = {k: int(r.pf_totals[k][b]) for k in PF_COUNTERS + ("dropped", "pairs_dropped", "units_dropped")}
         assert got == {k: ref.totals[k] for k in got}, ctx
         assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx

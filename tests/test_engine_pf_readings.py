@@ -12,11 +12,13 @@ import pytest
 
 from conftest import random_trace
 from specmd_jax.core import synthetic
-from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.kernels.instant import PF_POLICIES
 from specmd_jax.core.miss import MissConfig
 from specmd_jax.core.prefetch import PrefetchConfig, PrefetchPlan, make_plan
-from specmd_jax.run.timed import NO_DROP, run_instant, timing
+from specmd_jax.core.clock import pass_times as timing
+from specmd_jax.core.miss import NO_DROP
+from specmd_jax.run.instant import run_instant
 from specmd_jax.reference.timed import simulate_timed
 from specmd_jax.core.timing import READINGS, Hardware, Reading
 
@@ -62,8 +64,8 @@ def check(trace, policy, plans, caps, reading, drops=None, hws=(HW,), chunk=8192
                                  miss=miss_of(d))
             if hw is hws[0]:
                 refs.append(ref)
-                assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
-                for k, name in enumerate(COUNTER_NAMES):
+                assert dict(zip(DEMAND_COUNTERS, r.totals[b].tolist())) == {k: ref.totals[k] for k in DEMAND_COUNTERS}, ctx
+                for k, name in enumerate(DEMAND_COUNTERS):
                     assert r.per_layer[b, k].tolist() == ref.per_layer[name], f"{ctx} per-layer {name}"
                 got = {k: int(r.pf_totals[k][b]) for k in pf_names + DROP_COUNTERS}
                 assert got == {k: ref.totals[k] for k in got}, ctx
@@ -115,7 +117,7 @@ def test_the_readings_are_different_replays():
         outs = set()
         for rd in READINGS:
             ref = simulate_timed(t, pol, 10, plan=plan, hardware=HW, instant_prefetch=True, reading=rd)
-            outs.add((tuple(ref.totals[k] for k in COUNTER_NAMES + PF_COUNTERS), tuple(ref.resident)))
+            outs.add((tuple(ref.totals[k] for k in DEMAND_COUNTERS + PF_COUNTERS), tuple(ref.resident)))
         assert len(outs) == len(READINGS), pol
 
 

@@ -12,13 +12,12 @@ from hypothesis import strategies as st
 from conftest import REAL, random_trace, trace_named
 from specmd_jax import reference
 from specmd_jax.core import synthetic
-from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.run.demand import run_configs
 from specmd_jax.core.semantics import POLICIES
 from specmd_jax.core.trace import ModelShape, make_trace
 from specmd_jax.core.steps import prepare_steps
 
-assert tuple(reference.COUNTERS) == COUNTER_NAMES
 
 
 def check_equal(trace, policy, caps, mode, partitioned, seeds=None, width=None, unroll=False, split=None):
@@ -29,8 +28,8 @@ def check_equal(trace, policy, caps, mode, partitioned, seeds=None, width=None, 
     for i, c in enumerate(caps):
         ref = reference.simulate(trace, policy, int(c), mode=mode, partitioned=partitioned, seed=seeds[i])
         ctx = f"{trace.source} policy={policy} mode={mode} partitioned={partitioned} cap={c}"
-        assert dict(zip(COUNTER_NAMES, r.totals[i].tolist())) == ref.totals, ctx
-        for k, name in enumerate(COUNTER_NAMES):
+        assert dict(zip(DEMAND_COUNTERS, r.totals[i].tolist())) == ref.totals, ctx
+        for k, name in enumerate(DEMAND_COUNTERS):
             assert r.per_layer[i, k].tolist() == ref.per_layer[name], f"{ctx} per-layer {name}"
         assert np.flatnonzero(r.resident[i]).tolist() == ref.resident, f"{ctx} resident set"
         assert r.max_occupancy[i] == ref.max_occupancy, ctx

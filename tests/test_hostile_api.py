@@ -11,7 +11,7 @@ import specmd_jax as sj
 from specmd_jax.api import timed as api_timed
 from specmd_jax.core import checks
 from specmd_jax.core.prefetch import PrefetchConfig
-from specmd_jax.run.timed import async_tick_problem
+from specmd_jax.core.clock import async_tick_problem
 from specmd_jax.reference.demand import simulate
 from specmd_jax.reference.timed import simulate_timed
 from specmd_jax.core.timing import HARDWARE_PRESETS, TICK_S, Hardware
@@ -53,7 +53,7 @@ def test_auto_runs_such_settings_on_the_exact_reference(tiny, hw, monkeypatch):
 def test_a_pass_past_the_clock_is_an_error_and_auto_runs_the_reference(tiny, monkeypatch):
     """Every product fits (one batch of copies < 2**31 ticks), but a pass's sum does not: the
     kernel detects the wrap and raises ClockOverflow; auto reruns on the reference."""
-    from specmd_jax.run.timed import ClockOverflow
+    from specmd_jax.core.clock import ClockOverflow
     base = HARDWARE_PRESETS["a100-5gbps"]
     hw = dataclasses.replace(base, bandwidth_gbps=tiny.shape.expert_bytes / (2 ** 23 * TICK_S) / 1e9, name="slowish")
     x = hw.transfer_ticks(tiny.shape.expert_bytes)

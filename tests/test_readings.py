@@ -16,7 +16,8 @@ from conftest import hand_plan, random_trace
 from specmd_jax import reference
 from specmd_jax.core.miss import MissConfig
 from specmd_jax.core.prefetch import PrefetchConfig, make_plan
-from specmd_jax.reference.timed import COUNTERS, simulate_timed
+from specmd_jax.core.counters import TIMED_COUNTERS as COUNTERS
+from specmd_jax.reference.timed import simulate_timed
 from specmd_jax.core.timing import DEFAULT_READING, INSTANT, READINGS, VISIT_READING, Hardware, Reading, turn_share
 from specmd_jax.core.trace import DECODE, PREFILL, ModelShape, make_trace
 

@@ -12,10 +12,10 @@ import pytest
 
 from specmd_jax.api import timed as api_timed
 from specmd_jax.core import synthetic
-from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.core.miss import PRECISION_PRESETS, MissConfig
 from specmd_jax.core.prefetch import PrefetchConfig, PrefetchPlan, make_plan
-from specmd_jax.run.timed import run_async
+from specmd_jax.run.asynchronous import run_async
 from specmd_jax.reference.timed import simulate_timed
 from specmd_jax.core.routing import RoutingConfig
 from specmd_jax.core.timing import VISIT_READING, Hardware
@@ -40,8 +40,8 @@ def check(t, policy, plan, caps, misses, routs, prec=None, hws=HWS):
         m, rc = misses[r.miss_index[b]], routs[r.routing_index[b]]
         ref = simulate_timed(t, policy, c, plan=plan, hardware=h, miss=m, routing=rc, precision=prec)
         ctx = f"{t.source} {policy} cap={c} {h.bandwidth_gbps} GB/s {m.label()} {rc.label(t)}"
-        assert dict(zip(COUNTER_NAMES, r.totals[b].tolist())) == {k: ref.totals[k] for k in COUNTER_NAMES}, ctx
-        for k, name in enumerate(COUNTER_NAMES):
+        assert dict(zip(DEMAND_COUNTERS, r.totals[b].tolist())) == {k: ref.totals[k] for k in DEMAND_COUNTERS}, ctx
+        for k, name in enumerate(DEMAND_COUNTERS):
             assert r.per_layer[b, k].tolist() == ref.per_layer[name], f"{ctx} per-layer {name}"
         assert {k: int(r.pf_totals[k][b]) for k in KEYS} == {k: ref.totals[k] for k in KEYS}, ctx
         assert np.flatnonzero(r.resident[b]).tolist() == ref.resident, ctx

@@ -11,7 +11,7 @@ import pytest
 from conftest import random_trace
 from specmd_jax import reference
 from specmd_jax.core import synthetic
-from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.run.mrc import lru_mrc
 from specmd_jax.run.demand import run_configs
 from specmd_jax.run.stack import exact_mask, run_auto, run_stack
@@ -23,8 +23,8 @@ def check_vs_reference(trace, policy, caps, mode, partitioned, engine="auto"):
     for i, c in enumerate(caps):
         ref = reference.simulate(trace, policy, int(c), mode=mode, partitioned=partitioned)
         ctx = f"{trace.source} {policy} {mode} partitioned={partitioned} cap={c}"
-        assert dict(zip(COUNTER_NAMES, r.totals[i].tolist())) == ref.totals, ctx
-        for k, name in enumerate(COUNTER_NAMES):
+        assert dict(zip(DEMAND_COUNTERS, r.totals[i].tolist())) == ref.totals, ctx
+        for k, name in enumerate(DEMAND_COUNTERS):
             assert r.per_layer[i, k].tolist() == ref.per_layer[name], f"{ctx} per-layer {name}"
         assert np.flatnonzero(r.resident[i]).tolist() == ref.resident, f"{ctx} resident"
         assert r.max_occupancy[i] == ref.max_occupancy, ctx

@@ -19,14 +19,14 @@ from specmd_jax.core import checks
 from specmd_jax.core.capacity import capacity_slots, token_cycle  # noqa: F401  (public here too)
 from specmd_jax.core.counters import METRICS  # noqa: F401
 from specmd_jax.policies import POLICY_INFO, list_policies  # noqa: F401
-from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.run.demand import run_configs
 from specmd_jax.run.stack import run_auto
 from specmd_jax.core.trace import Trace
 
 def _table(trace, policy, mode, partitioned, caps, seeds, fracs, tot, maxocc) -> pd.DataFrame:
     s = trace.shape
-    df = pd.DataFrame(tot, columns=list(COUNTER_NAMES))
+    df = pd.DataFrame(tot, columns=list(DEMAND_COUNTERS))
     df.insert(0, "trace", trace.source)
     df.insert(1, "model", s.name)
     df.insert(2, "policy", policy)
@@ -91,7 +91,7 @@ def sweep(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None,
     df = _table(trace, policy, mode, partitioned, caps[ci], seeds[si], None if fr is None else fr[ci],
                 r.totals, r.max_occupancy)
     L = trace.shape.num_layers
-    pl = pd.DataFrame(r.per_layer.transpose(0, 2, 1).reshape(-1, len(COUNTER_NAMES)), columns=list(COUNTER_NAMES))
+    pl = pd.DataFrame(r.per_layer.transpose(0, 2, 1).reshape(-1, len(DEMAND_COUNTERS)), columns=list(DEMAND_COUNTERS))
     pl.insert(0, "config", np.repeat(np.arange(len(df)), L))
     pl.insert(1, "capacity_slots", np.repeat(caps[ci], L))
     pl.insert(2, "seed", np.repeat(seeds[si], L))

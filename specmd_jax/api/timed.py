@@ -28,13 +28,13 @@ import pandas as pd
 
 from specmd_jax.core import checks
 from specmd_jax.core.capacity import capacity_slots, token_cycle
-from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.kernels.asynchronous import ASYNC_POLICIES
 from specmd_jax.kernels.instant import PF_POLICIES
 from specmd_jax.core.miss import MissConfig, Precision, proxy_rates, structural_kind
 from specmd_jax.core.routing import RoutingConfig
 from specmd_jax.core.semantics import SB_SCALE
-from specmd_jax.core.prefetch import PrefetchConfig, PrefetchPlan, make_plan, prediction_quality
+from specmd_jax.core.prefetch import PrefetchConfig, PrefetchPlan, make_plan, prediction_quality, proposal_count
 from specmd_jax.reference.timed import simulate_timed
 from specmd_jax.core.timing import DEFAULT_READING, TICK_S, Hardware, Reading
 from specmd_jax.core.trace import Trace
@@ -114,8 +114,8 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
             exact Python reference) or ``"auto"``: JAX, except asynchronous sweeps of fewer than
             ``AUTO_ASYNC_MIN_CONFIGS`` configurations, where the reference is faster, and
             settings that outlast the asynchronous kernel's int32 clock (214 s per pass:
-            :func:`~specmd_jax.run.timed.async_tick_problem` before the run,
-            :class:`~specmd_jax.run.timed.ClockOverflow` during it) or its int32 counters,
+            :func:`~specmd_jax.core.clock.async_tick_problem` before the run,
+            :class:`~specmd_jax.core.clock.ClockOverflow` during it) or its int32 counters,
             where ``"jax"`` raises.
             Every engine gives the same numbers (tested); each row names the one that ran.
 
@@ -217,15 +217,16 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
     async_ok = (use_jax and one_kind and policy in ASYNC_POLICIES and not (routed and substitute)
                 and not (expert and (routed or substitute)))
     if async_ok and timing == "async" and engine == "auto":   # "jax" raises on it, naming the profile
-        from specmd_jax.run.timed import async_tick_problem
+        from specmd_jax.core.clock import async_tick_problem
         async_ok = async_tick_problem(trace, hws, prec, [p.ids for p in plans if p is not None], routed) is None
     if engine == "auto" and (jax_ok or async_ok):   # counts past int32: the reference ("jax" raises)
-        n_prop = max((int(np.sum(p.ids >= 0)) for p in plans if p is not None), default=0)
+        n_prop = proposal_count([p for p in plans if p is not None])
         if checks.count_problem(trace, n_prop, max(prec.bits)) is not None:
             jax_ok = async_ok = False
     r_async = None
     if timing == "async" and async_ok:
-        from specmd_jax.run.timed import ClockOverflow, run_async  # jax only when used
+        from specmd_jax.core.clock import ClockOverflow
+        from specmd_jax.run.asynchronous import run_async  # jax only when used
         try:
             r_async = run_async(trace, policy, caps, [p if p is not None else empty for p in plans], hws,
                                 misses=misses, precision=prec, routing=routings, reading=reading)
@@ -233,7 +234,9 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
             if engine != "auto":
                 raise
     if timing == "instant" and jax_ok and R == 1 and policy in PF_POLICIES:
-        from specmd_jax.run.timed import NO_DROP, run_instant, timing as time_of  # jax only when used
+        from specmd_jax.core.clock import pass_times as time_of
+        from specmd_jax.core.miss import NO_DROP
+        from specmd_jax.run.instant import run_instant  # jax only when used
         drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]
         r = run_instant(trace, policy, caps, [p if p is not None else empty for p in plans],
                         drop_ranks=None if all(m.policy == "fetch" for m in misses) else drops, reading=reading)
@@ -242,7 +245,7 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
             tm = time_of(trace, r.pass_misses, h)
             for b in range(len(r.plan_index)):
                 k, i, mi = int(r.plan_index[b]), (b // M) % C, b % M
-                row = dict(zip(COUNTER_NAMES, r.totals[b].tolist()))
+                row = dict(zip(DEMAND_COUNTERS, r.totals[b].tolist()))
                 row.update(late=0, fetched=int(r.pass_misses[b].sum()),
                            **{n: int(r.pf_totals[n][b]) for n in (*PF_COLUMNS, "dropped", "pairs_dropped",
                                                                   "units_dropped")})
@@ -255,7 +258,7 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
         for b in range(len(r.plan_index)):
             k, i, hi = int(r.plan_index[b]), (b // (H * M * R)) % C, (b // (M * R)) % H
             mi, ri = int(r.miss_index[b]), int(r.routing_index[b])
-            row = dict(zip(COUNTER_NAMES, r.totals[b].tolist()))
+            row = dict(zip(DEMAND_COUNTERS, r.totals[b].tolist()))
             row.update({n: int(v[b]) for n, v in r.pf_totals.items() if n != "pf_unused_end"})
             row.update(stall_ticks=int(r.stall_ticks[b].sum()), ttft_ticks=float(r.ttft_ticks[b]),
                        tpot_ticks=float(r.tpot_ticks[b]))

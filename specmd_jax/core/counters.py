@@ -1,6 +1,23 @@
 """Counter names and the meaning of every metric column, written once."""
 
+# demand-only replay (every engine and both references)
 DEMAND_COUNTERS = ("demands", "hits", "misses", "collisions", "evictions", "bypass")
+# miss handling: the quality-proxy counters (specmd_jax.core.miss)
+PROXY_COUNTERS = ("tokens", "tokens_changed", "pairs", "pairs_served", "pairs_dropped", "pairs_substituted",
+                  "pairs_rerouted", "units_total", "units_full", "units_dropped", "units_substituted",
+                  "units_rerouted", "exec_pairs", "bits_served")
+# instant-prefetch kernel: rows of its per-layer prefetch counters
+INSTANT_COUNTERS = ("pf_issued", "pf_resident", "pf_dropped", "pf_useful", "dropped", "pairs_dropped",
+                    "units_dropped")
+# asynchronous kernel: rows of its per-layer prefetch and timing counters
+ASYNC_COUNTERS = ("late", "pf_issued", "pf_resident", "pf_pending", "pf_arrived", "pf_dropped", "pf_useful",
+                       "dropped", "pairs_dropped", "units_dropped", "fetched", "substituted",
+                       "pairs_substituted", "units_substituted", "units_full", "exec_pairs", "bits_served",
+                       "units_moved", "tokens_changed", "pairs_rerouted", "units_rerouted")
+# the timed reference: every counter it keeps
+TIMED_COUNTERS = ("demands", "hits", "late", "misses", "collisions", "evictions", "bypass",
+            "pf_issued", "pf_resident", "pf_pending", "pf_arrived", "pf_dropped", "pf_useful",
+            "pf_wasted", "stall_ticks", "dropped", "substituted", "units_moved") + PROXY_COUNTERS
 
 METRICS = {
     "demands": "distinct (expert, visit) demands (pinned) or accesses (sequential)",

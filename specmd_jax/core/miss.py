@@ -73,10 +73,8 @@ import dataclasses
 import math
 from typing import Optional
 
+NO_DROP = 2 ** 30  # a drop_priority threshold no router rank reaches: the fetch policy
 MISS_POLICIES = ("fetch", "fetch_lowest", "fetch_priority", "cascade", "drop_priority", "substitute")
-PROXY_COUNTERS = ("tokens", "tokens_changed", "pairs", "pairs_served", "pairs_dropped", "pairs_substituted",
-                  "pairs_rerouted", "units_total", "units_full", "units_dropped", "units_substituted",
-                  "units_rerouted", "exec_pairs", "bits_served")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -252,3 +252,31 @@ def prediction_quality(trace: Trace, plan: PrefetchPlan) -> dict:
     q["by_depth"] = [{"j": j + 1, "precision": float(tp[j] / npred[j]) if npred[j] else float("nan"),
                       "recall": float(tp[j] / ntrue[j]) if ntrue[j] else float("nan")} for j in range(d)]
     return q
+
+
+def stack_plans(plan, S: int, source: str):
+    """(list of plans, stacked ids int32[n_plans, S, Qmax], max depth); validates the sizes."""
+    plans = [plan] if isinstance(plan, PrefetchPlan) else list(plan)
+    if not plans:
+        raise ValueError("no prefetch plan given")
+    for p in plans:
+        if p.ids.shape[0] != S:
+            raise ValueError(f"plan has {p.ids.shape[0]} visits, trace {source} has {S}")
+        srt = np.sort(p.ids, axis=1)
+        dup = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+        if dup.any():  # the kernels would queue a repeat twice; the reference counts it as pending
+            s = int(np.argmax(dup.any(axis=1)))
+            raise ValueError(f"plan {p.config} proposes expert {int(srt[s, 1:][dup[s]][0])} twice at visit {s}: "
+                             "a visit's proposals must be distinct (make_plan's always are)")
+    Q = max(p.ids.shape[1] for p in plans)
+    stack = np.full((len(plans), S, Q), -1, np.int32)
+    for i, p in enumerate(plans):
+        stack[i, :, : p.ids.shape[1]] = p.ids
+    return plans, stack, max(int(p.config.depth) for p in plans)
+
+
+
+def proposal_count(plan) -> int:
+    """The most proposals any one of ``plan``'s plans makes over the trace."""
+    plans = [plan] if isinstance(plan, PrefetchPlan) else list(plan)
+    return max((int(np.sum(np.asarray(p.ids) >= 0)) for p in plans), default=0)

@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 
+from specmd_jax.core.miss import NO_DROP
 from specmd_jax.core.semantics import INF_STEP, MODES, SB_SCALE
 from specmd_jax.core.trace import Trace
 
@@ -112,3 +113,39 @@ def prepare_steps(trace: Trace, mode: str = "pinned", width: int | None = None) 
     new_pass[1:] = pass_[1:] != pass_[:-1]
     return StepArrays(step=np.arange(S, dtype=np.int32), pass_=pass_, layer=(step_visit % L).astype(np.int32),
                       new_pass=new_pass, ids=ids, units=units, next_use=next_use, mode=mode)
+
+
+def running_scores(trace: Trace, steps) -> np.ndarray:
+    """int32[S, E]: running gate score (cumulative quantised router weight, ``sb``'s score) of the
+    visit layer's experts after each pinned visit (the ``substitute`` miss policy's distance)."""
+    L, E = trace.shape.num_layers, trace.shape.num_experts
+    S = steps.num_steps
+    u = np.zeros((S, E), np.int64)
+    ok = steps.ids >= 0
+    rows = np.broadcast_to(np.arange(S)[:, None], ok.shape)
+    np.add.at(u, (rows[ok], steps.ids[ok] % E), steps.units[ok])
+    return u.reshape(-1, L, E).cumsum(axis=0).reshape(S, E).astype(np.int32)
+
+
+
+def demand_details(trace: Trace, steps) -> dict:
+    """int32[S, W] per demanded id of pinned ``steps`` (padding: ``NO_DROP`` / 0): ``rank`` its
+    best router rank in the visit, ``pairs`` the tokens routing it, ``score`` its best quantised
+    router weight, ``spos`` its position in the visit's demand sorted by (score, id) ascending."""
+    E, K = trace.shape.num_experts, trace.shape.top_k
+    V = trace.num_visits
+    cell = np.repeat(np.repeat(np.arange(V, dtype=np.int64), np.diff(trace.cell_offsets)), K)
+    key = cell * E + trace.experts.reshape(-1).astype(np.int64)
+    best_rank = np.full(V * E, NO_DROP, np.int64)
+    np.minimum.at(best_rank, key, np.tile(np.arange(K), trace.experts.shape[0]))
+    best_w = np.zeros(V * E, np.int64)
+    if trace.weights is not None:
+        np.maximum.at(best_w, key, np.rint(trace.weights.reshape(-1).astype(np.float64) * SB_SCALE).astype(np.int64))
+    ok = steps.ids >= 0
+    k2 = np.arange(steps.num_steps)[:, None] * E + np.where(ok, steps.ids % E, 0)
+    score = np.where(ok, best_w[k2], 0)
+    srt = np.where(ok, score * (2 ** 20) + np.where(ok, steps.ids, 0), np.iinfo(np.int64).max // 4)  # padding last
+    spos = np.argsort(np.argsort(srt, axis=1, kind="stable"), axis=1, kind="stable")
+    return {"rank": np.where(ok, best_rank[k2], NO_DROP).astype(np.int32),
+            "pairs": np.where(ok, np.bincount(key, minlength=V * E)[k2], 0).astype(np.int32),
+            "score": score.astype(np.int32), "spos": spos.astype(np.int32)}

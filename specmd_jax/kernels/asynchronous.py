@@ -57,16 +57,13 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 from jax import lax
 
-from specmd_jax.kernels.demand import ABSENT, GONE, NCOUNT, _count_lt
-from specmd_jax.kernels.instant import _above, _rstar, _suffix, _take_victims
+from specmd_jax.core.counters import ASYNC_COUNTERS
+from specmd_jax.kernels.demand import NCOUNT
+from specmd_jax.kernels.ranks import ABSENT, GONE, above, count_lt, suffix, victim_threshold, take_victims
 from specmd_jax.kernels.pytree import pytree_dataclass, replace
 from specmd_jax.core.semantics import SB_SCALE
 
 ASYNC_POLICIES = ("lru", "ls", "fifo", "lhu")
-ASYNC_COUNTER_NAMES = ("late", "pf_issued", "pf_resident", "pf_pending", "pf_arrived", "pf_dropped", "pf_useful",
-                       "dropped", "pairs_dropped", "units_dropped", "fetched", "substituted",
-                       "pairs_substituted", "units_substituted", "units_full", "exec_pairs", "bits_served",
-                       "units_moved", "tokens_changed", "pairs_rerouted", "units_rerouted")
 NONE = jnp.iinfo(jnp.int32).max
 
 
@@ -240,7 +237,7 @@ def make_async_policy(spec: AsyncSpec):
         return AsyncState(rank=jnp.full((N,), A_, rdt), occ=z, pfu=jnp.zeros((N,), bool),
                           qidx=jnp.full((N,), NONE, jnp.int32), ring=jnp.zeros((N,), jnp.int32), head=z, tail=z,
                           t=z, eng=z, per_layer=jnp.zeros((NCOUNT, L), jnp.int32),
-                          pf=jnp.zeros((len(ASYNC_COUNTER_NAMES), L), jnp.int32), max_occ=z,
+                          pf=jnp.zeros((len(ASYNC_COUNTERS), L), jnp.int32), max_occ=z,
                           ovf=jnp.zeros((), bool), cur=jnp.zeros((L if ls else 0,), jnp.int32),
                           lc=jnp.zeros((N if ls else 0,), jnp.int32), icnt=jnp.zeros((L if ls else 0,), jnp.int32),
                           done=jnp.zeros((L if ls else 0,), jnp.int32), ul=jnp.zeros((N if mixed else 0,), jnp.int32),
@@ -314,7 +311,7 @@ def make_async_policy(spec: AsyncSpec):
         n_pf_adm = n_adm - n_dem_adm
         nev = jnp.maximum(0, n_adm - free)
         thresh = m - nev
-        rstar, ev_pos = _rstar(rDp, pin, thresh)
+        rstar, ev_pos = victim_threshold(rDp, pin, thresh)
         gone = (r >= rstar) & (r < G_) & ~inD
         # arrival order among the batch's prefetches: issue order minus D's copies issued earlier
         o = arrival_order(st, demb, dem_q)
@@ -328,13 +325,13 @@ def make_async_policy(spec: AsyncSpec):
             cur, ncur = st["cur"], jnp.sum(st["cur"])
             pin_cur = pin & (rDp.astype(jnp.int32) < ncur)
             npc = jnp.sum(pin_cur, dtype=jnp.int32)
-            cur = _take_victims(cur, jnp.clip(ncur - npc - thresh, 0, nev), (jnp.arange(L) == l) * npc)
+            cur = take_victims(cur, jnp.clip(ncur - npc - thresh, 0, nev), (jnp.arange(L) == l) * npc)
             acnt = per_layer_count(pf_adm)
-            sfx = _suffix(acnt)                       # entries landing above a current expert of layer m
+            sfx = suffix(acnt)                       # entries landing above a current expert of layer m
             cur2 = cur + acnt
             # a prefetch's place among its layer's batch members (issue order = arrival order)
             w = layer_place(st, demb, dem_q, loc, l)
-            r_pf = per_id(_suffix(cur2) - cur2 + acnt - 1) - w          # top of its layer's block
+            r_pf = per_id(suffix(cur2) - cur2 + acnt - 1) - w          # top of its layer's block
             r_keep = r + jnp.where(r < ncur, per_id(sfx), n_pf_adm)
             r2 = jnp.where(r >= G_, r, jnp.where(gone, G_, r_keep)).astype(rdt)
             r2 = jnp.where(pf_adm, r_pf, r2).astype(rdt)
@@ -401,13 +398,13 @@ def make_async_policy(spec: AsyncSpec):
             pin_cur = pin & (rP < ncur)
             pcu = jnp.sum(jnp.where(pin_cur, pu, 0))
             stale_ev = occ - ncur - jnp.sum(jnp.where(pin & ~pin_cur, pu, 0))
-            cur = _take_victims(cur, jnp.maximum(freed - stale_ev, 0), (jnp.arange(L) == l) * pcu)
+            cur = take_victims(cur, jnp.maximum(freed - stale_ev, 0), (jnp.arange(L) == l) * pcu)
             au = per_layer_count(pf_adm) * u0
-            sfx = _suffix(au)
+            sfx = suffix(au)
             cur2 = cur + au
             w = layer_place(st, demb, dem_q, loc, l)
             r2 = jnp.where(~res, r, jnp.where(gone, G_, r + jnp.where(r < ncur, per_id(sfx), n_pf_adm * u0)))
-            r2 = jnp.where(pf_adm, per_id(_suffix(cur2) - cur2 + au - u0) - w * u0, r2)
+            r2 = jnp.where(pf_adm, per_id(suffix(cur2) - cur2 + au - u0) - w * u0, r2)
             newP = rP - victims_above + jnp.where(pin_cur, sfx[l], n_pf_adm * u0)
             newA = occ - freed + adm_u - cum                  # unmarked: the bottom, ascending id lowest
             st = dict(st, cur=cur2, done=st["done"] + per_layer_count(inb))
@@ -445,7 +442,7 @@ def make_async_policy(spec: AsyncSpec):
         cached = lax.dynamic_slice_in_dim(r, l * E, E) < G_
         anyc = jnp.any(cached)
         bias = lax.optimization_barrier(lam.astype(jnp.float32) * visit.delta.astype(jnp.float32))
-        BIG = jnp.int32(2 ** 30)  # = prefetch_runner.NO_DROP: the rank of padding
+        BIG = jnp.int32(2 ** 30)  # = core.miss.NO_DROP: the rank of padding
 
         def token(i, c):
             dm, smax, rmin, rp, ru_s, npr, rer_p, rer_u, chg = c
@@ -512,11 +509,11 @@ def make_async_policy(spec: AsyncSpec):
             else:
                 nR = jnp.sum(R, dtype=jnp.int32)
                 rcnt = jnp.zeros((L,), jnp.int32).at[pl].add(R.astype(jnp.int32))
-                up_st = nR.astype(rdt) - _count_lt(jnp.where(R, rP, A_).astype(rdt), r)
+                up_st = nR.astype(rdt) - count_lt(jnp.where(R, rP, A_).astype(rdt), r)
                 later_same = jnp.sum(laterQ & sameQ & R[None, :], axis=1, dtype=jnp.int32)
-            r = jnp.where(r < ncur, r + per_id(_suffix(rcnt)), jnp.where(r < G_, r + up_st, r)).astype(rdt)
+            r = jnp.where(r < ncur, r + per_id(suffix(rcnt)), jnp.where(r < G_, r + up_st, r)).astype(rdt)
             cur = cur + rcnt
-            rR_new = _above(cur, pl) + later_same
+            rR_new = above(cur, pl) + later_same
             st["rank"] = r.at[pdrop].set(jnp.where(R, rR_new.astype(rdt), r[pidx]), mode="drop")
             st["cur"] = cur
             # per-layer issue numbers of the new copies
@@ -678,7 +675,7 @@ def make_async_policy(spec: AsyncSpec):
             rU = jnp.where(pvalid, r[ploc], A_).astype(rdt)
             used = rU < G_
             nU = jnp.sum(used, dtype=jnp.int32)
-            below = _count_lt(jnp.where(used, rU, A_).astype(rdt), r)   # used ones above x
+            below = count_lt(jnp.where(used, rU, A_).astype(rdt), r)   # used ones above x
             rc = jnp.where(r < G_, r - below + nU.astype(rdt), r).astype(rdt)
             top = jnp.sum(used[None, :] & (pids[None, :] > pids[:, None]), axis=1, dtype=jnp.int32)
             st["rank"] = rc.at[jnp.where(used, pids, N)].set(top.astype(rdt), mode="drop")
@@ -688,7 +685,7 @@ def make_async_policy(spec: AsyncSpec):
             rU = jnp.where(pvalid, r[ploc], A_)
             moved = (rU < G_) & (rU >= ncur)
             mu = jnp.where(moved, st["ul"][ploc], 0)
-            top = _above(cur, l)
+            top = above(cur, l)
             rr = r - wsum(jnp.where(moved, rU, A_), mu, r, False)
             rc = jnp.where(r < G_, rr + jnp.where(rr >= top, jnp.sum(mu), 0), r)
             rD_moved = top + jnp.sum(jnp.where(moved[None, :] & (pids[None, :] > pids[:, None]), mu[None, :], 0), axis=1)
@@ -702,8 +699,8 @@ def make_async_policy(spec: AsyncSpec):
             rU = jnp.where(pvalid, r[ploc], A_).astype(rdt)
             moved = (rU < G_) & (rU.astype(jnp.int32) >= ncur)
             nM = jnp.sum(moved, dtype=jnp.int32)
-            top = _above(cur, l)
-            rr = r - _count_lt(jnp.where(moved, rU, A_).astype(rdt), r)
+            top = above(cur, l)
+            rr = r - count_lt(jnp.where(moved, rU, A_).astype(rdt), r)
             rc = jnp.where(r < G_, rr + jnp.where(rr >= top, nM, 0).astype(rdt), r).astype(rdt)
             rD_moved = top + jnp.sum(moved[None, :] & (pids[None, :] > pids[:, None]), axis=1, dtype=jnp.int32)
             st["rank"] = rc.at[jnp.where(moved, pids, N)].set(rD_moved.astype(rdt), mode="drop")

@@ -33,13 +33,12 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 from jax import lax
 
+from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.kernels.pytree import pytree_dataclass
+from specmd_jax.kernels.ranks import ABSENT, GONE, Demand, classify_demand, count_lt, wsum  # noqa: F401
 from specmd_jax.core.semantics import INF_STEP, POLICIES
 
-ABSENT = 32767  # not resident
-GONE = 32766    # not resident, evicted earlier in the current pass (collision bookkeeping)
-NCOUNT = 6  # demands, hits, misses, collisions, evictions, bypass
-COUNTER_NAMES = ("demands", "hits", "misses", "collisions", "evictions", "bypass")
+NCOUNT = len(DEMAND_COUNTERS)
 KIND = {"lru": "mtt", "ls": "mtt", "fifo": "ins", "random": "ins", "belady": "keyed",
         "sb": "keyed", "lfu": "keyed", "fld": "fld"}
 SHARED_KEY = {"belady", "sb"}
@@ -70,7 +69,7 @@ class CacheState:
         occ: int32[P] occupancy per pool (``P`` = 1 global, ``L`` partitioned).
         freq: int32[N] uses since insertion (``lfu`` only; else shape [0]). The last-use
             tie-break needs no table: the rank order already holds it.
-        per_layer: int32[6, L] counters (``COUNTER_NAMES``) by the layer of the visit (the
+        per_layer: int32[6, L] counters (``DEMAND_COUNTERS``) by the layer of the visit (the
             totals are their sums).
         max_occ: int32[] largest pool occupancy seen after any step.
     """
@@ -201,11 +200,11 @@ def make_policy(spec: Spec) -> Policy:
         resident = r < GONE
         evictable = resident & ~inD
         # admission: the first `na` missing ids (ids ascending within the step). Per-configuration
-        # [W] work is written as W unrolled elementwise terms (_wsum): under vmap they are
+        # [W] work is written as W unrolled elementwise terms (wsum): under vmap they are
         # vectorised over the configurations, where a [W, W] reduction along the short W axis
         # is scalar code on XLA:CPU (measured: 15-25% of the whole FIFO step).
         earlier = jnp.arange(W)[None, :] < jnp.arange(W)[:, None]            # [W, W] j' < j
-        cm = _wsum([(jnp.arange(W) > j) & missD[j] for j in range(W - 1)], (W,))
+        cm = wsum([(jnp.arange(W) > j) & missD[j] for j in range(W - 1)], (W,))
         admitD = missD & (cm < na)
         Dp = resD | admitD
         nDp = nh + na
@@ -220,10 +219,10 @@ def make_policy(spec: Spec) -> Policy:
         else:
             # position among evictables (0 = most protected): W compares per element
             # (fifo needs no per-element count: see below)
-            evpos = None if spec.policy == "fifo" else r - _count_lt(rD, r)
+            evpos = None if spec.policy == "fifo" else r - count_lt(rD, r)
             thresh = (m - nev).astype(jnp.int16)
             na16 = na.astype(jnp.int16)
-            ev_posD = rD.astype(jnp.int32) - _wsum([rD[j] < rD for j in range(W)], (W,))   # hits' evpos
+            ev_posD = rD.astype(jnp.int32) - wsum([rD[j] < rD for j in range(W)], (W,))   # hits' evpos
             if kind == "mtt":
                 # a non-demanded resident moves to evpos + |D'|; it is a victim iff that rank
                 # reaches the new occupancy (= its evictable position is in the bottom `nev`)
@@ -236,7 +235,7 @@ def make_policy(spec: Spec) -> Policy:
                 # position `thresh`. A hit's evictable position (rank minus the hits below it)
                 # is the position it sits above, so R* = thresh + #{hits with ev_pos <= thresh}:
                 # a [W] computation per config and one compare per element (no W-compare count).
-                rstar = (thresh + _wsum([resD[j] & (ev_posD[j] <= thresh) for j in range(W)], ())).astype(jnp.int16)
+                rstar = (thresh + wsum([resD[j] & (ev_posD[j] <= thresh) for j in range(W)], ())).astype(jnp.int16)
                 r_c = r + na16
                 gone = (r >= rstar) & ~inD
                 nv_aboveD = jnp.clip(ev_posD - thresh, 0, nev)
@@ -310,73 +309,6 @@ def make_policy(spec: Spec) -> Policy:
         return (ev3 & (c < take[:, None].astype(jnp.float32))).reshape(N)
 
     return Policy(spec.policy, init, shared_init, shared_step, step)
-
-
-class Demand(NamedTuple):
-    """A visit's demand against one configuration's ranks (pinned semantics, ``semantics``)."""
-
-    r0D: Any    # int16[W] ranks of the demanded ids as stored (sentinels included)
-    rD: Any     # int16[W] the same, ``ABSENT`` on padding (``GONE`` kept: collisions)
-    resD: Any   # bool[W] hit
-    missD: Any  # bool[W] miss
-    nd: Any     # demands
-    nh: Any     # hits
-    nm: Any     # misses
-    coll: Any   # collision misses
-    m: Any      # evictable residents (occupancy minus hits)
-    nev: Any    # evictions: clip(misses - free, 0, evictable)
-    na: Any     # admitted misses (the rest bypass)
-
-
-def classify_demand(r, loc, valid, occ, cap) -> Demand:
-    """Hits, misses, collisions and the eviction/admission counts of one visit (shared by the
-    demand-only and the prefetch engines)."""
-    W = loc.shape[0]
-    r0D = r[loc]
-    rD = jnp.where(valid, r0D, ABSENT).astype(jnp.int16)
-    resD = rD < GONE
-    nd = _wsum([valid[j] for j in range(W)], ())
-    nh = _wsum([resD[j] for j in range(W)], ())
-    nm = nd - nh
-    free = cap - occ
-    m = occ - nh
-    nev = jnp.clip(nm - free, 0, m)
-    return Demand(r0D, rD, resD, valid & ~resD, nd, nh, nm, _wsum([rD[j] == GONE for j in range(W)], ()), m, nev,
-                  jnp.minimum(nm, free + nev))
-
-
-def _wsum(terms, shape):
-    """int32 sum of a short list of boolean (or int) terms of ``shape``, as a chain of
-    elementwise adds: vectorised over a vmapped batch, where a reduction along a short axis
-    is scalar code on XLA:CPU. Long lists (wide prefill visits) are stacked and reduced."""
-    if not terms:
-        return jnp.zeros(shape, jnp.int32)
-    if len(terms) > 16:
-        return jnp.sum(jnp.stack([jnp.broadcast_to(t, shape) for t in terms]), axis=0, dtype=jnp.int32)
-    acc = jnp.zeros(shape, jnp.int32)
-    for t in terms:
-        acc = acc + t.astype(jnp.int32)
-    return acc
-
-
-def _count_lt(a, r):
-    """``#{j : a[j] < r[x]}`` for every x: int16[M] from int16[W] and int16[M].
-
-    A reduce over the short W axis. An unrolled chain of W adds looked faster in isolation but
-    made the whole step ~20x slower (XLA duplicates the chain into every consumer fusion). Wide
-    visits (prefill, W up to E) are counted 8 rows at a time in a rolled loop, so no
-    ``[configs, W, M]`` temporary is built.
-    """
-    W = a.shape[0]
-    if W <= 16:
-        return jnp.sum(a[:, None] < r[None, :], axis=0, dtype=jnp.int16)
-    g = W // 8
-
-    def body(i, acc):
-        return acc + jnp.sum(lax.dynamic_slice_in_dim(a, i * 8, 8)[:, None] < r[None, :], axis=0, dtype=jnp.int16)
-
-    tail = jnp.sum(a[g * 8:, None] < r[None, :], axis=0, dtype=jnp.int16)
-    return lax.fori_loop(0, g, body, tail)
 
 
 def _floyd(seed, step, nev, m, width):

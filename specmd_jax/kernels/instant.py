@@ -5,7 +5,7 @@ visit's demand is served, its proposals (shared by all configurations) are inser
 the visit's demand pinned. The copy engine then only ever carries a visit's own demand misses,
 so each visit stalls exactly ``misses x transfer`` and every time of the replay is a linear
 function of the per-pass miss counts: the runner records those and the host evaluates any
-number of hardware profiles without re-running (:mod:`specmd_jax.run.timed`).
+number of hardware profiles without re-running (:mod:`specmd_jax.run.instant`, :func:`specmd_jax.core.clock.pass_times`).
 
 State and tricks are the demand-only engine's (contiguous protection ranks, "evicted in this
 pass" sentinel; see :mod:`specmd_jax.kernels.demand`), plus:
@@ -52,12 +52,13 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 from jax import lax
 
-from specmd_jax.kernels.demand import ABSENT, GONE, NCOUNT, _count_lt, classify_demand
+from specmd_jax.core.counters import INSTANT_COUNTERS
+from specmd_jax.kernels.demand import NCOUNT
+from specmd_jax.kernels.ranks import (ABSENT, GONE, above, classify_demand, count_lower, count_lower_than, count_lt,
+                                        suffix, victim_threshold, take_victims)
 from specmd_jax.kernels.pytree import pytree_dataclass
 
 PF_POLICIES = ("lru", "ls", "fifo")
-PF_COUNTER_NAMES = ("pf_issued", "pf_resident", "pf_dropped", "pf_useful", "dropped", "pairs_dropped",
-                    "units_dropped")
 
 
 @pytree_dataclass
@@ -80,7 +81,7 @@ class PfState:
         cur: int32[L] Least-Stale's current tier per layer (it fills the top ``sum(cur)`` ranks,
             layer by layer from the last layer down); zeros for other policies.
         pfu: bool[N] resident, prefetched and not demanded since.
-        per_layer: int32[6, L] ``engine.COUNTER_NAMES`` by visit layer.
+        per_layer: int32[6, L] ``engine.DEMAND_COUNTERS`` by visit layer.
         pf: int32[len(pf_counter_names(spec)), L] :func:`pf_counter_names` by visit layer.
         max_occ: int32[].
     """
@@ -131,43 +132,9 @@ class PfSpec(NamedTuple):
 
 
 def pf_counter_names(spec: PfSpec) -> tuple:
-    """Rows of :attr:`PfState.pf` under ``spec``: :data:`PF_COUNTER_NAMES`, plus ``pf_pending``
+    """Rows of :attr:`PfState.pf` under ``spec``: :data:`INSTANT_COUNTERS`, plus ``pf_pending``
     when proposals are issued at the router (a proposal whose demand copy the turn just queued)."""
-    return PF_COUNTER_NAMES + (("pf_pending",) if spec.issue == "at_router" else ())
-
-
-def _lower(a, valid):
-    """``#{j valid : a[j] < a[i]}`` for each i (small [W] arrays)."""
-    return jnp.sum(valid[None, :] & (a[None, :] < a[:, None]), axis=1, dtype=jnp.int32)
-
-
-def _lower_than(b, valid, a):
-    """``#{j valid : b[j] < a[i]}`` for each i (small arrays of two widths)."""
-    return jnp.sum(valid[None, :] & (b[None, :] < a[:, None]), axis=1, dtype=jnp.int32)
-
-
-def _rstar(ranks, pinned, thresh):
-    """Rank from which the non-pinned residents are victims (see module docstring)."""
-    ev_pos = ranks.astype(jnp.int32) - _lower(ranks, pinned)
-    return thresh + jnp.sum(pinned & (ev_pos <= thresh), dtype=jnp.int32), ev_pos
-
-
-def _suffix(c):
-    """``out[m] = sum(c[m:])`` (inclusive suffix sums over layers)."""
-    return jnp.cumsum(c[::-1])[::-1]
-
-
-def _above(cur, m):
-    """Current-tier experts in layers above ``m`` (they hold the ranks before layer m's group)."""
-    return (_suffix(cur) - cur)[m]
-
-
-def _take_victims(cur, n, pinned):
-    """Remove ``n`` current-tier victims from the bottom (lowest layers first, skipping the
-    ``pinned`` experts of each layer)."""
-    e = cur - pinned
-    before = jnp.cumsum(e) - e
-    return cur - jnp.clip(n - before, 0, e)
+    return INSTANT_COUNTERS + (("pf_pending",) if spec.issue == "at_router" else ())
 
 
 def make_pf_policy(spec: PfSpec):
@@ -232,14 +199,14 @@ def make_pf_policy(spec: PfSpec):
             R = resP & (rP.astype(jnp.int32) >= ncur)
             nR = jnp.sum(R, dtype=jnp.int32)
             Rcnt = jnp.zeros((L,), jnp.int32).at[pl].add(R.astype(jnp.int32)) if deep else None
-            up_st = nR.astype(jnp.int16) - _count_lt(jnp.where(R, rP, ABSENT).astype(jnp.int16), r)
+            up_st = nR.astype(jnp.int16) - count_lt(jnp.where(R, rP, ABSENT).astype(jnp.int16), r)
             if deep:  # a current expert moves down by the re-marks at or above its layer
-                r = jnp.where(r < ncur, r + per_id(_suffix(Rcnt)), jnp.where(r < GONE, r + up_st, r)).astype(jnp.int16)
+                r = jnp.where(r < ncur, r + per_id(suffix(Rcnt)), jnp.where(r < GONE, r + up_st, r)).astype(jnp.int16)
             else:  # no R is above a current expert: up_st is nR there
                 r = jnp.where(r < GONE, r + up_st, r).astype(jnp.int16)
             if deep:
                 cur = cur + Rcnt
-                rR_new = _above(cur, pl) + jnp.sum(laterQ & sameQ & R[None, :], axis=1, dtype=jnp.int32)
+                rR_new = above(cur, pl) + jnp.sum(laterQ & sameQ & R[None, :], axis=1, dtype=jnp.int32)
             else:  # all proposals are of layer l + 1, the highest current layer: to the very top
                 cur = cur + nR
                 rR_new = jnp.sum(laterQ & R[None, :], axis=1, dtype=jnp.int32)
@@ -257,21 +224,21 @@ def make_pf_policy(spec: PfSpec):
         n_adm = jnp.minimum(a, jnp.maximum(free2, 0) + m2)
         nev2 = jnp.maximum(0, n_adm - jnp.maximum(free2, 0))
         thresh2 = m2 - nev2
-        rstar2, ev_posP = _rstar(rDp, pin, thresh2)
+        rstar2, ev_posP = victim_threshold(rDp, pin, thresh2)
         gone2 = (r >= rstar2) & (r < GONE) & ~in_pin
         ca = jnp.sum(earlierQ & A[None, :], axis=1, dtype=jnp.int32)
         adm = A & (ca < n_adm)
         if deep:  # new prefetches: current, top of their layer's group (later proposals higher)
             npc = jnp.sum(pin & (rDp.astype(jnp.int32) < ncur), dtype=jnp.int32)
-            cur = _take_victims(cur, jnp.clip(ncur - npc - thresh2, 0, nev2), onehot(l) * npc)
+            cur = take_victims(cur, jnp.clip(ncur - npc - thresh2, 0, nev2), onehot(l) * npc)
             Acnt = jnp.zeros((L,), jnp.int32).at[pl].add(adm.astype(jnp.int32))
-            up = jnp.where(r < ncur, per_id(_suffix(Acnt)), n_adm)
+            up = jnp.where(r < ncur, per_id(suffix(Acnt)), n_adm)
             # a pinned current expert (layer l) moves down by the entries at or above layer l; after
             # the use every pinned expert is current, at the router a stale one moves down by all
-            up_pin = jnp.where(rDp < ncur, _suffix(Acnt)[l], n_adm) if pre else _suffix(Acnt)[l]
+            up_pin = jnp.where(rDp < ncur, suffix(Acnt)[l], n_adm) if pre else suffix(Acnt)[l]
             r_pin = rDp - jnp.clip(ev_posP - thresh2, 0, nev2) + up_pin
             cur = cur + Acnt
-            r_adm = _above(cur, pl) + jnp.sum(laterQ & sameQ & adm[None, :], axis=1, dtype=jnp.int32)
+            r_adm = above(cur, pl) + jnp.sum(laterQ & sameQ & adm[None, :], axis=1, dtype=jnp.int32)
             ncur = jnp.sum(cur)
         else:
             if ls:  # one-layer lookahead: new prefetches go on top of everything
@@ -359,11 +326,11 @@ def make_pf_policy(spec: PfSpec):
         admitD = missD & (cm < na)
         thresh = m - nev
         if vpin:  # victims' threshold and the victims above each pinned expert count the pin set
-            rstar, ev_posPn = _rstar(rPn, pn, thresh)
-            ev_posD = rD.astype(jnp.int32) - _lower_than(rPn, pn, rD)
+            rstar, ev_posPn = victim_threshold(rPn, pn, thresh)
+            ev_posD = rD.astype(jnp.int32) - count_lower_than(rPn, pn, rD)
             nv_aboveP = jnp.clip(ev_posPn - thresh, 0, nev)
         else:
-            rstar, ev_posD = _rstar(rD, resD, thresh)
+            rstar, ev_posD = victim_threshold(rD, resD, thresh)
         gone = (r >= rstar) & (r < GONE) & ~pins[3]
         nv_aboveD = jnp.clip(ev_posD - thresh, 0, nev)
         if fifo:
@@ -383,12 +350,12 @@ def make_pf_policy(spec: PfSpec):
             cv = jnp.clip(ncur - ncd - thresh, 0, nev)             # current-tier victims
             top = jnp.zeros((), jnp.int32)
             if deep:  # the moved demand enters the current tier at the top of layer l's group
-                cur = _take_victims(cur, cv, onehot(l) * ncd)
-                top = _above(cur, l)
-            rr = r - _count_lt(jnp.where(moved, rD, ABSENT).astype(jnp.int16), r)
-            rD_cur = rD - nv_aboveD - _lower(rD, moved)
+                cur = take_victims(cur, cv, onehot(l) * ncd)
+                top = above(cur, l)
+            rr = r - count_lt(jnp.where(moved, rD, ABSENT).astype(jnp.int16), r)
+            rD_cur = rD - nv_aboveD - count_lower(rD, moved)
             if vpin:  # a pinned expert not used keeps its place: up by victims and moved above it
-                rP_cur = rPn - nv_aboveP - _lower_than(rD, moved, rPn)
+                rP_cur = rPn - nv_aboveP - count_lower_than(rD, moved, rPn)
             if deep:
                 r_c = rr + jnp.where(rr >= top, nM, 0).astype(jnp.int16)
                 rD_cur = rD_cur + jnp.where(rD_cur >= top, nM, 0)

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from specmd_jax.run.keyed import demand_features
+from specmd_jax.kernels.keyed import demand_features
 from specmd_jax.core.score import norms
 from specmd_jax.core.trace import PREFILL, Trace
 from specmd_jax.core.steps import StepArrays, prepare_steps

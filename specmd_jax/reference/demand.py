@@ -11,10 +11,10 @@ import dataclasses
 import heapq
 from typing import Optional
 
+from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.core import checks
 from specmd_jax.core.semantics import INF_STEP, MODES, POLICIES, SB_SCALE, layer_capacity, rand_u32
 
-COUNTERS = ("demands", "hits", "misses", "collisions", "evictions", "bypass")
 
 
 @dataclasses.dataclass
@@ -138,8 +138,8 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
     L, E = trace.shape.num_layers, trace.shape.num_experts
     steps = list(steps_of(trace, mode))
     nxt = _next_uses(steps) if policy == "belady" else None
-    tot = dict.fromkeys(COUNTERS, 0)
-    per = {k: [0] * L for k in COUNTERS}
+    tot = dict.fromkeys(DEMAND_COUNTERS, 0)
+    per = {k: [0] * L for k in DEMAND_COUNTERS}
     resident = {}  # id -> dict of per-expert policy fields
     occ = [0] * (L if partitioned else 1)
     score = {}  # sb: trace-level cumulative weight units

@@ -13,8 +13,9 @@ import dataclasses
 
 import numpy as np
 
+from specmd_jax.core.counters import TIMED_COUNTERS
 from specmd_jax.core import checks
-from specmd_jax.core.miss import PROXY_COUNTERS, MissConfig, Precision, check_levels, decide, row_details
+from specmd_jax.core.miss import MissConfig, Precision, check_levels, decide, row_details
 from specmd_jax.core.routing import RoutingConfig, gap_means, route_rows
 from specmd_jax.reference.demand import floyd_pick, policy_key, steps_of
 from specmd_jax.core.score import NF, timed_features
@@ -22,9 +23,6 @@ from specmd_jax.core.semantics import INF_STEP, POLICIES, SB_SCALE, layer_capaci
 from specmd_jax.core.timing import INSTANT, Hardware, Reading, turn_share
 from specmd_jax.core.trace import PREFILL
 
-COUNTERS = ("demands", "hits", "late", "misses", "collisions", "evictions", "bypass",
-            "pf_issued", "pf_resident", "pf_pending", "pf_arrived", "pf_dropped", "pf_useful",
-            "pf_wasted", "stall_ticks", "dropped", "substituted", "units_moved") + PROXY_COUNTERS
 REFERENCE_POLICIES = POLICIES + ("lhu",)  # lhu: mixed precision (specmd_jax.core.miss), reference only
 # random-policy hash seeds of the three arrival batches of a visit (demand batch = the seed itself,
 # so a replay without prefetch draws exactly what the demand-only reference draws)
@@ -127,8 +125,8 @@ class _Replay:
         for s, (_, _, _, ids, _) in enumerate(self.steps):
             for g in ids:
                 self.demand_at.setdefault(g, []).append(s)
-        self.tot = dict.fromkeys(COUNTERS, 0)
-        self.per = {k: [0] * L for k in COUNTERS}
+        self.tot = dict.fromkeys(TIMED_COUNTERS, 0)
+        self.per = {k: [0] * L for k in TIMED_COUNTERS}
         self.resident: dict = {}             # id -> record
         self.pending: dict = {}              # id -> (completion tick, issue number, level) of its queued copy
         self.issued = 0

@@ -9,7 +9,6 @@ follow long runs without recompiling; one compile per (policy, shapes, batch siz
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Optional
 
@@ -18,8 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from specmd_jax.run.cache import cached, table
 from specmd_jax.core import checks
-from specmd_jax.kernels.demand import COUNTER_NAMES, GONE, Params, Spec, Visit, make_policy
+from specmd_jax.core.counters import DEMAND_COUNTERS
+from specmd_jax.kernels.demand import Params, Spec, Visit, make_policy
+from specmd_jax.kernels.ranks import GONE
 from specmd_jax.core.semantics import INF_STEP, MODES, POLICIES
 from specmd_jax.core.trace import Trace
 from specmd_jax.core.steps import StepArrays, prepare_steps
@@ -28,10 +30,10 @@ from specmd_jax.core.steps import StepArrays, prepare_steps
 # configurations per block inside a step, by policy (see _runner); measured on 2 CPU cores:
 # lfu 1.8 M acc/s unblocked at 1024 configs vs 4.0 M at 256
 CONFIG_BLOCK = {"lfu": 256}
-_COMPILED: dict = {}  # (spec, batched, unroll, record, B, chunk) -> compiled executable
+_COMPILED = table()  # (spec, batched, unroll, record, B, chunk) -> compiled executable
 
 
-@functools.lru_cache(maxsize=None)
+@cached
 def _runner(spec: Spec, batched: bool, unroll: bool, record: bool, block: int = 0):
     """Jitted ``run(params, states, shared, xs) -> (states, shared, ys)`` for one structure.
 
@@ -124,7 +126,7 @@ class RunResult:
     """Outcome of :func:`run_configs`.
 
     Attributes:
-        totals: int64[B, 6] counters (``engine.COUNTER_NAMES``).
+        totals: int64[B, 6] counters (``engine.DEMAND_COUNTERS``).
         per_layer: int64[B, 6, L].
         resident: bool[B, N] final resident sets.
         max_occupancy: int64[B].
@@ -251,30 +253,10 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
     run_s = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    per = np.asarray(states.per_layer, np.int64).reshape(-1, len(COUNTER_NAMES), L)[:B]
+    per = np.asarray(states.per_layer, np.int64).reshape(-1, len(DEMAND_COUNTERS), L)[:B]
     tot = per.sum(axis=2)
     res = (np.asarray(states.rank) < GONE).reshape(caps.shape[0], -1)[:B]
     return RunResult(totals=tot, per_layer=per, resident=res,
                      max_occupancy=np.asarray(states.max_occ, np.int64).reshape(-1)[:B],
                      occupancy=np.concatenate(occs) if record else None,
                      compile_s=compile_s, run_s=run_s)
-
-
-def clear_compiled() -> None:
-    """Drop every compiled program this package holds (runner, stack, MRC and prefetch engines)
-    and jax's own caches. A long-lived process that sweeps many shapes (a notebook, a test
-    session) otherwise keeps every executable alive; each costs memory and memory mappings."""
-    import gc
-
-    from specmd_jax.run import mrc, stack, timed as prefetch_runner
-    _COMPILED.clear()
-    _runner.cache_clear()
-    stack._COMPILED.clear()
-    stack._depth_scan.cache_clear()
-    stack._belady_scan.cache_clear()
-    mrc._stack_scan.cache_clear()
-    prefetch_runner._COMPILED.clear()
-    prefetch_runner._runner.cache_clear()
-    prefetch_runner._async_runner.cache_clear()
-    jax.clear_caches()
-    gc.collect()

@@ -13,7 +13,6 @@ Least-Stale has the same curve in demand-only replay (see :mod:`specmd_jax.kerne
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -21,13 +20,14 @@ import numpy as np
 import pandas as pd
 from jax import lax
 
+from specmd_jax.run.cache import cached
 from specmd_jax.core.trace import Trace
 from specmd_jax.core.steps import StepArrays, prepare_steps
 
 _INF = 2 ** 30
 
 
-@functools.lru_cache(maxsize=None)
+@cached
 def _stack_scan(num_ids: int, num_layers: int):
     N, L = num_ids, num_layers
 

@@ -30,7 +30,6 @@ host side is the same as LRU's.
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Optional
 
@@ -39,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from specmd_jax.run.cache import cached, table
 from specmd_jax.core import checks
-from specmd_jax.kernels.demand import COUNTER_NAMES
+from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.run.demand import RunResult, run_configs
 from specmd_jax.core.semantics import INF_STEP, MODES
 from specmd_jax.core.trace import Trace
@@ -49,10 +49,10 @@ from specmd_jax.core.steps import StepArrays, prepare_steps
 STACK_POLICIES = ("lru", "ls", "belady")
 ENGINES = ("auto", "scan", "stack")
 _INF = 32767  # int16 "never demanded yet" (N <= 32000 is checked)
-_COMPILED: dict = {}  # (L, E, partitioned, S, W) -> compiled depth scan
+_COMPILED = table()  # (L, E, partitioned, S, W) -> compiled depth scan
 
 
-@functools.lru_cache(maxsize=None)
+@cached
 def _depth_scan(num_layers: int, num_experts: int, partitioned: bool):
     """Jitted ``run(xs) -> (depth int16[S, W], start int16[S, W], final int16[N])``."""
     L, E = num_layers, num_experts
@@ -83,7 +83,7 @@ def _depth_scan(num_layers: int, num_experts: int, partitioned: bool):
     return jax.jit(run)
 
 
-@functools.lru_cache(maxsize=None)
+@cached
 def _belady_scan(num_layers: int, num_experts: int, partitioned: bool):
     """Jitted ``run(xs) -> (depth, start, final)`` for Belady/MIN as a *priority* stack
     algorithm (Mattson et al. 1970: OPT's priority, the next use, does not depend on capacity).
@@ -293,12 +293,12 @@ def run_stack(trace: Trace, capacities, *, mode: str = "pinned", partitioned: bo
     coll = below_s[rows, col] - hits
     misses = demands[None, :] - hits
     fills = fill_tab[rows, col]
-    per = np.zeros((B, len(COUNTER_NAMES), L), np.int64)
-    per[:, COUNTER_NAMES.index("demands")] = demands[None, :]
-    per[:, COUNTER_NAMES.index("hits")] = hits
-    per[:, COUNTER_NAMES.index("misses")] = misses
-    per[:, COUNTER_NAMES.index("collisions")] = coll
-    per[:, COUNTER_NAMES.index("evictions")] = misses - fills
+    per = np.zeros((B, len(DEMAND_COUNTERS), L), np.int64)
+    per[:, DEMAND_COUNTERS.index("demands")] = demands[None, :]
+    per[:, DEMAND_COUNTERS.index("hits")] = hits
+    per[:, DEMAND_COUNTERS.index("misses")] = misses
+    per[:, DEMAND_COUNTERS.index("collisions")] = coll
+    per[:, DEMAND_COUNTERS.index("evictions")] = misses - fills
     # bypass stays 0: exact configurations never overflow
     if partitioned:
         distinct = np.array([np.count_nonzero(first & (pool_of == p)) for p in range(L)], np.int64)

@@ -23,7 +23,8 @@ from conftest import random_trace  # noqa: E402
 from specmd_jax.core import synthetic  # noqa: E402
 from specmd_jax.core.miss import MissConfig, Precision  # noqa: E402
 from specmd_jax.core.prefetch import PrefetchConfig, make_plan  # noqa: E402
-from specmd_jax.reference.timed import COUNTERS, simulate_timed  # noqa: E402
+from specmd_jax.core.counters import TIMED_COUNTERS as COUNTERS
+from specmd_jax.reference.timed import simulate_timed  # noqa: E402
 from specmd_jax.core.routing import RoutingConfig  # noqa: E402
 from specmd_jax.core.timing import INSTANT, Hardware  # noqa: E402
 
