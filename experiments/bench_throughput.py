@@ -56,7 +56,7 @@ import pandas as pd
 from specmd_jax import reference
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.run.mrc import lru_mrc
-from specmd_jax.core.semantics import POLICIES
+from specmd_jax.policies import POLICIES
 from specmd_jax.core.synthetic import decode_stream
 from specmd_jax.core.trace import Trace
 from specmd_jax.core.steps import StepArrays, prepare_steps

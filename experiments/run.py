@@ -39,7 +39,7 @@ from specmd_jax.study.plots import plot_hit_rate, plot_misses  # noqa: E402
 from specmd_jax.run.stack import ENGINES, STACK_POLICIES  # noqa: E402
 from specmd_jax.core.trace import TraceError  # noqa: E402
 from specmd_jax.config.schema import register as register_schemas  # noqa: E402
-from specmd_jax.api.score import sweep_score  # noqa: E402
+from specmd_jax.api import sweep_score  # noqa: E402
 from specmd_jax.core.score import FEATURES, ScorePolicy  # noqa: E402
 
 register_schemas()  # conf/*.yaml extend these typed schemas: typos and wrong types fail at startup

@@ -1,19 +1,145 @@
-"""The policy registry: every eviction policy by name."""
+"""The policy registry: every eviction policy by name, written once.
 
-from specmd_jax.core.semantics import POLICIES
+An entry holds what makes the policy itself: its eviction *key* (the rule the jax-free reference
+replays, smallest evicted first, the expert id the last tie-break), a description and source, the
+modes it is defined in, the feature-score preset that reproduces it (:mod:`specmd_jax.core.score`;
+then the generic keyed kernel, :mod:`specmd_jax.kernels.keyed`, runs it in JAX), and the modes in
+which a dedicated JAX kernel serves it. A new policy is one entry here plus one yaml in
+``conf/policy``: the reference runs it in every mode at once; the JAX paths listed in ``fast``
+are claims that ``tests/test_registry.py`` checks against the reference.
 
-POLICY_INFO = {
-    "lru": "least recently used (Eliseev & Mazur '23); ties: lowest id first",
-    "fifo": "first in, first out (classic baseline)",
-    "lfu": "least frequently used since insertion, ties by least recent (libCacheSim's LFU)",
-    "random": "uniform random victims among evictable residents (seeded, Floyd sampling)",
-    "fld": "farthest layer distance |layer - current| first, then lowest id (HOBBIT-style, SpecMD §3.1.3)",
-    "sb": "score-based: lowest cumulative router weight first (Zhu et al. '25)",
-    "ls": "Least-Stale (SpecMD §4): stale tier first, FIFO across passes, by layer within a pass",
-    "belady": "Belady/MIN oracle: farthest next use first (next uses precomputed once per trace)",
-}
+Modes: ``demand`` (demand-only replay, pinned or sequential, global or per-layer pools),
+``instant`` (instantaneous prefetch) and ``async`` (asynchronous prefetch with the timing model).
+Fast paths: ``scan`` (:mod:`specmd_jax.kernels.demand`), ``stack`` (one stack-distance pass for
+all capacities, :mod:`specmd_jax.run.stack`), ``keyed`` (the feature-score kernel, pinned and
+global only), ``instant`` (:mod:`specmd_jax.kernels.instant`), ``async``
+(:mod:`specmd_jax.kernels.asynchronous`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+MODES = ("demand", "instant", "async")
+FAST_PATHS = ("scan", "stack", "keyed", "instant", "async")
+FAST_MODE = {"scan": "demand", "stack": "demand", "keyed": "demand", "instant": "instant", "async": "async"}
 
 
-def list_policies() -> dict:
-    """Policy name -> one-line description (the registry of :mod:`specmd_jax.kernels.demand`)."""
-    return {p: POLICY_INFO[p] for p in POLICIES}
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    """One eviction policy.
+
+    Attributes:
+        name: its key in :data:`REGISTRY` (and the ``policy`` column of every table).
+        description: one line for ``list_policies`` and the docs.
+        key: ``key(rec, g, l, E, score, nextuse) -> tuple``: the eviction key of resident ``g`` at a
+            visit of layer ``l`` (``rec``: its record in the reference: ``last``, ``ins``, ``freq``,
+            ``mark``, ``entry``, ``hp``; ``score``: cumulative router weight units by id;
+            ``nextuse``: next demanding step by id). Pure Python; the reference's only rule.
+        modes: the modes the policy is defined in.
+        fast: the JAX fast paths that serve it (see the module docstring).
+        score_preset: a feature-score preset reproduces it exactly in demand-only replay.
+    """
+
+    name: str
+    description: str
+    key: Callable[..., tuple]
+    modes: tuple = MODES
+    fast: frozenset = frozenset()
+    score_preset: bool = False
+
+    def __post_init__(self):
+        bad = set(self.modes) - set(MODES)
+        if bad:
+            raise ValueError(f"policy {self.name!r}: unknown modes {sorted(bad)}; valid: {MODES}")
+        bad = set(self.fast) - set(FAST_PATHS)
+        if bad:
+            raise ValueError(f"policy {self.name!r}: unknown fast paths {sorted(bad)}; valid: {FAST_PATHS}")
+        off = [f for f in self.fast if FAST_MODE[f] not in self.modes]
+        if off:
+            raise ValueError(f"policy {self.name!r}: fast paths {off} serve modes it is not defined in")
+
+    def served(self, path: str) -> bool:
+        """Whether the JAX fast path ``path`` serves this policy."""
+        return path in self.fast or (path == "keyed" and self.score_preset)
+
+
+def _lru(r, g, l, E, score, nextuse):
+    return (r["last"], g)
+
+
+def _ins(r, g, l, E, score, nextuse):
+    return (r["ins"], g)
+
+
+def _lfu(r, g, l, E, score, nextuse):
+    return (r["freq"], r["last"], g)
+
+
+def _lhu(r, g, l, E, score, nextuse):
+    return (r["hp"], r["last"], g)
+
+
+def _belady(r, g, l, E, score, nextuse):
+    return (-nextuse[g], g)
+
+
+def _sb(r, g, l, E, score, nextuse):
+    return (score.get(g, 0), g)
+
+
+def _ls(r, g, l, E, score, nextuse):
+    return (r["mark"], g // E, r["entry"], g)
+
+
+def _fld(r, g, l, E, score, nextuse):
+    return (-abs(g // E - l), g)
+
+
+_ALL = frozenset({"scan"})
+REGISTRY: dict[str, Policy] = {p.name: p for p in (
+    Policy("lru", "least recently used (Eliseev & Mazur '23); ties: lowest id first", _lru,
+           fast=frozenset({"scan", "stack", "instant", "async"}), score_preset=True),
+    Policy("fifo", "first in, first out (classic baseline)", _ins,
+           fast=frozenset({"scan", "instant", "async"}), score_preset=True),
+    Policy("lfu", "least frequently used since insertion, ties by least recent (libCacheSim's LFU)", _lfu,
+           fast=_ALL, score_preset=True),
+    Policy("belady", "Belady/MIN oracle: farthest next use first (next uses precomputed once per trace)", _belady,
+           fast=frozenset({"scan", "stack"})),
+    Policy("sb", "score-based: lowest cumulative router weight first (Zhu et al. '25)", _sb,
+           fast=_ALL, score_preset=True),
+    Policy("ls", "Least-Stale (SpecMD §4): stale tier first, FIFO across passes, by layer within a pass", _ls,
+           fast=frozenset({"scan", "stack", "instant", "async"}), score_preset=True),
+    Policy("fld", "farthest layer distance |layer - current| first, then lowest id (HOBBIT-style, SpecMD §3.1.3)",
+           _fld, fast=_ALL, score_preset=True),
+    Policy("random", "uniform random victims among evictable residents (seeded, Floyd sampling)", _ins,
+           fast=_ALL),
+    Policy("lhu", "least high-precision used, then least recent (HOBBIT '24; mixed precision)", _lhu,
+           modes=("instant", "async"), fast=frozenset({"async"})),
+)}
+
+POLICIES = tuple(n for n, p in REGISTRY.items() if "demand" in p.modes)   # the demand-only replay's policies
+POLICY_INFO = {n: p.description for n, p in REGISTRY.items()}
+
+
+def get(name: str) -> Policy:
+    """The registry entry of ``name`` (a ``ValueError`` listing the known names otherwise)."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown policy {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def served_by(path: str) -> tuple:
+    """The policies a JAX fast path serves, in registry order."""
+    if path not in FAST_PATHS:
+        raise ValueError(f"unknown fast path {path!r}; valid: {FAST_PATHS}")
+    return tuple(n for n, p in REGISTRY.items() if p.served(path))
+
+
+def list_policies(mode: str = "demand") -> dict:
+    """Policy name -> one-line description, for the policies defined in ``mode``."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return {n: p.description for n, p in REGISTRY.items() if mode in p.modes}

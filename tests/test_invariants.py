@@ -13,7 +13,7 @@ from specmd_jax import reference
 from specmd_jax.core import synthetic
 from specmd_jax.run.mrc import lru_mrc
 from specmd_jax.run.demand import run_configs
-from specmd_jax.core.semantics import POLICIES
+from specmd_jax.policies import POLICIES
 from specmd_jax.core.steps import prepare_steps
 
 

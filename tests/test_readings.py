@@ -304,7 +304,7 @@ def test_sweep_prefetch_runs_every_reading_and_labels_it():
     """Lists of readings are crossed; every engine gives the reference's numbers; the reading and
     the LRU cliff (capacity below one token cycle, L x K slots) label each row."""
     from specmd_jax.core import synthetic
-    from specmd_jax.api.timed import sweep_prefetch
+    from specmd_jax.api import sweep_prefetch
     t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=4, gen_len=6, seed=1, pred_noise=1.0)
     kw = dict(fractions=[0.01, 0.05, 0.25], prefetch=PrefetchConfig("recorded", "topk"), hardware=[COPY10],
               execution=["visit", "expert"], prefetch_issue=["after_use", "at_router"], pin="running")

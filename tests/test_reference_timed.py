@@ -16,7 +16,7 @@ from specmd_jax.core import synthetic
 from specmd_jax.core.prefetch import PrefetchConfig, PrefetchPlan, make_plan, visit_mass
 from specmd_jax.core.counters import TIMED_COUNTERS as COUNTERS
 from specmd_jax.reference.timed import simulate_timed
-from specmd_jax.core.semantics import POLICIES
+from specmd_jax.policies import POLICIES
 from specmd_jax.core.timing import INSTANT, VISIT_READING, Hardware, to_ticks
 from specmd_jax.core.trace import DECODE, ModelShape, make_trace
 

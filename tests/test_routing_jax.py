@@ -23,7 +23,7 @@ from specmd_jax.core.timing import VISIT_READING, Hardware
 # this module was written for the whole-visit reading; the other readings: tests/test_*readings*.py
 simulate_timed = functools.partial(simulate_timed, reading=VISIT_READING)
 run_async = functools.partial(run_async, reading=VISIT_READING)
-sweep_prefetch = functools.partial(api_timed.sweep_prefetch, reading=VISIT_READING.label)
+sweep_prefetch = functools.partial(api_timed.sweep_timed, reading=VISIT_READING.label)
 
 HWS = [Hardware(bandwidth_gbps=3.0, latency_us=5.0, decode_layer_us=80.0, prefill_layer_us=60.0, prefill_token_us=4.0),
        Hardware(bandwidth_gbps=0.5, latency_us=20.0, decode_layer_us=100.0)]

@@ -115,7 +115,7 @@ def test_prefill_misses_and_ttft_equal_the_timed_reference(small):
     """Demand-only TTFT and TPOT of the score engine (LRU and LS presets) equals the asynchronous timed
     reference without prefetch, on every hardware preset."""
     import specmd_jax as sj
-    from specmd_jax.api.score import sweep_score
+    from specmd_jax.api import sweep_score
     from specmd_jax.run.keyed import times_ms
     st = prepare_steps(small)
     one = small.slice_passes(0, 1)  # the first prefill pass alone: all its misses are prefill misses

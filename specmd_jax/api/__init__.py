@@ -1,5 +1,5 @@
-"""The Python API: sweep a policy over cache sizes (and hardware, prefetch, readings) into a tidy table."""
+"""The Python API: :func:`sweep` a policy over cache sizes (and hardware, prefetch, readings) into a
+tidy table; :func:`simulate` one configuration."""
 
-from specmd_jax.api.demand import METRICS, capacity_slots, list_policies, simulate, sweep, token_cycle  # noqa: F401
-from specmd_jax.api.timed import TIMINGS, sweep_prefetch  # noqa: F401
-from specmd_jax.api.score import sweep_score  # noqa: F401
+from specmd_jax.api.demand import METRICS, capacity_slots, list_policies, simulate, token_cycle  # noqa: F401
+from specmd_jax.api.sweep import TIMINGS, sweep, sweep_prefetch, sweep_score  # noqa: F401

@@ -10,6 +10,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from typing import Optional, Sequence
 
 import numpy as np
@@ -20,7 +21,9 @@ from specmd_jax.core.capacity import capacity_slots, token_cycle  # noqa: F401  
 from specmd_jax.core.counters import METRICS  # noqa: F401
 from specmd_jax.policies import POLICY_INFO, list_policies  # noqa: F401
 from specmd_jax.core.counters import DEMAND_COUNTERS
-from specmd_jax.run.demand import run_configs
+from specmd_jax import reference
+from specmd_jax.policies import get
+from specmd_jax.run.demand import RunResult, run_configs
 from specmd_jax.run.stack import run_auto
 from specmd_jax.core.trace import Trace
 
@@ -48,12 +51,37 @@ def _table(trace, policy, mode, partitioned, caps, seeds, fracs, tot, maxocc) ->
     return df
 
 
-def sweep(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None, *,
+ENGINES = ("auto", "jax", "scan", "stack", "reference")
+
+
+def _reference_run(trace, policy, caps, seeds, mode, partitioned) -> RunResult:
+    """The jax-free reference, one configuration at a time, as a :class:`RunResult`."""
+    L, N = trace.shape.num_layers, trace.shape.num_ids
+    tot, per, res, occ = [], [], [], []
+    t0 = time.perf_counter()
+    for c, sd in zip(caps, seeds):
+        r = reference.simulate(trace, policy, int(c), mode=mode, partitioned=partitioned, seed=int(sd))
+        tot.append([r.totals[k] for k in DEMAND_COUNTERS])
+        per.append([r.per_layer[k] for k in DEMAND_COUNTERS])
+        mask = np.zeros(N, bool)
+        mask[list(r.resident)] = True
+        res.append(mask)
+        occ.append(r.max_occupancy)
+    n = len(caps)
+    return RunResult(totals=np.asarray(tot, np.int64).reshape(n, -1),
+                     per_layer=np.asarray(per, np.int64).reshape(n, len(DEMAND_COUNTERS), L),
+                     resident=np.asarray(res, bool).reshape(n, N), max_occupancy=np.asarray(occ, np.int64),
+                     occupancy=None, compile_s=0.0, run_s=time.perf_counter() - t0,
+                     engine=np.full(n, "reference", object))
+
+
+def sweep_demand(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None, *,
           fractions: Optional[Sequence[float]] = None, seeds: Sequence[int] = (0,),
           mode: str = "pinned", partitioned: bool = False, progress: bool = False,
           chunk_steps: int = 8192, unroll_layers: Optional[bool] = None,
           engine: str = "auto") -> pd.DataFrame:
-    """Run ``policy`` over ``trace`` for every (capacity, seed) in one jitted vmap over one scan.
+    """Demand-only replay of ``policy`` over ``trace`` for every (capacity, seed): one jitted vmap
+    over one scan (the ``timing="none"`` case of :func:`specmd_jax.api.sweep`).
 
     Args:
         trace: a loaded or generated :class:`~specmd_jax.core.trace.Trace`.
@@ -64,16 +92,25 @@ def sweep(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None,
         mode: ``"pinned"`` (default; one step per (pass, layer) visit) or ``"sequential"``.
         partitioned: one cache per layer (capacity split evenly) instead of one global pool.
         progress: tqdm progress bar over the trace.
-        engine: ``"auto"`` (default): ``lru``/``ls``/``belady`` capacities that never bypass come
-            from one stack pass for all of them (:mod:`specmd_jax.run.stack`, exact), everything
-            else from the vmapped scan; ``"scan"``: always the scan; ``"stack"``: stack only.
+        engine: ``"auto"`` (default) and ``"jax"``: the capacities that never bypass of a policy the
+            stack path serves come from one stack pass for all of them (:mod:`specmd_jax.run.stack`,
+            exact), everything else from the vmapped scan; ``"auto"`` runs a policy no JAX path
+            serves on the reference, ``"jax"`` refuses it. ``"scan"``: always the scan;
+            ``"stack"``: stack only; ``"reference"``: the jax-free reference, one configuration
+            at a time. Which paths serve a policy: :data:`specmd_jax.policies.REGISTRY`.
 
     Returns:
-        A tidy table, one row per configuration (columns in ``METRICS`` plus the parameters).
-        ``df.attrs`` holds ``per_layer`` (long table by the visit's layer), ``resident``
-        (bool[B, N] final resident sets) and ``timing`` (compile and run seconds).
+        A tidy table, one row per configuration (columns in ``METRICS`` plus the parameters and
+        ``engine``, the path that ran the row). ``df.attrs`` holds ``per_layer`` (long table by
+        the visit's layer), ``resident`` (bool[B, N] final resident sets) and ``timing`` (compile
+        and run seconds).
     """
     checks.trace(trace)
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    pol = get(policy)
+    if "demand" not in pol.modes:
+        raise ValueError(f"policy {policy!r} is not defined in demand-only replay (its modes: {', '.join(pol.modes)})")
     if (capacities is None) == (fractions is None):
         raise ValueError("give exactly one of capacities= (slots) or fractions=")
     checks.whole("chunk_steps", chunk_steps, 1)
@@ -86,10 +123,19 @@ def sweep(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None,
     seeds = checks.seeds(seeds)
     C, Sd = np.meshgrid(np.arange(len(caps)), np.arange(len(seeds)), indexing="ij")
     ci, si = C.reshape(-1), Sd.reshape(-1)
-    r = run_auto(trace, policy, caps[ci], seeds[si], mode=mode, partitioned=partitioned, engine=engine,
-                 progress=progress, chunk_steps=chunk_steps, unroll_layers=unroll_layers)
+    jax_ok = pol.served("scan") or pol.served("stack")
+    if engine == "jax" and not jax_ok:
+        raise ValueError(f"no JAX path serves policy {policy!r} in demand-only replay; engine='auto' runs it on "
+                         "the reference")
+    if engine == "reference" or (engine == "auto" and not jax_ok):
+        r = _reference_run(trace, policy, caps[ci], seeds[si], mode, partitioned)
+    else:
+        r = run_auto(trace, policy, caps[ci], seeds[si], mode=mode, partitioned=partitioned,
+                     engine="auto" if engine == "jax" else engine, progress=progress, chunk_steps=chunk_steps,
+                     unroll_layers=unroll_layers)
     df = _table(trace, policy, mode, partitioned, caps[ci], seeds[si], None if fr is None else fr[ci],
                 r.totals, r.max_occupancy)
+    df["engine"] = r.engine
     L = trace.shape.num_layers
     pl = pd.DataFrame(r.per_layer.transpose(0, 2, 1).reshape(-1, len(DEMAND_COUNTERS)), columns=list(DEMAND_COUNTERS))
     pl.insert(0, "config", np.repeat(np.arange(len(df)), L))
@@ -117,4 +163,5 @@ def simulate(trace: Trace, policy: str, capacity: Optional[int] = None, *,
     r = run_configs(trace, policy, [cap], [seed], mode=mode, partitioned=partitioned, batched=False)
     df = _table(trace, policy, mode, partitioned, np.array([cap]), np.array([seed]),
                 None if fraction is None else np.array([fraction]), r.totals, r.max_occupancy)
+    df["engine"] = r.engine
     return df.iloc[0]

@@ -13,7 +13,7 @@ from specmd_jax.learn.soft import sensitivities as sens
 from specmd_jax.run.keyed import score_table, times_ms
 
 
-def sweep_score(trace: Trace, policy, fractions=None, capacities=None, hardware=None,
+def sweep_weights(trace: Trace, policy, fractions=None, capacities=None, hardware=None,
                 sensitivities: bool = False, tau: float = 0.1) -> pd.DataFrame:
     """Replay ``trace`` under a named score policy at several cache sizes (one compiled vmap).
 

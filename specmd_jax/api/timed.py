@@ -28,9 +28,8 @@ import pandas as pd
 
 from specmd_jax.core import checks
 from specmd_jax.core.capacity import capacity_slots, token_cycle
-from specmd_jax.core.counters import DEMAND_COUNTERS
-from specmd_jax.kernels.asynchronous import ASYNC_POLICIES
-from specmd_jax.kernels.instant import PF_POLICIES
+from specmd_jax.core.counters import DEMAND_COUNTERS, TIMED_COUNTERS
+from specmd_jax.policies import REGISTRY
 from specmd_jax.core.miss import MissConfig, Precision, proxy_rates, structural_kind
 from specmd_jax.core.routing import RoutingConfig
 from specmd_jax.core.semantics import SB_SCALE
@@ -57,7 +56,7 @@ def _plan(trace, prefetch, train) -> Optional[PrefetchPlan]:
     raise TypeError(f"prefetch must be None, a PrefetchConfig or a PrefetchPlan, got {type(prefetch).__name__}")
 
 
-def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None, *,
+def sweep_timed(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None, *,
                    fractions: Optional[Sequence[float]] = None,
                    prefetch: Union[None, PrefetchConfig, PrefetchPlan, Sequence] = None,
                    hardware: Sequence[Hardware] = (Hardware(),), timing: str = "async",
@@ -158,7 +157,7 @@ def sweep_prefetch(trace: Trace, policy: str, capacities: Optional[Sequence[int]
 
 def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, timing, train, progress, miss,
                    precision, routing, engine, score_weights, reading: Reading) -> pd.DataFrame:
-    """:func:`sweep_prefetch` for one execution reading."""
+    """:func:`sweep_timed` for one execution reading."""
     if timing not in TIMINGS:
         raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
     if engine not in ENGINES:
@@ -214,7 +213,7 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
         one_kind = False
     substitute = any(m.policy == "substitute" for m in misses)
     expert = reading.execution == "expert"
-    async_ok = (use_jax and one_kind and policy in ASYNC_POLICIES and not (routed and substitute)
+    async_ok = (use_jax and one_kind and policy in REGISTRY and REGISTRY[policy].served("async") and not (routed and substitute)
                 and not (expert and (routed or substitute)))
     if async_ok and timing == "async" and engine == "auto":   # "jax" raises on it, naming the profile
         from specmd_jax.core.clock import async_tick_problem
@@ -233,7 +232,7 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
         except ClockOverflow:          # a pass outlasted the kernel's int32 clock: auto runs the reference
             if engine != "auto":
                 raise
-    if timing == "instant" and jax_ok and R == 1 and policy in PF_POLICIES:
+    if timing == "instant" and jax_ok and R == 1 and policy in REGISTRY and REGISTRY[policy].served("instant"):
         from specmd_jax.core.clock import pass_times as time_of
         from specmd_jax.core.miss import NO_DROP
         from specmd_jax.run.instant import run_instant  # jax only when used
@@ -249,6 +248,8 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
                 row.update(late=0, fetched=int(r.pass_misses[b].sum()),
                            **{n: int(r.pf_totals[n][b]) for n in (*PF_COLUMNS, "dropped", "pairs_dropped",
                                                                   "units_dropped")})
+                if "pf_pending" in r.pf_totals:   # at_router: a proposal whose demand copy was just queued
+                    row["pf_pending"] = int(r.pf_totals["pf_pending"][b])
                 row.update(stall_ticks=int(tm["stall_ticks"][b]), ttft_ticks=float(tm["ttft_ticks"][b]),
                            tpot_ticks=float(tm["tpot_ticks"][b]))
                 rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-instant", k, mi, 0))
@@ -329,7 +330,21 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
     rates = [proxy_rates(r) for r in df.to_dict("records")]
     for key in rates[0] if rates else ():
         df[key] = [r[key] for r in rates]
-    return df
+    return _canonical(df)
+
+
+def _canonical(df: pd.DataFrame) -> pd.DataFrame:
+    """The same columns in the same order whatever engine ran: the reference's counters
+    (:data:`~specmd_jax.core.counters.TIMED_COUNTERS`), the ones a kernel does not keep filled in."""
+    if "pf_arrived" not in df:      # instant prefetch: every issued prefetch arrives at once
+        df["pf_arrived"] = df["pf_issued"]
+    for c in ("pf_pending", "substituted"):   # the instant kernel neither queues nor substitutes
+        if c not in df:
+            df[c] = 0
+    df = df.drop(columns=["fetched"], errors="ignore")
+    lead = list(df.columns[:12])   # trace ... reading
+    counters = [c for c in TIMED_COUNTERS if c in df]
+    return df[lead + counters + [c for c in df.columns if c not in lead and c not in counters]]
 
 
 def _meta(row, i, c, fr, hws, hi, engine, setting, miss_index, routing_index):
@@ -346,4 +361,4 @@ def _describe(cfg: PrefetchConfig) -> str:
     return f"{cfg.predictor}{extra} {sel}" + (f" d{cfg.depth}" if cfg.depth != 1 else "")
 
 
-__all__ = ["sweep_prefetch", "TIMINGS"]
+__all__ = ["sweep_timed", "TIMINGS"]

@@ -44,7 +44,6 @@ from __future__ import annotations
 INF_STEP = 2 ** 31 - 1
 SB_SCALE = 1024
 MASK32 = 0xFFFFFFFF
-POLICIES = ("lru", "fifo", "lfu", "belady", "sb", "ls", "fld", "random")
 MODES = ("pinned", "sequential")
 
 

@@ -61,9 +61,10 @@ from specmd_jax.core.counters import ASYNC_COUNTERS
 from specmd_jax.kernels.demand import NCOUNT
 from specmd_jax.kernels.ranks import ABSENT, GONE, above, count_lt, suffix, victim_threshold, take_victims
 from specmd_jax.kernels.pytree import pytree_dataclass, replace
+from specmd_jax.policies import served_by
 from specmd_jax.core.semantics import SB_SCALE
 
-ASYNC_POLICIES = ("lru", "ls", "fifo", "lhu")
+ASYNC_POLICIES = served_by("async")
 NONE = jnp.iinfo(jnp.int32).max
 
 

@@ -36,11 +36,13 @@ from jax import lax
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.kernels.pytree import pytree_dataclass
 from specmd_jax.kernels.ranks import ABSENT, GONE, Demand, classify_demand, count_lt, wsum  # noqa: F401
-from specmd_jax.core.semantics import INF_STEP, POLICIES
+from specmd_jax.core.semantics import INF_STEP
+from specmd_jax.policies import served_by
 
 NCOUNT = len(DEMAND_COUNTERS)
 KIND = {"lru": "mtt", "ls": "mtt", "fifo": "ins", "random": "ins", "belady": "keyed",
         "sb": "keyed", "lfu": "keyed", "fld": "fld"}
+SCAN_POLICIES = served_by("scan")
 SHARED_KEY = {"belady", "sb"}
 HIGHEST = lax.Precision.HIGHEST
 
@@ -137,8 +139,8 @@ def _more_protected(ka, ia, kb, ib):
 
 def make_policy(spec: Spec) -> Policy:
     """Build the pure ``init``/``step`` functions of ``spec.policy`` for ``spec``'s shapes."""
-    if spec.policy not in POLICIES:
-        raise ValueError(f"unknown policy {spec.policy!r}; known: {POLICIES}")
+    if spec.policy not in SCAN_POLICIES:
+        raise ValueError(f"the scan kernel serves {SCAN_POLICIES}; {spec.policy!r} runs in the reference")
     L, E, W = spec.num_layers, spec.num_experts, spec.width
     N = L * E
     kind = KIND[spec.policy]

@@ -57,8 +57,9 @@ from specmd_jax.kernels.demand import NCOUNT
 from specmd_jax.kernels.ranks import (ABSENT, GONE, above, classify_demand, count_lower, count_lower_than, count_lt,
                                         suffix, victim_threshold, take_victims)
 from specmd_jax.kernels.pytree import pytree_dataclass
+from specmd_jax.policies import served_by
 
-PF_POLICIES = ("lru", "ls", "fifo")
+PF_POLICIES = served_by("instant")
 
 
 @pytree_dataclass

@@ -13,7 +13,8 @@ from typing import Optional
 
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.core import checks
-from specmd_jax.core.semantics import INF_STEP, MODES, POLICIES, SB_SCALE, layer_capacity, rand_u32
+from specmd_jax.core.semantics import INF_STEP, MODES, SB_SCALE, layer_capacity, rand_u32
+from specmd_jax.policies import POLICIES, REGISTRY
 
 
 
@@ -77,24 +78,8 @@ def _next_uses(steps):
 
 def policy_key(policy: str, r: dict, g: int, l: int, E: int, score: dict, nextuse: dict) -> tuple:
     """Eviction key of resident ``g`` (record ``r``) at a visit of layer ``l``; the smallest key
-    is evicted first (``semantics`` lists the keys)."""
-    if policy == "lru":
-        return (r["last"], g)
-    if policy in ("fifo", "random"):
-        return (r["ins"], g)
-    if policy == "lfu":
-        return (r["freq"], r["last"], g)
-    if policy == "lhu":  # least high-precision used (specmd_jax.core.miss; timed engines only)
-        return (r["hp"], r["last"], g)
-    if policy == "belady":
-        return (-nextuse[g], g)
-    if policy == "sb":
-        return (score.get(g, 0), g)
-    if policy == "ls":
-        return (r["mark"], g // E, r["entry"], g)
-    if policy == "fld":
-        return (-abs(g // E - l), g)
-    raise AssertionError(policy)
+    is evicted first. The key is the policy's own, from :data:`specmd_jax.policies.REGISTRY`."""
+    return REGISTRY[policy].key(r, g, l, E, score, nextuse)
 
 
 def floyd_pick(evictable_sorted: list, nev: int, seed: int, step: int, draw0: int = 0) -> list:
@@ -115,7 +100,7 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
 
     Args:
         trace: a :class:`specmd_jax.core.trace.Trace`.
-        policy: one of ``semantics.POLICIES``.
+        policy: a demand-mode name of :data:`specmd_jax.policies.REGISTRY`.
         capacity: slots (experts) in the cache; in partitioned mode the total over layers.
         mode: ``"pinned"`` (one step per visit) or ``"sequential"`` (one per distinct access).
         partitioned: one cache per layer instead of one global pool.

@@ -19,11 +19,12 @@ from specmd_jax.core.miss import MissConfig, Precision, check_levels, decide, ro
 from specmd_jax.core.routing import RoutingConfig, gap_means, route_rows
 from specmd_jax.reference.demand import floyd_pick, policy_key, steps_of
 from specmd_jax.core.score import NF, timed_features
-from specmd_jax.core.semantics import INF_STEP, POLICIES, SB_SCALE, layer_capacity
+from specmd_jax.core.semantics import INF_STEP, SB_SCALE, layer_capacity
+from specmd_jax.policies import REGISTRY
 from specmd_jax.core.timing import INSTANT, Hardware, Reading, turn_share
 from specmd_jax.core.trace import PREFILL
 
-REFERENCE_POLICIES = POLICIES + ("lhu",)  # lhu: mixed precision (specmd_jax.core.miss), reference only
+REFERENCE_POLICIES = tuple(REGISTRY)
 # random-policy hash seeds of the three arrival batches of a visit (demand batch = the seed itself,
 # so a replay without prefetch draws exactly what the demand-only reference draws)
 _SEED_INSTANT, _SEED_COMPUTE = 0xA5A5A5A5, 0x5A5A5A5A

@@ -22,7 +22,8 @@ from specmd_jax.core import checks
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.kernels.demand import Params, Spec, Visit, make_policy
 from specmd_jax.kernels.ranks import GONE
-from specmd_jax.core.semantics import INF_STEP, MODES, POLICIES
+from specmd_jax.core.semantics import INF_STEP, MODES
+from specmd_jax.policies import served_by
 from specmd_jax.core.trace import Trace
 from specmd_jax.core.steps import StepArrays, prepare_steps
 
@@ -132,6 +133,7 @@ class RunResult:
         max_occupancy: int64[B].
         occupancy: int32[S] pool occupancy after each step (single unbatched run with record).
         compile_s: seconds spent compiling; run_s: seconds running (after compile).
+        engine: str[B] the path that ran each configuration (``jax-scan``, ``jax-stack``, ``reference``).
     """
 
     totals: np.ndarray
@@ -141,6 +143,7 @@ class RunResult:
     occupancy: Optional[np.ndarray]
     compile_s: float
     run_s: float
+    engine: Optional[np.ndarray] = None
 
 
 def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str = "pinned",
@@ -152,7 +155,7 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
 
     Args:
         trace: the trace.
-        policy: a name from ``semantics.POLICIES``.
+        policy: a name the scan kernel serves (:func:`specmd_jax.policies.served_by`).
         capacities: int[B] cache slots per configuration.
         seeds: int[B] seeds (``random`` policy), default zeros.
         mode: ``"pinned"`` or ``"sequential"``.
@@ -169,8 +172,8 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
         split_widths: run decode passes with a program of width K and only the wide (prefill)
             passes at the full width (pinned mode); default on for traces of >= 2048 steps.
     """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+    if policy not in served_by("scan"):
+        raise ValueError(f"the scan kernel does not serve policy {policy!r}; it serves {', '.join(served_by('scan'))}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if policy == "sb" and trace.weights is None:
@@ -259,4 +262,4 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
     return RunResult(totals=tot, per_layer=per, resident=res,
                      max_occupancy=np.asarray(states.max_occ, np.int64).reshape(-1)[:B],
                      occupancy=np.concatenate(occs) if record else None,
-                     compile_s=compile_s, run_s=run_s)
+                     compile_s=compile_s, run_s=run_s, engine=np.full(B, "jax-scan", object))

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from specmd_jax.policies import served_by
 from specmd_jax.run.cache import cached, table
 from specmd_jax.core import checks
 from specmd_jax.core.counters import DEMAND_COUNTERS
@@ -46,7 +47,7 @@ from specmd_jax.core.semantics import INF_STEP, MODES
 from specmd_jax.core.trace import Trace
 from specmd_jax.core.steps import StepArrays, prepare_steps
 
-STACK_POLICIES = ("lru", "ls", "belady")
+STACK_POLICIES = served_by("stack")
 ENGINES = ("auto", "scan", "stack")
 _INF = 32767  # int16 "never demanded yet" (N <= 32000 is checked)
 _COMPILED = table()  # (L, E, partitioned, S, W) -> compiled depth scan
@@ -308,7 +309,8 @@ def run_stack(trace: Trace, capacities, *, mode: str = "pinned", partitioned: bo
         maxocc = np.minimum(caps, int(first.sum()))
         resident = final[None, :] < caps[:, None]
     return RunResult(totals=per.sum(axis=2), per_layer=per, resident=resident, max_occupancy=maxocc,
-                     occupancy=None, compile_s=t1 - t0, run_s=time.perf_counter() - t1)
+                     occupancy=None, compile_s=t1 - t0, run_s=time.perf_counter() - t1,
+                     engine=np.full(len(resident), "jax-stack", object))
 
 
 def run_auto(trace: Trace, policy: str, capacities, seeds=None, *, mode: str = "pinned",
@@ -349,4 +351,5 @@ def run_auto(trace: Trace, policy: str, capacities, seeds=None, *, mode: str = "
 
     return RunResult(totals=merge(a.totals, b.totals), per_layer=merge(a.per_layer, b.per_layer),
                      resident=merge(a.resident, b.resident), max_occupancy=merge(a.max_occupancy, b.max_occupancy),
-                     occupancy=None, compile_s=a.compile_s + b.compile_s, run_s=a.run_s + b.run_s)
+                     occupancy=None, compile_s=a.compile_s + b.compile_s, run_s=a.run_s + b.run_s,
+                     engine=merge(a.engine, b.engine))
