@@ -13,7 +13,7 @@ lazily so that the pure-Python parts (``core``, ``reference``) load without jax.
 import importlib
 
 _LAZY = {
-    "load_trace": "core.readers", "save_trace": "core.trace", "ModelShape": "core.trace", "Trace": "core.trace",
+    "load_trace": "core.readers", "save_trace": "core.npz", "ModelShape": "core.trace", "Trace": "core.trace",
     "TraceError": "core.trace", "MODEL_PRESETS": "core.presets", "simulate": "api", "sweep": "api",
     "list_policies": "policies", "capacity_slots": "core.capacity", "METRICS": "core.counters",
     "lru_mrc": "run.mrc", "sweep_prefetch": "api", "PrefetchConfig": "core.prefetch", "make_plan": "core.prefetch",

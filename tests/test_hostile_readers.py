@@ -26,7 +26,8 @@ import pytest
 import specmd_jax
 from specmd_jax.core.limits import MAX_CELLS_FREE, MAX_CELLS_PER_ROW, MAX_LINE_CHARS
 from specmd_jax.core.readers import MAX_NOTES, load_trace, read_expert_jsonl, read_route_trace_csv
-from specmd_jax.core.trace import DECODE, PREFILL, ModelShape, TraceError, load_npz, make_trace, save_trace
+from specmd_jax.core.npz import load_npz, save_trace
+from specmd_jax.core.trace import DECODE, PREFILL, ModelShape, TraceError, make_trace
 
 ROOT = Path(specmd_jax.__file__).resolve().parents[1]
 

@@ -14,7 +14,8 @@ from conftest import trace_named
 from specmd_jax.core import synthetic
 from specmd_jax.core.prefetch import (PREDICTORS, PrefetchConfig, make_plan, prediction_quality, select,
                                  visit_mass)
-from specmd_jax.core.trace import TraceError, load_npz, make_trace, save_trace
+from specmd_jax.core.npz import load_npz, save_trace
+from specmd_jax.core.trace import TraceError, make_trace
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ from specmd_jax.core.prefetch import PrefetchConfig, make_plan
 from specmd_jax.reference.timed import simulate_timed
 from specmd_jax.core.routing import RoutingConfig, gap_means, route_rows
 from specmd_jax.core.timing import VISIT_READING, Hardware
-from specmd_jax.core.trace import ModelShape, TraceError, load_npz, make_trace, save_trace
+from specmd_jax.core.npz import load_npz, save_trace
+from specmd_jax.core.trace import ModelShape, TraceError, make_trace
 
 # this module was written for the whole-visit reading; the other readings: tests/test_*readings*.py
 simulate_timed = functools.partial(simulate_timed, reading=VISIT_READING)

@@ -12,7 +12,8 @@ from conftest import EXCERPT, REAL
 from specmd_jax.core.presets import MODEL_PRESETS, get_model_preset
 from specmd_jax.core.readers import load_trace, read_expert_jsonl, read_route_trace_csv
 from specmd_jax.core.synthetic import generate
-from specmd_jax.core.trace import DECODE, PREFILL, Trace, TraceError, load_npz, save_trace
+from specmd_jax.core.npz import load_npz, save_trace
+from specmd_jax.core.trace import DECODE, PREFILL, Trace, TraceError
 
 QWEN_CSV = "bigmoeonedge-route-trace/qwen.route.csv"
 MIXTRAL_JSONL = "mixtral8x7b-speculative-moe/routing_data_collected/gsm8k_2_routing.jsonl"

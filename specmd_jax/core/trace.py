@@ -19,9 +19,10 @@ with them.
 
 On disk (``.npz``, ``format_version`` = 3; versions 1 and 2, without predictions or logits,
 still load) the
-same arrays are stored under their field names plus the model shape and provenance strings. :func:`validate` runs on every load and on construction
+same arrays are stored under their field names plus the model shape and provenance strings
+(:mod:`specmd_jax.core.npz`). :func:`validate` runs on every load and on construction
 from readers and the synthetic generator; its errors name the file, the field and the value.
-:func:`load_npz` checks every member's ``.npy`` header (shape, dtype) against ``meta``, the other
+:func:`~specmd_jax.core.npz.load_npz` checks every member's ``.npy`` header (shape, dtype) against ``meta``, the other
 members and :mod:`specmd_jax.core.limits` before it reads any data; nothing is cast that would change
 a value (:func:`make_trace` likewise).
 """
@@ -29,29 +30,23 @@ a value (:func:`make_trace` likewise).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
-import zipfile
-import zlib
 from typing import Optional, Sequence
 
 import numpy as np
 
-from specmd_jax.core.limits import (FLOAT32_MAX, MAX_EXPERT_BYTES, MAX_IDS, MAX_META_CHARS, TraceError, check_file,
-                     grid_error, loads_json, max_npz_bytes, npy_header, sniff)
+from specmd_jax.core.limits import (FLOAT32_MAX, MAX_EXPERT_BYTES, MAX_IDS, TraceError, grid_error)
 
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 PREFILL, DECODE = 0, 1
 __all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "PREFILL", "DECODE", "TraceError", "ModelShape", "Trace",
-           "validate", "make_trace", "save_trace", "load_npz"]
+           "validate", "make_trace"]
 
 # In-memory dtype of each integer field (cast only when every value fits) and ndim of every array field.
-_INT_FIELDS = {"pass_request": np.int32, "pass_phase": np.int8, "pass_tokens": np.int32,
+INT_FIELDS = {"pass_request": np.int32, "pass_phase": np.int8, "pass_tokens": np.int32,
                "cell_offsets": np.int64, "experts": np.int16}
-_FLOAT_FIELDS = ("weights", "pred_scores", "logits")
-_NDIM = {"pass_request": 1, "pass_phase": 1, "pass_tokens": 1, "cell_offsets": 1, "experts": 2,
+FLOAT_FIELDS = ("weights", "pred_scores", "logits")
+NDIM = {"pass_request": 1, "pass_phase": 1, "pass_tokens": 1, "cell_offsets": 1, "experts": 2,
          "weights": 2, "pred_scores": 2, "logits": 2}
 
 
@@ -161,29 +156,29 @@ class Trace:
             source=f"{self.source}[passes {start}:{stop}]")
 
 
-def _fail(where: str, field: str, msg: str) -> None:
+def fail(where: str, field: str, msg: str) -> None:
     raise TraceError(f"{where}: field '{field}': {msg}")
 
 
-def _check_shape(where: str, s) -> None:
+def check_shape(where: str, s) -> None:
     """The model shape's numbers: positive integers (not bools), ``K <= E``, ``L * E <= MAX_IDS``."""
     if not isinstance(s, ModelShape):
-        _fail(where, "shape", f"not a ModelShape: {s!r}")
+        fail(where, "shape", f"not a ModelShape: {s!r}")
     if not isinstance(s.name, str):
-        _fail(where, "shape.name", f"must be a string, got {s.name!r}")
+        fail(where, "shape.name", f"must be a string, got {s.name!r}")
     for f in ("num_layers", "num_experts", "top_k"):
         v = getattr(s, f)
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v <= 0:
-            _fail(where, f"shape.{f}", f"must be a positive integer, got {v!r}")
+            fail(where, f"shape.{f}", f"must be a positive integer, got {v!r}")
     if s.top_k > s.num_experts:
-        _fail(where, "shape.top_k", f"top_k={s.top_k} exceeds num_experts={s.num_experts}")
+        fail(where, "shape.top_k", f"top_k={s.top_k} exceeds num_experts={s.num_experts}")
     if s.num_ids > MAX_IDS:
-        _fail(where, "shape", f"L*E={s.num_ids} exceeds {MAX_IDS} (int16 rank encoding limit)")
+        fail(where, "shape", f"L*E={s.num_ids} exceeds {MAX_IDS} (int16 rank encoding limit)")
     v = s.expert_bytes
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v <= 0:
-        _fail(where, "shape.expert_bytes", f"must be a positive integer, got {v!r}")
+        fail(where, "shape.expert_bytes", f"must be a positive integer, got {v!r}")
     if v > MAX_EXPERT_BYTES:
-        _fail(where, "shape.expert_bytes", f"{v} exceeds {MAX_EXPERT_BYTES} bytes per expert")
+        fail(where, "shape.expert_bytes", f"{v} exceeds {MAX_EXPERT_BYTES} bytes per expert")
 
 
 def validate(t: Trace, where: Optional[str] = None) -> Trace:
@@ -197,91 +192,91 @@ def validate(t: Trace, where: Optional[str] = None) -> Trace:
     """
     where = where or t.source
     s = t.shape
-    _check_shape(where, s)
-    for f, nd in _NDIM.items():
+    check_shape(where, s)
+    for f, nd in NDIM.items():
         a = getattr(t, f)
-        if a is None and f in _FLOAT_FIELDS:
+        if a is None and f in FLOAT_FIELDS:
             continue
-        want = np.dtype(_INT_FIELDS.get(f, np.float32))
+        want = np.dtype(INT_FIELDS.get(f, np.float32))
         if not isinstance(a, np.ndarray) or a.dtype != want or a.ndim != nd:
             got = f"{a.ndim}-D {a.dtype} array of shape {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
-            _fail(where, f, f"must be a {nd}-D {want} array, got a {got}")
+            fail(where, f, f"must be a {nd}-D {want} array, got a {got}")
     P = t.pass_phase.shape[0]
     if P == 0 or t.experts.shape[0] == 0:
-        _fail(where, "experts", "empty trace: no passes or no routed rows")
+        fail(where, "experts", "empty trace: no passes or no routed rows")
     for f in ("pass_request", "pass_tokens"):
         if getattr(t, f).shape != (P,):
-            _fail(where, f, f"shape {getattr(t, f).shape} != ({P},)")
+            fail(where, f, f"shape {getattr(t, f).shape} != ({P},)")
     bad = ~np.isin(t.pass_phase, (PREFILL, DECODE))
     if bad.any():
         i = int(np.argmax(bad))
-        _fail(where, "pass_phase", f"pass {i} has phase {int(t.pass_phase[i])} (expected 0 prefill or 1 decode)")
+        fail(where, "pass_phase", f"pass {i} has phase {int(t.pass_phase[i])} (expected 0 prefill or 1 decode)")
     for f in ("pass_request", "pass_tokens"):
         bad = getattr(t, f) < 0
         if bad.any():
             i = int(np.argmax(bad))
-            _fail(where, f, f"pass {i}: value {int(getattr(t, f)[i])} is negative")
+            fail(where, f, f"pass {i}: value {int(getattr(t, f)[i])} is negative")
     L = s.num_layers
     off = t.cell_offsets
     if off.shape != (P * L + 1,):
-        _fail(where, "cell_offsets", f"shape {off.shape} != ({P * L + 1},) for P={P}, L={L}")
+        fail(where, "cell_offsets", f"shape {off.shape} != ({P * L + 1},) for P={P}, L={L}")
     if off[0] != 0 or np.any(np.diff(off) < 0) or off[-1] != t.experts.shape[0]:
-        _fail(where, "cell_offsets", f"must start at 0, be non-decreasing and end at the row count "
+        fail(where, "cell_offsets", f"must start at 0, be non-decreasing and end at the row count "
                                      f"{t.experts.shape[0]} (starts {int(off[0])}, ends {int(off[-1])})")
     msg = grid_error(P, L, t.experts.shape[0])
     if msg:
-        _fail(where, "cell_offsets", msg)
+        fail(where, "cell_offsets", msg)
     over = np.diff(off).reshape(P, L) > t.pass_tokens[:, None]
     if over.any():
         p, l = map(int, np.argwhere(over)[0])
-        _fail(where, "pass_tokens", f"pass {p} has {int(t.pass_tokens[p])} tokens but its cell at layer {l} "
+        fail(where, "pass_tokens", f"pass {p} has {int(t.pass_tokens[p])} tokens but its cell at layer {l} "
                                     f"holds {int(off[p * L + l + 1] - off[p * L + l])} rows (one per token at most)")
     if t.experts.ndim != 2 or t.experts.shape[1] != s.top_k:
-        _fail(where, "experts", f"rows must have K={s.top_k} ids, got array shape {t.experts.shape}")
+        fail(where, "experts", f"rows must have K={s.top_k} ids, got array shape {t.experts.shape}")
     ex = t.experts.astype(np.int64)
     bad = (ex < 0) | (ex >= s.num_experts)
     if bad.any():
         r, k = map(int, np.argwhere(bad)[0])
-        _fail(where, "experts", f"row {r} slot {k}: expert id {int(ex[r, k])} not in [0, E={s.num_experts})")
+        fail(where, "experts", f"row {r} slot {k}: expert id {int(ex[r, k])} not in [0, E={s.num_experts})")
     srt = np.sort(ex, axis=1)
     dup = np.any(srt[:, 1:] == srt[:, :-1], axis=1) if s.top_k > 1 else np.zeros(len(ex), bool)
     if dup.any():
         r = int(np.argmax(dup))
-        _fail(where, "experts", f"row {r}: duplicate expert ids in one token's top-k {ex[r].tolist()}")
+        fail(where, "experts", f"row {r}: duplicate expert ids in one token's top-k {ex[r].tolist()}")
     if t.weights is not None:
         w = t.weights
         if w.shape != t.experts.shape:
-            _fail(where, "weights", f"shape {w.shape} != experts shape {t.experts.shape}")
+            fail(where, "weights", f"shape {w.shape} != experts shape {t.experts.shape}")
         bad = ~np.isfinite(w) | (w < 0)
         if bad.any():
             r, k = map(int, np.argwhere(bad)[0])
-            _fail(where, "weights", f"row {r} slot {k}: weight {float(w[r, k])!r} is negative or not finite")
+            fail(where, "weights", f"row {r} slot {k}: weight {float(w[r, k])!r} is negative or not finite")
     if t.pred_scores is not None:
         ps = t.pred_scores
         if ps.shape != (P * L, s.num_experts):
-            _fail(where, "pred_scores", f"shape {ps.shape} != ({P * L}, {s.num_experts}) (P*L visits x E)")
+            fail(where, "pred_scores", f"shape {ps.shape} != ({P * L}, {s.num_experts}) (P*L visits x E)")
         nan = np.isnan(ps)
         part = nan.any(axis=1) & ~nan.all(axis=1)
         if part.any():
             v = int(np.argmax(part))
-            _fail(where, "pred_scores", f"visit {v} (pass {v // L}, layer {v % L}): some scores NaN, some not "
+            fail(where, "pred_scores", f"visit {v} (pass {v // L}, layer {v % L}): some scores NaN, some not "
                                         "(a row is all NaN for 'no prediction' or all numbers)")
         bad = ~nan & (~np.isfinite(ps) | (ps < 0))
         if bad.any():
             v, e = map(int, np.argwhere(bad)[0])
-            _fail(where, "pred_scores", f"visit {v} expert {e}: score {float(ps[v, e])!r} is negative or infinite")
+            fail(where, "pred_scores", f"visit {v} expert {e}: score {float(ps[v, e])!r} is negative or infinite")
         last = ~nan[L - 1::L].all(axis=1)
         if last.any():
             p = int(np.argmax(last))
-            _fail(where, "pred_scores", f"pass {p}, last layer {L - 1}: has scores, but there is no next layer "
+            fail(where, "pred_scores", f"pass {p}, last layer {L - 1}: has scores, but there is no next layer "
                                         "in the pass (must be NaN)")
     if t.logits is not None:
         lg = t.logits
         if lg.shape != (t.experts.shape[0], s.num_experts):
-            _fail(where, "logits", f"shape {lg.shape} != ({t.experts.shape[0]}, {s.num_experts}) (rows x E)")
+            fail(where, "logits", f"shape {lg.shape} != ({t.experts.shape[0]}, {s.num_experts}) (rows x E)")
         if not np.all(np.isfinite(lg)):
             r, e = map(int, np.argwhere(~np.isfinite(lg))[0])
-            _fail(where, "logits", f"row {r} expert {e}: logit {float(lg[r, e])!r} is not finite")
+            fail(where, "logits", f"row {r} expert {e}: logit {float(lg[r, e])!r} is not finite")
         if len(lg):
             ex = t.experts.astype(np.int64)
             chosen = np.take_along_axis(lg, ex, axis=1)
@@ -291,7 +286,7 @@ def validate(t: Trace, where: Optional[str] = None) -> Trace:
             bad = (np.diff(chosen, axis=1) > 0).any(axis=1) | (chosen.min(axis=1) < rest)
             if bad.any():
                 r = int(np.argmax(bad))
-                _fail(where, "logits", f"row {r}: the recorded experts {t.experts[r].tolist()} are not the top-"
+                fail(where, "logits", f"row {r}: the recorded experts {t.experts[r].tolist()} are not the top-"
                                        f"{s.top_k} of the logits in rank order (their logits "
                                        f"{[round(float(x), 4) for x in chosen[r]]}, best other {float(rest[r]):.4f})")
     return t
@@ -303,45 +298,45 @@ def _first(bad: np.ndarray):
     return int(i[0]) if len(i) == 1 else tuple(map(int, i))
 
 
-def _as_int(x, field: str, dtype, where: str, whole_floats: bool = True) -> np.ndarray:
+def as_int(x, field: str, dtype, where: str, whole_floats: bool = True) -> np.ndarray:
     """``x`` as ``dtype``; refuse non-integer dtypes (floats only when whole and ``whole_floats``)
     and values the cast would wrap, naming the field, the value and its index."""
     try:
         a = np.asarray(x)
     except (ValueError, TypeError) as e:
-        _fail(where, field, f"not a rectangular array ({e})")
+        fail(where, field, f"not a rectangular array ({e})")
     if a.dtype.kind == "f" and whole_floats:
         bad = ~np.isfinite(a) | (a != np.trunc(a)) if a.size else np.zeros(a.shape, bool)
         if bad.any():
             i = _first(bad)
-            _fail(where, field, f"value {a[i].item()!r} at index {i} is not a whole number")
+            fail(where, field, f"value {a[i].item()!r} at index {i} is not a whole number")
     elif a.dtype.kind not in "iu":
-        _fail(where, field, f"dtype {a.dtype} is not an integer type")
+        fail(where, field, f"dtype {a.dtype} is not an integer type")
     if a.size:
         info = np.iinfo(dtype)
         bad = (a < info.min) | (a > info.max)
         if bad.any():
             i = _first(bad)
-            _fail(where, field, f"value {int(a[i])} at index {i} does not fit {np.dtype(dtype).name}")
+            fail(where, field, f"value {int(a[i])} at index {i} does not fit {np.dtype(dtype).name}")
     return a.astype(dtype)
 
 
-def _as_float(x, field: str, where: str) -> np.ndarray:
+def as_float(x, field: str, where: str) -> np.ndarray:
     """``x`` as float32; refuse dtypes other than real floats and integers (strings, complex,
     bool, objects) and finite values float32 cannot hold, naming the field, value and index."""
     try:
         a = np.asarray(x)
     except (ValueError, TypeError) as e:
-        _fail(where, field, f"not a rectangular array ({e})")
+        fail(where, field, f"not a rectangular array ({e})")
     if a.dtype.kind not in "fiu":
-        _fail(where, field, f"dtype {a.dtype} is not a real number type (float or integer)")
+        fail(where, field, f"dtype {a.dtype} is not a real number type (float or integer)")
     if a.size:
         b = a.astype(np.float64)
         with np.errstate(invalid="ignore"):
             big = np.isfinite(b) & (np.abs(b) > FLOAT32_MAX)
         if big.any():
             i = _first(big)
-            _fail(where, field, f"value {a[i].item()!r} at index {i} overflows float32")
+            fail(where, field, f"value {a[i].item()!r} at index {i} overflows float32")
     return a.astype(np.float32)
 
 
@@ -354,193 +349,16 @@ def make_trace(shape: ModelShape, pass_request: Sequence[int], pass_phase: Seque
     accept float or integer arrays. Nothing is cast that would change a value: a value out of the
     field's dtype range, a fractional id, a string or complex array is a :class:`TraceError`.
     """
-    _check_shape(source, shape)
-    ex = _as_int(experts, "experts", np.int16, source)
+    check_shape(source, shape)
+    ex = as_int(experts, "experts", np.int16, source)
     t = Trace(shape=shape,
-              pass_request=_as_int(pass_request, "pass_request", np.int32, source),
-              pass_phase=_as_int(pass_phase, "pass_phase", np.int8, source),
-              pass_tokens=_as_int(pass_tokens, "pass_tokens", np.int32, source),
-              cell_offsets=_as_int(cell_offsets, "cell_offsets", np.int64, source),
+              pass_request=as_int(pass_request, "pass_request", np.int32, source),
+              pass_phase=as_int(pass_phase, "pass_phase", np.int8, source),
+              pass_tokens=as_int(pass_tokens, "pass_tokens", np.int32, source),
+              cell_offsets=as_int(cell_offsets, "cell_offsets", np.int64, source),
               experts=ex if ex.size else np.zeros((0, shape.top_k), np.int16),
-              weights=None if weights is None else _as_float(weights, "weights", source),
+              weights=None if weights is None else as_float(weights, "weights", source),
               source=source, notes=tuple(notes),
-              pred_scores=None if pred_scores is None else _as_float(pred_scores, "pred_scores", source),
-              logits=None if logits is None else _as_float(logits, "logits", source))
+              pred_scores=None if pred_scores is None else as_float(pred_scores, "pred_scores", source),
+              logits=None if logits is None else as_float(logits, "logits", source))
     return validate(t)
-
-
-def save_trace(t: Trace, path) -> None:
-    """Validate ``t`` and write it to ``path`` (must end in ``.npz``) in the canonical npz format
-    (version ``FORMAT_VERSION``); the file appears whole or not at all (written aside, renamed)."""
-    path = os.fspath(path)
-    if not str(path).lower().endswith(".npz"):
-        raise TraceError(f"{path}: save_trace writes the npz format; the path must end in .npz")
-    validate(t)
-    meta = {"format_version": FORMAT_VERSION, "shape": dataclasses.asdict(t.shape),
-            "source": t.source, "notes": list(t.notes), "has_weights": t.has_weights}
-    arrays = dict(pass_request=t.pass_request, pass_phase=t.pass_phase, pass_tokens=t.pass_tokens,
-                  cell_offsets=t.cell_offsets, experts=t.experts)
-    if t.weights is not None:
-        arrays["weights"] = t.weights
-    if t.pred_scores is not None:
-        arrays["pred_scores"] = t.pred_scores
-    if t.logits is not None:
-        arrays["logits"] = t.logits
-    meta_s = json.dumps(meta)
-    if len(meta_s) > MAX_META_CHARS:
-        _fail(path, "meta", f"{len(meta_s)} characters of JSON (source and notes) exceed {MAX_META_CHARS}: "
-                            "load_npz would refuse the file")
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, meta=np.array(meta_s), **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-_NPZ_REQUIRED = ("pass_request", "pass_phase", "pass_tokens", "cell_offsets", "experts")
-_NPZ_FIELDS = ("meta",) + _NPZ_REQUIRED + _FLOAT_FIELDS
-_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, RuntimeError, NotImplementedError)
-
-
-def _npz_members(zf: zipfile.ZipFile, path: str) -> dict:
-    """Field name -> ZipInfo; refuse duplicate, unknown and missing members."""
-    members = {}
-    for info in zf.infolist():
-        f = info.filename[:-4]
-        if not info.filename.endswith(".npy") or f not in _NPZ_FIELDS:
-            _fail(path, f, f"unknown member {info.filename!r} (a trace holds {', '.join(_NPZ_FIELDS)})")
-        if f in members:
-            _fail(path, f, f"member {info.filename!r} appears twice in the archive")
-        members[f] = info
-    if "meta" not in members:
-        _fail(path, "meta", "missing (not a specmd_jax trace)")
-    return members
-
-
-def _npz_meta(zf: zipfile.ZipFile, info, head, path: str) -> tuple[dict, ModelShape]:
-    """The parsed ``meta`` object and model shape, checked."""
-    shp, dt = head
-    if shp != () or dt.kind != "U" or dt.itemsize // 4 > MAX_META_CHARS:
-        _fail(path, "meta", f"must be a JSON string of at most {MAX_META_CHARS} characters, "
-                            f"got shape {shp} dtype {dt}")
-    try:
-        meta = loads_json(str(_npz_read(zf, info, path, "meta")[()]))
-    except ValueError as e:
-        raise TraceError(f"{path}: field 'meta': not valid JSON ({e})") from e
-    if not isinstance(meta, dict):
-        _fail(path, "meta", f"must be a JSON object, got {type(meta).__name__} {str(meta)[:80]!r}")
-    ver = meta.get("format_version")
-    if isinstance(ver, bool) or ver not in READABLE_VERSIONS:
-        _fail(path, "format_version", f"unknown version {ver!r} (this build reads {READABLE_VERSIONS})")
-    for f in ("source", "notes", "has_weights"):
-        v = meta.get(f)
-        ok = {"source": lambda: isinstance(v, str),
-              "notes": lambda: isinstance(v, list) and all(isinstance(n, str) for n in v),
-              "has_weights": lambda: isinstance(v, bool)}[f]()
-        if f in meta and not ok:
-            _fail(path, f"meta.{f}", f"wrong type: {str(v)[:80]!r}")
-    if not isinstance(meta.get("shape"), dict):
-        _fail(path, "shape", f"must be a JSON object, got {str(meta.get('shape'))[:80]!r}")
-    try:
-        shape = ModelShape(**meta["shape"])
-    except TypeError as e:
-        raise TraceError(f"{path}: field 'shape': {e}") from e
-    _check_shape(path, shape)
-    return meta, shape
-
-
-def _npz_read(zf: zipfile.ZipFile, info, path: str, field: str) -> np.ndarray:
-    try:
-        with zf.open(info) as f:
-            return np.lib.format.read_array(f, allow_pickle=False)
-    except _ZIP_ERRORS as e:
-        raise TraceError(f"{path}: field '{field}': unreadable ({e})") from e
-
-
-def _npz_check_heads(path: str, s: ModelShape, heads: dict) -> None:
-    """Every array's dtype kind and shape, from the headers alone, against ``meta`` and each other,
-    and their total size against :func:`~specmd_jax.core.limits.max_npz_bytes`."""
-    for f, (shp, dt) in heads.items():
-        if f in _INT_FIELDS and dt.kind not in "iu":
-            _fail(path, f, f"dtype {dt} is not an integer type")
-        if f in _FLOAT_FIELDS and dt.kind not in "fiu":
-            _fail(path, f, f"dtype {dt} is not a real number type (float or integer)")
-        if f != "meta" and len(shp) != _NDIM[f]:
-            _fail(path, f, f"shape {shp}: must be {_NDIM[f]}-D")
-    L, E, K = s.num_layers, s.num_experts, s.top_k
-    P, R = heads["pass_phase"][0][0], heads["experts"][0][0]
-    want = {"pass_request": ((P,), "P passes"), "pass_tokens": ((P,), "P passes"),
-            "cell_offsets": ((P * L + 1,), "P*L + 1"), "experts": ((R, K), "rows x K"),
-            "weights": ((R, K), "rows x K"), "pred_scores": ((P * L, E), "P*L visits x E"),
-            "logits": ((R, E), "rows x E")}
-    for f, (shp, why) in want.items():
-        if f in heads and heads[f][0] != shp:
-            _fail(path, f, f"shape {heads[f][0]} != {shp} ({why}; P={P} from pass_phase, L={L}, E={E}, K={K} "
-                           f"from meta, rows={R} from experts)")
-    msg = grid_error(P, L, R)
-    if msg:
-        _fail(path, "cell_offsets", msg)
-    sizes = {f: int(np.prod(shp, dtype=object)) * max(dt.itemsize, np.dtype(_INT_FIELDS.get(f, np.float32)).itemsize)
-             for f, (shp, dt) in heads.items() if f != "meta"}
-    limit = max_npz_bytes()
-    if sum(sizes.values()) > limit:
-        big = max(sizes, key=sizes.get)
-        _fail(path, big, f"the arrays would take {sum(sizes.values())} bytes in memory ({big}: shape "
-                         f"{heads[big][0]}, {sizes[big]} bytes), over the limit of {limit} "
-                         "(set SPECMD_MAX_NPZ_BYTES to raise it)")
-
-
-def load_npz(path) -> Trace:
-    """Read a canonical npz trace; validate it; errors name the file, field and value.
-
-    Nothing sized by the file is allocated before its ``.npy`` headers are checked against
-    ``meta``, against each other and against the limits of :mod:`specmd_jax.core.limits`; the small
-    arrays (passes, offsets) are read and checked before the row arrays.
-    """
-    path = os.fspath(path)
-    check_file(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError as e:
-        raise TraceError(f"{path}: cannot read file ({e.strerror or e})") from e
-    if not head.startswith(b"PK"):
-        raise TraceError(f"{path}: not an npz (zip) archive: {sniff(head) or f'starts with {head!r}'}")
-    try:
-        zf = zipfile.ZipFile(path)
-    except _ZIP_ERRORS as e:
-        raise TraceError(f"{path}: not a readable npz (zip) archive ({e})") from e
-    with zf:
-        members = _npz_members(zf, path)
-        heads = {}
-        for f, info in members.items():
-            try:
-                heads[f] = npy_header(zf, info)
-            except _ZIP_ERRORS as e:
-                raise TraceError(f"{path}: field '{f}': {e}") from e
-        meta, shape = _npz_meta(zf, members["meta"], heads["meta"], path)
-        for f in _NPZ_REQUIRED:
-            if f not in members:
-                _fail(path, f, "missing")
-        if "has_weights" in meta and meta["has_weights"] != ("weights" in members):
-            _fail(path, "weights", f"meta says has_weights={meta['has_weights']} but the member is "
-                                   f"{'present' if 'weights' in members else 'missing'}")
-        _npz_check_heads(path, shape, heads)
-        a = {}
-        for f in ("pass_request", "pass_phase", "pass_tokens", "cell_offsets"):
-            a[f] = _as_int(_npz_read(zf, members[f], path, f), f, _INT_FIELDS[f], path, whole_floats=False)
-        off, R = a["cell_offsets"], heads["experts"][0][0]
-        if off[0] != 0 or np.any(np.diff(off) < 0) or off[-1] != R:
-            _fail(path, "cell_offsets", f"must start at 0, be non-decreasing and end at the row count {R} "
-                                        f"of experts (starts {int(off[0])}, ends {int(off[-1])})")
-        a["experts"] = _as_int(_npz_read(zf, members["experts"], path, "experts"), "experts", np.int16, path,
-                               whole_floats=False)
-        for f in _FLOAT_FIELDS:
-            a[f] = _as_float(_npz_read(zf, members[f], path, f), f, path) if f in members else None
-    t = Trace(shape=shape, **a, source=str(meta.get("source", path)), notes=tuple(meta.get("notes", ())))
-    return validate(t, where=path)
