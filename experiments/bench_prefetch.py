@@ -1,4 +1,4 @@
-"""Cost of prefetch + timing vs the demand-only engine (issue 3's benchmark), same process.
+"""Cost of prefetch + timing vs the demand-only engine, same process.
 
 Workload: synthetic OLMoE decode stream (``--tokens`` passes, recorded predictions with
 ``pred_noise`` 1.0), ``--configs`` capacities ``linspace(16, N, B)``, top-k x 1.0 next-layer plan.
@@ -7,9 +7,9 @@ Rows: the demand-only vmapped scan (``runner.run_configs``), the instant-prefetc
 run; the host timing step is timed separately), the asynchronous prefetch + timing engine
 (``run.asynchronous.run_async``, lru/fifo, one hardware profile, so the same number of
 configurations), the same at mixed precision (fp16/int8/int4/int2 levels, ``fetch_priority`` with
-four percentiles x ``configs / 4`` capacities: weighted ranks, issue 4), and the exact async
+four percentiles x ``configs / 4`` capacities: weighted ranks), and the exact async
 reference on one configuration (for scale). ``ratio_vs_demand_only`` = engine time /
-demand-only time of the same policy (issue 3's target: <= 2x at 1024 configurations). These rows
+demand-only time of the same policy (target: <= 2x at 1024 configurations). These rows
 replay the whole-visit reading (``visit/after_use/visit``), the one they were first measured
 under; ``--readings`` measures every reading, the default included, against it.
 

@@ -8,7 +8,7 @@ One row per measurement:
 * ``python-reference``: ``reference.simulate`` for every policy, one config at capacity N/4, on the
   first ``--ref-tokens`` passes, pinned mode.
 * ``libcachesim``: LRU / FIFO / LFU / Belady, one config each at capacity N/4, on the sequential
-  access stream of the whole trace written as an oracleGeneral binary file (PERF_NOTES.md §2),
+  access stream of the whole trace written as an oracleGeneral binary file,
   ``hashpower=12``, best of 3 ``process_trace`` calls.
 * ``specmd_jax``: ``sweep.run_configs`` for every policy and every width B in ``--widths``,
   capacities ``linspace(16, N, B)`` (B = 1: N/4), pinned mode, batched; best ``run_s`` of

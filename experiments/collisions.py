@@ -43,7 +43,7 @@ FIG4 = ("fld", "sb", "lru", "ls")                       # the paper's Fig. 4 pol
 POLICIES = FIG4 + ("lfu", "fifo", "belady")
 FRACTIONS = (0.01, 0.05, 0.25)
 MRC_FRACTIONS = tuple(np.round(np.geomspace(0.005, 0.5, 16), 4))
-PAPER = {  # SpecMD §5.2 / Fig. 4 and 8 captions / abstract (../shared/SPECMD.md §4.5, §11)
+PAPER = {  # SpecMD §5.2 / Fig. 4 and 8 captions / abstract
     "ls_collision_rate_5pct": "1.6-1.9 %", "lru_collision_rate_5pct": "4.5-12.6 %",
     "sb_collision_rate_5pct": "42.6-60.9 %", "ls_vs_lru_5pct": "2.6-8.6x", "ls_vs_sb_5pct": "58-91x",
     "ls_vs_lru_1pct": "up to 85x", "ls_vs_baselines_all": "10-34x (Fig. 8 caption)",

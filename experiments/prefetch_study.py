@@ -1,4 +1,4 @@
-"""Prefetch x eviction x timing study (issue 3): Least-Stale vs LRU collision misses, hit rates and
+"""Prefetch x eviction x timing study: Least-Stale vs LRU collision misses, hit rates and
 TTFT/TPOT with next-layer prefetching, asynchronous (copies complete on a FIFO copy engine) and
 instantaneous, at 1/5/25 % capacity across link bandwidths, on the synthetic OLMoE preset (with
 recorded next-layer predictions) and the real Qwen3-30B-A3B trace.

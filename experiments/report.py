@@ -10,7 +10,7 @@ curves; Least-Stale vs LRU with prefetch), ``fig6.py`` (prefetch strategies), ``
 (Least-Stale as a drop-in), ``table1.py`` (policy tuples), ``prefetch_study.py`` (prefetch x
 eviction x timing), ``tune_score.py`` (a tuned eviction score on held-out traces), ``readings.py`` (the
 paper's numbers under every execution reading). The page, ``<out>/report.md``, has one row per number the paper quotes
-(``../shared/SPECMD.md`` §4.5, §7, §11) with ours on the same setting, their ratio, and a
+(SpecMD §4.5, §7, §11) with ours on the same setting, their ratio, and a
 sentence on why they differ, and links to the experiments' figures.
 """
 
@@ -194,7 +194,7 @@ def calibration_lines(base: Path) -> list:
 
 
 def tuned_lines(base: Path) -> list:
-    """The tuned score (issue 6, not in the paper) against Least-Stale and Belady on held-out traces."""
+    """The tuned score (not in the paper) against Least-Stale and Belady on held-out traces."""
     v = pd.read_csv(base / "tune_score" / "verdict.csv")
     lines = ["| trace | capacity | LS misses | tuned misses | best fixed rule (misses) | Belady misses | tuned vs LS |"
              " gap to Belady |", "|---|---|---|---|---|---|---|---|"]

@@ -1,4 +1,4 @@
-"""Tune the differentiable staleness score with optax; evaluate it on held-out traces (issue 6).
+"""Tune the differentiable staleness score with optax; evaluate it on held-out traces.
 
     python experiments/tune_score.py                     # default size; writes outputs/tune_score/
     python experiments/tune_score.py --quick --out /tmp/ts

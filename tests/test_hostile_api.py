@@ -1,4 +1,4 @@
-"""Hostile but fair input to the Python API (issue 19): every number that enters a kernel is
+"""Hostile but fair input to the Python API: every number that enters a kernel is
 range-checked or computed wide, capacities/seeds/hardware are validated once for every engine,
 and each refusal names the parameter and the value."""
 

@@ -1,6 +1,6 @@
 """Hostile inputs and interruptions of the two hydra apps: results are complete (with a manifest)
 or visibly not, runs never share a directory, bad inputs fail early with one error line, plots
-stay bounded (issue 19, output side; :mod:`specmd_jax.core.outputs`)."""
+stay bounded (output side; :mod:`specmd_jax.core.outputs`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hostile input to the trace readers (issue 19): bounded cost, no silent wrong numbers, every
+"""Hostile input to the trace readers: bounded cost, no silent wrong numbers, every
 input error a TraceError naming the file, the line or field, and the value.
 
 Expected values are written by hand from the tiny inputs below, or compared with the same trace

@@ -1,4 +1,4 @@
-"""The parametric eviction score (issue 6): hard policy, presets, JAX engine vs reference.
+"""The parametric eviction score: hard policy, presets, JAX engine vs reference.
 
 Presets must reproduce LRU, LFU, FIFO, FLD, SB and Least-Stale decisions exactly (equal counts
 and equal final resident sets) in the reference and in the JAX engine; arbitrary integer

@@ -1,4 +1,4 @@
-"""The soft relaxation of the score policy and its tuning (issue 6).
+"""The soft relaxation of the score policy and its tuning.
 
 * temperature -> 0 reaches the hard policy exactly (presets, several capacities);
 * gradients w.r.t. weights, capacity and bandwidth are finite, non-zero and agree with

@@ -1,6 +1,6 @@
 """Turn the hydra entry point's config (as plain dicts) into library calls.
 
-"Hydra selects, the library computes" (DESIGN.md §3): ``experiments/run.py`` converts its
+"Hydra selects, the library computes": ``experiments/run.py`` converts its
 ``DictConfig`` with ``OmegaConf.to_container(cfg, resolve=True)`` and hands the plain dicts to
 the functions here, so this module imports no hydra/omegaconf and is unit-testable.
 

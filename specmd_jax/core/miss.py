@@ -1,6 +1,6 @@
 """Mixed precision and miss handling: the pinned semantics (pure Python, no jax).
 
-SpecMD's miss-policy dimension (``../shared/SPECMD.md`` §3.2): what a layer does with a routed
+SpecMD's miss-policy dimension (SpecMD §3.2): what a layer does with a routed
 expert that is not resident. A trace cannot run the model, so we simulate the decisions exactly
 and report quality *proxies*.
 

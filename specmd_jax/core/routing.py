@@ -1,6 +1,6 @@
 """Routing policies: the pinned semantics (numpy and plain Python, no jax).
 
-SpecMD's routing dimension (``../shared/SPECMD.md`` §3.1): the router may favour experts that
+SpecMD's routing dimension (SpecMD §3.1): the router may favour experts that
 are already cached. A trace records what the unmodified router chose; a routing policy re-ranks
 each token at replay time, per configuration, against that configuration's cache.
 

@@ -1,4 +1,4 @@
-"""A parametric eviction score over online features (issue 6): definitions, presets, conversion.
+"""A parametric eviction score over online features: definitions, presets, conversion.
 
 Pure Python and numpy (no jax): the reference simulator, the hard JAX engine
 (:mod:`specmd_jax.run.keyed`) and the soft relaxation (:mod:`specmd_jax.learn.soft`) all read the

@@ -1,4 +1,4 @@
-"""Seeded synthetic MoE routing traces (numpy only; see PERF_NOTES.md §1).
+"""Seeded synthetic MoE routing traces (numpy only).
 
 Routing of token ``t`` at layer ``l`` (per request, same for prefill and decode tokens):
 

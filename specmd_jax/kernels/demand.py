@@ -5,7 +5,7 @@ cache per layer), a *contiguous protection rank* of the residents: ``rank[x] = #
 protected than x}`` (0 = evicted last), ``ABSENT`` for non-residents. With contiguous ranks the
 ``n`` victims of a step are found elementwise ("the ``n`` evictable residents with the highest
 rank"), with no per-config reduction or gather (XLA:CPU reductions and config-dependent gathers
-are slow, see PERF_NOTES.md). Policies differ only in how a step re-ranks:
+are slow: docs/performance.md). Policies differ only in how a step re-ranks:
 
 ``mtt`` (move to top; ``lru``, ``ls``)
     demanded experts go to the top, lowest id least protected among them. For ``ls`` this is

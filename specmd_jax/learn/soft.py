@@ -1,4 +1,4 @@
-"""A differentiable relaxation of the parametric-score eviction policy (issue 6).
+"""A differentiable relaxation of the parametric-score eviction policy.
 
 The hard policy (:mod:`specmd_jax.core.score`, :mod:`specmd_jax.run.keyed`) evicts, at each
 visit, the ``n`` evictable residents with the lowest keep score. Its miss count is a step

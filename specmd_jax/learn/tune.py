@@ -1,4 +1,4 @@
-"""Tune the parametric eviction score with optax on the soft relaxation (issue 6).
+"""Tune the parametric eviction score with optax on the soft relaxation.
 
 The loss of one weight vector is the mean, over training traces and cache sizes, of the
 relaxation's expected demand-miss rate (:func:`specmd_jax.learn.soft.soft_run`). Random restarts x

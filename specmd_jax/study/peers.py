@@ -2,7 +2,7 @@
 
 Used by tests and benchmarks only (``libcachesim`` is in the ``test`` extra). The access stream is
 the ``sequential``-mode stream (one request per distinct expert of a visit, first-appearance
-order), written as an oracleGeneral binary trace (PERF_NOTES.md §2): obj id = global id + 1,
+order), written as an oracleGeneral binary trace: obj id = global id + 1,
 size 1 (so ``cache_size`` counts experts), next access in access-index units, ``-1`` = never.
 """
 

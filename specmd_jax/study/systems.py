@@ -1,6 +1,6 @@
 """Prior systems as SpecMD policy tuples (prefetch, eviction, miss, routing), SpecMD Table 1/2.
 
-Sources: SpecMD §3.5 / Table 1 rows Config#1-#5 (see ``../shared/SPECMD.md`` §3.5). All four
+Sources: SpecMD §3.5 / Table 1 rows Config#1-#5. All four
 dimensions run as the paper names them (prefetch, eviction, miss handling :mod:`specmd_jax.core.miss`,
 routing :mod:`specmd_jax.core.routing`); where ours stands in for theirs, :meth:`System.run_notes`
 says so that tables can print it:
