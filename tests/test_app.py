@@ -163,7 +163,9 @@ def test_run_engine_choice(tmp_path):
     _run([*TINY, "policies=[lru,fifo]", "engine=scan", f"hydra.run.dir={tmp_path / 'scan'}"])
     _run([*TINY, "policies=[lru,fifo]", f"hydra.run.dir={tmp_path / 'auto'}"])
     a, b = (pd.read_csv(tmp_path / d / "results.csv") for d in ("scan", "auto"))
-    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(a.drop(columns="engine"), b.drop(columns="engine"))
+    assert set(a["engine"]) == {"jax-scan"}                      # the engine column names the path
+    assert set(b.loc[b["policy"] == "fifo", "engine"]) == {"jax-scan"} and "jax-stack" in set(b["engine"])
     p = subprocess.run([sys.executable, RUN, *TINY, "engine=fast", f"hydra.run.dir={tmp_path / 'bad'}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and "Invalid value 'fast', expected one of [auto, scan, stack]" in p.stderr + p.stdout
