@@ -1,7 +1,7 @@
 """Hydra entry point for prefetch + timing studies (``conf/prefetch_app.yaml``).
 
 Hydra selects (trace, capacities, hardware profiles, a prior system or a prefetch config,
-timing); :func:`specmd_jax.sweep_prefetch` computes. Writes ``results.csv`` (one row per policy x
+timing; each group names the object it builds with ``_target_``); :func:`specmd_jax.sweep` computes. Writes ``results.csv`` (one row per policy x
 capacity x hardware profile) and ``trace.txt`` into the run directory (atomically, then
 ``manifest.json`` last; :mod:`specmd_jax.core.outputs`), prints a summary. The directory is checked
 writable and claimed before any compute and refused if it already holds results; input errors
@@ -25,14 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import specmd_jax as sj  # noqa: E402
+from specmd_jax.config import objects  # noqa: E402
 from specmd_jax.config.build import (ConfigError, build_trace, enable_compilation_cache,  # noqa: E402
                                    resolve_capacities, resolve_policies)
-from specmd_jax.core.miss import MissConfig, Precision  # noqa: E402
 from specmd_jax.core.outputs import RunDir, guarded, run_job  # noqa: E402
-from specmd_jax.core.prefetch import PrefetchConfig  # noqa: E402
-from specmd_jax.core.routing import RoutingConfig  # noqa: E402
-from specmd_jax.study.systems import get_system  # noqa: E402
-from specmd_jax.core.timing import HARDWARE_PRESETS  # noqa: E402
 from specmd_jax.core.trace import TraceError  # noqa: E402
 from specmd_jax.config.schema import register as register_schemas  # noqa: E402
 
@@ -43,63 +39,6 @@ SHOW = ["policy", "prefetch", "miss", "routing", "reading", "capacity_fraction",
 OUTPUTS = ("results.csv", "trace.txt")
 
 
-def _hardware(cfg_hw) -> list:
-    if not isinstance(cfg_hw, dict) or not cfg_hw.get("profiles"):
-        raise ConfigError("hardware.profiles must list preset names, e.g. hardware=a100_5gbps; valid names: "
-                          + ", ".join(HARDWARE_PRESETS))
-    out = []
-    for name in cfg_hw["profiles"]:
-        if name not in HARDWARE_PRESETS:
-            raise ConfigError(f"unknown hardware profile {name!r} in hardware.profiles; valid: "
-                              + ", ".join(HARDWARE_PRESETS))
-        out.append(HARDWARE_PRESETS[name])
-    return out
-
-
-def _prefetch(cfg_pf: dict, system) -> PrefetchConfig | None:
-    kw = dict(cfg_pf)
-    if kw.pop("none", False):
-        return None
-    if system is not None:
-        return system.prefetch(**{k: v for k, v in kw.items() if k not in ("selector",)})
-    try:
-        return PrefetchConfig(**kw)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"prefetch: {e}") from None
-
-
-def _miss_precision(cfg: dict, system) -> tuple[list, Precision]:
-    m = dict(cfg.get("miss") or {})
-    p = dict(cfg.get("precision") or {"level_fractions": [1.0], "stored_bits": 16})
-    if system is not None:
-        m["policy"], p["level_fractions"] = system.miss, list(system.level_fractions)
-    try:
-        m["thresholds"] = tuple(m.get("thresholds", ()))
-        # a list in rank_threshold or percentile is one vmapped axis of configurations
-        ranks, pcts = m.pop("rank_threshold", 3), m.pop("percentile", 60.0)
-        ranks = ranks if isinstance(ranks, (list, tuple)) else [ranks]
-        pcts = pcts if isinstance(pcts, (list, tuple)) else [pcts]
-        miss = [MissConfig(**m, rank_threshold=r, percentile=q) for r in ranks for q in pcts]
-        bits = int(p["stored_bits"])
-        prec = Precision(tuple((f"{max(1, round(bits * f))}bit", max(1, round(bits * f)))
-                               for f in p["level_fractions"]), base_bits=bits)
-    except (TypeError, ValueError, KeyError) as e:
-        raise ConfigError(f"miss/precision: {e}") from None
-    return miss, prec
-
-
-def _routing(cfg: dict, system) -> list:
-    """Routing configurations: a list in ``routing.lam`` is one vmapped axis of configurations."""
-    if system is not None:
-        return [system.routing_config()]
-    r = dict(cfg.get("routing") or {})
-    lams = r.pop("lam", 0.0)
-    try:
-        return [RoutingConfig(**r, lam=lam) for lam in (lams if isinstance(lams, (list, tuple)) else [lams])]
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"routing: {e}") from None
-
-
 def run(cfg: dict) -> pd.DataFrame:
     """Run the plain-dict config; write the output files and the manifest; return the results table."""
     return run_job(cfg, OUTPUTS, "experiments/prefetch_run.py", _run, lead="\n")
@@ -108,13 +47,13 @@ def run(cfg: dict) -> pd.DataFrame:
 def _run(cfg: dict, out: RunDir) -> pd.DataFrame:
     trace = build_trace(cfg["trace"])
     sizes = resolve_capacities(trace, cfg["sweep"])
-    hws = _hardware(cfg.get("hardware"))
+    hws = objects.hardware(cfg.get("hardware"))
     if cfg.get("timing") not in ("async", "instant"):
         raise ConfigError(f"timing must be async or instant, got {cfg.get('timing')!r}")
-    system = get_system(cfg["system"]["name"]) if cfg.get("system") else None
-    pf = _prefetch(cfg["prefetch"], system)
-    miss, prec = _miss_precision(cfg, system)
-    routing = _routing(cfg, system)
+    system = objects.system(cfg.get("system"))
+    pf = objects.prefetch(cfg["prefetch"], system)
+    miss, prec = objects.misses(cfg.get("miss"), system), objects.precision(cfg.get("precision"), system)
+    routing = objects.routings(cfg.get("routing"), system)
     if pf is not None and pf.predictor == "recorded" and not trace.has_predictions:
         raise ConfigError(f"prefetch.predictor=recorded, but trace {trace.source} has no recorded predictions: "
                           "set trace.pred_noise=1.0 (synthetic) or prefetch.predictor=oracle_degraded "
@@ -135,7 +74,7 @@ def _run(cfg: dict, out: RunDir) -> pd.DataFrame:
     for pol, s in runs:
         t0 = time.perf_counter()
         try:
-            df = sj.sweep_prefetch(trace, pol, **sizes, prefetch=pf, hardware=hws, timing=cfg["timing"],
+            df = sj.sweep(trace, pol, **sizes, prefetch=pf, hardware=hws, timing=cfg["timing"],
                                    miss=miss, precision=prec, routing=routing, engine=cfg.get("engine", "auto"),
                                    progress=bool(cfg.get("progress")), execution=cfg["execution"],
                                    prefetch_issue=cfg["prefetch_issue"], pin=cfg["pin"])

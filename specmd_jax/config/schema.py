@@ -11,7 +11,8 @@ before ``@hydra.main`` composes. The yaml files then extend them:
   a file trace, or a misspelt knob, is rejected by name);
 * ``model``, ``sweep``, ``hardware``, ``prefetch``, ``miss``, ``precision``, ``routing`` and
   ``system`` are typed nodes of the top-level schema, so every option of those groups is
-  checked against it.
+  checked against it; the last six name the object they build with ``_target_``
+  (:mod:`specmd_jax.config.objects` instantiates them).
 
 Value checks that need the library (policy names, fractions in [0, 1], hardware preset names)
 stay in :mod:`specmd_jax.config.build` and the apps, and also run before any work starts. Small
@@ -33,10 +34,12 @@ from typing import Any, List, Optional
 from omegaconf import MISSING
 
 from specmd_jax.core import synthetic
-from specmd_jax.core.miss import MissConfig
+from specmd_jax.core.miss import MissConfig, Precision
 from specmd_jax.core.prefetch import PrefetchConfig
 from specmd_jax.core.routing import RoutingConfig
-from specmd_jax.core.timing import DEFAULT_READING, EXECUTIONS, PINS, PREFETCH_ISSUES
+from specmd_jax.core.timing import DEFAULT_READING, EXECUTIONS, PINS, PREFETCH_ISSUES, hardware_profiles
+from specmd_jax.config.objects import qualname as _qual
+from specmd_jax.study.systems import get_system
 
 __all__ = ["ModelSchema", "TraceSchema", "SyntheticTraceSchema", "FileTraceSchema", "SweepSchema",
            "RunSchema", "PrefetchAppSchema", "register"]
@@ -129,17 +132,20 @@ class SweepSchema:
 
 @dataclass
 class HardwareSchema:
+    _target_: str = _qual(hardware_profiles)
     profiles: List[str] = MISSING
 
 
 @dataclass
 class SystemSchema:
+    _target_: str = _qual(get_system)
     name: str = MISSING
 
 
 @dataclass
 class PrefetchSchema:
     """``conf/prefetch``: :class:`specmd_jax.core.prefetch.PrefetchConfig` (its defaults) plus ``none``."""
+    _target_: str = _qual(PrefetchConfig)
     predictor: str = _PF["predictor"]
     selector: str = _PF["selector"]
     depth: int = _PF["depth"]
@@ -155,6 +161,7 @@ class PrefetchSchema:
 class MissSchema:
     """``conf/miss``: :class:`specmd_jax.core.miss.MissConfig` (its defaults); a list in
     ``percentile`` or ``rank_threshold`` is one vmapped axis."""
+    _target_: str = _qual(MissConfig)
     policy: str = _MISS["policy"]
     percentile: Any = _MISS["percentile"]
     degrade_level: int = _MISS["degrade_level"]
@@ -164,6 +171,7 @@ class MissSchema:
 
 @dataclass
 class PrecisionSchema:
+    _target_: str = _qual(Precision.from_fractions)
     level_fractions: List[float] = field(default_factory=lambda: [1.0])
     stored_bits: int = 16
 
@@ -171,13 +179,21 @@ class PrecisionSchema:
 @dataclass
 class RoutingSchema:
     """``conf/routing``: :class:`specmd_jax.core.routing.RoutingConfig`; a list in ``lam`` is one vmapped axis."""
+    _target_: str = _qual(RoutingConfig)
     policy: str = _ROUTING["policy"]
     lam: Any = _ROUTING["lam"]
 
 
 @dataclass
+class PathsSchema:
+    runs: str = MISSING        # single runs go under it (conf/hydra/default.yaml)
+    multiruns: str = MISSING   # multiruns go under it
+
+
+@dataclass
 class _Common:
     trace: TraceSchema = MISSING
+    paths: PathsSchema = field(default_factory=PathsSchema)
     model: ModelSchema = field(default_factory=ModelSchema)
     sweep: SweepSchema = field(default_factory=SweepSchema)
     policies: List[str] = MISSING          # set by the `policy` group (@package _global_) or policies=[...]

@@ -96,6 +96,14 @@ class Precision:
         if int(self.base_bits) <= 0:
             raise ValueError(f"base_bits must be > 0, got {self.base_bits!r}")
 
+    @classmethod
+    def from_fractions(cls, level_fractions, stored_bits: int = 16) -> "Precision":
+        """Levels at ``round(stored_bits * f)`` bits (at least 1) for each fraction ``f``, highest first,
+        named ``"<bits>bit"``; the trace's ``expert_bytes`` hold ``stored_bits`` bits per weight."""
+        bits = int(stored_bits)
+        lv = [max(1, round(bits * float(f))) for f in level_fractions]
+        return cls(tuple((f"{b}bit", b) for b in lv), base_bits=bits)
+
     @property
     def plain(self) -> bool:
         """One level at the stored precision: the slot cache of the other engines."""

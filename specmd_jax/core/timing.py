@@ -268,3 +268,13 @@ HARDWARE_PRESETS = {
     "consumer-gpu": Hardware(12.0, 15.0, 250.0, 250.0, 10.0, "consumer-gpu"),
     "edge-unified": Hardware(60.0, 2.0, 900.0, 900.0, 40.0, "edge-unified"),
 }
+
+
+def hardware_profiles(profiles) -> list:
+    """The :data:`HARDWARE_PRESETS` named in ``profiles`` (a ``ValueError`` listing the valid names)."""
+    if isinstance(profiles, str) or not profiles:
+        raise ValueError("profiles must list preset names, e.g. [a100-5gbps]; valid names: " + ", ".join(HARDWARE_PRESETS))
+    bad = [n for n in profiles if n not in HARDWARE_PRESETS]
+    if bad:
+        raise ValueError(f"unknown hardware profile {bad[0]!r}; valid: " + ", ".join(HARDWARE_PRESETS))
+    return [HARDWARE_PRESETS[n] for n in profiles]
