@@ -203,3 +203,51 @@ def test_table2_bundle_multirun(tmp_path):
                              f"hydra.sweep.dir={tmp_path}"], tmp_path)
     systems = sorted(pd.read_csv(f)["system"].iloc[0] for f in tmp_path.glob("*/results.csv"))
     assert systems == ["eliseev23", "hobbit24", "mixturecache25", "zhu25"]
+
+
+# ------------------------------------------------------------------ objects from _target_
+
+OBJECT_GROUPS = ["hardware", "prefetch", "miss", "routing", "system"]
+OBJECT_CASES = [(g, o) for g in OBJECT_GROUPS for o in _options(g)]
+
+
+@pytest.mark.parametrize("group,option", OBJECT_CASES, ids=[f"{g}={o}" for g, o in OBJECT_CASES])
+def test_every_prefetch_group_option_builds_its_object(group, option):
+    """Each option's ``_target_`` builds the library object the app hands to ``sweep``."""
+    from specmd_jax.config import objects
+    from specmd_jax.core.miss import MissConfig, Precision
+    from specmd_jax.core.prefetch import PrefetchConfig
+    from specmd_jax.core.routing import RoutingConfig
+    from specmd_jax.core.timing import Hardware
+    from specmd_jax.study.systems import System
+    c = _compose("prefetch", [f"{group}={option}"])
+    cfg = {g: _plain(c[g]) if c[g] is not None else None for g in OBJECT_GROUPS + ["precision"]}
+    system = objects.system(cfg.get("system"))
+    built = {"hardware": lambda: objects.hardware(cfg["hardware"]),
+             "prefetch": lambda: objects.prefetch(cfg["prefetch"], system),
+             "miss": lambda: objects.misses(cfg["miss"], system),
+             "routing": lambda: objects.routings(cfg["routing"], system),
+             "system": lambda: system}[group]()
+    want = {"hardware": Hardware, "prefetch": PrefetchConfig, "miss": MissConfig, "routing": RoutingConfig,
+            "system": System}[group]
+    items = built if isinstance(built, list) else [built]
+    assert (option == "none" and built is None) or (items and all(isinstance(x, want) for x in items)), built
+    assert isinstance(objects.precision(cfg["precision"], system), Precision)
+
+
+def test_vmapped_fields_expand_to_one_object_per_value_and_errors_name_the_group():
+    from specmd_jax.config import objects
+    c = _compose("prefetch", ["miss=drop_priority", "miss.rank_threshold=[1,2,4]", "routing=cache_aware",
+                              "routing.lam=[0.0,0.5]", "precision.level_fractions=[1.0,0.5]"])
+    cfg = {g: _plain(c[g]) for g in ("miss", "routing", "precision")}
+    assert [m.rank_threshold for m in objects.misses(cfg["miss"])] == [1, 2, 4]
+    assert [r.lam for r in objects.routings(cfg["routing"])] == [0.0, 0.5]
+    assert objects.precision(cfg["precision"]).bits == (16, 8)
+    c = _compose("prefetch", ["miss.percentile=200", "hardware.profiles=[warp]"])
+    cfg = {g: _plain(c[g]) for g in ("miss", "hardware")}
+    with pytest.raises(ConfigError, match="miss: percentile must be in"):
+        objects.misses(cfg["miss"])
+    with pytest.raises(ConfigError, match="hardware: unknown hardware profile 'warp'"):
+        objects.hardware(cfg["hardware"])
+    with pytest.raises(ConfigError, match="names no _target_"):
+        objects.instantiate_each("routing", {"policy": "standard"})
