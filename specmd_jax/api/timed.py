@@ -21,6 +21,7 @@ second per configuration on the real Qwen3 trace). Each row names the engine tha
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -30,7 +31,7 @@ from specmd_jax.core import checks
 from specmd_jax.core.capacity import capacity_slots, token_cycle
 from specmd_jax.core.counters import DEMAND_COUNTERS, TIMED_COUNTERS
 from specmd_jax.policies import REGISTRY
-from specmd_jax.core.miss import MissConfig, Precision, proxy_rates, structural_kind
+from specmd_jax.core.miss import NO_DROP, MissConfig, Precision, proxy_rates, structural_kind
 from specmd_jax.core.routing import RoutingConfig
 from specmd_jax.core.semantics import SB_SCALE
 from specmd_jax.core.prefetch import PrefetchConfig, PrefetchPlan, make_plan, prediction_quality, proposal_count
@@ -155,9 +156,42 @@ def sweep_timed(trace: Trace, policy: str, capacities: Optional[Sequence[int]] =
     return df
 
 
-def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, timing, train, progress, miss,
-                   precision, routing, engine, score_weights, reading: Reading) -> pd.DataFrame:
-    """:func:`sweep_timed` for one execution reading."""
+@dataclasses.dataclass
+class _Setup:
+    """The inputs of one timed sweep (one reading), checked and normalised."""
+
+    trace: Trace
+    policy: str
+    timing: str
+    reading: Reading
+    caps: np.ndarray            # slots (units at mixed precision)
+    fr: np.ndarray              # capacity fractions of the rows
+    hws: list
+    plans: list                 # PrefetchPlan or None per prefetch setting
+    labels: list
+    quality: list
+    misses: list
+    prec: Precision
+    routings: list
+    score_weights: Optional[list]
+
+    @property
+    def routed(self) -> bool:
+        return any(rc.active for rc in self.routings)
+
+    @property
+    def plain(self) -> bool:   # one precision level, slot capacities, standard routing
+        return self.prec.plain and self.policy != "lhu" and not self.routed
+
+    @property
+    def plan_list(self) -> list:
+        empty = PrefetchPlan(ids=np.full((self.trace.num_visits, 1), -1, np.int32), config=PrefetchConfig(),
+                             source=self.trace.source)
+        return [p if p is not None else empty for p in self.plans]
+
+
+def _setup(trace, policy, capacities, *, fractions, prefetch, hardware, timing, train, miss, precision, routing,
+           engine, score_weights, reading) -> _Setup:
     if timing not in TIMINGS:
         raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
     if engine not in ENGINES:
@@ -180,8 +214,7 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
                                                                          else RoutingConfig()]
     if not routings or not all(isinstance(rc, RoutingConfig) for rc in routings):
         raise TypeError("routing must be a RoutingConfig or a non-empty list of them")
-    routed = any(rc.active for rc in routings)
-    plain = prec.plain and policy != "lhu" and not routed
+    plain = prec.plain and policy != "lhu" and not any(rc.active for rc in routings)
     if fractions is not None and not plain:
         capacity_slots(trace, fractions)  # validates the fractions
         caps = np.array([prec.capacity_units(f * trace.shape.total_expert_bytes, trace.shape.expert_bytes)
@@ -191,98 +224,135 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
     else:
         caps = checks.capacities(capacities)
     fr = checks.fractions(fractions) if fractions is not None else caps / trace.shape.num_ids
-    hws = list(hardware)
     settings = list(prefetch) if isinstance(prefetch, (list, tuple)) else [prefetch]
     plans = [_plan(trace, pf, train) for pf in settings]
-    empty = PrefetchPlan(ids=np.full((trace.num_visits, 1), -1, np.int32), config=PrefetchConfig(), source=trace.source)
-    labels = ["none" if p is None else _describe(p.config) for p in plans]
-    quality = [prediction_quality(trace, p) if p is not None else {"precision": np.nan, "recall": np.nan}
-               for p in plans]
-    rows = []
-    M, R = len(misses), len(routings)
-    n_cfg = len(caps) * len(plans) * M * R * (len(hws) if timing == "async" else 1)
-    use_jax = engine == "jax" or (engine == "auto" and (timing == "instant" or n_cfg >= AUTO_ASYNC_MIN_CONFIGS))
-    # the kernels run fetch and drop_priority (thresholds vmapped) at one precision with standard routing
-    jax_ok = use_jax and plain and all(m.policy in ("fetch", "drop_priority") for m in misses)
-    # the asynchronous kernel also runs substitute, the level-choosing policies and precision
-    # levels (weighted ranks), cache-aware routing (lam vmapped) and lhu
-    try:
-        structural_kind(misses)
-        one_kind = True
-    except ValueError:
-        one_kind = False
-    substitute = any(m.policy == "substitute" for m in misses)
-    expert = reading.execution == "expert"
-    async_ok = (use_jax and one_kind and policy in REGISTRY and REGISTRY[policy].served("async") and not (routed and substitute)
-                and not (expert and (routed or substitute)))
-    if async_ok and timing == "async" and engine == "auto":   # "jax" raises on it, naming the profile
-        from specmd_jax.core.clock import async_tick_problem
-        async_ok = async_tick_problem(trace, hws, prec, [p.ids for p in plans if p is not None], routed) is None
-    if engine == "auto" and (jax_ok or async_ok):   # counts past int32: the reference ("jax" raises)
-        n_prop = proposal_count([p for p in plans if p is not None])
-        if checks.count_problem(trace, n_prop, max(prec.bits)) is not None:
-            jax_ok = async_ok = False
-    r_async = None
-    if timing == "async" and async_ok:
-        from specmd_jax.core.clock import ClockOverflow
-        from specmd_jax.run.asynchronous import run_async  # jax only when used
-        try:
-            r_async = run_async(trace, policy, caps, [p if p is not None else empty for p in plans], hws,
-                                misses=misses, precision=prec, routing=routings, reading=reading)
-        except ClockOverflow:          # a pass outlasted the kernel's int32 clock: auto runs the reference
-            if engine != "auto":
-                raise
-    if timing == "instant" and jax_ok and R == 1 and policy in REGISTRY and REGISTRY[policy].served("instant"):
-        from specmd_jax.core.clock import pass_times as time_of
-        from specmd_jax.core.miss import NO_DROP
-        from specmd_jax.run.instant import run_instant  # jax only when used
-        drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses]
-        r = run_instant(trace, policy, caps, [p if p is not None else empty for p in plans],
-                        drop_ranks=None if all(m.policy == "fetch" for m in misses) else drops, reading=reading)
-        C = len(caps)
-        for hi, h in enumerate(hws):
-            tm = time_of(trace, r.pass_misses, h)
-            for b in range(len(r.plan_index)):
-                k, i, mi = int(r.plan_index[b]), (b // M) % C, b % M
-                row = dict(zip(DEMAND_COUNTERS, r.totals[b].tolist()))
-                row.update(late=0, fetched=int(r.pass_misses[b].sum()),
-                           **{n: int(r.pf_totals[n][b]) for n in (*PF_COLUMNS, "dropped", "pairs_dropped",
-                                                                  "units_dropped")})
-                if "pf_pending" in r.pf_totals:   # at_router: a proposal whose demand copy was just queued
-                    row["pf_pending"] = int(r.pf_totals["pf_pending"][b])
-                row.update(stall_ticks=int(tm["stall_ticks"][b]), ttft_ticks=float(tm["ttft_ticks"][b]),
-                           tpot_ticks=float(tm["tpot_ticks"][b]))
-                rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-instant", k, mi, 0))
-    elif r_async is not None:
-        r = r_async
-        H, C = len(hws), len(caps)
-        for b in range(len(r.plan_index)):
-            k, i, hi = int(r.plan_index[b]), (b // (H * M * R)) % C, (b // (M * R)) % H
-            mi, ri = int(r.miss_index[b]), int(r.routing_index[b])
-            row = dict(zip(DEMAND_COUNTERS, r.totals[b].tolist()))
-            row.update({n: int(v[b]) for n, v in r.pf_totals.items() if n != "pf_unused_end"})
-            row.update(stall_ticks=int(r.stall_ticks[b].sum()), ttft_ticks=float(r.ttft_ticks[b]),
-                       tpot_ticks=float(r.tpot_ticks[b]))
-            rows.append(_meta(row, i, caps[i], fr, hws, hi, "jax-async", k, mi, ri))
+    return _Setup(trace=trace, policy=policy, timing=timing, reading=reading, caps=caps, fr=fr, hws=list(hardware),
+                  plans=plans, labels=["none" if p is None else _describe(p.config) for p in plans],
+                  quality=[prediction_quality(trace, p) if p is not None else {"precision": np.nan, "recall": np.nan}
+                           for p in plans],
+                  misses=misses, prec=prec, routings=routings, score_weights=score_weights)
+
+
+def _kernel(s: _Setup, engine: str) -> Optional[str]:
+    """The JAX kernel that runs this sweep (``"instant"`` or ``"async"``), or ``None``: the reference.
+
+    ``auto`` and ``jax`` take a kernel the registry says serves the policy in this mode when it
+    runs the sweep's miss, precision, routing and reading settings; ``auto`` also takes the
+    reference for small asynchronous sweeps (faster) and past the kernels' int32 bounds
+    (``jax`` raises there, naming the bound)."""
+    if engine == "reference" or s.policy not in REGISTRY or not REGISTRY[s.policy].served(s.timing):
+        return None
+    n_cfg = len(s.caps) * len(s.plans) * len(s.misses) * len(s.routings) * (len(s.hws) if s.timing == "async" else 1)
+    if engine == "auto" and s.timing == "async" and n_cfg < AUTO_ASYNC_MIN_CONFIGS:
+        return None
+    substitute = any(m.policy == "substitute" for m in s.misses)
+    if s.timing == "instant":
+        # fetch and drop_priority (thresholds vmapped), one precision, standard routing
+        if not (s.plain and len(s.routings) == 1 and all(m.policy in ("fetch", "drop_priority") for m in s.misses)):
+            return None
     else:
-        jobs = [(k, i, c, hi, mi, ri) for k in range(len(plans)) for hi in range(len(hws)) for i, c in enumerate(caps)
-                for mi in range(M) for ri in range(R)]
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=len(jobs), desc=f"{policy} {timing} (reference)", unit="config")
-        for k, i, c, hi, mi, ri in jobs:
-            ref = simulate_timed(trace, policy, int(c), plan=plans[k], hardware=hws[hi],
-                                 instant_prefetch=timing == "instant", miss=misses[mi], precision=prec,
-                                 routing=routings[ri], weights=score_weights, reading=reading)
-            row = {n: ref.totals[n] for n in ref.totals}
-            row["ttft_ticks"] = float(np.mean(list(ref.ttft_ticks.values()))) if ref.ttft_ticks else float("nan")
-            row["tpot_ticks"] = float(ref.tpot_ticks)
-            rows.append(_meta(row, i, c, fr, hws, hi, f"reference-{timing}", k, mi, ri))
-            if bar is not None:
-                bar.update(1)
+        # one structural miss kind (numbers vmapped), precision levels, cache-aware routing, lhu;
+        # not substitute with routing, and per-expert execution with neither
+        try:
+            structural_kind(s.misses)
+        except ValueError:
+            return None
+        if (s.routed and substitute) or (s.reading.execution == "expert" and (s.routed or substitute)):
+            return None
+        if engine == "auto":   # "jax" raises on it, naming the profile
+            from specmd_jax.core.clock import async_tick_problem
+            if async_tick_problem(s.trace, s.hws, s.prec, [p.ids for p in s.plans if p is not None], s.routed):
+                return None
+    if engine == "auto":       # counts past int32: the reference ("jax" raises)
+        n_prop = proposal_count([p for p in s.plans if p is not None])
+        if checks.count_problem(s.trace, n_prop, max(s.prec.bits)) is not None:
+            return None
+    return s.timing
+
+
+def _rows_instant(s: _Setup) -> list:
+    from specmd_jax.core.clock import pass_times
+    from specmd_jax.run.instant import run_instant  # jax only when used
+    M = len(s.misses)
+    drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in s.misses]
+    r = run_instant(s.trace, s.policy, s.caps, s.plan_list,
+                    drop_ranks=None if all(m.policy == "fetch" for m in s.misses) else drops, reading=s.reading)
+    C, rows = len(s.caps), []
+    for hi, h in enumerate(s.hws):
+        tm = pass_times(s.trace, r.pass_misses, h)
+        for b in range(len(r.plan_index)):
+            k, i, mi = int(r.plan_index[b]), (b // M) % C, b % M
+            row = dict(zip(DEMAND_COUNTERS, r.totals[b].tolist()))
+            row.update(late=0, fetched=int(r.pass_misses[b].sum()),
+                       **{n: int(r.pf_totals[n][b]) for n in (*PF_COLUMNS, "dropped", "pairs_dropped", "units_dropped")})
+            if "pf_pending" in r.pf_totals:   # at_router: a proposal whose demand copy was just queued
+                row["pf_pending"] = int(r.pf_totals["pf_pending"][b])
+            row.update(stall_ticks=int(tm["stall_ticks"][b]), ttft_ticks=float(tm["ttft_ticks"][b]),
+                       tpot_ticks=float(tm["tpot_ticks"][b]))
+            rows.append(_meta(row, i, s.caps[i], s.fr, s.hws, hi, "jax-instant", k, mi, 0))
+    return rows
+
+
+def _rows_async(s: _Setup, engine: str) -> Optional[list]:
+    """Rows of the asynchronous kernel; ``None`` when a pass outlasts its int32 clock under ``auto``."""
+    from specmd_jax.core.clock import ClockOverflow
+    from specmd_jax.run.asynchronous import run_async  # jax only when used
+    try:
+        r = run_async(s.trace, s.policy, s.caps, s.plan_list, s.hws, misses=s.misses, precision=s.prec,
+                      routing=s.routings, reading=s.reading)
+    except ClockOverflow:
+        if engine != "auto":
+            raise
+        return None
+    H, C, M, R = len(s.hws), len(s.caps), len(s.misses), len(s.routings)
+    rows = []
+    for b in range(len(r.plan_index)):
+        k, i, hi = int(r.plan_index[b]), (b // (H * M * R)) % C, (b // (M * R)) % H
+        row = dict(zip(DEMAND_COUNTERS, r.totals[b].tolist()))
+        row.update({n: int(v[b]) for n, v in r.pf_totals.items() if n != "pf_unused_end"})
+        row.update(stall_ticks=int(r.stall_ticks[b].sum()), ttft_ticks=float(r.ttft_ticks[b]),
+                   tpot_ticks=float(r.tpot_ticks[b]))
+        rows.append(_meta(row, i, s.caps[i], s.fr, s.hws, hi, "jax-async", k, int(r.miss_index[b]),
+                          int(r.routing_index[b])))
+    return rows
+
+
+def _rows_reference(s: _Setup, progress: bool) -> list:
+    jobs = [(k, i, c, hi, mi, ri) for k in range(len(s.plans)) for hi in range(len(s.hws)) for i, c in enumerate(s.caps)
+            for mi in range(len(s.misses)) for ri in range(len(s.routings))]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(jobs), desc=f"{s.policy} {s.timing} (reference)", unit="config")
+    rows = []
+    for k, i, c, hi, mi, ri in jobs:
+        ref = simulate_timed(s.trace, s.policy, int(c), plan=s.plans[k], hardware=s.hws[hi],
+                             instant_prefetch=s.timing == "instant", miss=s.misses[mi], precision=s.prec,
+                             routing=s.routings[ri], weights=s.score_weights, reading=s.reading)
+        row = {n: ref.totals[n] for n in ref.totals}
+        row["ttft_ticks"] = float(np.mean(list(ref.ttft_ticks.values()))) if ref.ttft_ticks else float("nan")
+        row["tpot_ticks"] = float(ref.tpot_ticks)
+        rows.append(_meta(row, i, c, s.fr, s.hws, hi, f"reference-{s.timing}", k, mi, ri))
         if bar is not None:
-            bar.close()
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return rows
+
+
+def _sweep_reading(trace, policy, capacities, *, progress, engine, **kw) -> pd.DataFrame:
+    """:func:`sweep_timed` for one execution reading."""
+    s = _setup(trace, policy, capacities, engine=engine, **kw)
+    kernel = _kernel(s, engine)
+    rows = _rows_instant(s) if kernel == "instant" else _rows_async(s, engine) if kernel == "async" else None
+    if rows is None:
+        rows = _rows_reference(s, progress)
+    return _finish(s, rows)
+
+
+def _finish(s: _Setup, rows: list) -> pd.DataFrame:
+    """The tidy table of a sweep's rows: parameters, rates, times in ms, plan quality, proxies."""
+    trace, prec, reading = s.trace, s.prec, s.reading
     df = pd.DataFrame(rows).sort_values(["setting", "hardware_index", "capacity_index", "miss_index",
                                          "routing_index"], kind="stable")
     mi = df.pop("miss_index").to_numpy()
@@ -291,20 +361,20 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
     k = df.pop("setting").to_numpy()
     df.insert(0, "trace", trace.source)
     df.insert(1, "model", trace.shape.name)
-    df.insert(2, "policy", policy)
-    df.insert(3, "timing", timing)
-    df.insert(4, "prefetch", [labels[x] for x in k])
+    df.insert(2, "policy", s.policy)
+    df.insert(3, "timing", s.timing)
+    df.insert(4, "prefetch", [s.labels[x] for x in k])
     d = df["demands"].where(df["demands"] > 0)
     df["hit_rate"] = df["hits"] / d
     df["late_rate"] = df["late"] / d
     df["collision_rate"] = df["collisions"] / d
     for n in ("stall", "ttft", "tpot"):
         df[f"{n}_ms"] = df.pop(f"{n}_ticks") * TICK_S * 1e3
-    df["pred_precision"] = [quality[x]["precision"] for x in k]
-    df["pred_recall"] = [quality[x]["recall"] for x in k]
-    df.insert(5, "miss", [misses[x].label() for x in mi])
+    df["pred_precision"] = [s.quality[x]["precision"] for x in k]
+    df["pred_recall"] = [s.quality[x]["recall"] for x in k]
+    df.insert(5, "miss", [s.misses[x].label() for x in mi])
     df.insert(6, "precision", "/".join(prec.names))
-    df.insert(7, "routing", [routings[x].label(trace) for x in ri])
+    df.insert(7, "routing", [s.routings[x].label(trace) for x in ri])
     df.insert(8, "execution", reading.execution)
     df.insert(9, "prefetch_issue", reading.prefetch_issue)
     df.insert(10, "pin", reading.pin)
@@ -324,13 +394,15 @@ def _sweep_reading(trace, policy, capacities, *, fractions, prefetch, hardware, 
             df["units_moved"] = df["fetched"] + df["pf_issued"]
     df["bytes_moved"] = df["units_moved"] * prec.unit_bytes(trace.shape.expert_bytes)
     cyc = token_cycle(trace)
-    cap_bytes = df["capacity_slots"] * (trace.shape.expert_bytes if plain else prec.unit_bytes(trace.shape.expert_bytes))
+    cap_bytes = df["capacity_slots"] * (trace.shape.expert_bytes if s.plain else prec.unit_bytes(trace.shape.expert_bytes))
     df["token_cycle_slots"] = cyc["slots"]
     df["below_token_cycle"] = cap_bytes < cyc["bytes"]
     rates = [proxy_rates(r) for r in df.to_dict("records")]
     for key in rates[0] if rates else ():
         df[key] = [r[key] for r in rates]
     return _canonical(df)
+
+
 
 
 def _canonical(df: pd.DataFrame) -> pd.DataFrame:
