@@ -26,30 +26,7 @@ from specmd_jax.policies import get
 from specmd_jax.run.demand import RunResult, run_configs
 from specmd_jax.run.stack import run_auto
 from specmd_jax.core.trace import Trace
-
-def _table(trace, policy, mode, partitioned, caps, seeds, fracs, tot, maxocc) -> pd.DataFrame:
-    s = trace.shape
-    df = pd.DataFrame(tot, columns=list(DEMAND_COUNTERS))
-    df.insert(0, "trace", trace.source)
-    df.insert(1, "model", s.name)
-    df.insert(2, "policy", policy)
-    df.insert(3, "mode", mode)
-    df.insert(4, "partitioned", bool(partitioned))
-    df.insert(5, "capacity_slots", caps)
-    df.insert(6, "capacity_fraction", fracs if fracs is not None else caps / s.num_ids)
-    df.insert(7, "capacity_bytes", checks.capacity_bytes(caps, s.expert_bytes))
-    df.insert(8, "seed", seeds)
-    df["bytes_moved"] = df["misses"] * s.expert_bytes
-    d = df["demands"].where(df["demands"] > 0)
-    df["hit_rate"] = df["hits"] / d
-    df["miss_rate"] = df["misses"] / d
-    df["collision_rate"] = df["collisions"] / d
-    df["collision_share"] = df["collisions"] / df["misses"].where(df["misses"] > 0)
-    df["max_occupancy"] = maxocc
-    df["token_cycle_slots"] = token_cycle(trace)["slots"]
-    df["below_token_cycle"] = df["capacity_bytes"] < token_cycle(trace)["bytes"]
-    return df
-
+from specmd_jax.api.tables import demand_table
 
 ENGINES = ("auto", "jax", "scan", "stack", "reference")
 
@@ -133,7 +110,7 @@ def sweep_demand(trace: Trace, policy: str, capacities: Optional[Sequence[int]] 
         r = run_auto(trace, policy, caps[ci], seeds[si], mode=mode, partitioned=partitioned,
                      engine="auto" if engine == "jax" else engine, progress=progress, chunk_steps=chunk_steps,
                      unroll_layers=unroll_layers)
-    df = _table(trace, policy, mode, partitioned, caps[ci], seeds[si], None if fr is None else fr[ci],
+    df = demand_table(trace, policy, mode, partitioned, caps[ci], seeds[si], None if fr is None else fr[ci],
                 r.totals, r.max_occupancy)
     df["engine"] = r.engine
     L = trace.shape.num_layers
@@ -161,7 +138,7 @@ def simulate(trace: Trace, policy: str, capacity: Optional[int] = None, *,
               else checks.capacities(capacity, name="capacity")[0])
     seed = int(checks.seeds(seed, name="seed")[0])
     r = run_configs(trace, policy, [cap], [seed], mode=mode, partitioned=partitioned, batched=False)
-    df = _table(trace, policy, mode, partitioned, np.array([cap]), np.array([seed]),
+    df = demand_table(trace, policy, mode, partitioned, np.array([cap]), np.array([seed]),
                 None if fraction is None else np.array([fraction]), r.totals, r.max_occupancy)
     df["engine"] = r.engine
     return df.iloc[0]

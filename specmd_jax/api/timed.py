@@ -28,16 +28,16 @@ import numpy as np
 import pandas as pd
 
 from specmd_jax.core import checks
-from specmd_jax.core.capacity import capacity_slots, token_cycle
-from specmd_jax.core.counters import DEMAND_COUNTERS, TIMED_COUNTERS
+from specmd_jax.core.capacity import capacity_slots
+from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.policies import REGISTRY
-from specmd_jax.core.miss import NO_DROP, MissConfig, Precision, proxy_rates, structural_kind
+from specmd_jax.core.miss import NO_DROP, MissConfig, Precision, structural_kind
 from specmd_jax.core.routing import RoutingConfig
-from specmd_jax.core.semantics import SB_SCALE
 from specmd_jax.core.prefetch import PrefetchConfig, PrefetchPlan, make_plan, prediction_quality, proposal_count
 from specmd_jax.reference.timed import simulate_timed
-from specmd_jax.core.timing import DEFAULT_READING, TICK_S, Hardware, Reading
+from specmd_jax.core.timing import DEFAULT_READING, Hardware, Reading
 from specmd_jax.core.trace import Trace
+from specmd_jax.api.tables import timed_table
 
 TIMINGS = ("instant", "async")
 ENGINES = ("auto", "jax", "reference")
@@ -347,76 +347,7 @@ def _sweep_reading(trace, policy, capacities, *, progress, engine, **kw) -> pd.D
     rows = _rows_instant(s) if kernel == "instant" else _rows_async(s, engine) if kernel == "async" else None
     if rows is None:
         rows = _rows_reference(s, progress)
-    return _finish(s, rows)
-
-
-def _finish(s: _Setup, rows: list) -> pd.DataFrame:
-    """The tidy table of a sweep's rows: parameters, rates, times in ms, plan quality, proxies."""
-    trace, prec, reading = s.trace, s.prec, s.reading
-    df = pd.DataFrame(rows).sort_values(["setting", "hardware_index", "capacity_index", "miss_index",
-                                         "routing_index"], kind="stable")
-    mi = df.pop("miss_index").to_numpy()
-    ri = df.pop("routing_index").to_numpy()
-    df = df.drop(columns=["hardware_index", "capacity_index"]).reset_index(drop=True)
-    k = df.pop("setting").to_numpy()
-    df.insert(0, "trace", trace.source)
-    df.insert(1, "model", trace.shape.name)
-    df.insert(2, "policy", s.policy)
-    df.insert(3, "timing", s.timing)
-    df.insert(4, "prefetch", [s.labels[x] for x in k])
-    d = df["demands"].where(df["demands"] > 0)
-    df["hit_rate"] = df["hits"] / d
-    df["late_rate"] = df["late"] / d
-    df["collision_rate"] = df["collisions"] / d
-    for n in ("stall", "ttft", "tpot"):
-        df[f"{n}_ms"] = df.pop(f"{n}_ticks") * TICK_S * 1e3
-    df["pred_precision"] = [s.quality[x]["precision"] for x in k]
-    df["pred_recall"] = [s.quality[x]["recall"] for x in k]
-    df.insert(5, "miss", [s.misses[x].label() for x in mi])
-    df.insert(6, "precision", "/".join(prec.names))
-    df.insert(7, "routing", [s.routings[x].label(trace) for x in ri])
-    df.insert(8, "execution", reading.execution)
-    df.insert(9, "prefetch_issue", reading.prefetch_issue)
-    df.insert(10, "pin", reading.pin)
-    df.insert(11, "reading", reading.label)
-    if "pairs" not in df:  # a JAX engine: complete the proxy counters
-        pairs = trace.experts.shape[0] * trace.shape.top_k
-        units = int(np.rint(trace.weights.astype(np.float64) * SB_SCALE).sum()) if trace.weights is not None else 0
-        for c in ("pairs_substituted", "units_substituted", "tokens_changed", "pairs_rerouted", "units_rerouted"):
-            df[c] = df[c] if c in df else 0
-        for c, v in {"tokens": trace.experts.shape[0], "pairs": pairs, "units_total": units}.items():
-            df[c] = v
-        df["pairs_served"] = pairs - df["pairs_rerouted"] - df["pairs_dropped"] - df["pairs_substituted"]
-        if "units_full" not in df:  # instant engine: one precision, fetch or drop
-            df["units_full"] = units - df["units_dropped"]
-            df["exec_pairs"] = df["pairs_served"]
-            df["bits_served"] = df["exec_pairs"] * prec.bits[0]
-            df["units_moved"] = df["fetched"] + df["pf_issued"]
-    df["bytes_moved"] = df["units_moved"] * prec.unit_bytes(trace.shape.expert_bytes)
-    cyc = token_cycle(trace)
-    cap_bytes = df["capacity_slots"] * (trace.shape.expert_bytes if s.plain else prec.unit_bytes(trace.shape.expert_bytes))
-    df["token_cycle_slots"] = cyc["slots"]
-    df["below_token_cycle"] = cap_bytes < cyc["bytes"]
-    rates = [proxy_rates(r) for r in df.to_dict("records")]
-    for key in rates[0] if rates else ():
-        df[key] = [r[key] for r in rates]
-    return _canonical(df)
-
-
-
-
-def _canonical(df: pd.DataFrame) -> pd.DataFrame:
-    """The same columns in the same order whatever engine ran: the reference's counters
-    (:data:`~specmd_jax.core.counters.TIMED_COUNTERS`), the ones a kernel does not keep filled in."""
-    if "pf_arrived" not in df:      # instant prefetch: every issued prefetch arrives at once
-        df["pf_arrived"] = df["pf_issued"]
-    for c in ("pf_pending", "substituted"):   # the instant kernel neither queues nor substitutes
-        if c not in df:
-            df[c] = 0
-    df = df.drop(columns=["fetched"], errors="ignore")
-    lead = list(df.columns[:12])   # trace ... reading
-    counters = [c for c in TIMED_COUNTERS if c in df]
-    return df[lead + counters + [c for c in df.columns if c not in lead and c not in counters]]
+    return timed_table(s, rows)
 
 
 def _meta(row, i, c, fr, hws, hi, engine, setting, miss_index, routing_index):
@@ -431,6 +362,7 @@ def _describe(cfg: PrefetchConfig) -> str:
     sel = {"topk": f"topk x{cfg.overfetch:g}", "percentile": f"p{cfg.percentile:g}", "all": "all"}[cfg.selector]
     extra = f" r{cfg.recall:g}/p{cfg.precision:g}" if cfg.predictor == "oracle_degraded" else ""
     return f"{cfg.predictor}{extra} {sel}" + (f" d{cfg.depth}" if cfg.depth != 1 else "")
+
 
 
 __all__ = ["sweep_timed", "TIMINGS"]
