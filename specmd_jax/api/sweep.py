@@ -20,6 +20,9 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
+from specmd_jax.api.demand import sweep_demand
+from specmd_jax.api.score import sweep_weights
+from specmd_jax.api.timed import sweep_timed
 from specmd_jax.core.score import ScorePolicy
 from specmd_jax.core.timing import Hardware
 from specmd_jax.core.trace import Trace
@@ -62,15 +65,12 @@ def sweep(trace: Trace, policy, capacities: Optional[Sequence[int]] = None, *,
         if timing == "none":
             if prefetch is not None:
                 raise ValueError("prefetch= needs timing='instant' or 'async'")
-            from specmd_jax.api.score import sweep_weights
             return sweep_weights(trace, pol, fractions=fractions, capacities=capacities, hardware=hardware, **options)
         policy, options = "score", {**options, "score_weights": pol}
     if timing == "none":
         if prefetch is not None or hardware is not None:
             raise ValueError("prefetch= and hardware= time a replay: give timing='instant' or 'async'")
-        from specmd_jax.api.demand import sweep_demand
         return sweep_demand(trace, policy, capacities, fractions=fractions, engine=engine, **options)
-    from specmd_jax.api.timed import sweep_timed
     return sweep_timed(trace, policy, capacities, fractions=fractions, timing=timing, prefetch=prefetch,
                        hardware=hardware if hardware is not None else (Hardware(),), engine=engine, **options)
 

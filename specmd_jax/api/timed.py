@@ -38,6 +38,11 @@ from specmd_jax.reference.timed import simulate_timed
 from specmd_jax.core.timing import DEFAULT_READING, Hardware, Reading
 from specmd_jax.core.trace import Trace
 from specmd_jax.api.tables import timed_table
+from specmd_jax.core.clock import ClockOverflow, async_tick_problem, pass_times
+from specmd_jax.run.asynchronous import run_async
+from specmd_jax.run.instant import run_instant
+from specmd_jax.core.score import ScorePolicy
+from specmd_jax.core.steps import prepare_steps
 
 TIMINGS = ("instant", "async")
 ENGINES = ("auto", "jax", "reference")
@@ -201,8 +206,6 @@ def _setup(trace, policy, capacities, *, fractions, prefetch, hardware, timing, 
     if (policy == "score") != (score_weights is not None):
         raise ValueError("score_weights= goes with policy='score' (and policy 'score' needs it)")
     if policy == "score":
-        from specmd_jax.core.score import ScorePolicy
-        from specmd_jax.core.steps import prepare_steps
         if isinstance(score_weights, ScorePolicy):
             score_weights = score_weights.q(prepare_steps(trace, "pinned"), trace.shape.num_layers)
         score_weights = [int(x) for x in score_weights]
@@ -260,7 +263,6 @@ def _kernel(s: _Setup, engine: str) -> Optional[str]:
         if (s.routed and substitute) or (s.reading.execution == "expert" and (s.routed or substitute)):
             return None
         if engine == "auto":   # "jax" raises on it, naming the profile
-            from specmd_jax.core.clock import async_tick_problem
             if async_tick_problem(s.trace, s.hws, s.prec, [p.ids for p in s.plans if p is not None], s.routed):
                 return None
     if engine == "auto":       # counts past int32: the reference ("jax" raises)
@@ -271,8 +273,6 @@ def _kernel(s: _Setup, engine: str) -> Optional[str]:
 
 
 def _rows_instant(s: _Setup) -> list:
-    from specmd_jax.core.clock import pass_times
-    from specmd_jax.run.instant import run_instant  # jax only when used
     M = len(s.misses)
     drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in s.misses]
     r = run_instant(s.trace, s.policy, s.caps, s.plan_list,
@@ -295,8 +295,6 @@ def _rows_instant(s: _Setup) -> list:
 
 def _rows_async(s: _Setup, engine: str) -> Optional[list]:
     """Rows of the asynchronous kernel; ``None`` when a pass outlasts its int32 clock under ``auto``."""
-    from specmd_jax.core.clock import ClockOverflow
-    from specmd_jax.run.asynchronous import run_async  # jax only when used
     try:
         r = run_async(s.trace, s.policy, s.caps, s.plan_list, s.hws, misses=s.misses, precision=s.prec,
                       routing=s.routings, reading=s.reading)

@@ -35,6 +35,7 @@ from specmd_jax.policies import list_policies
 from specmd_jax.core.presets import MODEL_PRESETS
 from specmd_jax.core.readers import load_trace
 from specmd_jax.core.trace import ModelShape, Trace, TraceError
+from specmd_jax.study.calibrate import calibrated_knobs
 
 __all__ = ["ConfigError", "build_trace", "model_shape", "resolve_capacities", "resolve_policies", "MODES"]
 
@@ -147,7 +148,6 @@ def build_trace(cfg_trace: Mapping) -> Trace:
                               f"valid: {', '.join(SYNTHETIC_KNOBS + ('calibrated',))}")
         t["model"] = model_shape(t.get("model"))
         if calibrated:  # the fitted popularity / layer-coupling / reuse knobs of the model
-            from specmd_jax.study.calibrate import calibrated_knobs
             m = t["model"]
             if isinstance(m, ModelShape) and MODEL_PRESETS.get(m.name) != m:
                 raise ConfigError(f"trace.calibrated=true needs a preset model's own shape; model {m} was changed "

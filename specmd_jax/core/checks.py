@@ -13,6 +13,10 @@ from typing import Sequence
 
 import numpy as np
 
+from specmd_jax.core.semantics import SB_SCALE
+from specmd_jax.core.timing import HARDWARE_PRESETS, Hardware
+from specmd_jax.core.trace import Trace
+
 INT32_MAX = 2 ** 31 - 1
 SEED_LIMIT = 2 ** 32        # seeds are uint32 in the kernels: larger ones would alias modulo 2**32
 
@@ -66,7 +70,6 @@ def fractions(values, *, name: str = "fractions") -> np.ndarray:
 
 def trace(t, *, name: str = "trace"):
     """``t`` if it is a :class:`~specmd_jax.core.trace.Trace`; else a TypeError saying how to get one."""
-    from specmd_jax.core.trace import Trace
     if not isinstance(t, Trace):
         raise TypeError(f"{name} must be a specmd_jax Trace (sj.load_trace(path) or sj.synthetic.generate(...)), "
                         f"got {t!r:.80} ({type(t).__name__})")
@@ -86,7 +89,6 @@ def seeds(values, *, name: str = "seeds") -> np.ndarray:
 
 def hardware_list(values, *, name: str = "hardware") -> list:
     """A non-empty list of :class:`~specmd_jax.core.timing.Hardware`; a preset name stands for its preset."""
-    from specmd_jax.core.timing import HARDWARE_PRESETS, Hardware
     vals = [values] if isinstance(values, (Hardware, str)) else list(values)
     if not vals:
         raise ValueError(f"{name} must be a Hardware, a preset name or a non-empty list of them, got []")
@@ -117,7 +119,6 @@ def count_problem(trace, proposals: int = 0, bits: int = 16) -> "str | None":
     eviction count, ``bits`` times them the bits served, pairs plus ``proposals`` every copy,
     and the summed quantised router weights (``round(w x SB_SCALE)``) the SB keys and the
     weight-mass counters. The references count in Python integers and have no such limit."""
-    from specmd_jax.core.semantics import SB_SCALE
     pairs = int(trace.experts.shape[0]) * int(trace.shape.top_k)
     need = {"routed pairs" if int(bits) <= 1 else "routed pairs x bits served per pair": pairs * max(int(bits), 1),
             "routed pairs + prefetch proposals": pairs + int(proposals)}

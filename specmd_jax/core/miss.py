@@ -72,6 +72,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Optional
+from specmd_jax.core import checks
 
 NO_DROP = 2 ** 30  # a drop_priority threshold no router rank reaches: the fetch policy
 MISS_POLICIES = ("fetch", "fetch_lowest", "fetch_priority", "cascade", "drop_priority", "substitute")
@@ -166,7 +167,6 @@ class MissConfig:
             raise ValueError(f"unknown miss policy {self.policy!r}; valid: {', '.join(MISS_POLICIES)}")
         if not 0.0 <= float(self.percentile) <= 100.0:
             raise ValueError(f"percentile must be in [0, 100], got {self.percentile!r}")
-        from . import checks
         checks.whole("miss.degrade_level", self.degrade_level)
         checks.whole("miss.rank_threshold", self.rank_threshold)
         th = tuple(float(t) for t in self.thresholds)

@@ -52,6 +52,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 from jax import lax
 
+from specmd_jax.core.timing import EXECUTIONS, PREFETCH_ISSUES
 from specmd_jax.core.counters import INSTANT_COUNTERS
 from specmd_jax.kernels.demand import NCOUNT
 from specmd_jax.kernels.ranks import (ABSENT, GONE, above, classify_demand, count_lower, count_lower_than, count_lt,
@@ -140,10 +141,9 @@ def pf_counter_names(spec: PfSpec) -> tuple:
 
 def make_pf_policy(spec: PfSpec):
     """``(init(params) -> PfState, step(state, visit, params) -> (state, misses))``."""
-    from specmd_jax.core.timing import EXECUTIONS, PREFETCH_ISSUES
     if spec.policy not in PF_POLICIES:
         raise ValueError(f"the prefetch engine supports {PF_POLICIES}; {spec.policy!r} runs in the "
-                         "reference only (reference_timed.simulate_timed)")
+                         "reference only (specmd_jax.reference.simulate_timed)")
     if spec.execution not in EXECUTIONS or spec.issue not in PREFETCH_ISSUES:
         raise ValueError(f"execution must be one of {EXECUTIONS} and issue one of {PREFETCH_ISSUES}, got "
                          f"{spec.execution!r}, {spec.issue!r}")

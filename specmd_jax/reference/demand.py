@@ -11,6 +11,7 @@ import dataclasses
 import heapq
 from typing import Optional
 
+from specmd_jax.core.score import features
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.core import checks
 from specmd_jax.core.semantics import INF_STEP, MODES, SB_SCALE, layer_capacity, rand_u32
@@ -112,7 +113,6 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
     if policy == "score":
         if weights is None or mode != "pinned" or partitioned:
             raise ValueError("policy 'score' needs weights=, pinned mode and the global pool")
-        from specmd_jax.core.score import features
         score_w = [int(x) for x in weights]
     elif policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; known: {POLICIES}")

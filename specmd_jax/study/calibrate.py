@@ -42,6 +42,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from specmd_jax.core.presets import get_model_preset
+
 STAT_LAYERS = (0, 7, 15)
 STAT_PAIRS = ((0, 7), (7, 15))
 STATS_MODELS = {"olmoe-1b-7b": "olmoe", "mixtral-8x7b": "mistral"}  # preset -> folder in olmoe-routing-stats
@@ -191,7 +193,6 @@ def calibrated_knobs(model: str) -> dict:
     have one."""
     if model not in CALIBRATED:
         raise KeyError(f"no calibrated synthetic preset for {model!r}; have: {', '.join(sorted(CALIBRATED))}")
-    from specmd_jax.core.presets import get_model_preset
     c = CALIBRATED[model]
     skew, cross = expand_knobs(get_model_preset(model).num_layers, c["skew"], c["cross_layer"])
     return {"skew": skew, "cross_layer": cross, "reuse": float(c["reuse"]),
