@@ -5,7 +5,9 @@ distinct expert under ``execution="expert"``, in router order (first appearance 
 token rows, token-major, then rank); a visit with no demand keeps one empty turn, which carries
 its compute (:mod:`specmd_jax.core.timing`). The JAX engines scan over turns; every per-visit input
 (demand details, proposals, the visit's pinned set) is gathered onto its turns here, once per
-trace and reading, and shared by every configuration.
+trace and reading, and shared by every configuration. The three dimensions of a reading are
+these pieces: ``execution`` the turns themselves, ``prefetch_issue`` :meth:`TurnArrays.proposals`
+and :meth:`TurnArrays.carries_proposals`, ``pin`` :meth:`TurnArrays.pin_sets`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from specmd_jax.core.timing import EXECUTIONS, PREFETCH_ISSUES
+from specmd_jax.core.timing import EXECUTIONS, PINS, PREFETCH_ISSUES
 from specmd_jax.core.trace import Trace
 from specmd_jax.core.steps import StepArrays, prepare_steps
 
@@ -71,6 +73,25 @@ class TurnArrays:
             return stack
         on = self.first if issue == "at_router" else self.last
         return np.where(on[None, :, None], stack[:, self.visit], -1).astype(np.int32)
+
+    def carries_proposals(self, issue: str) -> "np.ndarray | None":
+        """bool[T]: the turn of each visit that carries its proposals (``issue``: its first turn
+        ``at_router``, its last ``after_use``); ``None`` under ``execution="visit"`` (every turn does)."""
+        if issue not in PREFETCH_ISSUES:
+            raise ValueError(f"prefetch_issue must be one of {PREFETCH_ISSUES}, got {issue!r}")
+        if self.execution == "visit":
+            return None
+        return self.first if issue == "at_router" else self.last
+
+    def pin_sets(self, steps: StepArrays, pin: str) -> "np.ndarray | None":
+        """int32[T, W]: the visit's whole demand on each of its turns when the reading pins the visit
+        (``pin="visit"``) under per-expert execution; ``None`` when the pinned set is the turn's own
+        demand (every reading of ``execution="visit"``, and ``pin="running"``)."""
+        if pin not in PINS:
+            raise ValueError(f"pin must be one of {PINS}, got {pin!r}")
+        if self.execution == "visit" or pin == "running":
+            return None
+        return steps.ids[self.visit]
 
 
 def prepare_turns(trace: Trace, steps: StepArrays, execution: str) -> TurnArrays:

@@ -159,7 +159,8 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
     # two-wide one (measured: 7.3 vs 2.4 ms per step at 1,024 configurations, OLMoE shape); a
     # padding column (-1) costs nothing, so every width is at least 2
     width = max(width, 2)
-    pin_width = max(steps.width, 2) if expert and not rd.pins_running else 0
+    pin_sets = turns.pin_sets(steps, rd.pin)            # None: the turn's own demand is pinned
+    pin_width = max(steps.width, 2) if pin_sets is not None else 0
     spec = AsyncSpec(policy, L, E, width, int(stack.shape[2]), bool(substitute),
                      units=tuple(prec.units), miss_kind=kind, cascade_len=ncas, bits=tuple(prec.bits),
                      full_demand=not substitute and all(m.policy != "drop_priority" for m in misses),
@@ -186,7 +187,7 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
            for k, v in det.items()}
     units_t = pad_cols(turns.per_turn(steps.units, 0), hw_, 0)
     ids_t = pad_cols(turns.ids, hw_, -1)
-    pins = pad_cols(steps.ids[tv], pin_width, -1) if pin_width else None
+    pins = pad_cols(pin_sets, pin_width, -1) if pin_sets is not None else None
     lscore = lscore[tv]
     chunk = max(1, min(int(chunk_steps), 1 << max(0, (S - 1).bit_length())))
     if multi:

@@ -98,7 +98,6 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
     if not isinstance(reading, Reading):
         raise TypeError(f"reading must be a specmd_jax.core.timing.Reading, got {type(reading).__name__}")
     reading = reading.canonical
-    expert = reading.execution == "expert"
     L, E = trace.shape.num_layers, trace.shape.num_experts
     steps = prepare_steps(trace, "pinned")
     S = steps.num_steps
@@ -120,7 +119,8 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
         depth = 2
     turns = prepare_turns(trace, steps, reading.execution)
     T = turns.num_turns
-    pin_width = steps.width if expert and reading.pin == "visit" else 0
+    pin = turns.pin_sets(steps, reading.pin)          # None: the turn's own demand is pinned
+    pin_width = steps.width if pin is not None else 0
     spec = PfSpec(policy, L, E, int(turns.ids.shape[1]), int(stack.shape[2]), depth,
                   full_demand=drop_ranks is None, execution=reading.execution, issue=reading.prefetch_issue,
                   pin_width=pin_width)
@@ -134,8 +134,7 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
     pairs = turns.per_turn(det["pairs"], 0)
     units = turns.per_turn(steps.units, 0)
     stack = turns.proposals(stack, reading.prefetch_issue)
-    pin = steps.ids[turns.visit] if pin_width else None
-    issue = (turns.first if reading.prefetch_issue == "at_router" else turns.last) if expert else None
+    issue = turns.carries_proposals(reading.prefetch_issue)
     states = init(params)
     chunk = max(1, min(int(chunk_steps), 1 << max(0, (T - 1).bit_length())))
     if multi:  # keep the per-configuration proposals of a chunk under ~64 MiB
