@@ -40,6 +40,7 @@ class Policy:
         modes: the modes the policy is defined in.
         fast: the JAX fast paths that serve it (see the module docstring).
         score_preset: a feature-score preset reproduces it exactly in demand-only replay.
+        seeded: its victims depend on a seed (the ``seeds`` axis of a sweep).
     """
 
     name: str
@@ -48,6 +49,7 @@ class Policy:
     modes: tuple = MODES
     fast: frozenset = frozenset()
     score_preset: bool = False
+    seeded: bool = False
 
     def __post_init__(self):
         bad = set(self.modes) - set(MODES)
@@ -114,7 +116,7 @@ REGISTRY: dict[str, Policy] = {p.name: p for p in (
     Policy("fld", "farthest layer distance |layer - current| first, then lowest id (HOBBIT-style, SpecMD §3.1.3)",
            _fld, fast=_ALL, score_preset=True),
     Policy("random", "uniform random victims among evictable residents (seeded, Floyd sampling)", _ins,
-           fast=_ALL),
+           fast=_ALL, seeded=True),
     Policy("lhu", "least high-precision used, then least recent (HOBBIT '24; mixed precision)", _lhu,
            modes=("instant", "async"), fast=frozenset({"async"})),
 )}

@@ -113,6 +113,7 @@ def test_sweep_engines_give_identical_tables():
     t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=8, gen_len=12, seed=4)
     a = sj.sweep(t, "ls", fractions=[0.01, 0.05, 0.25, 0.5])       # 1% bypasses: scan; rest: stack
     b = sj.sweep(t, "ls", fractions=[0.01, 0.05, 0.25, 0.5], engine="scan")
-    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(a.drop(columns="engine"), b.drop(columns="engine"))
+    assert a["engine"].tolist() == ["jax-scan"] + ["jax-stack"] * 3 and set(b["engine"]) == {"jax-scan"}
     pd.testing.assert_frame_equal(a.attrs["per_layer"], b.attrs["per_layer"])
     assert np.array_equal(a.attrs["resident"], b.attrs["resident"])
