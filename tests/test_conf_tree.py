@@ -147,7 +147,7 @@ def test_policy_group():
 
 
 EXPERIMENTS = {"fig4_olmoe": "run", "fig4_qwen3": "run", "mrc": "run", "smoke": "run",
-               "table2": "prefetch", "cache_aware_lam": "prefetch", "hardware_links": "prefetch"}
+               "table2": "prefetch", "cache_aware_lam": "prefetch", "hardware_links": "prefetch", "fig6": "prefetch"}
 
 
 def test_every_experiment_is_listed_here():
@@ -173,6 +173,9 @@ def test_experiment_bundles_compose(name):
         assert cfg.routing.policy == "cache_aware" and list(cfg.routing.lam) == [0.0, 0.1, 0.3, 0.5]
     elif name == "hardware_links":
         assert cfg.timing == "instant" and len(cfg.hardware.profiles) == 5
+    elif name == "fig6":
+        assert cfg.hydra.sweeper.params["prefetch.overfetch"] == "1.0,1.5,2.0" and list(cfg.policies) == ["ls"]
+        assert list(cfg.sweep.fractions) == [0.05] and cfg.trace.calibrated and cfg.prefetch.selector == "topk"
     # the smoke bundle works in both apps
     _compose("prefetch", ["experiment=smoke"])
 
