@@ -2,7 +2,7 @@
 
 Workload: synthetic OLMoE decode stream (``--tokens`` passes, recorded predictions with
 ``pred_noise`` 1.0), ``--configs`` capacities ``linspace(16, N, B)``, top-k x 1.0 next-layer plan.
-Rows: the demand-only vmapped scan (``runner.run_configs``), the instant-prefetch engine
+Rows: the demand-only vmapped scan (``run.demand.run_configs``), the instant-prefetch engine
 (``run.instant.run_instant``, which also yields every hardware profile's times from the same
 run; the host timing step is timed separately), the asynchronous prefetch + timing engine
 (``run.asynchronous.run_async``, lru/fifo, one hardware profile, so the same number of

@@ -124,7 +124,7 @@ def _run(cfg: dict, out: RunDir) -> pd.DataFrame:
             hw = sj.HARDWARE_PRESETS[hw] if hw not in (None, "") else None
             df = sweep_score(trace, score_pol, **sizes, hardware=hw, sensitivities=hw is not None)
             df.insert(1, "model", trace.shape.name)
-            print(f"  {df['policy'].iloc[0]:>7s}: {time.perf_counter() - t0:6.1f} s (engine_score; weights "
+            print(f"  {df['policy'].iloc[0]:>7s}: {time.perf_counter() - t0:6.1f} s (keyed kernel; weights "
                   f"{dict(zip(FEATURES, (round(w, 3) for w in score_pol.weights)))})", flush=True)
             notes.append(f"{df['policy'].iloc[0]}: totals only (no per-layer rows); seeds do not apply")
             tables.append(df)

@@ -1,7 +1,7 @@
 """JAX engine with asynchronous prefetch on a FIFO copy engine (``lru``, ``ls``, ``fifo``, ``lhu``;
 global pool).
 
-The kernel twin of :func:`reference_timed.simulate_timed` (``instant_prefetch=False``): copies
+The kernel twin of :func:`specmd_jax.reference.simulate_timed` (``instant_prefetch=False``): copies
 complete on one FIFO engine, late prefetches stall, arrivals are admitted in batches with the
 visit's demand pinned (semantics: :mod:`specmd_jax.core.timing`). Hardware numbers are per
 configuration (vmapped): transfer ticks and compute ticks.
@@ -178,7 +178,7 @@ def make_async_policy(spec: AsyncSpec):
     """``(init(params) -> AsyncState, step(state, visit, params) -> (state, t_end))``."""
     if spec.policy not in ASYNC_POLICIES:
         raise ValueError(f"the asynchronous engine supports {ASYNC_POLICIES}; {spec.policy!r} runs in the "
-                         "reference (reference_timed.simulate_timed)")
+                         "reference (specmd_jax.reference.simulate_timed)")
     L, E, W, Q = spec.num_layers, spec.num_experts, spec.width, spec.prefetch_width
     N = L * E
     rdt, A_, G_ = rank_sentinels(spec)

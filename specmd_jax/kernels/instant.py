@@ -1,6 +1,6 @@
 """JAX engine with instantaneous next-layer prefetch (``lru``, ``ls``, ``fifo``; global pool).
 
-The kernel twin of :func:`reference_timed.simulate_timed` with ``instant_prefetch=True``: after a
+The kernel twin of :func:`specmd_jax.reference.simulate_timed` with ``instant_prefetch=True``: after a
 visit's demand is served, its proposals (shared by all configurations) are inserted at once, with
 the visit's demand pinned. The copy engine then only ever carries a visit's own demand misses,
 so each visit stalls exactly ``misses x transfer`` and every time of the replay is a linear

@@ -92,7 +92,7 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
         raise TypeError("routing must be a non-empty list of RoutingConfig")
     routed = any(rc.active for rc in routings)
     if routed and substitute:
-        raise ValueError("substitute with cache-aware routing runs in the reference (reference_timed), not the "
+        raise ValueError("substitute with cache-aware routing runs in the reference (specmd_jax.reference.simulate_timed), not the "
                          "asynchronous kernel")
     if routed and trace.logits is None and trace.weights is None:
         raise ValueError(f"cache-aware routing needs router logits or weights; trace {trace.source} has neither")
@@ -100,7 +100,7 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
     expert = rd.execution == "expert"
     if expert and (routed or substitute):
         raise ValueError("per-expert execution with " + ("cache-aware routing" if routed else "substitute")
-                         + " runs in the reference (reference_timed), not the asynchronous kernel")
+                         + " runs in the reference (specmd_jax.reference.simulate_timed), not the asynchronous kernel")
     lams = np.array([float(rc.lam) if rc.active else 0.0 for rc in routings], np.float32)
     R = len(routings)
     L = trace.shape.num_layers
@@ -226,7 +226,7 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
         b = int(np.argmax(ovf))
         raise ClockOverflow(f"a pass lasted over 2**31 ticks (214 s) for capacity {int(cap_b[b])} on hardware "
                             f"{hws[hb[b]].name!r} ({hws[hb[b]].bandwidth_gbps} GB/s): int32 time overflow; use the "
-                            "reference (engine='reference', or reference_timed) for such settings")
+                            "reference (engine='reference', or specmd_jax.reference.simulate_timed) for such settings")
     t_end = ends.astype(np.int64).T                                   # [B, T], relative to pass start
     last = np.flatnonzero(np.r_[turns.new_pass[1:], True])            # last turn of each pass
     pass_ticks = t_end[:, last]

@@ -235,7 +235,7 @@ def run_stack(trace: Trace, capacities, *, mode: str = "pinned", partitioned: bo
     """Counters of ``policy`` (``lru``, ``ls`` or ``belady``) for every configuration in
     ``capacities`` from one stack pass.
 
-    Same outputs as :func:`runner.run_configs`. Raises ``ValueError`` if a capacity is not exact
+    Same outputs as :func:`specmd_jax.run.demand.run_configs`. Raises ``ValueError`` if a capacity is not exact
     on this trace (see :func:`exact_mask`; :func:`run_auto` handles those).
     """
     if policy not in STACK_POLICIES:
@@ -316,7 +316,7 @@ def run_stack(trace: Trace, capacities, *, mode: str = "pinned", partitioned: bo
 def run_auto(trace: Trace, policy: str, capacities, seeds=None, *, mode: str = "pinned",
              partitioned: bool = False, engine: str = "auto", steps: Optional[StepArrays] = None,
              **scan_kwargs) -> RunResult:
-    """Dispatch a sweep: ``engine="scan"`` is :func:`runner.run_configs`; ``"stack"`` is
+    """Dispatch a sweep: ``engine="scan"`` is :func:`specmd_jax.run.demand.run_configs`; ``"stack"`` is
     :func:`run_stack` (``lru``/``ls``/``belady`` only, exact capacities only); ``"auto"`` (default) uses the
     stack path for ``lru``/``ls``/``belady`` configurations where it is exact and the scan for the rest."""
     if engine not in ENGINES:
