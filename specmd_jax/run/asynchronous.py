@@ -118,34 +118,12 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
     M = len(misses)
     B = len(caps) * H * M * R
     eb = trace.shape.expert_bytes
-    NL = len(prec.units)
     problem = async_tick_problem(trace, hws, prec, [p.ids for p in plans], routed, steps)
     if problem is not None:
         raise ValueError(problem)
-    xlv = np.array([[h.transfer_ticks(prec.level_bytes(eb, i)) for i in range(NL)] for h in hws], np.int64)
-    hw_num = np.array([[h.compute_ticks(False, 0), h.compute_ticks(True, 0),
-                        h.compute_ticks(True, 1) - h.compute_ticks(True, 0),
-                        -1 if h.expert_us is None else to_ticks(h.expert_us * 1e-6)] for h in hws], np.int64)
-    for hi, h in enumerate(hws):   # every number cast to int32 below (the pass bound above covers most)
-        for nm, v in zip(("transfer ticks", "decode layer ticks", "prefill layer ticks", "prefill token ticks",
-                          "expert ticks"), (*xlv[hi], *hw_num[hi])):
-            checks.int32_fits(f"hardware {h.name!r}: {nm}", v, "ticks of 100 ns")
-    cap_b = np.repeat(caps, H * M * R)
-    hb = np.tile(np.repeat(np.arange(H), M * R), len(caps))
-    mb = np.tile(np.repeat(np.arange(M), R), len(caps) * H)
-    rb = np.tile(np.arange(R), len(caps) * H * M)
-    drop = np.array([m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses], np.int64)
+    xlv, hw_num = _hardware_numbers(hws, prec, eb)
+    params, cap_b, hb, mb, rb = _params(caps, H, misses, kind, xlv, hw_num, lams)
     ncas = len(misses[0].thresholds) if kind == "cascade" else 0
-    cas = np.array([m.threshold_units(SB_SCALE) if kind == "cascade" else () for m in misses], np.int64).reshape(M, ncas)
-    params = AsyncParams(capacity=jnp.asarray(cap_b, jnp.int32), xfer=jnp.asarray(xlv[hb, 0], jnp.int32),
-                         c_dec=jnp.asarray(hw_num[hb, 0], jnp.int32), c_pre0=jnp.asarray(hw_num[hb, 1], jnp.int32),
-                         c_pre1=jnp.asarray(hw_num[hb, 2], jnp.int32),
-                         drop_rank=jnp.asarray(np.minimum(drop[mb], NO_DROP), jnp.int32),
-                         xfer_lv=jnp.asarray(xlv[hb], jnp.int32),
-                         pct_milli=jnp.asarray([misses[i].percentile_milli for i in mb], jnp.int32),
-                         degrade=jnp.asarray([misses[i].degrade_level for i in mb], jnp.int32),
-                         cas_th=jnp.asarray(cas[mb], jnp.int32), lam=jnp.asarray(lams[rb], jnp.float32),
-                         c_exp=jnp.asarray(hw_num[hb, 3], jnp.int32))
     det = demand_details(trace, steps)
     E, K = trace.shape.num_experts, trace.shape.top_k
     nrows = np.diff(trace.cell_offsets).astype(np.int32)
@@ -227,20 +205,7 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
         raise ClockOverflow(f"a pass lasted over 2**31 ticks (214 s) for capacity {int(cap_b[b])} on hardware "
                             f"{hws[hb[b]].name!r} ({hws[hb[b]].bandwidth_gbps} GB/s): int32 time overflow; use the "
                             "reference (engine='reference', or specmd_jax.reference.simulate_timed) for such settings")
-    t_end = ends.astype(np.int64).T                                   # [B, T], relative to pass start
-    last = np.flatnonzero(np.r_[turns.new_pass[1:], True])            # last turn of each pass
-    pass_ticks = t_end[:, last]
-    t_start = np.where(turns.new_pass[None, :], 0, np.concatenate([np.zeros((B, 1), np.int64), t_end[:, :-1]], 1))
-    comp = np.where(prefill[None, :], hw_num[hb, 1][:, None] + tokens[None, :] * hw_num[hb, 2][:, None],
-                    hw_num[hb, 0][:, None])
-    comp = np.where(hw_num[hb, 3][:, None] >= 0, hw_num[hb, 3][:, None] * vdem[None, :], comp)
-    comp = comp // turns.count[None, :] + (turns.index[None, :] < comp % turns.count[None, :])   # turn_share
-    stall = t_end - t_start - comp                                    # [B, T]
-    stall_l = np.stack([stall[:, layer_t == l].sum(axis=1) for l in range(L)], 1)
-    reqs = np.unique(trace.pass_request[pre])
-    ttft = (np.stack([pass_ticks[:, pre & (trace.pass_request == r)].sum(axis=1) for r in reqs], 1).mean(axis=1)
-            if len(reqs) else np.full(B, np.nan))
-    tpot = pass_ticks[:, ~pre].mean(axis=1) if (~pre).any() else np.full(B, np.nan)
+    pass_ticks, stall_l, ttft, tpot = _times(trace, turns, ends, hw_num[hb], prefill, tokens, layer_t, vdem)
     per = np.asarray(states.per_layer, np.int64)
     pf = np.asarray(states.pf, np.int64)
     names = {n: pf[:, i].sum(axis=1) for i, n in enumerate(ASYNC_COUNTERS)}
@@ -256,3 +221,65 @@ def run_async(trace: Trace, policy: str, capacities, plan, hardware, *, misses=N
                        stall_ticks=stall_l, ttft_ticks=ttft, tpot_ticks=tpot, compile_s=compile_s, run_s=run_s,
                        plan_index=np.repeat(np.arange(len(plans)), len(caps0) * H * M * R), miss_index=mb,
                        routing_index=rb)
+
+
+def _hardware_numbers(hws, prec, eb):
+    """Per profile: the copy ticks of each precision level (``xlv`` int64[H, NL]) and the compute
+    numbers (``hw_num`` int64[H, 4]: decode layer, prefill layer fixed, prefill per token, per
+    expert or -1), each checked to fit the kernel's int32."""
+    NL = len(prec.units)
+    xlv = np.array([[h.transfer_ticks(prec.level_bytes(eb, i)) for i in range(NL)] for h in hws], np.int64)
+    hw_num = np.array([[h.compute_ticks(False, 0), h.compute_ticks(True, 0),
+                        h.compute_ticks(True, 1) - h.compute_ticks(True, 0),
+                        -1 if h.expert_us is None else to_ticks(h.expert_us * 1e-6)] for h in hws], np.int64)
+    for hi, h in enumerate(hws):   # every number cast to int32 below (the pass bound above covers most)
+        for nm, v in zip(("transfer ticks", "decode layer ticks", "prefill layer ticks", "prefill token ticks",
+                          "expert ticks"), (*xlv[hi], *hw_num[hi])):
+            checks.int32_fits(f"hardware {h.name!r}: {nm}", v, "ticks of 100 ns")
+    return xlv, hw_num
+
+
+def _params(caps, H, misses, kind, xlv, hw_num, lams):
+    """The vmapped numbers of every configuration (capacity-major, then hardware, miss, routing)
+    and each configuration's capacity, hardware, miss and routing index."""
+    M, R = len(misses), len(lams)
+    cap_b = np.repeat(caps, H * M * R)
+    hb = np.tile(np.repeat(np.arange(H), M * R), len(caps))
+    mb = np.tile(np.repeat(np.arange(M), R), len(caps) * H)
+    rb = np.tile(np.arange(R), len(caps) * H * M)
+    drop = np.array([m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in misses], np.int64)
+    ncas = len(misses[0].thresholds) if kind == "cascade" else 0
+    cas = np.array([m.threshold_units(SB_SCALE) if kind == "cascade" else () for m in misses], np.int64).reshape(M, ncas)
+    params = AsyncParams(capacity=jnp.asarray(cap_b, jnp.int32), xfer=jnp.asarray(xlv[hb, 0], jnp.int32),
+                         c_dec=jnp.asarray(hw_num[hb, 0], jnp.int32), c_pre0=jnp.asarray(hw_num[hb, 1], jnp.int32),
+                         c_pre1=jnp.asarray(hw_num[hb, 2], jnp.int32),
+                         drop_rank=jnp.asarray(np.minimum(drop[mb], NO_DROP), jnp.int32),
+                         xfer_lv=jnp.asarray(xlv[hb], jnp.int32),
+                         pct_milli=jnp.asarray([misses[i].percentile_milli for i in mb], jnp.int32),
+                         degrade=jnp.asarray([misses[i].degrade_level for i in mb], jnp.int32),
+                         cas_th=jnp.asarray(cas[mb], jnp.int32), lam=jnp.asarray(lams[rb], jnp.float32),
+                         c_exp=jnp.asarray(hw_num[hb, 3], jnp.int32))
+    return params, cap_b, hb, mb, rb
+
+
+def _times(trace, turns, ends, hw_num, prefill, tokens, layer_t, vdem):
+    """Pass, stall, TTFT and TPOT ticks from each turn's end time relative to its pass start
+    (``ends`` [T, B]; ``hw_num`` [B, 4] each configuration's compute numbers)."""
+    L = trace.shape.num_layers
+    pre = trace.pass_phase == PREFILL
+    B = ends.shape[1]
+    t_end = ends.astype(np.int64).T                                   # [B, T], relative to pass start
+    last = np.flatnonzero(np.r_[turns.new_pass[1:], True])            # last turn of each pass
+    pass_ticks = t_end[:, last]
+    t_start = np.where(turns.new_pass[None, :], 0, np.concatenate([np.zeros((B, 1), np.int64), t_end[:, :-1]], 1))
+    comp = np.where(prefill[None, :], hw_num[:, 1][:, None] + tokens[None, :] * hw_num[:, 2][:, None],
+                    hw_num[:, 0][:, None])
+    comp = np.where(hw_num[:, 3][:, None] >= 0, hw_num[:, 3][:, None] * vdem[None, :], comp)
+    comp = comp // turns.count[None, :] + (turns.index[None, :] < comp % turns.count[None, :])   # turn_share
+    stall = t_end - t_start - comp                                    # [B, T]
+    stall_l = np.stack([stall[:, layer_t == l].sum(axis=1) for l in range(L)], 1)
+    reqs = np.unique(trace.pass_request[pre])
+    ttft = (np.stack([pass_ticks[:, pre & (trace.pass_request == r)].sum(axis=1) for r in reqs], 1).mean(axis=1)
+            if len(reqs) else np.full(B, np.nan))
+    tpot = pass_ticks[:, ~pre].mean(axis=1) if (~pre).any() else np.full(B, np.nan)
+    return pass_ticks, stall_l, ttft, tpot
