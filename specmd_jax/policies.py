@@ -2,11 +2,11 @@
 
 An entry holds what makes the policy itself: its eviction *key* (the rule the jax-free reference
 replays, smallest evicted first, the expert id the last tie-break), a description and source, the
-modes it is defined in, the feature-score preset that reproduces it (:mod:`specmd_jax.core.score`;
-then the generic keyed kernel, :mod:`specmd_jax.kernels.keyed`, runs it in JAX), and the modes in
-which a dedicated JAX kernel serves it. A new policy is one entry here plus one yaml in
-``conf/policy``: the reference runs it in every mode at once; the JAX paths listed in ``fast``
-are claims that ``tests/test_registry.py`` checks against the reference.
+modes it is defined in, the dedicated JAX kernels that serve it, and, where the key is a feature
+score, the weights that reproduce it (:mod:`specmd_jax.core.score`; then the generic keyed
+kernel, :mod:`specmd_jax.kernels.keyed`, runs it in JAX). A new policy is one entry here plus one
+yaml in ``conf/policy``: the reference runs it in every mode at once; every JAX path an entry
+claims is checked against the reference by ``tests/test_registry.py``.
 
 Modes: ``demand`` (demand-only replay, pinned or sequential, global or per-layer pools),
 ``instant`` (instantaneous prefetch) and ``async`` (asynchronous prefetch with the timing model).
@@ -19,7 +19,11 @@ global only), ``instant`` (:mod:`specmd_jax.kernels.instant`), ``async``
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
+
+import numpy as np
+
+from specmd_jax.core.score import preset_weights
 
 MODES = ("demand", "instant", "async")
 FAST_PATHS = ("scan", "stack", "keyed", "instant", "async")
@@ -38,8 +42,11 @@ class Policy:
             ``mark``, ``entry``, ``hp``; ``score``: cumulative router weight units by id;
             ``nextuse``: next demanding step by id). Pure Python; the reference's only rule.
         modes: the modes the policy is defined in.
-        fast: the JAX fast paths that serve it (see the module docstring).
-        score_preset: a feature-score preset reproduces it exactly in demand-only replay.
+        fast: the dedicated JAX fast paths that serve it (see the module docstring).
+        score: ``score(num_steps) -> int64[NF]``: feature-score weights (:mod:`specmd_jax.core.score`)
+            that reproduce the key exactly in demand-only replay on a trace of ``num_steps``
+            steps, or ``None``; with them the generic keyed kernel serves the policy (pinned
+            visits, one global pool).
         seeded: its victims depend on a seed (the ``seeds`` axis of a sweep).
     """
 
@@ -48,7 +55,7 @@ class Policy:
     key: Callable[..., tuple]
     modes: tuple = MODES
     fast: frozenset = frozenset()
-    score_preset: bool = False
+    score: Optional[Callable[[int], np.ndarray]] = None
     seeded: bool = False
 
     def __post_init__(self):
@@ -64,7 +71,7 @@ class Policy:
 
     def served(self, path: str) -> bool:
         """Whether the JAX fast path ``path`` serves this policy."""
-        return path in self.fast or (path == "keyed" and self.score_preset)
+        return path in self.fast or (path == "keyed" and self.score is not None)
 
 
 def _lru(r, g, l, E, score, nextuse):
@@ -99,22 +106,26 @@ def _fld(r, g, l, E, score, nextuse):
     return (-abs(g // E - l), g)
 
 
+def _preset(name: str) -> Callable[[int], np.ndarray]:
+    return lambda num_steps: preset_weights(name, num_steps)
+
+
 _ALL = frozenset({"scan"})
 REGISTRY: dict[str, Policy] = {p.name: p for p in (
     Policy("lru", "least recently used (Eliseev & Mazur '23); ties: lowest id first", _lru,
-           fast=frozenset({"scan", "stack", "instant", "async"}), score_preset=True),
+           fast=frozenset({"scan", "stack", "instant", "async"}), score=_preset("lru")),
     Policy("fifo", "first in, first out (classic baseline)", _ins,
-           fast=frozenset({"scan", "instant", "async"}), score_preset=True),
+           fast=frozenset({"scan", "instant", "async"}), score=_preset("fifo")),
     Policy("lfu", "least frequently used since insertion, ties by least recent (libCacheSim's LFU)", _lfu,
-           fast=_ALL, score_preset=True),
+           fast=_ALL, score=_preset("lfu")),
     Policy("belady", "Belady/MIN oracle: farthest next use first (next uses precomputed once per trace)", _belady,
            fast=frozenset({"scan", "stack"})),
     Policy("sb", "score-based: lowest cumulative router weight first (Zhu et al. '25)", _sb,
-           fast=_ALL, score_preset=True),
+           fast=_ALL, score=_preset("sb")),
     Policy("ls", "Least-Stale (SpecMD §4): stale tier first, FIFO across passes, by layer within a pass", _ls,
-           fast=frozenset({"scan", "stack", "instant", "async"}), score_preset=True),
+           fast=frozenset({"scan", "stack", "instant", "async"}), score=_preset("ls")),
     Policy("fld", "farthest layer distance |layer - current| first, then lowest id (HOBBIT-style, SpecMD §3.1.3)",
-           _fld, fast=_ALL, score_preset=True),
+           _fld, fast=_ALL, score=_preset("fld")),
     Policy("random", "uniform random victims among evictable residents (seeded, Floyd sampling)", _ins,
            fast=_ALL, seeded=True),
     Policy("lhu", "least high-precision used, then least recent (HOBBIT '24; mixed precision)", _lhu,

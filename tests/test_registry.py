@@ -58,13 +58,21 @@ def test_demand_fast_paths_equal_the_reference(trace, name, mode, partitioned):
     pol = REGISTRY[name]
     seeds = [0, 7] if pol.seeded else [0]
     kw = dict(mode=mode, partitioned=partitioned, seeds=seeds)
-    for path, caps in (("scan", CAPS), ("stack", STACK_CAPS_PER_LAYER if partitioned else STACK_CAPS)):
+    paths = [("scan", CAPS), ("stack", STACK_CAPS_PER_LAYER if partitioned else STACK_CAPS), ("keyed", CAPS)]
+    for path, caps in paths:
         ref = sweep(trace, name, caps, engine="reference", **kw)
+        if path == "keyed" and (mode != "pinned" or partitioned):   # the keyed kernel: pinned, global pool
+            if pol.served(path):
+                with pytest.raises(ValueError, match="pinned mode on the global pool"):
+                    sweep(trace, name, caps, engine=path, **kw)
+            continue
         if pol.served(path):
             df = sweep(trace, name, caps, engine=path, **kw)
             assert set(df["engine"]) == {f"jax-{path}"}, (name, path)
-            assert df[list(DEMAND_COUNTERS)].equals(ref[list(DEMAND_COUNTERS)]), (name, path, mode, partitioned)
+            cols = list(DEMAND_COUNTERS) + ["max_occupancy"]
+            assert df[cols].equals(ref[cols]), (name, path, mode, partitioned)
             assert list(df.columns) == list(ref.columns)
+            assert np.array_equal(df.attrs["resident"], ref.attrs["resident"]), (name, path)
         else:
             with pytest.raises(ValueError):
                 sweep(trace, name, caps, engine=path, **kw)
@@ -74,7 +82,8 @@ def test_demand_fast_paths_equal_the_reference(trace, name, mode, partitioned):
 def test_the_generic_keyed_kernel_runs_every_policy_with_a_score_preset(trace, name):
     from specmd_jax.run.keyed import run_scores
     st = prepare_steps(trace, "pinned")
-    q = preset_weights(name, st.num_steps)
+    q = REGISTRY[name].score(st.num_steps)
+    assert np.array_equal(q, preset_weights(name, st.num_steps))
     r = run_scores(trace, np.stack([q] * len(CAPS)), CAPS, st)
     for i, c in enumerate(CAPS):
         ref = reference.simulate(trace, name, c)
@@ -92,6 +101,32 @@ def test_timed_fast_paths_are_taken_when_claimed_and_equal_the_reference(trace, 
                                                  equal_nan=True)]
     assert not bad, (name, mode, {c: (df[c].tolist(), ref[c].tolist()) for c in bad})
     assert list(df.columns) == list(ref.columns)
+
+
+def test_a_new_policy_is_one_registry_entry(trace, monkeypatch):
+    """MRU (evict the most recently used), written only as a registry entry: its key for the
+    reference and its feature-score weights. It runs in every mode on the reference and, in
+    demand-only replay, in JAX on the generic keyed kernel, equal to the reference."""
+    from specmd_jax.core.score import FEATURES, NF
+    age = FEATURES.index("age")
+
+    def mru_weights(num_steps):
+        q = np.zeros(NF, np.int64)
+        q[age] = 1                 # keep score = age: the most recent (age 0) is evicted first
+        return q
+
+    mru = Policy("mru", "most recently used first", lambda r, g, l, E, score, nextuse: (-r["last"], g),
+                 score=mru_weights)
+    monkeypatch.setitem(REGISTRY, "mru", mru)
+    df = sweep(trace, "mru", CAPS)
+    ref = sweep(trace, "mru", CAPS, engine="reference")
+    assert set(df["engine"]) == {"jax-keyed"} and set(ref["engine"]) == {"reference"}
+    cols = list(DEMAND_COUNTERS) + ["max_occupancy"]
+    assert df[cols].equals(ref[cols])
+    assert not df["hits"].equals(sweep(trace, "lru", CAPS, engine="reference")["hits"])   # it is not LRU
+    for timing in ("instant", "async"):
+        t = sweep(trace, "mru", CAPS, timing=timing, prefetch=PrefetchConfig("recorded", "topk"), hardware=[HW])
+        assert set(t["engine"]) == {f"reference-{timing}"} and (t["demands"] > 0).all()
 
 
 def test_the_registry_is_consistent():

@@ -22,13 +22,15 @@ from specmd_jax.core.counters import METRICS  # noqa: F401
 from specmd_jax.policies import POLICY_INFO, list_policies  # noqa: F401
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax import reference
-from specmd_jax.policies import get
+from specmd_jax.core.steps import prepare_steps
+from specmd_jax.policies import REGISTRY, get
+from specmd_jax.run.keyed import run_scores
 from specmd_jax.run.demand import RunResult, run_configs
 from specmd_jax.run.stack import run_auto
 from specmd_jax.core.trace import Trace
 from specmd_jax.api.tables import demand_table
 
-ENGINES = ("auto", "jax", "scan", "stack", "reference")
+ENGINES = ("auto", "jax", "scan", "stack", "keyed", "reference")
 
 
 def _reference_run(trace, policy, caps, seeds, mode, partitioned) -> RunResult:
@@ -50,6 +52,21 @@ def _reference_run(trace, policy, caps, seeds, mode, partitioned) -> RunResult:
                      resident=np.asarray(res, bool).reshape(n, N), max_occupancy=np.asarray(occ, np.int64),
                      occupancy=None, compile_s=0.0, run_s=time.perf_counter() - t0,
                      engine=np.full(n, "reference", object))
+
+
+def _keyed_run(trace, policy, caps) -> RunResult:
+    """The generic keyed kernel with the policy's feature-score weights: totals, final residents
+    and occupancy (no per-layer counts: ``per_layer`` is ``None``)."""
+    st = prepare_steps(trace, "pinned")
+    q = REGISTRY[policy].score(st.num_steps)
+    t0 = time.perf_counter()
+    r = run_scores(trace, np.stack([q] * len(caps)), caps, st)
+    n = len(caps)
+    tot = np.stack([r[k] for k in DEMAND_COUNTERS], axis=1).astype(np.int64)
+    occ = np.asarray(r["occ"], np.int64).reshape(n)
+    return RunResult(totals=tot, per_layer=None, resident=np.asarray(r["resident"], bool), max_occupancy=occ,
+                     occupancy=None, compile_s=0.0, run_s=time.perf_counter() - t0,
+                     engine=np.full(n, "jax-keyed", object))
 
 
 def sweep_demand(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None, *,
@@ -74,7 +91,10 @@ def sweep_demand(trace: Trace, policy: str, capacities: Optional[Sequence[int]] 
             exact), everything else from the vmapped scan; ``"auto"`` runs a policy no JAX path
             serves on the reference, ``"jax"`` refuses it. ``"scan"``: always the scan;
             ``"stack"``: stack only; ``"reference"``: the jax-free reference, one configuration
-            at a time. Which paths serve a policy: :data:`specmd_jax.policies.REGISTRY`.
+            at a time; ``"keyed"``: the generic keyed kernel with the policy's feature-score
+            weights (pinned visits, global pool; totals only, no per-layer counts; ``auto`` and
+            ``jax`` take it for a policy no dedicated kernel serves). Which paths serve a
+            policy: :data:`specmd_jax.policies.REGISTRY`.
 
     Returns:
         A tidy table, one row per configuration (columns in ``METRICS`` plus the parameters and
@@ -100,12 +120,19 @@ def sweep_demand(trace: Trace, policy: str, capacities: Optional[Sequence[int]] 
     seeds = checks.seeds(seeds)
     C, Sd = np.meshgrid(np.arange(len(caps)), np.arange(len(seeds)), indexing="ij")
     ci, si = C.reshape(-1), Sd.reshape(-1)
-    jax_ok = pol.served("scan") or pol.served("stack")
-    if engine == "jax" and not jax_ok:
-        raise ValueError(f"no JAX path serves policy {policy!r} in demand-only replay; engine='auto' runs it on "
+    dedicated = pol.served("scan") or pol.served("stack")
+    keyed_ok = pol.served("keyed") and mode == "pinned" and not partitioned
+    if engine == "keyed" and not keyed_ok:
+        raise ValueError(f"the keyed kernel serves policies with feature-score weights in pinned mode on the global "
+                         f"pool; policy {policy!r} (score weights: {pol.score is not None}), mode {mode!r}, "
+                         f"partitioned={partitioned}")
+    if engine == "jax" and not (dedicated or keyed_ok):
+        raise ValueError(f"no JAX path serves policy {policy!r} in demand-only replay here; engine='auto' runs it on "
                          "the reference")
-    if engine == "reference" or (engine == "auto" and not jax_ok):
+    if engine == "reference" or (engine == "auto" and not (dedicated or keyed_ok)):
         r = _reference_run(trace, policy, caps[ci], seeds[si], mode, partitioned)
+    elif engine == "keyed" or (engine in ("auto", "jax") and not dedicated):
+        r = _keyed_run(trace, policy, caps[ci])
     else:
         r = run_auto(trace, policy, caps[ci], seeds[si], mode=mode, partitioned=partitioned,
                      engine="auto" if engine == "jax" else engine, progress=progress, chunk_steps=chunk_steps,
@@ -114,6 +141,9 @@ def sweep_demand(trace: Trace, policy: str, capacities: Optional[Sequence[int]] 
                 r.totals, r.max_occupancy)
     df["engine"] = r.engine
     L = trace.shape.num_layers
+    if r.per_layer is None:    # the keyed kernel counts totals only
+        df.attrs = {"per_layer": None, "resident": r.resident, "timing": {"compile_s": r.compile_s, "run_s": r.run_s}}
+        return df
     pl = pd.DataFrame(r.per_layer.transpose(0, 2, 1).reshape(-1, len(DEMAND_COUNTERS)), columns=list(DEMAND_COUNTERS))
     pl.insert(0, "config", np.repeat(np.arange(len(df)), L))
     pl.insert(1, "capacity_slots", np.repeat(caps[ci], L))

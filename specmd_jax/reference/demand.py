@@ -15,7 +15,7 @@ from specmd_jax.core.score import features
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.core import checks
 from specmd_jax.core.semantics import INF_STEP, MODES, SB_SCALE, layer_capacity, rand_u32
-from specmd_jax.policies import POLICIES, REGISTRY
+from specmd_jax.policies import REGISTRY
 
 
 
@@ -114,8 +114,9 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
         if weights is None or mode != "pinned" or partitioned:
             raise ValueError("policy 'score' needs weights=, pinned mode and the global pool")
         score_w = [int(x) for x in weights]
-    elif policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; known: {POLICIES}")
+    elif policy not in REGISTRY or "demand" not in REGISTRY[policy].modes:
+        known = tuple(n for n, p in REGISTRY.items() if "demand" in p.modes)
+        raise ValueError(f"unknown policy {policy!r} in demand-only replay; known: {known}")
     if policy == "sb" and trace.weights is None:
         raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
     capacity = int(checks.capacities(capacity, name="capacity")[0])

@@ -92,8 +92,8 @@ class _Replay:
             if weights is None or len(weights) != NF:
                 raise ValueError(f"policy 'score' needs weights= ({NF} integers, specmd_jax.core.score.FEATURES order)")
             self.score_w = [int(x) for x in weights]
-        elif policy not in REFERENCE_POLICIES:
-            raise ValueError(f"unknown policy {policy!r}; known: {REFERENCE_POLICIES + ('score',)}")
+        elif policy not in REGISTRY:
+            raise ValueError(f"unknown policy {policy!r}; known: {tuple(REGISTRY) + ('score',)}")
         self.prec = precision if precision is not None else Precision()
         self.mcfg = miss if miss is not None else MissConfig()
         check_levels(policy, self.prec)
