@@ -266,6 +266,9 @@ def guarded(fn: Callable[[], Any], input_errors: tuple[type[BaseException], ...]
     files removed, no manifest); other exceptions (bugs) propagate with their traceback."""
     main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _terminate) if main else None
+    # Ctrl-C interrupts even when the app was started with SIGINT ignored (a background job of a
+    # non-interactive shell inherits SIG_IGN, and Python then never raises KeyboardInterrupt)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
     try:
         return fn()
     except (OutputError, *input_errors) as e:
@@ -279,6 +282,7 @@ def guarded(fn: Callable[[], Any], input_errors: tuple[type[BaseException], ...]
     finally:
         if main:
             signal.signal(signal.SIGTERM, old)
+            signal.signal(signal.SIGINT, old_int)
 
 
 def job_dirname(name: Any) -> str:
