@@ -222,11 +222,12 @@ def test_ctrl_c_or_sigterm_mid_run_exits_without_a_manifest(tmp_path, sig, code,
     """A signal once the app has started computing: its exit code, a one-line note, no manifest,
     no claim or temporary file left. The app starts with SIGINT ignored, as a background job of a
     non-interactive shell does (CI), and must still honour it."""
-    p = subprocess.Popen([sys.executable, RUN, "trace.num_requests=4", "trace.gen_len=64", "progress=false",
+    ignore_int = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                  "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")   # SIG_IGN survives exec
+    p = subprocess.Popen([sys.executable, "-c", ignore_int, RUN, "trace.num_requests=4", "trace.gen_len=64", "progress=false",
                           "unroll_layers=false", "compilation_cache=null", f"hydra.run.dir={tmp_path}"],
                          cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in p.stdout:  # "policies: ..." is printed after the trace is built, before the replays
         if line.startswith("policies:"):
             break
