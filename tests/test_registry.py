@@ -20,7 +20,7 @@ from specmd_jax.core.prefetch import PrefetchConfig
 from specmd_jax.core.score import preset_weights
 from specmd_jax.core.steps import prepare_steps
 from specmd_jax.core.timing import Hardware
-from specmd_jax.policies import FAST_PATHS, MODES, POLICIES, REGISTRY, Policy, get, list_policies, served_by
+from specmd_jax.policies import MODES, POLICIES, REGISTRY, Policy, get, list_policies, served_by
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "policy"
 CAPS = [10, 51, 256]           # below and above one token cycle (16 x 8 = 128 slots) of OLMoE
@@ -132,8 +132,9 @@ def test_a_new_policy_is_one_registry_entry(trace, monkeypatch):
 def test_the_registry_is_consistent():
     assert set(POLICIES) == {n for n, p in REGISTRY.items() if "demand" in p.modes}
     assert list(list_policies()) == list(POLICIES) and "lhu" in list_policies("async")
-    for path in FAST_PATHS:
-        assert all(REGISTRY[n].served(path) for n in served_by(path))
+    assert served_by("keyed") == tuple(n for n, p in REGISTRY.items() if p.score is not None)
+    with pytest.raises(ValueError, match="unknown fast path"):
+        served_by("gpu")
     with pytest.raises(ValueError, match="unknown policy 'lrv'; known: lru"):
         get("lrv")
     with pytest.raises(ValueError, match="fast paths .* serve modes it is not defined in"):

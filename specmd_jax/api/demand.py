@@ -17,9 +17,7 @@ import numpy as np
 import pandas as pd
 
 from specmd_jax.core import checks
-from specmd_jax.core.capacity import capacity_slots, token_cycle  # noqa: F401  (public here too)
-from specmd_jax.core.counters import METRICS  # noqa: F401
-from specmd_jax.policies import POLICY_INFO, list_policies  # noqa: F401
+from specmd_jax.core.capacity import capacity_slots
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax import reference
 from specmd_jax.core.steps import prepare_steps

@@ -28,8 +28,7 @@ from specmd_jax.core.presets import get_model_preset
 from specmd_jax.core.npz import load_npz
 from specmd_jax.core.trace import DECODE, ModelShape, Trace, TraceError, make_trace
 
-from specmd_jax.core.route_csv import (MAX_NOTES, field_error, fmt_layers, parse_int,  # noqa: F401
-                                       read_route_trace_csv)
+from specmd_jax.core.route_csv import (MAX_NOTES, field_error, fmt_layers, read_route_trace_csv)
 
 # --------------------------------------------------------------------------- expert JSONL
 

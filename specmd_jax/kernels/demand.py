@@ -35,7 +35,7 @@ from jax import lax
 
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.kernels.pytree import pytree_dataclass
-from specmd_jax.kernels.ranks import ABSENT, GONE, Demand, classify_demand, count_lt, wsum  # noqa: F401
+from specmd_jax.kernels.ranks import ABSENT, GONE, classify_demand, count_lt, wsum
 from specmd_jax.core.semantics import INF_STEP
 from specmd_jax.policies import served_by
 

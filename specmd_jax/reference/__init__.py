@@ -6,4 +6,4 @@ hardware link, the execution reading, miss handling, precision levels and cache-
 
 from specmd_jax.reference.demand import (RefResult, floyd_pick, policy_key, simulate,  # noqa: F401
                                          steps_of)
-from specmd_jax.reference.timed import REFERENCE_POLICIES, TimedResult, simulate_timed  # noqa: F401
+from specmd_jax.reference.timed import TimedResult, simulate_timed  # noqa: F401

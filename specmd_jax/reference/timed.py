@@ -24,7 +24,6 @@ from specmd_jax.policies import REGISTRY
 from specmd_jax.core.timing import INSTANT, Hardware, Reading, turn_share
 from specmd_jax.core.trace import PREFILL
 
-REFERENCE_POLICIES = tuple(REGISTRY)
 # random-policy hash seeds of the three arrival batches of a visit (demand batch = the seed itself,
 # so a replay without prefetch draws exactly what the demand-only reference draws)
 _SEED_INSTANT, _SEED_COMPUTE = 0xA5A5A5A5, 0x5A5A5A5A
