@@ -52,6 +52,25 @@ def test_no_plan_equals_demand_only_reference(policy, olmoe):
         _same_as_demand_only(a, simulate_timed(olmoe, policy, c, plan=empty, hardware=SLOW))
 
 
+def test_replay_is_the_one_entry_point(olmoe):
+    """replay() runs the demand replay for demand-only settings (pinned and sequential) and the timed
+    one as soon as a timed setting is given; the two agree without a plan; bad settings are refused."""
+    t = random_trace(L=3, E=6, K=2, P=8, max_tokens=3, seed=5)
+    for mode in ("pinned", "sequential"):
+        a, b = reference.replay(t, "lru", 5, mode=mode), reference.simulate(t, "lru", 5, mode=mode)
+        assert isinstance(a, reference.RefResult) and a == b
+    plan = make_plan(olmoe, PrefetchConfig(predictor="oracle"))
+    got = reference.replay(olmoe, "ls", 40, plan=plan, hardware=SLOW, reading=VISIT_READING)
+    assert isinstance(got, reference.TimedResult)
+    assert got == simulate_timed(olmoe, "ls", 40, plan=plan, hardware=SLOW)
+    _same_as_demand_only(reference.replay(t, "lfu", 4, partitioned=True),
+                         reference.replay(t, "lfu", 4, partitioned=True, hardware=SLOW, reading=VISIT_READING))
+    with pytest.raises(TypeError, match="unknown settings.*'bandwidth'"):
+        reference.replay(t, "lru", 4, bandwidth=3)
+    with pytest.raises(ValueError, match="pinned visits only"):
+        reference.replay(t, "lru", 4, mode="sequential", hardware=SLOW)
+
+
 def test_timing_identities_without_prefetch(olmoe):
     """No plan: the engine is idle at every visit start, so stall = misses x transfer exactly;
     pass times add compute; TTFT and TPOT fall as bandwidth rises; free copies stall nothing."""

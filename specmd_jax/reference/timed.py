@@ -17,16 +17,18 @@ from specmd_jax.core.counters import TIMED_COUNTERS
 from specmd_jax.core import checks
 from specmd_jax.core.miss import MissConfig, Precision, check_levels, decide, row_details
 from specmd_jax.core.routing import RoutingConfig, gap_means, route_rows
-from specmd_jax.reference.demand import floyd_pick, policy_key, steps_of
+from specmd_jax.reference.arrivals import Arrivals
+from specmd_jax.reference.demand import policy_key, steps_of
+from specmd_jax.reference.quality import visit_proxies
 from specmd_jax.core.score import NF, timed_features
 from specmd_jax.core.semantics import INF_STEP, SB_SCALE, layer_capacity
 from specmd_jax.policies import REGISTRY
 from specmd_jax.core.timing import INSTANT, Hardware, Reading, turn_share
 from specmd_jax.core.trace import PREFILL
 
-# random-policy hash seeds of the three arrival batches of a visit (demand batch = the seed itself,
-# so a replay without prefetch draws exactly what the demand-only reference draws)
-_SEED_INSTANT, _SEED_COMPUTE = 0xA5A5A5A5, 0x5A5A5A5A
+# random-policy hash seed of a turn's batch of arrivals during its compute (the instant batch's is
+# arrivals.SEED_INSTANT; the demand batch draws with the seed itself)
+SEED_COMPUTE = 0x5A5A5A5A
 
 
 @dataclasses.dataclass
@@ -67,12 +69,12 @@ def simulate_timed(trace, policy: str, capacity: int, *, plan=None, hardware: Ha
     pinned). ``policy="score"`` is the parametric keep score of :mod:`specmd_jax.core.score` with
     integer ``weights`` (all nine features, ``pf`` and ``level`` included;
     :func:`specmd_jax.core.score.timed_features`), lowest id on ties."""
-    return _Replay(trace, policy, capacity, plan=plan, hardware=hardware, instant_prefetch=instant_prefetch,
+    return Replay(trace, policy, capacity, plan=plan, hardware=hardware, instant_prefetch=instant_prefetch,
                    partitioned=partitioned, seed=seed, precision=precision, miss=miss, routing=routing,
                    weights=weights, reading=reading).run()
 
 
-class _Replay:
+class Replay(Arrivals):
     """State and steps of one timed replay (:func:`simulate_timed`). A visit is a list of *turns*
     (one with the whole demand under ``execution=visit``, one per expert under ``expert``); a turn
     classifies its demand, queues its fetches, waits, admits what arrived, uses, computes its
@@ -164,100 +166,6 @@ class _Replay:
             return (sum(a * b for a, b in zip(self.score_w, f)), x)
         return policy_key(self.policy, r, x, l, self.E, self.score, self.nextuse)
 
-    def arrivals_until(self, limit):
-        """Copies completed by ``limit`` (completion order = issue order: one FIFO engine; equal
-        times only when copies are free), removed from the queue: ``[(id, level)]``."""
-        due = sorted((d, k, g, lv) for g, (d, k, lv) in self.pending.items() if d <= limit)
-        for _, _, g, _ in due:
-            del self.pending[g]
-        return [(g, lv) for _, _, g, lv in due]
-
-    # ---------------------------------------------------------------- arrival batch
-    def arrive(self, batch, P, own, l, rseed):
-        """Admit one arrival batch (``[(id, level)]`` in completion order): the turn's ``own``
-        demand copies first (ascending id), then the others in completion order, into free
-        slots or by evicting the lowest-keyed residents outside the pinned set ``P`` and the
-        batch. What does not fit is a bypass (own copy: used, not cached) or a dropped prefetch."""
-        E, lv_units, resident = self.E, self.lv_units, self.resident
-        level = dict(batch)
-        batch = [g for g, _ in batch]
-        inb = set(batch)
-        dem = sorted(g for g in batch if g in own)
-        order = dem + [g for g in batch if g not in own]
-        vpool = self.pool_of(l * E)
-        for q in sorted({self.pool_of(g) for g in order}):
-            A = [g for g in order if self.pool_of(g) == q]
-            free = max(self.cap_of(q) - self.occ[q], 0)
-            evictable = [x for x in resident if self.pool_of(x) == q and x not in P and x not in inb]
-            room = free + sum(lv_units[resident[x]["lvl"]] for x in evictable)
-            n_adm, need = 0, 0
-            for g in A:  # the longest prefix that fits (miss.py: byte-capacity eviction)
-                if need + lv_units[level[g]] > room:
-                    break
-                need += lv_units[level[g]]
-                n_adm += 1
-            need = max(0, need - free)
-            if need:
-                evictable.sort(key=lambda x: self.key(x, l))
-                if self.policy == "random":  # equal sizes (miss.check_levels): a known victim count
-                    victims = floyd_pick(evictable, -(-need // lv_units[0]), rseed, self.s,
-                                         0 if q == vpool else 4096 * (1 + q))
-                else:
-                    victims, freed = [], 0
-                    for x in evictable:
-                        if freed >= need:
-                            break
-                        victims.append(x)
-                        freed += lv_units[resident[x]["lvl"]]
-                for x in victims:
-                    if resident[x]["pf"]:
-                        self.add("pf_wasted", l)
-                    self.occ[q] -= lv_units[resident[x]["lvl"]]
-                    del resident[x]
-                    self.evicted_in_pass.add(x)
-                self.add("evictions", l, len(victims))
-            for i, g in enumerate(A):
-                demand = g in own
-                if not demand:
-                    self.add("pf_arrived", l)
-                if i >= n_adm:
-                    self.add("bypass" if demand else "pf_dropped", l)
-                    continue
-                self.seq += 1
-                # a prefetch enters the current tier at arrival; a demanded copy is marked by its use
-                resident[g] = {"ins": self.seq, "last": self.seq, "freq": 0, "mark": -1 if demand else self.p,
-                               "entry": self.seq, "pf": not demand, "lvl": level[g], "hp": 0}
-                if self.policy == "belady" and not demand:
-                    self.nextuse[g] = self.s if g in self.todo else self.next_demand(g, self.s)
-                self.occ[q] += lv_units[level[g]]
-            self.max_occ = max(self.max_occ, self.occ[q])
-            assert self.occ[q] <= max(self.cap_of(q), 0), "occupancy exceeded capacity"
-
-    # ---------------------------------------------------------------- prefetch issue
-    def issue(self, t_issue, P, l, rseed):
-        """Issue the visit's proposals at ``t_issue`` (step 7 / ``prefetch_issue``)."""
-        instant = []
-        for g in (self.proposals[self.s] if self.proposals is not None else ()):
-            if g in self.resident:
-                self.add("pf_resident", l)
-                r = self.resident[g]
-                if self.policy == "ls" and r["mark"] != self.p:  # Least-Stale: a prefetch re-marks current
-                    self.seq += 1
-                    r["mark"], r["entry"] = self.p, self.seq
-            elif g in self.pending or g in instant:
-                self.add("pf_pending", l)
-            else:
-                self.add("pf_issued", l)
-                self.add("units_moved", l, self.lv_units[0])
-                if self.instant_prefetch:
-                    instant.append(g)
-                else:
-                    self.engine_free = max(t_issue, self.engine_free) + self.xfer
-                    self.issued += 1
-                    self.pending[g] = (self.engine_free, self.issued, 0)
-        if instant:
-            self.arrive([(g, 0) for g in instant], P, set(), l, rseed ^ _SEED_INSTANT)
-
     # ---------------------------------------------------------------- one visit
     def visit(self, s, p, l):
         E, resident = self.E, self.resident
@@ -292,7 +200,7 @@ class _Replay:
             self.turn(i, n, tids, ids, vscore, vrank, l, share, served_lvl, subs,
                       P_visit if self.expert and not self.reading.pins_running else None)
         self.todo = set()
-        self.proxies(l, rec_rows, rec_w, new_rows, served_lvl, subs)
+        visit_proxies(self.add, E, self.lv_bits, l, rec_rows, rec_w, new_rows, served_lvl, subs)
 
     def turn(self, i, n, tids, ids, vscore, vrank, l, share, served_lvl, subs, P_fixed):
         """One turn: demand ``tids`` (ascending) of the visit ``ids``; ``P_fixed`` the pinned set
@@ -365,39 +273,8 @@ class _Replay:
             self.issue(t_ready, P, l, rseed)
         # 8-9. compute; arrivals during it
         t_end = t_ready + share
-        self.arrive(self.arrivals_until(t_end), P, own, l, rseed ^ _SEED_COMPUTE)
+        self.arrive(self.arrivals_until(t_end), P, own, l, rseed ^ SEED_COMPUTE)
         self.t = t_end
-
-    def proxies(self, l, rec_rows, rec_w, new_rows, served_lvl, subs):
-        """Quality proxies of one visit: the recorded (token, expert) pairs, and the bits of what ran."""
-        add, E, lv_bits = self.add, self.E, self.lv_bits
-        for i, row in enumerate(rec_rows):
-            new = set(new_rows[i])
-            add("tokens", l)
-            add("tokens_changed", l, int(new != set(row)))
-            for e, w in zip(row, rec_w[i]):
-                g, u = l * E + e, round(w * SB_SCALE)
-                add("pairs", l)
-                add("units_total", l, u)
-                if e not in new:
-                    add("pairs_rerouted", l)
-                    add("units_rerouted", l, u)
-                elif g in served_lvl:
-                    add("pairs_served", l)
-                    if served_lvl[g] == 0:
-                        add("units_full", l, u)
-                elif g in subs:
-                    add("pairs_substituted", l)
-                    add("units_substituted", l, u)
-                else:
-                    add("pairs_dropped", l)
-                    add("units_dropped", l, u)
-            for e in new_rows[i]:
-                g = l * E + e
-                ran = served_lvl.get(g, served_lvl.get(("sub", g)))
-                if ran is not None:
-                    add("exec_pairs", l)
-                    add("bits_served", l, lv_bits[ran])
 
     # ---------------------------------------------------------------- the replay
     def run(self) -> TimedResult:
