@@ -23,6 +23,9 @@ are slow: docs/performance.md). Policies differ only in how a step re-ranks:
     victims by layer distance (counts per layer, then lowest ids in a layer via a small
     triangular matmul); ranks only mark residency.
 
+Each kind's re-rank is :mod:`specmd_jax.kernels.reranks`; the step here classifies the demand,
+admits and writes the new ranks and counters.
+
 All numbers (capacity, seed) are data in :class:`Params`; shapes and the policy are static.
 """
 
@@ -35,7 +38,8 @@ from jax import lax
 
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.kernels.pytree import pytree_dataclass
-from specmd_jax.kernels.ranks import ABSENT, GONE, classify_demand, count_lt, wsum
+from specmd_jax.kernels.ranks import ABSENT, GONE, classify_demand, wsum
+from specmd_jax.kernels.reranks import DemandStep, rerank
 from specmd_jax.core.semantics import INF_STEP
 from specmd_jax.policies import served_by
 
@@ -44,7 +48,6 @@ KIND = {"lru": "mtt", "ls": "mtt", "fifo": "ins", "random": "ins", "belady": "ke
         "sb": "keyed", "lfu": "keyed", "fld": "fld"}
 SCAN_POLICIES = served_by("scan")
 SHARED_KEY = {"belady", "sb"}
-HIGHEST = lax.Precision.HIGHEST
 
 
 @pytree_dataclass
@@ -118,25 +121,6 @@ class Policy(NamedTuple):
     step: Any
 
 
-def _mix32(x):
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def rand_u32(seed, step, draw):
-    """jax twin of ``semantics.rand_u32`` (uint32 wrap-around arithmetic)."""
-    h = _mix32(seed.astype(jnp.uint32) * jnp.uint32(0x9E3779B1) + step.astype(jnp.uint32))
-    return _mix32(h ^ (jnp.uint32(draw) * jnp.uint32(0x85EBCA77)))
-
-
-def _more_protected(ka, ia, kb, ib):
-    """Lexicographic ``(key, id) > (key, id)``; broadcasting."""
-    return (ka > kb) | ((ka == kb) & (ia > ib))
-
-
 def make_policy(spec: Spec) -> Policy:
     """Build the pure ``init``/``step`` functions of ``spec.policy`` for ``spec``'s shapes."""
     if spec.policy not in SCAN_POLICIES:
@@ -200,88 +184,19 @@ def make_policy(spec: Spec) -> Policy:
         r0D, rD, resD, missD, nd, nh, nm, coll, m, nev, na = classify_demand(r, loc, valid, occ, cap)
         rD = jnp.where(resD, rD, ABSENT).astype(jnp.int16)
         resident = r < GONE
-        evictable = resident & ~inD
         # admission: the first `na` missing ids (ids ascending within the step). Per-configuration
         # [W] work is written as W unrolled elementwise terms (wsum): under vmap they are
         # vectorised over the configurations, where a [W, W] reduction along the short W axis
         # is scalar code on XLA:CPU (measured: 15-25% of the whole FIFO step).
-        earlier = jnp.arange(W)[None, :] < jnp.arange(W)[:, None]            # [W, W] j' < j
         cm = wsum([(jnp.arange(W) > j) & missD[j] for j in range(W - 1)], (W,))
         admitD = missD & (cm < na)
         Dp = resD | admitD
-        nDp = nh + na
-
-        freq = state.freq
         occ_new = occ - nev + na
-        if kind == "fld":
-            # ranks only mark residency (0); victims by layer distance
-            gone = _fld_victims(evictable, nev, l)
-            r_c = jnp.zeros_like(r)
-            rD_new = jnp.zeros((W,), jnp.int16)
-        else:
-            # position among evictables (0 = most protected): W compares per element
-            # (fifo needs no per-element count: see below)
-            evpos = None if spec.policy == "fifo" else r - count_lt(rD, r)
-            thresh = (m - nev).astype(jnp.int16)
-            na16 = na.astype(jnp.int16)
-            ev_posD = rD.astype(jnp.int32) - wsum([rD[j] < rD for j in range(W)], (W,))   # hits' evpos
-            if kind == "mtt":
-                # a non-demanded resident moves to evpos + |D'|; it is a victim iff that rank
-                # reaches the new occupancy (= its evictable position is in the bottom `nev`)
-                r_c = evpos + nDp.astype(jnp.int16)
-                gone = r_c >= occ_new.astype(jnp.int16)
-                rD_new = (nDp - 1 - jnp.sum(earlier & Dp[None, :], axis=1, dtype=jnp.int32)).astype(jnp.int16)
-            elif spec.policy == "fifo":
-                # hits keep their place, admitted go on top; victims are the oldest evictables:
-                # the non-demanded residents ranked at or below R*, the rank of the evictable at
-                # position `thresh`. A hit's evictable position (rank minus the hits below it)
-                # is the position it sits above, so R* = thresh + #{hits with ev_pos <= thresh}:
-                # a [W] computation per config and one compare per element (no W-compare count).
-                rstar = (thresh + wsum([resD[j] & (ev_posD[j] <= thresh) for j in range(W)], ())).astype(jnp.int16)
-                r_c = r + na16
-                gone = (r >= rstar) & ~inD
-                nv_aboveD = jnp.clip(ev_posD - thresh, 0, nev)
-                rD_new = jnp.where(resD, rD.astype(jnp.int32) - nv_aboveD + na, na - 1 - cm).astype(jnp.int16)
-            elif spec.policy == "random":
-                # Floyd positions count from the oldest evictable (the reference's order):
-                # position j <-> evpos m - 1 - j; victims above x have positions >= m - evpos(x)
-                U = _floyd(params.seed, visit.step, nev, m, W)
-                gone = jnp.any(U[:, None] == (m - 1 - evpos.astype(jnp.int32))[None, :], axis=0)
-                lim = m - evpos.astype(jnp.int32)
-                limD = m - ev_posD.astype(jnp.int32)
-                nv_above = jnp.sum((U[:, None] >= 0) & (U[:, None] >= lim[None, :]), axis=0, dtype=jnp.int16)
-                nv_aboveD = jnp.sum((U[None, :] >= 0) & (U[None, :] >= limD[:, None]), axis=1, dtype=jnp.int16)
-                r_c = r - nv_above + na16
-                rD_new = jnp.where(resD, rD - nv_aboveD + na16, na - 1 - cm).astype(jnp.int16)
-            else:  # keyed: new ranks count more-protected experts under the policy's keys
-                gone = evpos >= thresh
-                S = evictable & ~gone                      # non-demanded survivors
-                idsD = visit.ids
-                if lfu:
-                    # Demanded experts take last use = this step, later than every other
-                    # resident's, so against a non-demanded x the (freq, last, id) order reduces
-                    # to freq alone: d above x iff freq_d >= freq_x. One compare, no `last` table.
-                    f = pool(state.freq, l)
-                    fD = jnp.where(resD, f[loc] + 1, 1)
-                    G = fD[:, None] >= f[None, :]                                       # [W, M]
-                    Gdd = (fD[:, None] > fD[None, :]) | ((fD[:, None] == fD[None, :]) & (idsD[:, None] > idsD[None, :]))
-                    up_x = jnp.sum(G & Dp[:, None], axis=0, dtype=jnp.int16)
-                    # per-config [W, M] x [M] count as a matvec (XLA:CPU reductions along the
-                    # contiguous axis are scalar code; a dot is vectorised)
-                    sg = jnp.dot(G.astype(jnp.float32), S.astype(jnp.float32), precision=HIGHEST).astype(jnp.int32)
-                    f_new = jnp.where(resident & ~gone, f, 0).at[jnp.where(Dp, loc, M)].set(fD, mode="drop")
-                    freq = unpool(state.freq, f_new, l)
-                else:
-                    # keys shared by all configurations: G is shared, the counts are matmuls
-                    gid_pool = jnp.arange(M, dtype=jnp.int32) + base
-                    kD = jnp.where(valid, shared[jnp.where(valid, visit.ids, 0)], 0)
-                    G = _more_protected(kD[:, None], idsD[:, None], pool(shared, l)[None, :], gid_pool[None, :])
-                    Gdd = _more_protected(kD[:, None], idsD[:, None], kD[None, :], idsD[None, :])
-                    Gf = G.astype(jnp.float32)
-                    up_x = jnp.dot(Dp.astype(jnp.float32), Gf, precision=HIGHEST).astype(jnp.int16)
-                    sg = jnp.dot(Gf, S.astype(jnp.float32), precision=HIGHEST).astype(jnp.int32)
-                r_c = evpos + up_x
-                rD_new = ((m - nev - sg) + jnp.sum(Gdd & Dp[:, None], axis=0, dtype=jnp.int32)).astype(jnp.int16)
+        s = DemandStep(spec=spec, kind=kind, l=l, base=base, r=r, rD=rD, resD=resD, valid=valid, loc=loc, inD=inD,
+                       resident=resident, evictable=resident & ~inD, m=m, nev=nev, na=na, cm=cm, Dp=Dp,
+                       nDp=nh + na, occ_new=occ_new, ids=visit.ids, step=visit.step, seed=params.seed,
+                       shared=shared, freq=state.freq, pool=pool, unpool=unpool)
+        r_c, gone, rD_new, freq = rerank(s)
         # non-residents keep their sentinel; victims become GONE; demanded experts are written last
         r_new = jnp.where(r >= GONE, r, jnp.where(gone, GONE, r_c)).astype(jnp.int16)
         # scatter at the shared indices (same for every configuration: a cheap scatter on CPU);
@@ -294,32 +209,4 @@ def make_policy(spec: Spec) -> Policy:
                          max_occ=jnp.maximum(state.max_occ, occ_new))
         return new, occ_new
 
-    def _fld_victims(evictable, nev, l):
-        tri = (jnp.arange(E)[:, None] < jnp.arange(E)[None, :]).astype(jnp.float32)  # [E, E] strict
-        if part:
-            c = jnp.dot(evictable.astype(jnp.float32), tri, precision=HIGHEST)
-            return evictable & (c < nev)
-        ev3 = evictable.reshape(L, E)
-        cnt = jnp.sum(ev3, axis=1, dtype=jnp.int32)                                   # [L]
-        lay = jnp.arange(L)
-        dist = jnp.abs(lay - l)
-        # layer a is evicted before layer b: farther first, then lower layer
-        before = (dist[:, None] > dist[None, :]) | ((dist[:, None] == dist[None, :]) & (lay[:, None] < lay[None, :]))
-        nbefore = jnp.dot(cnt.astype(jnp.float32), before.astype(jnp.float32), precision=HIGHEST).astype(jnp.int32)
-        take = jnp.clip(nev - nbefore, 0, cnt)
-        c = jnp.dot(ev3.astype(jnp.float32), tri, precision=HIGHEST)                 # [L, E]
-        return (ev3 & (c < take[:, None].astype(jnp.float32))).reshape(N)
-
     return Policy(spec.policy, init, shared_init, shared_step, step)
-
-
-def _floyd(seed, step, nev, m, width):
-    """Floyd's sampling of ``nev`` distinct positions in ``[0, m)``; int32[width], -1 unused."""
-
-    def body(i, U):
-        j = m - nev + i
-        t = (rand_u32(seed, step, i) % jnp.maximum(j + 1, 1).astype(jnp.uint32)).astype(jnp.int32)
-        in_s = jnp.any(U == t)
-        return U.at[i].set(jnp.where(i < nev, jnp.where(in_s, j, t), -1))
-
-    return lax.fori_loop(0, width, body, jnp.full((width,), -1, jnp.int32))
