@@ -110,15 +110,7 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
             score (:mod:`specmd_jax.core.score`; pinned mode, global pool).
         occupancy_log: if a list is given, the pool occupancy after every step is appended.
     """
-    if policy == "score":
-        if weights is None or mode != "pinned" or partitioned:
-            raise ValueError("policy 'score' needs weights=, pinned mode and the global pool")
-        score_w = [int(x) for x in weights]
-    elif policy not in REGISTRY or "demand" not in REGISTRY[policy].modes:
-        known = tuple(n for n, p in REGISTRY.items() if "demand" in p.modes)
-        raise ValueError(f"unknown policy {policy!r} in demand-only replay; known: {known}")
-    if policy == "sb" and trace.weights is None:
-        raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
+    score_w = _check_policy(trace, policy, mode, partitioned, weights)
     capacity = int(checks.capacities(capacity, name="capacity")[0])
     seed = int(checks.seeds(seed, name="seed")[0])
     L, E = trace.shape.num_layers, trace.shape.num_experts
@@ -168,18 +160,7 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
                 evicted_in_pass.add(g)
             occ[pool] -= nev
         na = min(len(miss), free + nev)
-        admitted = sorted(miss)[:na]
-        for g in ids:
-            if g in resident:  # hit
-                r = resident[g]
-                r["freq"] += 1
-            elif g in admitted:
-                r = resident[g] = {"ins": s, "freq": 1, "mark": -1, "entry": s}
-            else:
-                continue
-            r["last"] = s
-            if r["mark"] != p:
-                r["mark"], r["entry"] = p, s
+        use(resident, ids, sorted(miss)[:na], s, p)
         occ[pool] += na
         max_occ = max(max_occ, occ[pool])
         if occupancy_log is not None:
@@ -191,3 +172,34 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
             per[name][l] += v
     return RefResult(totals=tot, per_layer=per, resident=sorted(resident), max_occupancy=max_occ,
                      bytes_moved=tot["misses"] * trace.shape.expert_bytes)
+
+
+def _check_policy(trace, policy, mode, partitioned, weights):
+    """Refuse a policy the demand replay cannot run; the integer weights of ``policy="score"``."""
+    if policy == "score":
+        if weights is None or mode != "pinned" or partitioned:
+            raise ValueError("policy 'score' needs weights=, pinned mode and the global pool")
+        return [int(x) for x in weights]
+    if policy not in REGISTRY or "demand" not in REGISTRY[policy].modes:
+        known = tuple(n for n, p in REGISTRY.items() if "demand" in p.modes)
+        raise ValueError(f"unknown policy {policy!r} in demand-only replay; known: {known}")
+    if policy == "sb" and trace.weights is None:
+        raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
+    return None
+
+
+def use(resident: dict, ids, admitted, s: int, p: int) -> None:
+    """Step ``s`` (pass ``p``) uses its demand ``ids``: a hit counts one more use, an ``admitted``
+    miss is inserted; both take last use ``s`` and enter the current tier (mark ``p``) unless
+    already in it. A bypassed miss is not resident and is not touched."""
+    for g in ids:
+        if g in resident:  # hit
+            r = resident[g]
+            r["freq"] += 1
+        elif g in admitted:
+            r = resident[g] = {"ins": s, "freq": 1, "mark": -1, "entry": s}
+        else:
+            continue
+        r["last"] = s
+        if r["mark"] != p:
+            r["mark"], r["entry"] = p, s
