@@ -17,8 +17,9 @@ import numpy as np
 
 from specmd_jax.core.limits import (MAX_META_CHARS, TraceError, check_file, grid_error, loads_json, max_npz_bytes,
                                     npy_header, sniff)
-from specmd_jax.core.trace import (FLOAT_FIELDS, FORMAT_VERSION, INT_FIELDS, NDIM, READABLE_VERSIONS, ModelShape,
-                                   Trace, as_float, as_int, check_shape, fail, validate)
+from specmd_jax.core.coerce import as_float, as_int, fail
+from specmd_jax.core.trace import FORMAT_VERSION, READABLE_VERSIONS, ModelShape, Trace, check_shape, validate
+from specmd_jax.core.trace_fields import FLOAT_FIELDS, INT_FIELDS, NDIM
 
 
 def save_trace(t: Trace, path) -> None:

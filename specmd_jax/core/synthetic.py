@@ -138,6 +138,65 @@ def _predicted(ids: np.ndarray, logits: np.ndarray, noise: float, rng: np.random
     return out
 
 
+def _check_size(shape: ModelShape, n: int, pl: int, gl: int) -> None:
+    """ValueError when the routing pass's working arrays for ``n`` requests of ``pl + gl`` tokens
+    would exceed :func:`~specmd_jax.core.limits.max_npz_bytes`."""
+    L, K = shape.num_layers, shape.top_k
+    rows = n * (pl + gl) * L
+    need = rows * (8 * shape.num_experts + 6 * K)   # the routing pass's per-row float32/int16 working arrays
+    if need > max_npz_bytes():
+        raise ValueError(f"num_requests x (prompt_len + gen_len) x L = {n} x {pl + gl} x {L} = {rows} routed rows "
+                         f"would take about {need / 2 ** 30:.1f} GiB to generate (limit {max_npz_bytes() / 2 ** 30:.1f} "
+                         "GiB, SPECMD_MAX_NPZ_BYTES)")
+
+
+def _pred_blocks(ids: np.ndarray, logits: np.ndarray, noise: float, seed: int, pl: int) -> list[np.ndarray]:
+    """Per request the predictions of its passes, in pass order: the prefill pass's ``[L, E]``
+    (its tokens summed; none when ``pl`` is 0), then the decode passes' ``[gen_len * L, E]``."""
+    E = logits.shape[-1]
+    pt = _predicted(ids, logits, noise, np.random.default_rng([seed, 1]))   # [R, T, L, E]
+    blocks = []
+    for r in range(len(ids)):
+        if pl:
+            blocks.append(pt[r, :pl].sum(axis=0))          # prefill pass: [L, E]
+        blocks.append(pt[r, pl:].reshape(-1, E))   # decode passes: [gl * L, E]
+    return blocks
+
+
+def _pass_blocks(ids: np.ndarray, wts: np.ndarray, scores: Optional[np.ndarray], pl: int, gl: int):
+    """Rows of every request in trace order (pass, layer, token): expert and weight blocks (and
+    router-logit blocks from ``scores``, none when it is ``None``), the phase and tokens of each pass.
+    Prefill pass: [L, pl, K]; decode passes: [gl, L, K]."""
+    K = ids.shape[-1]
+    ex_blocks, w_blocks, lg_blocks, phase, tokens = [], [], [], [], []
+    for r in range(len(ids)):
+        if scores is not None:
+            E = scores.shape[-1]
+            if pl:
+                lg_blocks.append(scores[r, :pl].transpose(1, 0, 2).reshape(-1, E))
+            lg_blocks.append(scores[r, pl:].reshape(-1, E))
+        if pl:
+            ex_blocks.append(ids[r, :pl].transpose(1, 0, 2).reshape(-1, K))
+            w_blocks.append(wts[r, :pl].transpose(1, 0, 2).reshape(-1, K))
+            phase.append(PREFILL)
+            tokens.append(pl)
+        ex_blocks.append(ids[r, pl:].reshape(-1, K))
+        w_blocks.append(wts[r, pl:].reshape(-1, K))
+        phase += [DECODE] * gl
+        tokens += [1] * gl
+    return ex_blocks, w_blocks, lg_blocks, phase, tokens
+
+
+def _source(shape: ModelShape, n: int, pl: int, gl: int, skew, reuse, cross_layer, seed: int, rank_coupling,
+            pred_noise, with_logits) -> str:
+    """The trace's ``source``: the call that generates it (knobs at their defaults left out)."""
+    return (f"synthetic.generate(model={shape.name!r}, num_requests={n}, prompt_len={pl}, gen_len={gl}, "
+            f"skew={skew}, reuse={reuse}, cross_layer={cross_layer}, seed={seed}"
+            + (f", rank_coupling={rank_coupling}" if rank_coupling else "")
+            + (f", pred_noise={pred_noise}" if pred_noise is not None else "")
+            + (", with_logits=True)" if with_logits else ")"))
+
+
 def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int = 2, prompt_len: int = 32,
              gen_len: int = 64, skew: Union[float, Sequence[float]] = 1.0, reuse: float = 0.5,
              cross_layer: Union[float, Sequence[float]] = 0.3, rank_coupling: float = 0.0, seed: int = 0,
@@ -170,54 +229,23 @@ def generate(model: Union[str, ModelShape] = "olmoe-1b-7b", *, num_requests: int
     """
     _check(skew, reuse, cross_layer, num_requests, prompt_len, gen_len, pred_noise)
     shape = model if isinstance(model, ModelShape) else get_model_preset(model)
-    L, K = shape.num_layers, shape.top_k
+    L = shape.num_layers
     _per_layer("skew", skew, L), _per_layer("cross_layer", cross_layer, L)
     n, pl, gl = int(num_requests), int(prompt_len), int(gen_len)
     seed = checks.whole("seed", seed, 0, 2 ** 63 - 1)
-    rows = n * (pl + gl) * L
-    need = rows * (8 * shape.num_experts + 6 * K)   # the routing pass's per-row float32/int16 working arrays
-    if need > max_npz_bytes():
-        raise ValueError(f"num_requests x (prompt_len + gen_len) x L = {n} x {pl + gl} x {L} = {rows} routed rows "
-                         f"would take about {need / 2 ** 30:.1f} GiB to generate (limit {max_npz_bytes() / 2 ** 30:.1f} "
-                         "GiB, SPECMD_MAX_NPZ_BYTES)")
+    _check_size(shape, n, pl, gl)
     rng = np.random.default_rng(seed)
     if not (np.isfinite(rank_coupling) and rank_coupling >= 0):
         raise ValueError(f"rank_coupling must be a finite number >= 0, got {rank_coupling!r}")
     ids, wts, logits, scores = _route(shape, n, pl + gl, skew, float(reuse), cross_layer, rng,
                                       keep_logits=pred_noise is not None, keep_scores=bool(with_logits),
                                       rank_coupling=float(rank_coupling))
-    pred_blocks = []
-    if pred_noise is not None:
-        pt = _predicted(ids, logits, float(pred_noise), np.random.default_rng([seed, 1]))   # [R, T, L, E]
-        for r in range(n):
-            if pl:
-                pred_blocks.append(pt[r, :pl].sum(axis=0))          # prefill pass: [L, E]
-            pred_blocks.append(pt[r, pl:].reshape(-1, shape.num_experts))   # decode passes: [gl * L, E]
-    # Row order: pass, layer, token. Prefill pass: [L, pl, K]; decode passes: [gl, L, K].
-    ex_blocks, w_blocks, lg_blocks, phase, tokens = [], [], [], [], []
-    E = shape.num_experts
-    for r in range(n):
-        if with_logits:
-            if pl:
-                lg_blocks.append(scores[r, :pl].transpose(1, 0, 2).reshape(-1, E))
-            lg_blocks.append(scores[r, pl:].reshape(-1, E))
-        if pl:
-            ex_blocks.append(ids[r, :pl].transpose(1, 0, 2).reshape(-1, K))
-            w_blocks.append(wts[r, :pl].transpose(1, 0, 2).reshape(-1, K))
-            phase.append(PREFILL)
-            tokens.append(pl)
-        ex_blocks.append(ids[r, pl:].reshape(-1, K))
-        w_blocks.append(wts[r, pl:].reshape(-1, K))
-        phase += [DECODE] * gl
-        tokens += [1] * gl
+    pred_blocks = [] if pred_noise is None else _pred_blocks(ids, logits, float(pred_noise), seed, pl)
+    ex_blocks, w_blocks, lg_blocks, phase, tokens = _pass_blocks(ids, wts, scores, pl, gl)
     per_pass = n * ((pl > 0) + gl)
     counts = np.repeat(np.asarray(tokens), L)
     offsets = np.concatenate(([0], np.cumsum(counts)))
-    src = (f"synthetic.generate(model={shape.name!r}, num_requests={n}, prompt_len={pl}, gen_len={gl}, "
-           f"skew={skew}, reuse={reuse}, cross_layer={cross_layer}, seed={seed}"
-           + (f", rank_coupling={rank_coupling}" if rank_coupling else "")
-           + (f", pred_noise={pred_noise}" if pred_noise is not None else "")
-           + (", with_logits=True)" if with_logits else ")"))
+    src = _source(shape, n, pl, gl, skew, reuse, cross_layer, seed, rank_coupling, pred_noise, with_logits)
     return make_trace(shape, np.repeat(np.arange(n), (pl > 0) + gl), phase, tokens, offsets,
                       np.concatenate(ex_blocks), np.concatenate(w_blocks) if with_weights else None,
                       source=src, notes=(f"synthetic: Zipf popularity, reuse bonus, cross-layer bonus; "

@@ -34,20 +34,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from specmd_jax.core.limits import (FLOAT32_MAX, MAX_EXPERT_BYTES, MAX_IDS, TraceError, grid_error)
+from specmd_jax.core.coerce import as_float, as_int, fail
+from specmd_jax.core.limits import MAX_EXPERT_BYTES, MAX_IDS, TraceError
+from specmd_jax.core.trace_checks import (check_dtypes, check_experts, check_logits, check_offsets, check_passes,
+                                          check_pred_scores, check_weights)
+from specmd_jax.core.trace_fields import DECODE, PREFILL
 
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
-PREFILL, DECODE = 0, 1
 __all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "PREFILL", "DECODE", "TraceError", "ModelShape", "Trace",
            "validate", "make_trace"]
-
-# In-memory dtype of each integer field (cast only when every value fits) and ndim of every array field.
-INT_FIELDS = {"pass_request": np.int32, "pass_phase": np.int8, "pass_tokens": np.int32,
-               "cell_offsets": np.int64, "experts": np.int16}
-FLOAT_FIELDS = ("weights", "pred_scores", "logits")
-NDIM = {"pass_request": 1, "pass_phase": 1, "pass_tokens": 1, "cell_offsets": 1, "experts": 2,
-         "weights": 2, "pred_scores": 2, "logits": 2}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,10 +152,6 @@ class Trace:
             source=f"{self.source}[passes {start}:{stop}]")
 
 
-def fail(where: str, field: str, msg: str) -> None:
-    raise TraceError(f"{where}: field '{field}': {msg}")
-
-
 def check_shape(where: str, s) -> None:
     """The model shape's numbers: positive integers (not bools), ``K <= E``, ``L * E <= MAX_IDS``."""
     if not isinstance(s, ModelShape):
@@ -188,156 +180,19 @@ def validate(t: Trace, where: Optional[str] = None) -> Trace:
     consistent; expert ids in ``[0, E)``; no duplicate id inside one token's top-K; rows have
     exactly ``K`` columns; weights finite and non-negative; phases in {0, 1}; request ids and
     pass tokens non-negative; no cell holds more rows than its pass has tokens; the
-    ``(pass, layer)`` grid within :func:`~specmd_jax.core.limits.max_cells`.
+    ``(pass, layer)`` grid within :func:`~specmd_jax.core.limits.max_cells`. The checks past the
+    shape's are in :mod:`specmd_jax.core.trace_checks`.
     """
     where = where or t.source
-    s = t.shape
-    check_shape(where, s)
-    for f, nd in NDIM.items():
-        a = getattr(t, f)
-        if a is None and f in FLOAT_FIELDS:
-            continue
-        want = np.dtype(INT_FIELDS.get(f, np.float32))
-        if not isinstance(a, np.ndarray) or a.dtype != want or a.ndim != nd:
-            got = f"{a.ndim}-D {a.dtype} array of shape {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
-            fail(where, f, f"must be a {nd}-D {want} array, got a {got}")
-    P = t.pass_phase.shape[0]
-    if P == 0 or t.experts.shape[0] == 0:
-        fail(where, "experts", "empty trace: no passes or no routed rows")
-    for f in ("pass_request", "pass_tokens"):
-        if getattr(t, f).shape != (P,):
-            fail(where, f, f"shape {getattr(t, f).shape} != ({P},)")
-    bad = ~np.isin(t.pass_phase, (PREFILL, DECODE))
-    if bad.any():
-        i = int(np.argmax(bad))
-        fail(where, "pass_phase", f"pass {i} has phase {int(t.pass_phase[i])} (expected 0 prefill or 1 decode)")
-    for f in ("pass_request", "pass_tokens"):
-        bad = getattr(t, f) < 0
-        if bad.any():
-            i = int(np.argmax(bad))
-            fail(where, f, f"pass {i}: value {int(getattr(t, f)[i])} is negative")
-    L = s.num_layers
-    off = t.cell_offsets
-    if off.shape != (P * L + 1,):
-        fail(where, "cell_offsets", f"shape {off.shape} != ({P * L + 1},) for P={P}, L={L}")
-    if off[0] != 0 or np.any(np.diff(off) < 0) or off[-1] != t.experts.shape[0]:
-        fail(where, "cell_offsets", f"must start at 0, be non-decreasing and end at the row count "
-                                     f"{t.experts.shape[0]} (starts {int(off[0])}, ends {int(off[-1])})")
-    msg = grid_error(P, L, t.experts.shape[0])
-    if msg:
-        fail(where, "cell_offsets", msg)
-    over = np.diff(off).reshape(P, L) > t.pass_tokens[:, None]
-    if over.any():
-        p, l = map(int, np.argwhere(over)[0])
-        fail(where, "pass_tokens", f"pass {p} has {int(t.pass_tokens[p])} tokens but its cell at layer {l} "
-                                    f"holds {int(off[p * L + l + 1] - off[p * L + l])} rows (one per token at most)")
-    if t.experts.ndim != 2 or t.experts.shape[1] != s.top_k:
-        fail(where, "experts", f"rows must have K={s.top_k} ids, got array shape {t.experts.shape}")
-    ex = t.experts.astype(np.int64)
-    bad = (ex < 0) | (ex >= s.num_experts)
-    if bad.any():
-        r, k = map(int, np.argwhere(bad)[0])
-        fail(where, "experts", f"row {r} slot {k}: expert id {int(ex[r, k])} not in [0, E={s.num_experts})")
-    srt = np.sort(ex, axis=1)
-    dup = np.any(srt[:, 1:] == srt[:, :-1], axis=1) if s.top_k > 1 else np.zeros(len(ex), bool)
-    if dup.any():
-        r = int(np.argmax(dup))
-        fail(where, "experts", f"row {r}: duplicate expert ids in one token's top-k {ex[r].tolist()}")
-    if t.weights is not None:
-        w = t.weights
-        if w.shape != t.experts.shape:
-            fail(where, "weights", f"shape {w.shape} != experts shape {t.experts.shape}")
-        bad = ~np.isfinite(w) | (w < 0)
-        if bad.any():
-            r, k = map(int, np.argwhere(bad)[0])
-            fail(where, "weights", f"row {r} slot {k}: weight {float(w[r, k])!r} is negative or not finite")
-    if t.pred_scores is not None:
-        ps = t.pred_scores
-        if ps.shape != (P * L, s.num_experts):
-            fail(where, "pred_scores", f"shape {ps.shape} != ({P * L}, {s.num_experts}) (P*L visits x E)")
-        nan = np.isnan(ps)
-        part = nan.any(axis=1) & ~nan.all(axis=1)
-        if part.any():
-            v = int(np.argmax(part))
-            fail(where, "pred_scores", f"visit {v} (pass {v // L}, layer {v % L}): some scores NaN, some not "
-                                        "(a row is all NaN for 'no prediction' or all numbers)")
-        bad = ~nan & (~np.isfinite(ps) | (ps < 0))
-        if bad.any():
-            v, e = map(int, np.argwhere(bad)[0])
-            fail(where, "pred_scores", f"visit {v} expert {e}: score {float(ps[v, e])!r} is negative or infinite")
-        last = ~nan[L - 1::L].all(axis=1)
-        if last.any():
-            p = int(np.argmax(last))
-            fail(where, "pred_scores", f"pass {p}, last layer {L - 1}: has scores, but there is no next layer "
-                                        "in the pass (must be NaN)")
-    if t.logits is not None:
-        lg = t.logits
-        if lg.shape != (t.experts.shape[0], s.num_experts):
-            fail(where, "logits", f"shape {lg.shape} != ({t.experts.shape[0]}, {s.num_experts}) (rows x E)")
-        if not np.all(np.isfinite(lg)):
-            r, e = map(int, np.argwhere(~np.isfinite(lg))[0])
-            fail(where, "logits", f"row {r} expert {e}: logit {float(lg[r, e])!r} is not finite")
-        if len(lg):
-            ex = t.experts.astype(np.int64)
-            chosen = np.take_along_axis(lg, ex, axis=1)
-            mask = np.ones(lg.shape, bool)
-            np.put_along_axis(mask, ex, False, axis=1)
-            rest = np.where(mask, lg, -np.inf).max(axis=1) if s.top_k < s.num_experts else np.full(len(lg), -np.inf)
-            bad = (np.diff(chosen, axis=1) > 0).any(axis=1) | (chosen.min(axis=1) < rest)
-            if bad.any():
-                r = int(np.argmax(bad))
-                fail(where, "logits", f"row {r}: the recorded experts {t.experts[r].tolist()} are not the top-"
-                                       f"{s.top_k} of the logits in rank order (their logits "
-                                       f"{[round(float(x), 4) for x in chosen[r]]}, best other {float(rest[r]):.4f})")
+    check_shape(where, t.shape)
+    check_dtypes(t, where)
+    check_passes(t, where)
+    check_offsets(t, where)
+    check_experts(t, where)
+    check_weights(t, where)
+    check_pred_scores(t, where)
+    check_logits(t, where)
     return t
-
-
-def _first(bad: np.ndarray):
-    """Index (int, or tuple for n-D) of the first True of ``bad``."""
-    i = np.unravel_index(int(np.argmax(bad)), bad.shape)
-    return int(i[0]) if len(i) == 1 else tuple(map(int, i))
-
-
-def as_int(x, field: str, dtype, where: str, whole_floats: bool = True) -> np.ndarray:
-    """``x`` as ``dtype``; refuse non-integer dtypes (floats only when whole and ``whole_floats``)
-    and values the cast would wrap, naming the field, the value and its index."""
-    try:
-        a = np.asarray(x)
-    except (ValueError, TypeError) as e:
-        fail(where, field, f"not a rectangular array ({e})")
-    if a.dtype.kind == "f" and whole_floats:
-        bad = ~np.isfinite(a) | (a != np.trunc(a)) if a.size else np.zeros(a.shape, bool)
-        if bad.any():
-            i = _first(bad)
-            fail(where, field, f"value {a[i].item()!r} at index {i} is not a whole number")
-    elif a.dtype.kind not in "iu":
-        fail(where, field, f"dtype {a.dtype} is not an integer type")
-    if a.size:
-        info = np.iinfo(dtype)
-        bad = (a < info.min) | (a > info.max)
-        if bad.any():
-            i = _first(bad)
-            fail(where, field, f"value {int(a[i])} at index {i} does not fit {np.dtype(dtype).name}")
-    return a.astype(dtype)
-
-
-def as_float(x, field: str, where: str) -> np.ndarray:
-    """``x`` as float32; refuse dtypes other than real floats and integers (strings, complex,
-    bool, objects) and finite values float32 cannot hold, naming the field, value and index."""
-    try:
-        a = np.asarray(x)
-    except (ValueError, TypeError) as e:
-        fail(where, field, f"not a rectangular array ({e})")
-    if a.dtype.kind not in "fiu":
-        fail(where, field, f"dtype {a.dtype} is not a real number type (float or integer)")
-    if a.size:
-        b = a.astype(np.float64)
-        with np.errstate(invalid="ignore"):
-            big = np.isfinite(b) & (np.abs(b) > FLOAT32_MAX)
-        if big.any():
-            i = _first(big)
-            fail(where, field, f"value {a[i].item()!r} at index {i} overflows float32")
-    return a.astype(np.float32)
 
 
 def make_trace(shape: ModelShape, pass_request: Sequence[int], pass_phase: Sequence[int],
