@@ -1,5 +1,6 @@
 """The package map of docs/architecture.md, checked on the source: which layer may import which,
-no import cycles, no private names imported across modules, jit/vmap only in the drivers."""
+no import cycles, no private names imported across modules, jit/vmap only in the drivers, modules and
+functions small enough to read in one sitting."""
 
 import ast
 from pathlib import Path
@@ -149,3 +150,41 @@ def test_the_checker_sees_a_cycle_and_a_bad_layer(tmp_path):
     assert any("core.a:1 imports jax" in b for b in layer_problems(fake))
     assert any("core.b:2 imports specmd_jax.run.demand" in b for b in layer_problems(fake))
     assert import_cycles(fake) == ["specmd_jax.core.a -> specmd_jax.core.b -> specmd_jax.core.a"]
+
+
+MAX_MODULE_LINES = 300
+MAX_FUNCTION_LINES = 80
+# documented kernel steps (their module docstrings walk through them): one traced step is clearer whole
+KERNEL_STEPS = {("specmd_jax.kernels.instant", "make_pf_policy"), ("specmd_jax.kernels.instant", "step"),
+                ("specmd_jax.kernels.demand", "make_policy")}
+
+
+def size_problems(pkg=PKG):
+    """Modules over MAX_MODULE_LINES lines and functions over MAX_FUNCTION_LINES (the kernel steps aside)."""
+    bad = []
+    for name, path in _modules(pkg):
+        text = path.read_text(encoding="utf-8")
+        n = len(text.splitlines())
+        if n > MAX_MODULE_LINES:
+            bad.append(f"{name}: {n} lines (> {MAX_MODULE_LINES})")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (name, node.name) not in KERNEL_STEPS:
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    bad.append(f"{name}:{node.lineno} {node.name}() is {length} lines (> {MAX_FUNCTION_LINES})")
+    return bad
+
+
+def test_modules_and_functions_are_small():
+    bad = size_problems()
+    assert not bad, "\n".join(bad)
+
+
+def test_the_size_check_sees_a_long_function(tmp_path):
+    fake = tmp_path / "specmd_jax"
+    (fake / "core").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "core" / "__init__.py").write_text("")
+    (fake / "core" / "long.py").write_text("def f():\n" + "    x = 1\n" * 90 + "\n" * 250)
+    assert size_problems(fake) == ["specmd_jax.core.long: 341 lines (> 300)",
+                                   "specmd_jax.core.long:1 f() is 91 lines (> 80)"]

@@ -67,6 +67,42 @@ def _keyed_run(trace, policy, caps) -> RunResult:
                      engine=np.full(n, "jax-keyed", object))
 
 
+def _dispatch(trace, policy, pol, caps, seeds, *, mode, partitioned, engine, progress, chunk_steps,
+              unroll_layers) -> RunResult:
+    """Run configurations ``(caps[i], seeds[i])`` on the path ``engine`` picks for ``pol`` (see
+    :func:`sweep_demand`)."""
+    dedicated = pol.served("scan") or pol.served("stack")
+    keyed_ok = pol.served("keyed") and mode == "pinned" and not partitioned
+    if engine == "keyed" and not keyed_ok:
+        raise ValueError(f"the keyed kernel serves policies with feature-score weights in pinned mode on the global "
+                         f"pool; policy {policy!r} (score weights: {pol.score is not None}), mode {mode!r}, "
+                         f"partitioned={partitioned}")
+    if engine == "jax" and not (dedicated or keyed_ok):
+        raise ValueError(f"no JAX path serves policy {policy!r} in demand-only replay here; engine='auto' runs it on "
+                         "the reference")
+    if engine == "reference" or (engine == "auto" and not (dedicated or keyed_ok)):
+        return _reference_run(trace, policy, caps, seeds, mode, partitioned)
+    if engine == "keyed" or (engine in ("auto", "jax") and not dedicated):
+        return _keyed_run(trace, policy, caps)
+    return run_auto(trace, policy, caps, seeds, mode=mode, partitioned=partitioned,
+                    engine="auto" if engine == "jax" else engine, progress=progress, chunk_steps=chunk_steps,
+                    unroll_layers=unroll_layers)
+
+
+def _per_layer_table(per_layer: np.ndarray, caps: np.ndarray, seeds: np.ndarray, L: int) -> pd.DataFrame:
+    """The long table of per-layer counters (int64[B, 6, L]): one row per (configuration, layer)
+    with ``hit_rate`` and ``collision_rate`` per demand."""
+    pl = pd.DataFrame(per_layer.transpose(0, 2, 1).reshape(-1, len(DEMAND_COUNTERS)), columns=list(DEMAND_COUNTERS))
+    pl.insert(0, "config", np.repeat(np.arange(len(caps)), L))
+    pl.insert(1, "capacity_slots", np.repeat(caps, L))
+    pl.insert(2, "seed", np.repeat(seeds, L))
+    pl.insert(3, "layer", np.tile(np.arange(L), len(caps)))
+    d = pl["demands"].where(pl["demands"] > 0)
+    pl["hit_rate"] = pl["hits"] / d
+    pl["collision_rate"] = pl["collisions"] / d
+    return pl
+
+
 def sweep_demand(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None, *,
           fractions: Optional[Sequence[float]] = None, seeds: Sequence[int] = (0,),
           mode: str = "pinned", partitioned: bool = False, progress: bool = False,
@@ -118,23 +154,8 @@ def sweep_demand(trace: Trace, policy: str, capacities: Optional[Sequence[int]] 
     seeds = checks.seeds(seeds)
     C, Sd = np.meshgrid(np.arange(len(caps)), np.arange(len(seeds)), indexing="ij")
     ci, si = C.reshape(-1), Sd.reshape(-1)
-    dedicated = pol.served("scan") or pol.served("stack")
-    keyed_ok = pol.served("keyed") and mode == "pinned" and not partitioned
-    if engine == "keyed" and not keyed_ok:
-        raise ValueError(f"the keyed kernel serves policies with feature-score weights in pinned mode on the global "
-                         f"pool; policy {policy!r} (score weights: {pol.score is not None}), mode {mode!r}, "
-                         f"partitioned={partitioned}")
-    if engine == "jax" and not (dedicated or keyed_ok):
-        raise ValueError(f"no JAX path serves policy {policy!r} in demand-only replay here; engine='auto' runs it on "
-                         "the reference")
-    if engine == "reference" or (engine == "auto" and not (dedicated or keyed_ok)):
-        r = _reference_run(trace, policy, caps[ci], seeds[si], mode, partitioned)
-    elif engine == "keyed" or (engine in ("auto", "jax") and not dedicated):
-        r = _keyed_run(trace, policy, caps[ci])
-    else:
-        r = run_auto(trace, policy, caps[ci], seeds[si], mode=mode, partitioned=partitioned,
-                     engine="auto" if engine == "jax" else engine, progress=progress, chunk_steps=chunk_steps,
-                     unroll_layers=unroll_layers)
+    r = _dispatch(trace, policy, pol, caps[ci], seeds[si], mode=mode, partitioned=partitioned, engine=engine,
+                  progress=progress, chunk_steps=chunk_steps, unroll_layers=unroll_layers)
     df = demand_table(trace, policy, mode, partitioned, caps[ci], seeds[si], None if fr is None else fr[ci],
                 r.totals, r.max_occupancy)
     df["engine"] = r.engine
@@ -142,14 +163,7 @@ def sweep_demand(trace: Trace, policy: str, capacities: Optional[Sequence[int]] 
     if r.per_layer is None:    # the keyed kernel counts totals only
         df.attrs = {"per_layer": None, "resident": r.resident, "timing": {"compile_s": r.compile_s, "run_s": r.run_s}}
         return df
-    pl = pd.DataFrame(r.per_layer.transpose(0, 2, 1).reshape(-1, len(DEMAND_COUNTERS)), columns=list(DEMAND_COUNTERS))
-    pl.insert(0, "config", np.repeat(np.arange(len(df)), L))
-    pl.insert(1, "capacity_slots", np.repeat(caps[ci], L))
-    pl.insert(2, "seed", np.repeat(seeds[si], L))
-    pl.insert(3, "layer", np.tile(np.arange(L), len(df)))
-    d = pl["demands"].where(pl["demands"] > 0)
-    pl["hit_rate"] = pl["hits"] / d
-    pl["collision_rate"] = pl["collisions"] / d
+    pl = _per_layer_table(r.per_layer, caps[ci], seeds[si], L)
     df.attrs = {"per_layer": pl, "resident": r.resident,
                 "timing": {"compile_s": r.compile_s, "run_s": r.run_s}}
     return df

@@ -21,7 +21,6 @@ second per configuration on the real Qwen3 trace). Each row names the engine tha
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -29,18 +28,15 @@ import pandas as pd
 
 from specmd_jax.core import checks
 from specmd_jax.core.capacity import capacity_slots
-from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.policies import REGISTRY
-from specmd_jax.core.miss import NO_DROP, MissConfig, Precision, structural_kind
+from specmd_jax.core.miss import MissConfig, Precision, structural_kind
 from specmd_jax.core.routing import RoutingConfig
 from specmd_jax.core.prefetch import PrefetchConfig, PrefetchPlan, make_plan, prediction_quality, proposal_count
-from specmd_jax.reference.timed import simulate_timed
 from specmd_jax.core.timing import DEFAULT_READING, Hardware, Reading
 from specmd_jax.core.trace import Trace
 from specmd_jax.api.tables import timed_table
-from specmd_jax.core.clock import ClockOverflow, async_tick_problem, pass_times
-from specmd_jax.run.asynchronous import run_async
-from specmd_jax.run.instant import run_instant
+from specmd_jax.api.timed_rows import TimedSetup, rows_async, rows_instant, rows_reference
+from specmd_jax.core.clock import async_tick_problem
 from specmd_jax.core.score import ScorePolicy
 from specmd_jax.core.steps import prepare_steps
 
@@ -51,7 +47,6 @@ ENGINES = ("auto", "jax", "reference")
 # (measured on 2 cores, full Qwen3 trace, 12 configurations: Least-Stale 32-57 s in JAX vs
 # ~12 s in the reference; at 1024 configurations JAX is 16x faster, outputs/bench/prefetch_cpu.md)
 AUTO_ASYNC_MIN_CONFIGS = 32
-PF_COLUMNS = ("pf_issued", "pf_resident", "pf_dropped", "pf_useful", "pf_wasted")
 
 
 def _plan(trace, prefetch, train) -> Optional[PrefetchPlan]:
@@ -63,17 +58,14 @@ def _plan(trace, prefetch, train) -> Optional[PrefetchPlan]:
 
 
 def sweep_timed(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None, *,
-                   fractions: Optional[Sequence[float]] = None,
-                   prefetch: Union[None, PrefetchConfig, PrefetchPlan, Sequence] = None,
-                   hardware: Sequence[Hardware] = (Hardware(),), timing: str = "async",
-                   train: Optional[Trace] = None, progress: bool = False,
-                   miss: Optional[MissConfig] = None, precision: Optional[Precision] = None,
-                   routing: Union[None, RoutingConfig, Sequence[RoutingConfig]] = None,
-                   engine: str = "auto", score_weights=None,
-                   execution: Union[None, str, Sequence[str]] = None,
-                   prefetch_issue: Union[None, str, Sequence[str]] = None,
-                   pin: Union[None, str, Sequence[str]] = None,
-                   reading: Union[None, str, Reading, Sequence] = None) -> pd.DataFrame:
+                fractions: Optional[Sequence[float]] = None,
+                prefetch: Union[None, PrefetchConfig, PrefetchPlan, Sequence] = None,
+                hardware: Sequence[Hardware] = (Hardware(),), timing: str = "async", train: Optional[Trace] = None,
+                progress: bool = False, miss: Optional[MissConfig] = None, precision: Optional[Precision] = None,
+                routing: Union[None, RoutingConfig, Sequence[RoutingConfig]] = None, engine: str = "auto",
+                score_weights=None, execution: Union[None, str, Sequence[str]] = None,
+                prefetch_issue: Union[None, str, Sequence[str]] = None, pin: Union[None, str, Sequence[str]] = None,
+                reading: Union[None, str, Reading, Sequence] = None) -> pd.DataFrame:
     """Replay ``trace`` with ``policy`` for every prefetch setting x capacity x hardware profile
     (x execution reading).
 
@@ -136,6 +128,19 @@ def sweep_timed(trace: Trace, policy: str, capacities: Optional[Sequence[int]] =
         weights). A trace cannot measure model quality: these are proxies, not accuracy.
         ``token_cycle_slots`` and ``below_token_cycle`` mark the LRU cliff (:func:`specmd_jax.api.demand.token_cycle`).
     """
+    readings = _readings(execution, prefetch_issue, pin, reading)
+    checks.trace(trace)
+    hardware = checks.hardware_list(hardware)
+    frames = [_sweep_reading(trace, policy, capacities, fractions=fractions, prefetch=prefetch, hardware=hardware,
+                             timing=timing, train=train, progress=progress, miss=miss, precision=precision,
+                             routing=routing, engine=engine, score_weights=score_weights, reading=rd)
+              for rd in readings]
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def _readings(execution, prefetch_issue, pin, reading) -> list:
+    """The execution readings of a sweep: ``reading`` (one or a list, labels parsed), or every
+    combination of the three fields (a field left out: :data:`~specmd_jax.core.timing.DEFAULT_READING`'s)."""
     def axis(name, v):
         vals = [getattr(DEFAULT_READING, name)] if v is None else [v] if isinstance(v, str) else list(v)
         if not vals:
@@ -151,52 +156,11 @@ def sweep_timed(trace: Trace, policy: str, capacities: Optional[Sequence[int]] =
     else:
         readings = [Reading(e, i, p) for e in axis("execution", execution) for i in axis("prefetch_issue", prefetch_issue)
                     for p in axis("pin", pin)]
-    checks.trace(trace)
-    hardware = checks.hardware_list(hardware)
-    frames = [_sweep_reading(trace, policy, capacities, fractions=fractions, prefetch=prefetch, hardware=hardware,
-                             timing=timing, train=train, progress=progress, miss=miss, precision=precision,
-                             routing=routing, engine=engine, score_weights=score_weights, reading=rd)
-              for rd in readings]
-    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    return df
-
-
-@dataclasses.dataclass
-class _Setup:
-    """The inputs of one timed sweep (one reading), checked and normalised."""
-
-    trace: Trace
-    policy: str
-    timing: str
-    reading: Reading
-    caps: np.ndarray            # slots (units at mixed precision)
-    fr: np.ndarray              # capacity fractions of the rows
-    hws: list
-    plans: list                 # PrefetchPlan or None per prefetch setting
-    labels: list
-    quality: list
-    misses: list
-    prec: Precision
-    routings: list
-    score_weights: Optional[list]
-
-    @property
-    def routed(self) -> bool:
-        return any(rc.active for rc in self.routings)
-
-    @property
-    def plain(self) -> bool:   # one precision level, slot capacities, standard routing
-        return self.prec.plain and self.policy != "lhu" and not self.routed
-
-    @property
-    def plan_list(self) -> list:
-        empty = PrefetchPlan(ids=np.full((self.trace.num_visits, 1), -1, np.int32), config=PrefetchConfig(),
-                             source=self.trace.source)
-        return [p if p is not None else empty for p in self.plans]
+    return readings
 
 
 def _setup(trace, policy, capacities, *, fractions, prefetch, hardware, timing, train, miss, precision, routing,
-           engine, score_weights, reading) -> _Setup:
+           engine, score_weights, reading) -> TimedSetup:
     if timing not in TIMINGS:
         raise ValueError(f"timing must be one of {TIMINGS}, got {timing!r}")
     if engine not in ENGINES:
@@ -229,14 +193,14 @@ def _setup(trace, policy, capacities, *, fractions, prefetch, hardware, timing, 
     fr = checks.fractions(fractions) if fractions is not None else caps / trace.shape.num_ids
     settings = list(prefetch) if isinstance(prefetch, (list, tuple)) else [prefetch]
     plans = [_plan(trace, pf, train) for pf in settings]
-    return _Setup(trace=trace, policy=policy, timing=timing, reading=reading, caps=caps, fr=fr, hws=list(hardware),
+    return TimedSetup(trace=trace, policy=policy, timing=timing, reading=reading, caps=caps, fr=fr, hws=list(hardware),
                   plans=plans, labels=["none" if p is None else _describe(p.config) for p in plans],
                   quality=[prediction_quality(trace, p) if p is not None else {"precision": np.nan, "recall": np.nan}
                            for p in plans],
                   misses=misses, prec=prec, routings=routings, score_weights=score_weights)
 
 
-def _kernel(s: _Setup, engine: str) -> Optional[str]:
+def _kernel(s: TimedSetup, engine: str) -> Optional[str]:
     """The JAX kernel that runs this sweep (``"instant"`` or ``"async"``), or ``None``: the reference.
 
     ``auto`` and ``jax`` take a kernel the registry says serves the policy in this mode when it
@@ -272,88 +236,14 @@ def _kernel(s: _Setup, engine: str) -> Optional[str]:
     return s.timing
 
 
-def _rows_instant(s: _Setup) -> list:
-    M = len(s.misses)
-    drops = [m.rank_threshold if m.policy == "drop_priority" else NO_DROP for m in s.misses]
-    r = run_instant(s.trace, s.policy, s.caps, s.plan_list,
-                    drop_ranks=None if all(m.policy == "fetch" for m in s.misses) else drops, reading=s.reading)
-    C, rows = len(s.caps), []
-    for hi, h in enumerate(s.hws):
-        tm = pass_times(s.trace, r.pass_misses, h)
-        for b in range(len(r.plan_index)):
-            k, i, mi = int(r.plan_index[b]), (b // M) % C, b % M
-            row = dict(zip(DEMAND_COUNTERS, r.totals[b].tolist()))
-            row.update(late=0, fetched=int(r.pass_misses[b].sum()),
-                       **{n: int(r.pf_totals[n][b]) for n in (*PF_COLUMNS, "dropped", "pairs_dropped", "units_dropped")})
-            if "pf_pending" in r.pf_totals:   # at_router: a proposal whose demand copy was just queued
-                row["pf_pending"] = int(r.pf_totals["pf_pending"][b])
-            row.update(stall_ticks=int(tm["stall_ticks"][b]), ttft_ticks=float(tm["ttft_ticks"][b]),
-                       tpot_ticks=float(tm["tpot_ticks"][b]))
-            rows.append(_meta(row, i, s.caps[i], s.fr, s.hws, hi, "jax-instant", k, mi, 0))
-    return rows
-
-
-def _rows_async(s: _Setup, engine: str) -> Optional[list]:
-    """Rows of the asynchronous kernel; ``None`` when a pass outlasts its int32 clock under ``auto``."""
-    try:
-        r = run_async(s.trace, s.policy, s.caps, s.plan_list, s.hws, misses=s.misses, precision=s.prec,
-                      routing=s.routings, reading=s.reading)
-    except ClockOverflow:
-        if engine != "auto":
-            raise
-        return None
-    H, C, M, R = len(s.hws), len(s.caps), len(s.misses), len(s.routings)
-    rows = []
-    for b in range(len(r.plan_index)):
-        k, i, hi = int(r.plan_index[b]), (b // (H * M * R)) % C, (b // (M * R)) % H
-        row = dict(zip(DEMAND_COUNTERS, r.totals[b].tolist()))
-        row.update({n: int(v[b]) for n, v in r.pf_totals.items() if n != "pf_unused_end"})
-        row.update(stall_ticks=int(r.stall_ticks[b].sum()), ttft_ticks=float(r.ttft_ticks[b]),
-                   tpot_ticks=float(r.tpot_ticks[b]))
-        rows.append(_meta(row, i, s.caps[i], s.fr, s.hws, hi, "jax-async", k, int(r.miss_index[b]),
-                          int(r.routing_index[b])))
-    return rows
-
-
-def _rows_reference(s: _Setup, progress: bool) -> list:
-    jobs = [(k, i, c, hi, mi, ri) for k in range(len(s.plans)) for hi in range(len(s.hws)) for i, c in enumerate(s.caps)
-            for mi in range(len(s.misses)) for ri in range(len(s.routings))]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(jobs), desc=f"{s.policy} {s.timing} (reference)", unit="config")
-    rows = []
-    for k, i, c, hi, mi, ri in jobs:
-        ref = simulate_timed(s.trace, s.policy, int(c), plan=s.plans[k], hardware=s.hws[hi],
-                             instant_prefetch=s.timing == "instant", miss=s.misses[mi], precision=s.prec,
-                             routing=s.routings[ri], weights=s.score_weights, reading=s.reading)
-        row = {n: ref.totals[n] for n in ref.totals}
-        row["ttft_ticks"] = float(np.mean(list(ref.ttft_ticks.values()))) if ref.ttft_ticks else float("nan")
-        row["tpot_ticks"] = float(ref.tpot_ticks)
-        rows.append(_meta(row, i, c, s.fr, s.hws, hi, f"reference-{s.timing}", k, mi, ri))
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return rows
-
-
 def _sweep_reading(trace, policy, capacities, *, progress, engine, **kw) -> pd.DataFrame:
     """:func:`sweep_timed` for one execution reading."""
     s = _setup(trace, policy, capacities, engine=engine, **kw)
     kernel = _kernel(s, engine)
-    rows = _rows_instant(s) if kernel == "instant" else _rows_async(s, engine) if kernel == "async" else None
+    rows = rows_instant(s) if kernel == "instant" else rows_async(s, engine) if kernel == "async" else None
     if rows is None:
-        rows = _rows_reference(s, progress)
+        rows = rows_reference(s, progress)
     return timed_table(s, rows)
-
-
-def _meta(row, i, c, fr, hws, hi, engine, setting, miss_index, routing_index):
-    h = hws[hi]
-    row.update(capacity_slots=int(c), capacity_fraction=float(fr[i]), hardware=h.name,
-               bandwidth_gbps=h.bandwidth_gbps, latency_us=h.latency_us, engine=engine, setting=setting,
-               capacity_index=i, hardware_index=hi, miss_index=miss_index, routing_index=routing_index)
-    return row
 
 
 def _describe(cfg: PrefetchConfig) -> str:

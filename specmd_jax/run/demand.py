@@ -146,6 +146,100 @@ class RunResult:
     engine: Optional[np.ndarray] = None
 
 
+def _checked_inputs(trace: Trace, policy: str, capacities, seeds, mode: str, batched: bool, record: bool,
+                    steps: Optional[StepArrays], unroll_layers: Optional[bool]):
+    """:func:`run_configs`'s arguments checked: ``(caps, seeds, steps, unroll_layers)``."""
+    if policy not in served_by("scan"):
+        raise ValueError(f"the scan kernel does not serve policy {policy!r}; it serves {', '.join(served_by('scan'))}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if policy == "sb" and trace.weights is None:
+        raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
+    caps = checks.capacities(capacities, limit=32000, why="the scan ranks residents in int16")
+    problem = checks.count_problem(trace, bits=1)   # demand-only: no bits-served counter
+    if problem:
+        raise ValueError(problem)
+    seeds = np.zeros_like(caps) if seeds is None else checks.seeds(seeds)
+    if seeds.shape != caps.shape:
+        raise ValueError(f"seeds shape {seeds.shape} != capacities shape {caps.shape}")
+    if not batched and caps.shape[0] != 1:
+        raise ValueError("batched=False runs exactly one configuration")
+    if record and batched:
+        raise ValueError("record=True needs batched=False")
+    steps = steps if steps is not None else prepare_steps(trace, mode)
+    if steps.mode != mode:
+        raise ValueError(f"steps were prepared for mode {steps.mode!r}, not {mode!r}")
+    if unroll_layers is None:
+        # measured on XLA:CPU (2 cores, OLMoE, 1024 configs): unrolling the 16 layers compiles
+        # 5-20x slower and runs no faster with the contiguous-rank kernels, so it is opt-in.
+        unroll_layers = False
+    if unroll_layers and mode != "pinned":
+        raise ValueError("unroll_layers needs mode='pinned' (one step per visit)")
+    return caps, seeds, steps, unroll_layers
+
+
+def _blocked(policy: str, caps: np.ndarray, seeds: np.ndarray, batched: bool, config_block: Optional[int]):
+    """``(block, caps, seeds)``: the configurations per block inside a step (0: all at once) and
+    the configurations padded with capacity-0 ones to a whole number of blocks."""
+    B = caps.shape[0]
+    block = CONFIG_BLOCK.get(policy, 0) if config_block is None else int(config_block)
+    block = block if (batched and 0 < block < B) else 0
+    if block:  # pad with capacity-0 configurations to a whole number of blocks; trimmed below
+        pad = -B % block
+        caps = np.concatenate([caps, np.zeros(pad, caps.dtype)])
+        seeds = np.concatenate([seeds, np.zeros(pad, seeds.dtype)])
+    return block, caps, seeds
+
+
+def _programs(spec: Spec, segments: list, steps: StepArrays, params: Params, batched: bool, unroll: bool,
+              record: bool, block: int, chunk_steps: int, num_configs: int):
+    """One compiled program per width class (cached per structure and shape) with its chunk length,
+    the initial states and shared keys (which do not depend on the width), and the compile seconds:
+    ``(programs {width: (compiled, chunk)}, states, shared, compile_s)``."""
+    L, S = spec.num_layers, steps.num_steps
+    programs, compile_s = {}, 0.0
+    for w in sorted({w for _, _, w in segments}):
+        longest = max(hi - lo for lo, hi, ww in segments if ww == w)
+        # chunk: a power of two (at most chunk_steps) so traces of similar length share a compile
+        chunk = max(1, min(int(chunk_steps), 1 << max(0, (longest - 1).bit_length())))
+        if unroll:
+            chunk = max(L, chunk // L * L)
+        spec_w = spec._replace(width=w)
+        pol, init, run = _runner(spec_w, bool(batched), bool(unroll), bool(record), block)
+        if not programs:  # the state and the shared keys do not depend on the width
+            states, shared = init(params), pol.shared_init()
+        key = (spec_w, bool(batched), bool(unroll), bool(record), num_configs, chunk, block)
+        t0 = time.perf_counter()
+        compiled = _COMPILED.get(key)
+        if compiled is None:  # numbers are data: only a new structure or shape compiles
+            xs0 = _visits_xs(steps, 0, min(chunk, S), chunk, unroll, L, w)
+            compiled = _COMPILED[key] = run.lower(params, states, shared, xs0).compile()
+        compile_s += time.perf_counter() - t0
+        programs[w] = (compiled, chunk)
+    return programs, states, shared, compile_s
+
+
+def _run_segments(programs: dict, segments: list, steps: StepArrays, params: Params, states, shared,
+                  unroll: bool, L: int, record: bool, bar):
+    """Run the trace segment by segment, chunk by chunk: ``(states, occupancies, run_s)``
+    (occupancies: one array per chunk when ``record``)."""
+    occs = []
+    t0 = time.perf_counter()
+    for seg_lo, seg_hi, w in segments:
+        compiled, chunk = programs[w]
+        for lo in range(seg_lo, seg_hi, chunk):
+            hi = min(seg_hi, lo + chunk)
+            xs = _visits_xs(steps, lo, hi, chunk, unroll, L, w)
+            states, shared, ys = compiled(params, states, shared, xs)
+            if record:
+                occs.append(np.asarray(ys).reshape(-1)[: hi - lo])
+            if bar is not None:
+                jax.block_until_ready(states.max_occ)
+                bar.update(hi - lo)
+    jax.block_until_ready(states)
+    return states, occs, time.perf_counter() - t0
+
+
 def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str = "pinned",
                 partitioned: bool = False, unroll_layers: Optional[bool] = None,
                 chunk_steps: int = 8192, batched: bool = True, record: bool = False,
@@ -172,41 +266,12 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
         split_widths: run decode passes with a program of width K and only the wide (prefill)
             passes at the full width (pinned mode); default on for traces of >= 2048 steps.
     """
-    if policy not in served_by("scan"):
-        raise ValueError(f"the scan kernel does not serve policy {policy!r}; it serves {', '.join(served_by('scan'))}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if policy == "sb" and trace.weights is None:
-        raise ValueError(f"policy 'sb' needs router weights; trace {trace.source} has none")
-    caps = checks.capacities(capacities, limit=32000, why="the scan ranks residents in int16")
-    problem = checks.count_problem(trace, bits=1)   # demand-only: no bits-served counter
-    if problem:
-        raise ValueError(problem)
-    seeds = np.zeros_like(caps) if seeds is None else checks.seeds(seeds)
-    if seeds.shape != caps.shape:
-        raise ValueError(f"seeds shape {seeds.shape} != capacities shape {caps.shape}")
-    if not batched and caps.shape[0] != 1:
-        raise ValueError("batched=False runs exactly one configuration")
-    if record and batched:
-        raise ValueError("record=True needs batched=False")
-    steps = steps if steps is not None else prepare_steps(trace, mode)
-    if steps.mode != mode:
-        raise ValueError(f"steps were prepared for mode {steps.mode!r}, not {mode!r}")
+    caps, seeds, steps, unroll_layers = _checked_inputs(trace, policy, capacities, seeds, mode, batched, record,
+                                                        steps, unroll_layers)
     L, E = trace.shape.num_layers, trace.shape.num_experts
-    if unroll_layers is None:
-        # measured on XLA:CPU (2 cores, OLMoE, 1024 configs): unrolling the 16 layers compiles
-        # 5-20x slower and runs no faster with the contiguous-rank kernels, so it is opt-in.
-        unroll_layers = False
-    if unroll_layers and mode != "pinned":
-        raise ValueError("unroll_layers needs mode='pinned' (one step per visit)")
     spec = Spec(policy, L, E, steps.width, bool(partitioned))
     B = caps.shape[0]
-    block = CONFIG_BLOCK.get(policy, 0) if config_block is None else int(config_block)
-    block = block if (batched and 0 < block < B) else 0
-    if block:  # pad with capacity-0 configurations to a whole number of blocks; trimmed below
-        pad = -B % block
-        caps = np.concatenate([caps, np.zeros(pad, caps.dtype)])
-        seeds = np.concatenate([seeds, np.zeros(pad, seeds.dtype)])
+    block, caps, seeds = _blocked(policy, caps, seeds, batched, config_block)
     if split_widths is None:  # small traces: one program (fewer compiles matter more there)
         split_widths = steps.num_steps >= 2048
     segments = (_width_segments(steps, L, trace.shape.top_k) if split_widths
@@ -215,45 +280,14 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
     params = Params(capacity=jnp.asarray(caps, jnp.int32), seed=jnp.asarray(seeds, jnp.uint32))
     if not batched:
         params = jax.tree.map(lambda a: a[0], params)
-    # one compiled program per width class; the state does not depend on the width
-    programs, compile_s = {}, 0.0
-    for w in sorted({w for _, _, w in segments}):
-        longest = max(hi - lo for lo, hi, ww in segments if ww == w)
-        # chunk: a power of two (at most chunk_steps) so traces of similar length share a compile
-        chunk = max(1, min(int(chunk_steps), 1 << max(0, (longest - 1).bit_length())))
-        if unroll_layers:
-            chunk = max(L, chunk // L * L)
-        spec_w = spec._replace(width=w)
-        pol, init, run = _runner(spec_w, bool(batched), bool(unroll_layers), bool(record), block)
-        if not programs:  # the state and the shared keys do not depend on the width
-            states, shared = init(params), pol.shared_init()
-        key = (spec_w, bool(batched), bool(unroll_layers), bool(record), caps.shape[0], chunk, block)
-        t0 = time.perf_counter()
-        compiled = _COMPILED.get(key)
-        if compiled is None:  # numbers are data: only a new structure or shape compiles
-            xs0 = _visits_xs(steps, 0, min(chunk, S), chunk, unroll_layers, L, w)
-            compiled = _COMPILED[key] = run.lower(params, states, shared, xs0).compile()
-        compile_s += time.perf_counter() - t0
-        programs[w] = (compiled, chunk)
+    programs, states, shared, compile_s = _programs(spec, segments, steps, params, batched, unroll_layers, record,
+                                                    block, chunk_steps, caps.shape[0])
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=S, desc=f"{policy} x{caps.shape[0]}", unit="step")
-    occs = []
-    t0 = time.perf_counter()
-    for seg_lo, seg_hi, w in segments:
-        compiled, chunk = programs[w]
-        for lo in range(seg_lo, seg_hi, chunk):
-            hi = min(seg_hi, lo + chunk)
-            xs = _visits_xs(steps, lo, hi, chunk, unroll_layers, L, w)
-            states, shared, ys = compiled(params, states, shared, xs)
-            if record:
-                occs.append(np.asarray(ys).reshape(-1)[: hi - lo])
-            if bar is not None:
-                jax.block_until_ready(states.max_occ)
-                bar.update(hi - lo)
-    jax.block_until_ready(states)
-    run_s = time.perf_counter() - t0
+    states, occs, run_s = _run_segments(programs, segments, steps, params, states, shared, unroll_layers, L,
+                                        record, bar)
     if bar is not None:
         bar.close()
     per = np.asarray(states.per_layer, np.int64).reshape(-1, len(DEMAND_COUNTERS), L)[:B]

@@ -6,6 +6,7 @@ number of hardware profiles follow from the recorded per-pass miss counts
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -81,6 +82,71 @@ class PfResult:
 
 
 
+def _checked_reading(reading) -> Reading:
+    """The canonical form of ``reading`` (default: :class:`~specmd_jax.core.timing.Reading`'s)."""
+    reading = (reading if reading is not None else Reading())
+    if not isinstance(reading, Reading):
+        raise TypeError(f"reading must be a specmd_jax.core.timing.Reading, got {type(reading).__name__}")
+    return reading.canonical
+
+
+def _configurations(trace: Trace, capacities, plan, drop_ranks, S: int):
+    """The plans stacked, the proposal depth, the capacities and drop thresholds per configuration
+    (plan-major, then capacity, then drop threshold): ``(plans, stack, depth, caps0, caps, db, M)``."""
+    plans, stack, depth = stack_plans(plan, S, trace.source)
+    caps0 = checks.capacities(capacities, limit=16000, why="the instant kernel ranks residents in int16")
+    problem = checks.count_problem(trace, proposal_count(plan), bits=1)   # bits served are counted on the host
+    if problem:
+        raise ValueError(problem)
+    drops = np.atleast_1d(np.asarray([NO_DROP] if drop_ranks is None else drop_ranks, np.int64))
+    if np.any(drops < 0):
+        raise ValueError(f"drop ranks must be >= 0, got {drops.tolist()}")
+    M = len(drops)
+    caps = np.repeat(np.tile(caps0, len(plans)), M)
+    db = np.tile(drops, len(plans) * len(caps0))
+    return plans, stack, depth, caps0, caps, db, M
+
+
+def _turn_inputs(trace: Trace, steps, turns, stack: np.ndarray, reading: Reading) -> dict:
+    """Per-turn inputs, shared by every configuration (the per-visit arrays themselves under
+    ``"visit"``): layer, rank, pairs, units, the proposals and the turns that issue them."""
+    det = demand_details(trace, steps)
+    return dict(layer=steps.layer[turns.visit], rank=turns.per_turn(det["rank"], NO_DROP),
+                pairs=turns.per_turn(det["pairs"], 0), units=turns.per_turn(steps.units, 0),
+                stack=turns.proposals(stack, reading.prefetch_issue),
+                issue=turns.carries_proposals(reading.prefetch_issue))
+
+
+def _visits(inp: dict, turns, pin, reps: int, multi: bool, T: int, chunk: int, lo: int, hi=None, n=None,
+            w=None) -> PfVisit:
+    """Turns ``[lo, hi)`` (default: one chunk from ``lo``) padded to ``n`` rows (default ``chunk``),
+    the pin sets cut to ``w`` columns, as a ``PfVisit`` of arrays."""
+    n = chunk if n is None else n
+    hi = min(T, lo + chunk) if hi is None else hi
+    pad = n - (hi - lo)
+    issue = inp["issue"]
+    return PfVisit(layer=jnp.asarray(take_rows(inp["layer"], lo, hi, pad, 0)),
+                   new_pass=jnp.asarray(take_rows(turns.new_pass, lo, hi, pad, False)),
+                   ids=jnp.asarray(take_rows(turns.ids, lo, hi, pad, -1)),
+                   pf_ids=jnp.asarray(proposal_chunk(inp["stack"], lo, hi, pad, reps, multi)),
+                   rank=jnp.asarray(take_rows(inp["rank"], lo, hi, pad, NO_DROP)),
+                   pairs=jnp.asarray(take_rows(inp["pairs"], lo, hi, pad, 0)),
+                   units=jnp.asarray(take_rows(inp["units"], lo, hi, pad, 0)),
+                   pin=None if pin is None else jnp.asarray(take_rows(pin[:, :w], lo, hi, pad, -1)),
+                   issue=None if issue is None else jnp.asarray(take_rows(issue, lo, hi, pad, False)))
+
+
+def _pf_counters(spec: PfSpec, states) -> dict:
+    """The prefetch counters by name (int64[B] each), with ``pf_unused_end`` and ``pf_wasted``."""
+    pf = np.asarray(states.pf, np.int64).sum(axis=2)
+    unused = np.asarray(states.pfu, np.int64).sum(axis=1)
+    names = dict(zip(pf_counter_names(spec), pf.T))
+    admitted = names["pf_issued"] - names["pf_dropped"]
+    names["pf_unused_end"] = unused
+    names["pf_wasted"] = admitted - names["pf_useful"] - unused
+    return names
+
+
 def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
                 chunk_steps: int = 8192, reading: Reading = None) -> PfResult:
     """Replay ``trace`` with proposals inserted instantly, for every capacity at once.
@@ -94,25 +160,12 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
     ``execution="expert"``), and the scan runs over its turns (:mod:`specmd_jax.core.turns`), ``chunk_steps``
     turns at a time.
     """
-    reading = (reading if reading is not None else Reading())
-    if not isinstance(reading, Reading):
-        raise TypeError(f"reading must be a specmd_jax.core.timing.Reading, got {type(reading).__name__}")
-    reading = reading.canonical
+    reading = _checked_reading(reading)
     L, E = trace.shape.num_layers, trace.shape.num_experts
     steps = prepare_steps(trace, "pinned")
     S = steps.num_steps
-    plans, stack, depth = stack_plans(plan, S, trace.source)
+    plans, stack, depth, caps0, caps, db, M = _configurations(trace, capacities, plan, drop_ranks, S)
     multi = len(plans) > 1
-    caps0 = checks.capacities(capacities, limit=16000, why="the instant kernel ranks residents in int16")
-    problem = checks.count_problem(trace, proposal_count(plan), bits=1)   # bits served are counted on the host
-    if problem:
-        raise ValueError(problem)
-    drops = np.atleast_1d(np.asarray([NO_DROP] if drop_ranks is None else drop_ranks, np.int64))
-    if np.any(drops < 0):
-        raise ValueError(f"drop ranks must be >= 0, got {drops.tolist()}")
-    M = len(drops)
-    caps = np.repeat(np.tile(caps0, len(plans)), M)
-    db = np.tile(drops, len(plans) * len(caps0))
     # Least-Stale's one-layer shortcut holds when every proposal is of the next layer (make_plan
     # with depth 1); a plan proposing any other layer takes the per-layer path
     if depth < 2 and not np.all((stack < 0) | (stack // E == steps.layer[None, :, None] + 1)):
@@ -127,32 +180,12 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
     init, run = _runner(spec, multi)
     B = caps.shape[0]
     params = PfParams(capacity=jnp.asarray(caps, jnp.int32), drop_rank=jnp.asarray(np.minimum(db, NO_DROP), jnp.int32))
-    det = demand_details(trace, steps)
-    # per-turn inputs, shared by every configuration (the per-visit arrays themselves under "visit")
-    layer = steps.layer[turns.visit]
-    rank = turns.per_turn(det["rank"], NO_DROP)
-    pairs = turns.per_turn(det["pairs"], 0)
-    units = turns.per_turn(steps.units, 0)
-    stack = turns.proposals(stack, reading.prefetch_issue)
-    issue = turns.carries_proposals(reading.prefetch_issue)
+    inp = _turn_inputs(trace, steps, turns, stack, reading)
     states = init(params)
     chunk = max(1, min(int(chunk_steps), 1 << max(0, (T - 1).bit_length())))
     if multi:  # keep the per-configuration proposals of a chunk under ~64 MiB
-        chunk = max(1, min(chunk, (64 << 20) // max(1, B * stack.shape[2] * 4)))
-
-    def xs_of(lo, hi=None, n=chunk, w=None):
-        hi = min(T, lo + chunk) if hi is None else hi
-        pad = n - (hi - lo)
-        return PfVisit(layer=jnp.asarray(take_rows(layer, lo, hi, pad, 0)),
-                       new_pass=jnp.asarray(take_rows(turns.new_pass, lo, hi, pad, False)),
-                       ids=jnp.asarray(take_rows(turns.ids, lo, hi, pad, -1)),
-                       pf_ids=jnp.asarray(proposal_chunk(stack, lo, hi, pad, len(caps0) * M, multi)),
-                       rank=jnp.asarray(take_rows(rank, lo, hi, pad, NO_DROP)),
-                       pairs=jnp.asarray(take_rows(pairs, lo, hi, pad, 0)),
-                       units=jnp.asarray(take_rows(units, lo, hi, pad, 0)),
-                       pin=None if pin is None else jnp.asarray(take_rows(pin[:, :w], lo, hi, pad, -1)),
-                       issue=None if issue is None else jnp.asarray(take_rows(issue, lo, hi, pad, False)))
-
+        chunk = max(1, min(chunk, (64 << 20) // max(1, B * inp["stack"].shape[2] * 4)))
+    xs_of = functools.partial(_visits, inp, turns, pin, len(caps0) * M, multi, T, chunk)
     if pin is None:
         states, nm, compile_s, run_s = run_chunks((spec, multi, B, chunk), run, params, states, xs_of, T, chunk)
     else:  # the visit pin set at the width its turns need (decode visits are narrower than prefill ones)
@@ -163,13 +196,7 @@ def run_instant(trace: Trace, policy: str, capacities, plan, *, drop_ranks=None,
     # a pass's turns are contiguous and every pass has L visits, each with a turn
     pass_misses = np.add.reduceat(per_turn, np.flatnonzero(turns.new_pass), axis=0).T
     per = np.asarray(states.per_layer, np.int64)
-    pf = np.asarray(states.pf, np.int64).sum(axis=2)
-    unused = np.asarray(states.pfu, np.int64).sum(axis=1)
-    names = dict(zip(pf_counter_names(spec), pf.T))
-    admitted = names["pf_issued"] - names["pf_dropped"]
-    names["pf_unused_end"] = unused
-    names["pf_wasted"] = admitted - names["pf_useful"] - unused
-    return PfResult(totals=per.sum(axis=2), per_layer=per, pf_totals=names,
+    return PfResult(totals=per.sum(axis=2), per_layer=per, pf_totals=_pf_counters(spec, states),
                     resident=np.asarray(states.rank) < GONE, max_occupancy=np.asarray(states.max_occ, np.int64),
                     pass_misses=pass_misses, compile_s=compile_s, run_s=run_s,
                     plan_index=np.repeat(np.arange(len(plans)), len(caps0) * M), drop_rank=db, reading=reading,

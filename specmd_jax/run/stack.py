@@ -24,8 +24,8 @@ makes LRU's decisions (see :mod:`specmd_jax.kernels.demand`). Cost: one ``O(N * 
 capacities, against ``O(B * N * W)`` for the vmapped scan.
 
 ``belady`` is a stack algorithm too (its priority, the next use, does not depend on capacity):
-:func:`_belady_scan` maintains the priority stack with two cumulative maxima per access; the
-host side is the same as LRU's.
+:func:`specmd_jax.run.belady.belady_scan` maintains the priority stack with two cumulative maxima
+per access; the host side is the same as LRU's.
 """
 
 from __future__ import annotations
@@ -42,14 +42,14 @@ from specmd_jax.policies import served_by
 from specmd_jax.run.cache import cached, table
 from specmd_jax.core import checks
 from specmd_jax.core.counters import DEMAND_COUNTERS
+from specmd_jax.run.belady import INF_DEPTH, belady_keys, belady_scan
 from specmd_jax.run.demand import RunResult, run_configs
-from specmd_jax.core.semantics import INF_STEP, MODES
+from specmd_jax.core.semantics import MODES
 from specmd_jax.core.trace import Trace
 from specmd_jax.core.steps import StepArrays, prepare_steps
 
 STACK_POLICIES = served_by("stack")
 ENGINES = ("auto", "scan", "stack")
-_INF = 32767  # int16 "never demanded yet" (N <= 32000 is checked)
 _COMPILED = table()  # (L, E, partitioned, S, W) -> compiled depth scan
 
 
@@ -66,141 +66,22 @@ def _depth_scan(num_layers: int, num_experts: int, partitioned: bool):
         ids = x["ids"]
         valid = ids >= 0
         idx = jnp.where(valid, ids, 0)
-        depth = jnp.where(valid, pos[idx], _INF)
-        sdepth = jnp.where(valid, start[idx], _INF)
+        depth = jnp.where(valid, pos[idx], INF_DEPTH)
+        sdepth = jnp.where(valid, start[idx], INF_DEPTH)
         moved = jnp.sum(valid[:, None] & (depth[:, None] > pos[None, :]), axis=0, dtype=jnp.int16)
         if partitioned:
             moved = jnp.where(layer_of == x["layer"], moved, 0).astype(jnp.int16)
-        pos = jnp.where(pos < _INF, pos + moved, pos).astype(jnp.int16)
+        pos = jnp.where(pos < INF_DEPTH, pos + moved, pos).astype(jnp.int16)
         higher = jnp.sum(valid[None, :] & (ids[None, :] > ids[:, None]), axis=1, dtype=jnp.int16)
         pos = pos.at[jnp.where(valid, ids, N)].set(higher, mode="drop")
         return (pos, start), (depth, sdepth)
 
     def run(xs):
-        init = (jnp.full((N,), _INF, jnp.int16), jnp.full((N,), _INF, jnp.int16))
+        init = (jnp.full((N,), INF_DEPTH, jnp.int16), jnp.full((N,), INF_DEPTH, jnp.int16))
         (pos, _), (depth, start) = lax.scan(body, init, xs)
         return depth, start, pos
 
     return jax.jit(run)
-
-
-@cached
-def _belady_scan(num_layers: int, num_experts: int, partitioned: bool):
-    """Jitted ``run(xs) -> (depth, start, final)`` for Belady/MIN as a *priority* stack
-    algorithm (Mattson et al. 1970: OPT's priority, the next use, does not depend on capacity).
-
-    The stack of each pool lists ids by depth; with capacity ``C`` the cache holds the top ``C``.
-    Accessing ``x`` at depth ``d`` puts ``x`` on top and cascades positions ``1..d``: each keeps the
-    more protected of (itself, the carried id) and carries the other down; the id carried out
-    lands at ``d``. With ``v`` the keys along the stack (larger = less protected), the carried id
-    entering position ``i`` is the prefix-argmax of ``v[0..i-1]``, so a position changes only where
-    ``v`` sets a new prefix maximum (a *record*), and then takes the previous record's id: two
-    cumulative maxima per access, no sequential loop over the stack. A pinned visit first gives
-    its whole demand the top priority (no demanded expert can be the victim of another), runs
-    the accesses in ascending id order, then sets their real keys (next use).
-
-    Keys ``xs["nu"]`` (int32, smaller = more protected) come from the host: a unique rank of
-    ``(next use step, -id)`` so ties follow the reference (lowest id evicted first).
-    """
-    L, E = num_layers, num_experts
-    N = L * E
-    M = E if partitioned else N
-    lo = jnp.iinfo(jnp.int32).min
-
-    # an access at depth d only touches positions 0..d: run it on the shortest stack prefix that
-    # holds d (most accesses are shallow), chosen by a switch on d
-    sizes = sorted({min(M, 64), min(M, 256), M})
-
-    def cascade(Mb):
-        pos = jnp.arange(Mb, dtype=jnp.int32)
-
-        def f(row_full, d, x, nu, seen):
-            row = row_full[:Mb]
-            v = jnp.where((pos < d) & (row >= 0), nu[jnp.maximum(row, 0)], lo)
-            rec = (v == lax.cummax(v)) & (pos < d)
-            recpos = lax.cummax(jnp.where(rec, pos, -1))
-            prev = jnp.concatenate([jnp.full((1,), -1, jnp.int32), recpos[:-1]])
-            new = jnp.where(rec & (pos >= 1), row[jnp.maximum(prev, 0)], row)
-            new = new.at[jnp.minimum(d, Mb - 1)].set(row[recpos[jnp.maximum(d - 1, 0)]])
-            new = new.at[0].set(x)
-            # ids at positions 0..d and their new depths (-> N: nothing to write)
-            moved = jnp.full((M,), N, jnp.int32).at[:Mb].set(jnp.where(pos <= d, new, N))
-            return row_full.at[:Mb].set(new), moved
-
-        return f
-
-    branches = [cascade(Mb) for Mb in sizes]
-    bounds = jnp.asarray(sizes, jnp.int32)
-
-    def access(j, c):
-        stack, depth, nvalid, nu, ids, p = c
-        x = ids[j]
-        valid = x >= 0
-        xi = jnp.where(valid, x, 0)
-        seen = depth[xi] < _INF
-        d = jnp.where(seen, depth[xi].astype(jnp.int32), nvalid[p])
-        act = valid & ((d > 0) | ~seen)
-        row = stack[p]
-        b = jnp.sum(d >= bounds)  # smallest prefix with d < Mb
-        new, moved = lax.switch(jnp.minimum(b, len(sizes) - 1), branches, row, d, x, nu, seen)
-        new = jnp.where(act, new, row)
-        pos_m = jnp.arange(M, dtype=jnp.int16)
-        depth = depth.at[jnp.where(act, moved, N)].set(pos_m, mode="drop")
-        nvalid = nvalid.at[p].add((valid & ~seen).astype(jnp.int32))
-        stack = stack.at[p].set(new)
-        return stack, depth, nvalid, nu, ids, p
-
-    def body(carry, x):
-        stack, depth, nvalid, nu, start = carry
-        start = jnp.where(x["new_pass"], depth, start)
-        ids = x["ids"]
-        valid = ids >= 0
-        idx = jnp.where(valid, ids, N)
-        d0 = jnp.where(valid, depth[jnp.where(valid, ids, 0)], _INF)
-        s0 = jnp.where(valid, start[jnp.where(valid, ids, 0)], _INF)
-        p = x["layer"] if partitioned else jnp.int32(0)
-        # the visit's demand is the most protected while it is served (-1 - id < every key)
-        nu = nu.at[idx].set(-1 - ids, mode="drop")
-        stack, depth, nvalid, nu, _, _ = lax.fori_loop(0, ids.shape[0], access, (stack, depth, nvalid, nu, ids, p))
-        nu = nu.at[idx].set(x["nu"], mode="drop")
-        return (stack, depth, nvalid, nu, start), (d0, s0)
-
-    def run(xs):
-        P = L if partitioned else 1
-        init = (jnp.full((P, M), -1, jnp.int32), jnp.full((N,), _INF, jnp.int16), jnp.zeros((P,), jnp.int32),
-                jnp.zeros((N,), jnp.int32), jnp.full((N,), _INF, jnp.int16))
-        (_, depth, _, _, _), (d, s) = lax.scan(body, init, xs)
-        return d, s, depth
-
-    return jax.jit(run)
-
-
-def belady_keys(steps: StepArrays, num_ids: int) -> np.ndarray:
-    """int32[S, W]: the Belady key each demanded id takes after its visit (smaller = more
-    protected): ``next_step * W + (W - 1 - slot there)``, or ``S * W + N - id`` if never demanded
-    again, i.e. nearer next use first and, on ties, the lower id evicted first (the reference's
-    ``(-next_use, id)`` order)."""
-    S, W = steps.ids.shape
-    big = S * W + num_ids
-    if big >= 2 ** 31 - 1:
-        raise ValueError(f"trace too long for the Belady stack path (S*W + N = {big} >= 2**31)")
-    valid = steps.ids >= 0
-    nxt = steps.next_use
-    # slot of each (step, id) in its row (rows are sorted ascending, padded with -1 at the end)
-    r, c = np.nonzero(valid)
-    flat = r.astype(np.int64) * num_ids + steps.ids[r, c]
-    order = np.argsort(flat)
-    fl_sorted = flat[order]
-    key = np.full((S, W), 0, np.int64)
-    has = valid & (nxt < INF_STEP)
-    hr, hc = np.nonzero(has)
-    q = nxt[hr, hc].astype(np.int64) * num_ids + steps.ids[hr, hc]
-    at = np.searchsorted(fl_sorted, q)
-    slot = c[order][at]
-    key[hr, hc] = nxt[hr, hc].astype(np.int64) * W + (W - 1 - slot)
-    nr, nc = np.nonzero(valid & ~has)
-    key[nr, nc] = big - steps.ids[nr, nc]
-    return key.astype(np.int32)
 
 
 def pool_caps(capacities: np.ndarray, num_layers: int, partitioned: bool) -> np.ndarray:
@@ -230,14 +111,10 @@ def _count_below(values: np.ndarray, layer: np.ndarray, L: int, top: int) -> np.
     return np.concatenate([np.zeros((L, 1), np.int64), np.cumsum(h, axis=1)[:, :-1]], axis=1)
 
 
-def run_stack(trace: Trace, capacities, *, mode: str = "pinned", partitioned: bool = False,
-              steps: Optional[StepArrays] = None, policy: str = "lru") -> RunResult:
-    """Counters of ``policy`` (``lru``, ``ls`` or ``belady``) for every configuration in
-    ``capacities`` from one stack pass.
-
-    Same outputs as :func:`specmd_jax.run.demand.run_configs`. Raises ``ValueError`` if a capacity is not exact
-    on this trace (see :func:`exact_mask`; :func:`run_auto` handles those).
-    """
+def _checked_inputs(trace: Trace, capacities, mode: str, partitioned: bool, steps: Optional[StepArrays],
+                    policy: str) -> tuple[StepArrays, np.ndarray]:
+    """The steps of ``trace`` in ``mode`` (``steps`` if given) and the checked capacities, after
+    checking that the stack path serves ``policy`` and is exact at every capacity."""
     if policy not in STACK_POLICIES:
         raise ValueError(f"the stack path serves {STACK_POLICIES} only, not {policy!r}")
     if mode not in MODES:
@@ -254,19 +131,39 @@ def run_stack(trace: Trace, capacities, *, mode: str = "pinned", partitioned: bo
     if not np.all(ok):
         raise ValueError(f"capacities {caps[~ok][:5].tolist()} are below the largest visit demand of "
                          f"their pool: LRU bypasses there and the stack path is not exact; use run_auto")
-    t0 = time.perf_counter()
+    return steps, caps
+
+
+def _compiled_scan(steps: StepArrays, L: int, E: int, partitioned: bool, belady: bool):
+    """The scan's inputs and its compiled program (cached per structure and shape):
+    :func:`_depth_scan` for ``lru``/``ls``, :func:`specmd_jax.run.belady.belady_scan` for ``belady``."""
     xs = {"ids": jnp.asarray(steps.ids), "layer": jnp.asarray(steps.layer),
           "new_pass": jnp.asarray(steps.new_pass)}
-    belady = policy == "belady"
     if belady:
-        xs["nu"] = jnp.asarray(belady_keys(steps, N))
+        xs["nu"] = jnp.asarray(belady_keys(steps, L * E))
     key = (belady, L, E, bool(partitioned)) + steps.ids.shape
     compiled = _COMPILED.get(key)
     if compiled is None:
-        scan = _belady_scan if belady else _depth_scan
+        scan = belady_scan if belady else _depth_scan
         compiled = _COMPILED[key] = scan(L, E, bool(partitioned)).lower(xs).compile()
-    t1 = time.perf_counter()
-    depth, start, final = jax.block_until_ready(compiled(xs))
+    return compiled, xs
+
+
+def _fill_order(first: np.ndarray, pool_of: np.ndarray) -> np.ndarray:
+    """int64[D]: for each first demand (``first``), its rank ``k`` (1-based) among the distinct
+    experts ever demanded in its pool (``pool_of``); 0 for the other demands."""
+    order_k = np.zeros(len(pool_of), np.int64)
+    for p in np.unique(pool_of[first]):
+        sel = np.flatnonzero(first & (pool_of == p))
+        order_k[sel] = np.arange(1, len(sel) + 1)
+    return order_k
+
+
+def _stack_counters(steps: StepArrays, caps: np.ndarray, depth, start, final, L: int, E: int,
+                    partitioned: bool):
+    """Every capacity's counters (int64[B, 6, L]), final resident sets (bool[B, N]) and maximum
+    occupancy (int64[B]) from the scan's depths (see the module docstring)."""
+    N = L * E
     depth, start, final = (np.asarray(a, np.int64) for a in (depth, start, final))
     valid = steps.ids >= 0
     lay = np.broadcast_to(steps.layer[:, None], steps.ids.shape)[valid]
@@ -281,13 +178,10 @@ def run_stack(trace: Trace, capacities, *, mode: str = "pinned", partitioned: bo
     below_s = _count_below(s, lay, L, top)
     # fills: the k-th distinct expert ever demanded (k counted in its pool) is admitted into free
     # space iff k <= C; first demands are those with no finite depth yet
-    first = d >= _INF
+    first = d >= INF_DEPTH
     ids = steps.ids[valid]
     pool_of = (ids // E) if partitioned else np.zeros_like(ids)
-    order_k = np.zeros(len(ids), np.int64)
-    for p in np.unique(pool_of[first]):
-        sel = np.flatnonzero(first & (pool_of == p))
-        order_k[sel] = np.arange(1, len(sel) + 1)
+    order_k = _fill_order(first, pool_of)
     fill_tab = _count_below(order_k[first] - 1, lay[first], L, top)   # (k - 1) < C  <=>  k <= C
     demands = np.bincount(lay, minlength=L).astype(np.int64)
     hits = below_d[rows, col]
@@ -308,6 +202,24 @@ def run_stack(trace: Trace, capacities, *, mode: str = "pinned", partitioned: bo
     else:
         maxocc = np.minimum(caps, int(first.sum()))
         resident = final[None, :] < caps[:, None]
+    return per, resident, maxocc
+
+
+def run_stack(trace: Trace, capacities, *, mode: str = "pinned", partitioned: bool = False,
+              steps: Optional[StepArrays] = None, policy: str = "lru") -> RunResult:
+    """Counters of ``policy`` (``lru``, ``ls`` or ``belady``) for every configuration in
+    ``capacities`` from one stack pass.
+
+    Same outputs as :func:`specmd_jax.run.demand.run_configs`. Raises ``ValueError`` if a capacity is not exact
+    on this trace (see :func:`exact_mask`; :func:`run_auto` handles those).
+    """
+    steps, caps = _checked_inputs(trace, capacities, mode, partitioned, steps, policy)
+    L, E = trace.shape.num_layers, trace.shape.num_experts
+    t0 = time.perf_counter()
+    compiled, xs = _compiled_scan(steps, L, E, partitioned, policy == "belady")
+    t1 = time.perf_counter()
+    depth, start, final = jax.block_until_ready(compiled(xs))
+    per, resident, maxocc = _stack_counters(steps, caps, depth, start, final, L, E, partitioned)
     return RunResult(totals=per.sum(axis=2), per_layer=per, resident=resident, max_occupancy=maxocc,
                      occupancy=None, compile_s=t1 - t0, run_s=time.perf_counter() - t1,
                      engine=np.full(len(resident), "jax-stack", object))
