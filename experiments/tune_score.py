@@ -289,7 +289,7 @@ def main(argv=None):
     pngs = plots(out, res, ev)
 
     ok = (vd["tuned_vs_ls"] != "worse").all() and (vd["tuned_vs_ls"] == "better").any()
-    lines = ["# A tuned staleness score vs the fixed rules (issue 6)", "",
+    lines = ["# A tuned staleness score vs the fixed rules", "",
              f"Command: `python experiments/tune_score.py{' --quick' if args.quick else ''}`; tuning {t_tune:.0f} s "
              f"({res.history[-1]['step']} optimizer steps, {len(res.members)} members, the training block compiled "
              f"{res.compiles} time(s)), hard evaluation {t_eval:.0f} s, sensitivities {t_sens:.0f} s.", "",
