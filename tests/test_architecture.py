@@ -139,14 +139,21 @@ def test_jit_and_vmap_live_in_the_drivers():
     assert not bad, "\n".join(bad)
 
 
-def test_the_checker_sees_a_cycle_and_a_bad_layer(tmp_path):
-    """The checks above can fail: a planted cycle and a core module importing jax are found."""
+def fake_core(tmp_path, modules: dict):
+    """A throwaway ``specmd_jax`` package whose ``core`` holds ``modules`` (name -> source)."""
     fake = tmp_path / "specmd_jax"
     (fake / "core").mkdir(parents=True)
     (fake / "__init__.py").write_text("")
     (fake / "core" / "__init__.py").write_text("")
-    (fake / "core" / "a.py").write_text("import jax\nfrom specmd_jax.core import b\n")
-    (fake / "core" / "b.py").write_text("from specmd_jax.core.a import x\nfrom specmd_jax.run.demand import y\n")
+    for name, src in modules.items():
+        (fake / "core" / f"{name}.py").write_text(src)
+    return fake
+
+
+def test_the_checker_sees_a_cycle_and_a_bad_layer(tmp_path):
+    """The checks above can fail: a planted cycle and a core module importing jax are found."""
+    fake = fake_core(tmp_path, {"a": "import jax\nfrom specmd_jax.core import b\n",
+                                "b": "from specmd_jax.core.a import x\nfrom specmd_jax.run.demand import y\n"})
     assert any("core.a:1 imports jax" in b for b in layer_problems(fake))
     assert any("core.b:2 imports specmd_jax.run.demand" in b for b in layer_problems(fake))
     assert import_cycles(fake) == ["specmd_jax.core.a -> specmd_jax.core.b -> specmd_jax.core.a"]
@@ -181,10 +188,6 @@ def test_modules_and_functions_are_small():
 
 
 def test_the_size_check_sees_a_long_function(tmp_path):
-    fake = tmp_path / "specmd_jax"
-    (fake / "core").mkdir(parents=True)
-    (fake / "__init__.py").write_text("")
-    (fake / "core" / "__init__.py").write_text("")
-    (fake / "core" / "long.py").write_text("def f():\n" + "    x = 1\n" * 90 + "\n" * 250)
+    fake = fake_core(tmp_path, {"long": "def f():\n" + "    x = 1\n" * 90 + "\n" * 250})
     assert size_problems(fake) == ["specmd_jax.core.long: 341 lines (> 300)",
                                    "specmd_jax.core.long:1 f() is 91 lines (> 80)"]
