@@ -59,9 +59,10 @@ def _good_arrays():
                 weights=np.full((6, 2), 0.5, np.float32))
 
 
-def _write_npz(path, version=1, **arrays):
+def _write_npz(path, version=1, shape=None, **arrays):
     meta = {"format_version": version, "source": "hand", "notes": [], "has_weights": "weights" in arrays,
-            "shape": {"name": "tiny", "num_layers": 2, "num_experts": 4, "top_k": 2, "expert_bytes": 100}}
+            "shape": {"name": "tiny", "num_layers": 2, "num_experts": 4, "top_k": 2, "expert_bytes": 100,
+                      **(shape or {})}}
     np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
     return path
 
@@ -107,6 +108,30 @@ def _bad(kind):
 def test_npz_bad(tmp_path, kind):
     arrays, field, value = _bad(kind)
     p = _write_npz(tmp_path / f"{kind}.npz", **arrays)
+    with pytest.raises(TraceError) as e:
+        load_npz(str(p))
+    assert_names(e, p, field, value)
+
+
+def test_npz_layer_bytes_round_trip(tmp_path):
+    """Per-layer expert bytes (format v4) survive save and load; v1-v3 files have none."""
+    t = load_npz(str(_write_npz(tmp_path / "v4.npz", version=4, shape={"layer_bytes": [60, 100]},
+                                **_good_arrays())))
+    assert t.shape.layer_bytes == (60, 100) and t.shape.bytes_per_layer == (60, 100)
+    save_trace(t, tmp_path / "again.npz")
+    assert load_npz(str(tmp_path / "again.npz")).shape == t.shape
+    plain = load_npz(str(_write_npz(tmp_path / "v3.npz", version=3, **_good_arrays())))
+    assert plain.shape.layer_bytes is None and plain.shape.bytes_per_layer == (100, 100)
+
+
+@pytest.mark.parametrize("lb, field, value", [([100], "shape.layer_bytes", "(100,)"),
+                                              ([100, "x"], "shape.layer_bytes[1]", "'x'"),
+                                              ([100, 0], "shape.layer_bytes[1]", "0"),
+                                              ([100, 1.5], "shape.layer_bytes[1]", "1.5"),
+                                              ([50, 60], "shape.expert_bytes", "60"),
+                                              ("ab", "shape.layer_bytes", "'ab'")])
+def test_npz_bad_layer_bytes(tmp_path, lb, field, value):
+    p = _write_npz(tmp_path / "bad.npz", version=4, shape={"layer_bytes": lb}, **_good_arrays())
     with pytest.raises(TraceError) as e:
         load_npz(str(p))
     assert_names(e, p, field, value)
@@ -162,6 +187,7 @@ def test_csv_small_good(tmp_path):
     t = read_route_trace_csv(_write_csv(tmp_path / "ok.csv", rows))
     assert (t.shape.num_layers, t.shape.num_experts, t.shape.top_k) == (2, 4, 2)
     assert t.shape.expert_bytes == 120 and t.shape.name == "Tiny-Q4"
+    assert t.shape.layer_bytes == (100, 120) == t.shape.bytes_per_layer     # per layer, max as expert_bytes
     assert t.pass_phase.tolist() == [PREFILL, DECODE, DECODE]
     assert t.pass_tokens.tolist() == [2, 1, 1] and t.pass_request.tolist() == [0, 0, 0]
     assert t.cell_rows(0, 0)[0].tolist() == [[0, 1], [1, 0]]   # step order
@@ -333,6 +359,8 @@ def test_real_qwen_route_trace(request, name, tmp_path):
     rows = np.diff(t.cell_offsets).reshape(t.num_passes, 48)
     assert np.all(rows[0, :47] == 28) and rows[0, 47] == 1 and np.all(rows[1:] == 1)
     assert any("layer 47 routes 1 of 28 prompt tokens" in n for n in t.notes)
+    lb = t.shape.layer_bytes                                    # the preamble's per-layer bytes, kept
+    assert len(lb) == 48 and set(lb) == {3059712, 2654208} and lb[:8] == (3059712,) * 6 + (2654208,) * 2
     assert np.allclose(t.weights.sum(1), 1.0, atol=1e-4)
     save_trace(t, str(tmp_path / "q.npz"))
     assert_same(t, load_npz(str(tmp_path / "q.npz")))

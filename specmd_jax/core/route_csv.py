@@ -127,19 +127,22 @@ def _passes(path: str, L: int, L_line: int, t_turn, t_phase, t_step, t_layer, t_
     return pass_request, pass_phase, pass_tokens, pass_last_step, counts.reshape(P, L), offsets
 
 
-def _shape_notes(K: int, L: int, layer_bytes: dict) -> tuple[list[str], int]:
-    """Notes on the recorded K and the per-layer expert bytes, and the bytes used (their max)."""
+def _shape_notes(K: int, L: int, layer_bytes: dict) -> tuple[list[str], int, tuple | None]:
+    """Notes on the recorded K and the per-layer expert bytes; the max and the per-layer tuple
+    (``None`` when all layers are equal; a layer without a bytes line takes the max)."""
     notes = [f"top_k K={K} is the recorded n_expert_used (the run may override the model's native top-k)",
              "residency and expert_bytes columns ignored (the recording engine's own cache state)"]
     bvals = sorted(set(layer_bytes.values()))
     expert_bytes = max(bvals)
-    if len(bvals) > 1:
-        notes.append(f"expert_bytes differs across layers ({len(bvals)} values, {min(bvals)}..{max(bvals)} bytes); "
-                     f"using the max {expert_bytes} for every layer")
+    per_layer = tuple(layer_bytes.get(l, expert_bytes) for l in range(L))
     if len(layer_bytes) != L:
         miss = sorted(set(range(L)) - set(layer_bytes))
-        notes.append(f"no '# layer=' bytes line for {fmt_layers(miss)}")
-    return notes, expert_bytes
+        notes.append(f"no '# layer=' bytes line for {fmt_layers(miss)}: taken as the max, {expert_bytes} bytes")
+    if len(set(per_layer)) > 1:
+        notes.append(f"expert_bytes differs across layers ({len(bvals)} values, {min(bvals)}..{max(bvals)} bytes): "
+                     f"kept per layer (shape.layer_bytes) for byte budgets; slot engines size a slot by the max")
+        return notes, expert_bytes, per_layer
+    return notes, expert_bytes, None
 
 
 def read_route_trace_csv(path) -> Trace:
@@ -183,9 +186,10 @@ def read_route_trace_csv(path) -> Trace:
     pass_request, pass_phase, pass_tokens, pass_last_step, rows, offsets = _passes(
         path, L, L_line, t_turn, t_phase, t_step, t_layer, t_pstep)
 
-    notes, expert_bytes = _shape_notes(K, L, layer_bytes)
+    notes, expert_bytes, per_layer = _shape_notes(K, L, layer_bytes)
     notes += _cell_count_notes(rows, pass_phase, pass_request, pass_tokens, pass_last_step, offsets, t_step, L)
-    shape = ModelShape(name=name, num_layers=L, num_experts=E, top_k=K, expert_bytes=int(expert_bytes))
+    shape = ModelShape(name=name, num_layers=L, num_experts=E, top_k=K, expert_bytes=int(expert_bytes),
+                       layer_bytes=per_layer)
     return make_trace(shape, pass_request, pass_phase, pass_tokens, offsets, ex, w, source=path, notes=notes)
 
 

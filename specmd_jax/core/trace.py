@@ -17,8 +17,8 @@ scores the router ranked all ``E`` experts of the row's layer by (its recorded e
 top-``K``, in rank order; validated). Cache-aware routing (:mod:`specmd_jax.core.routing`) re-ranks
 with them.
 
-On disk (``.npz``, ``format_version`` = 3; versions 1 and 2, without predictions or logits,
-still load) the
+On disk (``.npz``, ``format_version`` = 4; versions 1 to 3, without per-layer expert bytes,
+predictions (v1) or logits (v1, v2), still load) the
 same arrays are stored under their field names plus the model shape and provenance strings
 (:mod:`specmd_jax.core.npz`). :func:`validate` runs on every load and on construction
 from readers and the synthetic generator; its errors name the file, the field and the value.
@@ -40,8 +40,8 @@ from specmd_jax.core.trace_checks import (check_dtypes, check_experts, check_log
                                           check_pred_scores, check_weights)
 from specmd_jax.core.trace_fields import DECODE, PREFILL
 
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 __all__ = ["FORMAT_VERSION", "READABLE_VERSIONS", "PREFILL", "DECODE", "TraceError", "ModelShape", "Trace",
            "validate", "make_trace"]
 
@@ -55,7 +55,11 @@ class ModelShape:
         num_layers: ``L``, MoE layers.
         num_experts: ``E``, experts per layer.
         top_k: ``K``, experts routed per token.
-        expert_bytes: bytes of one expert at the stored precision (all experts equal).
+        expert_bytes: bytes of one expert at the stored precision; where layers differ, the
+            largest layer's (the slot engines size every slot by it).
+        layer_bytes: bytes of one expert of each layer (``L`` values, max ``expert_bytes``), or
+            ``None`` when every layer's experts weigh ``expert_bytes``. The byte-budget replay
+            (:mod:`specmd_jax.reference.batches`) admits and evicts by these.
     """
 
     name: str
@@ -63,6 +67,17 @@ class ModelShape:
     num_experts: int
     top_k: int
     expert_bytes: int
+    layer_bytes: Optional[tuple] = None
+
+    def __post_init__(self):
+        lb = self.layer_bytes
+        if isinstance(lb, (list, np.ndarray)):   # from JSON or numpy: a hashable tuple (checked by check_shape)
+            object.__setattr__(self, "layer_bytes", tuple(lb.tolist() if isinstance(lb, np.ndarray) else lb))
+
+    @property
+    def bytes_per_layer(self) -> tuple:
+        """Bytes of one expert of each layer (``L`` ints)."""
+        return tuple(self.layer_bytes) if self.layer_bytes is not None else (self.expert_bytes,) * self.num_layers
 
     @property
     def num_ids(self) -> int:
@@ -135,7 +150,7 @@ class Trace:
         s = self.shape
         n_pre = int(np.sum(self.pass_phase == PREFILL))
         return (f"{s.name}: L={s.num_layers} E={s.num_experts} K={s.top_k} "
-                f"expert_bytes={s.expert_bytes}; {self.num_passes} passes ({n_pre} prefill), "
+                f"expert_bytes={s.expert_bytes}{' (max over layers)' if s.layer_bytes else ''}; {self.num_passes} passes ({n_pre} prefill), "
                 f"{len(np.unique(self.pass_request))} requests, {self.experts.shape[0]} routed rows")
 
     def slice_passes(self, start: int, stop: int) -> "Trace":
@@ -171,6 +186,22 @@ def check_shape(where: str, s) -> None:
         fail(where, "shape.expert_bytes", f"must be a positive integer, got {v!r}")
     if v > MAX_EXPERT_BYTES:
         fail(where, "shape.expert_bytes", f"{v} exceeds {MAX_EXPERT_BYTES} bytes per expert")
+    _check_layer_bytes(where, s)
+
+
+def _check_layer_bytes(where: str, s) -> None:
+    """``layer_bytes``: ``None`` or ``L`` positive integers within the limit whose max is ``expert_bytes``."""
+    lb = s.layer_bytes
+    if lb is None:
+        return
+    if not isinstance(lb, tuple) or len(lb) != s.num_layers:
+        fail(where, "shape.layer_bytes", f"must hold one value per layer (L={s.num_layers}), got "
+                                         f"{str(lb)[:80]!r}")
+    for l, b in enumerate(lb):
+        if isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, np.integer)) or not 0 < b <= MAX_EXPERT_BYTES:
+            fail(where, f"shape.layer_bytes[{l}]", f"must be an integer in [1, {MAX_EXPERT_BYTES}], got {b!r}")
+    if max(lb) != s.expert_bytes:
+        fail(where, "shape.expert_bytes", f"{s.expert_bytes} must be the largest of layer_bytes ({max(lb)})")
 
 
 def validate(t: Trace, where: Optional[str] = None) -> Trace:
