@@ -5,12 +5,14 @@ jitted, vmapped :func:`specmd_jax.sweep` over every cache size x seed of the ``s
 
 Usage (from the repo root; see conf/config.yaml for more)::
 
-    python experiments/run.py                                    # defaults: 7 policies, 1/5/25%
+    python experiments/run.py                                    # defaults: 8 policies, 1/5/25%
     python experiments/run.py trace=qwen3_real sweep=slots policies=[lru,ls]
     python experiments/run.py -m policy=lru,ls,belady trace=synthetic,qwen3_real
+    python experiments/run.py trace=qwen3_real convention=bigmoeonedge sweep=budgets_mib policy=bigmoeonedge
 
 Writes ``results.csv``, ``per_layer.csv``, ``trace.txt`` and the plots ``hit_rate.png`` and
-``misses.png`` into the hydra output directory, each atomically, then ``manifest.json`` last
+``misses.png`` (under ``convention=bigmoeonedge``: ``curve.csv`` and ``curve.png`` instead of the
+plots; :mod:`specmd_jax.config.curve`) into the hydra output directory, each atomically, then ``manifest.json`` last
 (:mod:`specmd_jax.core.outputs`): a directory without a manifest holds no complete run. The directory
 is checked writable and claimed before any compute and refused if it already holds results.
 Input errors (config, trace, output directory) print one ``error:`` line and exit 2; Ctrl-C
@@ -39,6 +41,7 @@ from specmd_jax.study.plots import plot_hit_rate, plot_misses  # noqa: E402
 from specmd_jax.run.stack import ENGINES, STACK_POLICIES  # noqa: E402
 from specmd_jax.core.trace import TraceError  # noqa: E402
 from specmd_jax.config.schema import register as register_schemas  # noqa: E402
+from specmd_jax.config.curve import run_convention  # noqa: E402
 from specmd_jax.api import sweep_score  # noqa: E402
 from specmd_jax.core.score import FEATURES, ScorePolicy  # noqa: E402
 
@@ -47,7 +50,7 @@ register_schemas()  # conf/*.yaml extend these typed schemas: typos and wrong ty
 SHOW = ["policy", "capacity_fraction", "capacity_slots", "hit_rate", "collision_rate", "misses",
         "collisions", "bypass"]
 ORACLES = {"belady"}
-OUTPUTS = ("results.csv", "per_layer.csv", "trace.txt", "hit_rate.png", "misses.png")
+OUTPUTS = ("results.csv", "per_layer.csv", "trace.txt", "hit_rate.png", "misses.png", "curve.csv", "curve.png")
 
 
 def best_by_capacity(df: pd.DataFrame) -> pd.DataFrame:
@@ -84,6 +87,9 @@ def _run(cfg: dict, out: RunDir) -> pd.DataFrame:
         raise ConfigError("seeds is empty: give at least one, e.g. seeds=[0]")
     trace = build_trace(cfg["trace"])
     sizes = resolve_capacities(trace, cfg["sweep"])
+    if cfg.get("convention", "pinned") == "bigmoeonedge":     # byte budgets, BigMoeOnEdge's replay rules
+        names = [cfg["policy"]] if cfg.get("policy") not in (None, "") else list(cfg.get("policies") or [])
+        return run_convention(cfg, out, trace, sizes, names)
     policies = resolve_policies(cfg.get("policies"), cfg.get("policy"), cfg.get("mode", "pinned"), extra=("score",))
     score_pol = None
     if "score" in policies:  # a learned (or hand-written) score policy, specmd_jax.core.score

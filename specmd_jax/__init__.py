@@ -1,7 +1,8 @@
 """specmd_jax: accelerator-native simulation of MoE expert-cache policies (after SpecMD, 2026).
 
 Public API: :func:`load_trace`, :func:`save_trace`, :mod:`synthetic`, :func:`simulate`,
-:func:`sweep`, :func:`lru_mrc`, :func:`list_policies`; prefetch + timing: :func:`sweep_prefetch`,
+:func:`sweep`, :func:`lru_mrc`, :func:`list_policies`; byte budgets under BigMoeOnEdge's replay
+convention: ``sweep(..., convention="bigmoeonedge", budgets_mib=...)``, :func:`replay_curve`; prefetch + timing: :func:`sweep_prefetch`,
 :class:`PrefetchConfig`, :class:`Hardware`, ``HARDWARE_PRESETS``, the execution readings
 :class:`Reading` / ``READINGS``, :func:`token_cycle`; miss handling, precision and
 routing: :class:`MissConfig`, :class:`Precision`, ``PRECISION_PRESETS``, :class:`RoutingConfig`;
@@ -20,7 +21,7 @@ _LAZY = {
     "Hardware": "core.timing", "HARDWARE_PRESETS": "core.timing", "MissConfig": "core.miss", "Precision": "core.miss",
     "PRECISION_PRESETS": "core.miss", "RoutingConfig": "core.routing", "ScorePolicy": "core.score",
     "sweep_score": "api", "TuneConfig": "learn.tune", "Reading": "core.timing", "READINGS": "core.timing",
-    "token_cycle": "core.capacity",
+    "token_cycle": "core.capacity", "replay_curve": "api",
 }
 # short names of the modules users reach for (``sj.synthetic.generate``, ``sj.reference.simulate``)
 _MODULES = {

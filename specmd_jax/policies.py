@@ -39,7 +39,8 @@ class Policy:
         description: one line for ``list_policies`` and the docs.
         key: ``key(rec, g, l, E, score, nextuse) -> tuple``: the eviction key of resident ``g`` at a
             visit of layer ``l`` (``rec``: its record in the reference: ``last``, ``ins``, ``freq``,
-            ``mark``, ``entry``, ``hp``; ``score``: cumulative router weight units by id;
+            ``mark``, ``entry``, ``hp``, ``hist``: uses since the start of the trace, kept across
+            evictions; ``score``: cumulative router weight units by id;
             ``nextuse``: next demanding step by id). Pure Python; the reference's only rule.
         modes: the modes the policy is defined in.
         fast: the dedicated JAX fast paths that serve it (see the module docstring).
@@ -86,6 +87,10 @@ def _lfu(r, g, l, E, score, nextuse):
     return (r["freq"], r["last"], g)
 
 
+def _lfu_history(r, g, l, E, score, nextuse):
+    return (r["hist"], r["last"], g)
+
+
 def _lhu(r, g, l, E, score, nextuse):
     return (r["hp"], r["last"], g)
 
@@ -118,6 +123,8 @@ REGISTRY: dict[str, Policy] = {p.name: p for p in (
            fast=frozenset({"scan", "instant", "async"}), score=_preset("fifo")),
     Policy("lfu", "least frequently used since insertion, ties by least recent (libCacheSim's LFU)", _lfu,
            fast=_ALL, score=_preset("lfu")),
+    Policy("lfu_history", "least frequently used since the start of the trace (counts survive eviction), "
+           "ties by least recent (BigMoeOnEdge's lfu)", _lfu_history, fast=_ALL),
     Policy("belady", "Belady/MIN oracle: farthest next use first (next uses precomputed once per trace)", _belady,
            fast=frozenset({"scan", "stack"})),
     Policy("sb", "score-based: lowest cumulative router weight first (Zhu et al. '25)", _sb,

@@ -138,7 +138,7 @@ def test_model_shape():
 # ------------------------------------------------------------------ policy group, experiments
 
 def test_policy_group():
-    assert list(_compose("run").policies) == ["lru", "lfu", "fifo", "fld", "sb", "ls", "belady"]
+    assert list(_compose("run").policies) == ["lru", "lfu", "lfu_history", "fifo", "fld", "sb", "ls", "belady"]
     assert list(_compose("prefetch").policies) == ["lru", "ls"]
     assert list(_compose("run", ["policy=ls"]).policies) == ["ls"]
     assert list(_compose("run", ["policy=ls", "policies=[fifo,lru]"]).policies) == ["fifo", "lru"]
@@ -146,7 +146,7 @@ def test_policy_group():
     assert list(cfg.policies) == ["lru", "ls", "score"] and cfg.score_policy == "outputs/tune_score/learned.json"
 
 
-EXPERIMENTS = {"fig4_olmoe": "run", "fig4_qwen3": "run", "mrc": "run", "smoke": "run",
+EXPERIMENTS = {"bigmoeonedge_curve": "run", "fig4_olmoe": "run", "fig4_qwen3": "run", "mrc": "run", "smoke": "run",
                "table2": "prefetch", "cache_aware_lam": "prefetch", "hardware_links": "prefetch", "fig6": "prefetch"}
 
 
@@ -158,8 +158,11 @@ def test_every_experiment_is_listed_here():
 def test_experiment_bundles_compose(name):
     cfg = _compose(EXPERIMENTS[name], [f"experiment={name}"], hydra_cfg=True)
     if name == "fig4_olmoe":
-        assert cfg.trace.calibrated and cfg.model.name == "olmoe-1b-7b" and len(cfg.policies) == 7
+        assert cfg.trace.calibrated and cfg.model.name == "olmoe-1b-7b" and len(cfg.policies) == 8
         assert list(cfg.sweep.fractions) == [0.01, 0.05, 0.25]
+    elif name == "bigmoeonedge_curve":
+        assert cfg.convention.value == "bigmoeonedge" and cfg.sweep.budgets_mib[-1] == 8000
+        assert list(cfg.policies) == ["belady", "lru", "lfu_history", "layer", "layerlfu"]
     elif name == "fig4_qwen3":
         assert cfg.trace.kind == "file" and cfg.unroll_layers is False
     elif name == "mrc":

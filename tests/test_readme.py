@@ -46,7 +46,18 @@ def test_docs_readings_example_runs(tmp_path, monkeypatch):
 
 
 # (file relative to the repository, block index) -> the test above that runs it with assertions
-COVERED = {("README.md", 0), ("README.md", 1), ("docs/readings.md", 0)}
+COVERED = {("README.md", 0), ("README.md", 1), ("docs/readings.md", 0), ("docs/conventions.md", 0)}
+
+
+def test_conventions_example_runs(traces_dir, tmp_path, monkeypatch):
+    """docs/conventions.md's example needs the real Qwen3 trace (skips on a lone clone)."""
+    monkeypatch.setenv("SPECMD_TRACES", str(traces_dir))
+    ns = _run_block(README.parent / "docs" / "conventions.md", 0, tmp_path, monkeypatch)
+    curve, df = ns["curve"], ns["df"]
+    assert len(curve) == 6 * 5 and list(curve["peer_policy"][:5]) == ["belady", "lru", "lfu", "layer", "layerlfu"]
+    lru1000 = curve[(curve["budget_mib"] == 1000) & (curve["peer_policy"] == "lru")]
+    assert round(float(lru1000["hit_pct_cum"].iloc[0]), 3) == 35.141       # BigMoeOnEdge's published cell
+    assert len(df) == 2 and df["partitioned"].all()
 
 
 def _blocks():

@@ -20,6 +20,8 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
+from specmd_jax.api.batches import pinned_slots, sweep_batches
+from specmd_jax.core.checks import byte_budgets
 from specmd_jax.api.demand import sweep_demand
 from specmd_jax.api.score import sweep_weights
 from specmd_jax.api.timed import sweep_timed
@@ -27,6 +29,7 @@ from specmd_jax.core.score import ScorePolicy
 from specmd_jax.core.timing import Hardware
 from specmd_jax.core.trace import Trace
 from specmd_jax.policies import REGISTRY
+from specmd_jax.core.conventions import CONVENTIONS
 
 TIMINGS = ("none", "instant", "async")
 
@@ -52,12 +55,34 @@ def sweep(trace: Trace, policy, capacities: Optional[Sequence[int]] = None, *,
             ``ScorePolicy`` and ``timing="none"``, adds demand-only ``ttft_ms``/``tpot_ms``.
         engine: ``"auto"`` (default), ``"jax"``, ``"reference"``; demand-only replay also takes
             ``"scan"`` and ``"stack"``.
+        convention (option): ``"pinned"`` (default; :mod:`specmd_jax.core.semantics`) or
+            ``"bigmoeonedge"`` (BigMoeOnEdge's replayer: byte budgets, post-batch eviction;
+            :mod:`specmd_jax.api.batches`, demand-only).
+        budgets_mib / capacity_bytes (options): byte budgets instead of ``capacities``; under the
+            pinned convention they become ``budget // expert_bytes`` slots (refused where layers'
+            expert bytes differ).
 
     Returns:
         One row per configuration; within a timing mode the same columns whatever engine ran.
     """
     if timing not in TIMINGS:
         raise ValueError(f"timing must be one of {', '.join(TIMINGS)}, got {timing!r}")
+    convention = options.pop("convention", "pinned")
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
+    mib, nbytes = options.pop("budgets_mib", None), options.pop("capacity_bytes", None)
+    if convention == "bigmoeonedge":
+        if timing != "none" or prefetch is not None or hardware is not None:
+            raise ValueError("convention 'bigmoeonedge' is a demand-only replay (timing='none'); the prefetch "
+                             "engines follow the pinned convention")
+        if capacities is not None or fractions is not None:
+            raise ValueError("convention 'bigmoeonedge' budgets bytes: give budgets_mib= or capacity_bytes=, "
+                             "not capacities/fractions")
+        return sweep_batches(trace, policy, mib, capacity_bytes=nbytes, engine=engine, **options)
+    if mib is not None or nbytes is not None:
+        if capacities is not None or fractions is not None:
+            raise ValueError("give one of capacities=, fractions=, budgets_mib= or capacity_bytes=")
+        capacities = pinned_slots(trace, byte_budgets(mib, nbytes)[0])
     learned = isinstance(policy, ScorePolicy) or (isinstance(policy, str) and policy not in REGISTRY
                                                   and policy.endswith(".json"))
     if learned:

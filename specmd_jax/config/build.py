@@ -31,6 +31,7 @@ import numpy as np
 
 from specmd_jax.core import synthetic
 from specmd_jax.core.capacity import capacity_slots
+from specmd_jax.core.checks import byte_budgets
 from specmd_jax.policies import list_policies
 from specmd_jax.core.presets import MODEL_PRESETS
 from specmd_jax.core.readers import load_trace
@@ -42,7 +43,7 @@ __all__ = ["ConfigError", "build_trace", "model_shape", "resolve_capacities", "r
 MODES = ("pinned", "sequential")
 _MISSING = (None, "", "???")  # "???" is OmegaConf's MISSING left as text by to_container
 SYNTHETIC_KNOBS = tuple(p for p in inspect.signature(synthetic.generate).parameters)
-SWEEP_KEYS = ("capacities", "fractions", "grid")
+SWEEP_KEYS = ("capacities", "fractions", "grid", "budgets_mib", "capacity_bytes")
 
 
 def enable_compilation_cache(path) -> Optional[str]:
@@ -195,12 +196,13 @@ def resolve_capacities(trace: Trace, cfg_sweep: Mapping) -> dict:
 
     Args:
         trace: the trace (fractions are checked against it: ``floor(f * L * E)`` slots).
-        cfg_sweep: exactly one of ``capacities`` (ints >= 0), ``fractions`` (floats in [0, 1])
-            or ``grid`` (``{start, stop, num}``: ``num`` evenly spaced fractions from ``start``
-            to ``stop`` inclusive) set; the others null or absent.
+        cfg_sweep: exactly one of ``capacities`` (ints >= 0), ``fractions`` (floats in [0, 1]),
+            ``grid`` (``{start, stop, num}``: ``num`` evenly spaced fractions from ``start``
+            to ``stop`` inclusive), ``budgets_mib`` or ``capacity_bytes`` set; the others null or absent.
 
     Returns:
-        ``{"capacities": [int, ...]}`` or ``{"fractions": [float, ...]}``, ready for
+        ``{"capacities": [int, ...]}``, ``{"fractions": [float, ...]}``, ``{"budgets_mib": [float, ...]}``
+        or ``{"capacity_bytes": [int, ...]}`` (byte budgets), ready for
         ``sweep(trace, policy, **result)``.
 
     Raises:
@@ -214,10 +216,17 @@ def resolve_capacities(trace: Trace, cfg_sweep: Mapping) -> dict:
     given = [k for k in SWEEP_KEYS if s.get(k) is not None]
     if len(given) != 1:
         what = "none is set" if not given else " and ".join("sweep." + k for k in given) + " are set"
-        raise ConfigError(f"set exactly one of sweep.capacities (slots), sweep.fractions (of all expert bytes) "
-                          f"or sweep.grid ({{start, stop, num}}): {what}. Null the others, e.g. "
-                          f"sweep.fractions=null sweep.capacities=[16,64]")
+        raise ConfigError(f"set exactly one of sweep.capacities (slots), sweep.fractions (of all expert bytes), "
+                          f"sweep.grid ({{start, stop, num}}), sweep.budgets_mib or sweep.capacity_bytes: {what}. "
+                          f"Null the others, e.g. sweep.fractions=null sweep.capacities=[16,64]")
     key = given[0]
+    if key in ("budgets_mib", "capacity_bytes"):
+        vals = _as_list(s[key], "sweep." + key)
+        try:
+            byte_budgets(**{key: vals})
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"sweep.{key}: {e}") from None
+        return {key: [int(v) if key == "capacity_bytes" else float(v) for v in vals]}
     if key == "capacities":
         caps = _as_list(s[key], "sweep.capacities")
         out = []

@@ -54,6 +54,11 @@ class Mode(Enum):
     sequential = "sequential"
 
 
+class Convention(Enum):
+    pinned = "pinned"
+    bigmoeonedge = "bigmoeonedge"
+
+
 class RunEngine(Enum):
     auto = "auto"
     scan = "scan"
@@ -124,10 +129,13 @@ class GridSchema:
 
 @dataclass
 class SweepSchema:
-    """``conf/sweep``: exactly one of the three set (checked by ``resolve_capacities``)."""
+    """``conf/sweep``: exactly one set (checked by ``resolve_capacities``); the byte budgets
+    (``budgets_mib``, ``capacity_bytes``) are the ``convention=bigmoeonedge`` run's sizes."""
     capacities: Optional[List[int]] = None
     fractions: Optional[List[float]] = None
     grid: Optional[GridSchema] = None
+    budgets_mib: Optional[List[float]] = None
+    capacity_bytes: Optional[List[int]] = None
 
 
 @dataclass
@@ -207,6 +215,7 @@ class _Common:
 @dataclass
 class RunSchema(_Common):
     """``conf/config.yaml`` (``experiments/run.py``)."""
+    convention: Convention = Convention.pinned
     mode: Mode = Mode.pinned
     partitioned: bool = False
     seeds: List[int] = field(default_factory=lambda: [0])

@@ -52,8 +52,8 @@ def whole(name: str, value, lo: int = 0, hi: int = INT32_MAX) -> int:
     return int(_ints(name, value, lo, hi)[0])
 
 
-def fractions(values, *, name: str = "fractions") -> np.ndarray:
-    """Capacity fractions: real numbers in ``[0, 1]`` (not strings or bools), as float64[n]."""
+def fractions(values, *, name: str = "fractions", hi: float = 1.0) -> np.ndarray:
+    """Capacity fractions: real numbers in ``[0, hi]`` (default 1; not strings or bools), as float64[n]."""
     if np.ndim(values) > 1:
         raise ValueError(f"{name} must be a value or a flat list, got a {np.ndim(values)}-D array")
     vals = [values] if np.ndim(values) == 0 else list(np.asarray(values, dtype=object).reshape(-1))
@@ -62,9 +62,9 @@ def fractions(values, *, name: str = "fractions") -> np.ndarray:
     for i, v in enumerate(vals):
         where = f"{name}[{i}]" if np.ndim(values) else name
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
-            raise TypeError(f"{where} must be a number in [0, 1], got {v!r} ({type(v).__name__})")
-        if not (np.isfinite(float(v)) and 0 <= float(v) <= 1):
-            raise ValueError(f"{where} must be in [0, 1], got {v!r}")
+            raise TypeError(f"{where} must be a number in [0, {hi:g}], got {v!r} ({type(v).__name__})")
+        if not (np.isfinite(float(v)) and 0 <= float(v) <= hi):
+            raise ValueError(f"{where} must be in [0, {hi:g}], got {v!r}")
     return np.asarray([float(v) for v in vals], np.float64)
 
 
@@ -80,6 +80,21 @@ def capacities(values, *, name: str = "capacities", limit: int = INT32_MAX, why:
     """Cache sizes in slots (or units): whole numbers in ``[0, limit]``, as int64[n] (``why``: the
     reason for the limit, printed in the error)."""
     return _ints(name, values, 0, limit, f" ({why})" if why else "")
+
+
+MIB = 2 ** 20
+MAX_BUDGET_BYTES = 2 ** 62
+
+
+def byte_budgets(budgets_mib=None, capacity_bytes=None) -> tuple[np.ndarray, "np.ndarray | None"]:
+    """Byte budgets, int64[n], from MiB (``int(mib * 2**20)``, as BigMoeOnEdge's replayer) or bytes
+    (exactly one given); and the MiB values given (``None`` for bytes)."""
+    if (budgets_mib is None) == (capacity_bytes is None):
+        raise ValueError("give exactly one of budgets_mib= or capacity_bytes=")
+    if capacity_bytes is not None:
+        return capacities(capacity_bytes, name="capacity_bytes", limit=MAX_BUDGET_BYTES), None
+    mib = fractions(budgets_mib, name="budgets_mib", hi=MAX_BUDGET_BYTES / MIB)
+    return np.asarray([int(m * MIB) for m in mib], np.int64), mib
 
 
 def seeds(values, *, name: str = "seeds") -> np.ndarray:

@@ -26,6 +26,8 @@ Eviction keys (evict the smallest; the expert id is always the last tie-break, l
     ``fifo``   (step inserted, id)
     ``lfu``    (uses since inserted, last step used, id); the count restarts at 1 on insert
                (libCacheSim's LFU)
+    ``lfu_history`` (demands since the start of the trace, last step used, id): the count
+               survives eviction (BigMoeOnEdge's ``lfu``)
     ``belady`` (-(next step that demands it), id); never demanded again = -(2**31 - 1)
     ``sb``     (cumulative quantised router weight over the whole history, id): each demand adds
                ``sum over the visit's tokens of round(weight * SB_SCALE)`` (Zhu et al. '25)

@@ -45,7 +45,8 @@ from specmd_jax.policies import served_by
 
 NCOUNT = len(DEMAND_COUNTERS)
 KIND = {"lru": "mtt", "ls": "mtt", "fifo": "ins", "random": "ins", "belady": "keyed",
-        "sb": "keyed", "lfu": "keyed", "fld": "fld"}
+        "sb": "keyed", "lfu": "keyed", "lfu_history": "keyed", "fld": "fld"}
+COUNTED = {"lfu", "lfu_history"}     # per-configuration use counts (since insertion / since the trace start)
 SCAN_POLICIES = served_by("scan")
 SHARED_KEY = {"belady", "sb"}
 
@@ -72,7 +73,8 @@ class CacheState:
             earlier in the current pass, ``ABSENT`` otherwise (one array keeps both, halving
             the memory traffic of a step).
         occ: int32[P] occupancy per pool (``P`` = 1 global, ``L`` partitioned).
-        freq: int32[N] uses since insertion (``lfu`` only; else shape [0]). The last-use
+        freq: int32[N] uses since insertion (``lfu``) or since the trace start (``lfu_history``);
+            else shape [0]. The last-use
             tie-break needs no table: the rank order already holds it.
         per_layer: int32[6, L] counters (``DEMAND_COUNTERS``) by the layer of the visit (the
             totals are their sums).
@@ -130,7 +132,7 @@ def make_policy(spec: Spec) -> Policy:
     kind = KIND[spec.policy]
     part = spec.partitioned
     M = E if part else N  # pool size
-    lfu = spec.policy == "lfu"
+    lfu = spec.policy in COUNTED
 
     def init(params: Params) -> CacheState:
         del params

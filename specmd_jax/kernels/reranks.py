@@ -5,7 +5,7 @@ every other resident (``r_c``) and of the demanded experts (``rD_new``).
 ``mtt`` (``lru``, ``ls``) moves the demand to the top; ``fifo`` keeps hits in place and admits on
 top; ``random`` draws victim positions by Floyd's algorithm with the reference's counter hash;
 ``keyed`` counts more-protected survivors under trace-shared keys (``belady``, ``sb``) or
-per-configuration use counts (``lfu``); ``fld`` evicts by layer distance.
+per-configuration use counts (``lfu``, ``lfu_history``); ``fld`` evicts by layer distance.
 """
 
 from __future__ import annotations
@@ -122,20 +122,25 @@ def _keyed(s, evpos):
     gone = evpos >= thresh
     S = s.evictable & ~gone                      # non-demanded survivors
     idsD, Dp, freq = s.ids, s.Dp, s.freq
-    if s.spec.policy == "lfu":
+    if s.spec.policy in ("lfu", "lfu_history"):
         # Demanded experts take last use = this step, later than every other resident's, so
         # against a non-demanded x the (freq, last, id) order reduces to freq alone: d above x iff
-        # freq_d >= freq_x. One compare, no `last` table.
+        # freq_d >= freq_x. One compare, no `last` table. lfu_history's counts outlive eviction:
+        # every demand counts (bypassed ones too) and nothing is reset.
         M = s.r.shape[0]
         f = s.pool(s.freq, s.l)
-        fD = jnp.where(s.resD, f[s.loc] + 1, 1)
+        hist = s.spec.policy == "lfu_history"
+        fD = f[s.loc] + 1 if hist else jnp.where(s.resD, f[s.loc] + 1, 1)
         G = fD[:, None] >= f[None, :]                                       # [W, M]
         Gdd = (fD[:, None] > fD[None, :]) | ((fD[:, None] == fD[None, :]) & (idsD[:, None] > idsD[None, :]))
         up_x = jnp.sum(G & Dp[:, None], axis=0, dtype=jnp.int16)
         # per-config [W, M] x [M] count as a matvec (XLA:CPU reductions along the contiguous axis
         # are scalar code; a dot is vectorised)
         sg = jnp.dot(G.astype(jnp.float32), S.astype(jnp.float32), precision=HIGHEST).astype(jnp.int32)
-        f_new = jnp.where(s.resident & ~gone, f, 0).at[jnp.where(Dp, s.loc, M)].set(fD, mode="drop")
+        if hist:
+            f_new = f.at[jnp.where(s.valid, s.loc, M)].set(fD, mode="drop")
+        else:
+            f_new = jnp.where(s.resident & ~gone, f, 0).at[jnp.where(Dp, s.loc, M)].set(fD, mode="drop")
         freq = s.unpool(s.freq, f_new, s.l)
     else:
         # keys shared by all configurations: G is shared, the counts are matmuls

@@ -121,6 +121,7 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
     resident = {}  # id -> dict of per-expert policy fields
     occ = [0] * (L if partitioned else 1)
     score = {}  # sb: trace-level cumulative weight units
+    hist = {}  # lfu_history: trace-level demand counts
     nextuse = {}  # belady: trace-level next use
     evicted_in_pass = set()
     max_occ = 0
@@ -144,6 +145,7 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
         coll = sum(1 for g in miss if g in evicted_in_pass)
         for g, u in zip(ids, units):
             score[g] = score.get(g, 0) + u
+            hist[g] = hist.get(g, 0) + 1
             if nxt is not None:
                 nextuse[g] = nxt[s][g]
         free = cap - occ[pool]
@@ -160,7 +162,7 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
                 evicted_in_pass.add(g)
             occ[pool] -= nev
         na = min(len(miss), free + nev)
-        use(resident, ids, sorted(miss)[:na], s, p)
+        use(resident, ids, sorted(miss)[:na], s, p, hist)
         occ[pool] += na
         max_occ = max(max_occ, occ[pool])
         if occupancy_log is not None:
@@ -188,10 +190,11 @@ def _check_policy(trace, policy, mode, partitioned, weights):
     return None
 
 
-def use(resident: dict, ids, admitted, s: int, p: int) -> None:
+def use(resident: dict, ids, admitted, s: int, p: int, hist: Optional[dict] = None) -> None:
     """Step ``s`` (pass ``p``) uses its demand ``ids``: a hit counts one more use, an ``admitted``
     miss is inserted; both take last use ``s`` and enter the current tier (mark ``p``) unless
-    already in it. A bypassed miss is not resident and is not touched."""
+    already in it, and their trace-level count from ``hist`` (``lfu_history``). A bypassed miss is
+    not resident and is not touched."""
     for g in ids:
         if g in resident:  # hit
             r = resident[g]
@@ -201,5 +204,7 @@ def use(resident: dict, ids, admitted, s: int, p: int) -> None:
         else:
             continue
         r["last"] = s
+        if hist is not None:
+            r["hist"] = hist[g]
         if r["mark"] != p:
             r["mark"], r["entry"] = p, s

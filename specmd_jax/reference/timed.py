@@ -134,7 +134,7 @@ class Replay(Arrivals):
         self.issued = 0
         self.occ = [0] * (L if partitioned else 1)
         self.score: dict = {}
-        self.nextuse: dict = {}
+        self.nextuse, self.hist = {}, {}     # belady's next demand; lfu_history's counts (kept across evictions)
         self.evicted_in_pass: set = set()
         self.todo: set = set()               # experts of the running visit whose turn has not come
         self.seq = 0
@@ -164,6 +164,7 @@ class Replay(Arrivals):
         if self.policy == "score":
             f = timed_features(self.seq, self.p, l, x, self.E, self.L, r, self.score.get(x, 0))
             return (sum(a * b for a, b in zip(self.score_w, f)), x)
+        r["hist"] = self.hist.get(x, 0)
         return policy_key(self.policy, r, x, l, self.E, self.score, self.nextuse)
 
     # ---------------------------------------------------------------- one visit
@@ -221,8 +222,9 @@ class Replay(Arrivals):
             if resident[g]["pf"]:
                 add("pf_useful", l)
         add("pf_useful", l, len(late))
-        if self.policy == "belady":
-            for g in tids:
+        for g in tids:
+            self.hist[g] = self.hist.get(g, 0) + 1      # lfu_history's counts
+            if self.policy == "belady":
                 self.nextuse[g] = self.next_demand(g, self.s)
         # miss policy (specmd_jax.core.miss) on everything not resident; X = the executed set
         dset = set(tids)

@@ -30,7 +30,7 @@ from specmd_jax.core.steps import StepArrays, prepare_steps
 
 # configurations per block inside a step, by policy (see _runner); measured on 2 CPU cores:
 # lfu 1.8 M acc/s unblocked at 1024 configs vs 4.0 M at 256
-CONFIG_BLOCK = {"lfu": 256}
+CONFIG_BLOCK = {"lfu": 256, "lfu_history": 256}
 _COMPILED = table()  # (spec, batched, unroll, record, B, chunk) -> compiled executable
 
 

@@ -103,3 +103,22 @@ def plot_misses(res: pd.DataFrame, path: str | Path, title: str = "") -> Path:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def plot_curve(res: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Byte-budget hit-rate curve (BigMoeOnEdge's layout): decode-only hit % (solid) and cumulative
+    hit % (dotted) against the budget in MiB, one colour per policy (``peer_policy``)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, (p, d) in enumerate(res.groupby("peer_policy", sort=False)):
+        d = d.sort_values("budget_mib")
+        ax.plot(d["budget_mib"], 100 * d["hit_rate_decode"], "o-", color=f"C{i % 10}", label=f"{_plain(p)} decode")
+        ax.plot(d["budget_mib"], 100 * d["hit_rate"], ":", color=f"C{i % 10}", alpha=0.7, label=f"{_plain(p)} all")
+    ax.set_xlabel("cache budget (MiB)")
+    ax.set_ylabel("hit rate (% of lookups)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(_plain(title) or "hit rate by byte budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
