@@ -43,6 +43,7 @@ from specmd_jax.core.trace import TraceError  # noqa: E402
 from specmd_jax.config.schema import register as register_schemas  # noqa: E402
 from specmd_jax.config.curve import run_convention  # noqa: E402
 from specmd_jax.api import sweep_score  # noqa: E402
+from specmd_jax.api.tables import with_belady_gap  # noqa: E402
 from specmd_jax.core.score import FEATURES, ScorePolicy  # noqa: E402
 
 register_schemas()  # conf/*.yaml extend these typed schemas: typos and wrong types fail at startup
@@ -152,6 +153,8 @@ def _run(cfg: dict, out: RunDir) -> pd.DataFrame:
         df.attrs = {}  # per_layer etc. are saved separately; concat must not compare them
         tables.append(df)
     res = pd.concat(tables, ignore_index=True)
+    if "belady" in policies:          # the share of the oracle's hits each policy misses, per cache size
+        res = with_belady_gap(res)
     per_layer = pd.concat(layers, ignore_index=True) if layers else pd.DataFrame()
 
     out.csv("results.csv", res)

@@ -194,7 +194,25 @@ def test_hydra_convention_run(tmp_path, traces):
     assert got["hits"].tolist() == api["hits"].tolist() and got["read_bytes"].tolist() == api["read_bytes"].tolist()
     curve = (tmp_path / "curve.csv").read_text().splitlines()
     assert curve[0] == "budget_mib,policy,hit_pct_cum,hit_pct_decode,read_mib" and len(curve) == 11
+    assert (res.loc[res["peer_policy"] == "belady", "belady_gap"] == 0).all() and res["belady_gap"].notna().all()
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
     bad = _run(["trace=file", f"trace.path={EXCERPT}", "convention=bigmoeonedge", "progress=false",
                 f"hydra.run.dir={tmp_path / 'bad'}"])
     assert bad.returncode == 2 and "convention=bigmoeonedge budgets bytes: use sweep=budgets_mib" in bad.stdout + bad.stderr
+
+
+def test_belady_gap_and_read_mib_columns(traces):
+    """The pinned table has read_mib; with_belady_gap puts each policy against Belady at its size."""
+    from specmd_jax.api.tables import with_belady_gap
+    t = synthetic.generate("olmoe-1b-7b", num_requests=1, prompt_len=4, gen_len=6, seed=4)
+    frames = [sj.sweep(t, p, capacities=[16, 64]) for p in ("lru", "belady")]
+    for f in frames:
+        f.attrs = {}
+    df = pd.concat(frames, ignore_index=True)
+    assert np.allclose(df["read_mib"], df["misses"] * t.shape.expert_bytes / MIB)
+    g = with_belady_gap(df)
+    best = df[df["policy"] == "belady"].set_index("capacity_slots")["hits"]
+    lru = g[g["policy"] == "lru"]
+    want = [(best[c] - h) / best[c] for c, h in zip(lru["capacity_slots"], lru["hits"])]
+    assert np.allclose(lru["belady_gap"], want) and (lru["belady_gap"] >= 0).all()
+    assert (g.loc[g["policy"] == "belady", "belady_gap"] == 0).all()

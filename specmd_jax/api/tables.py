@@ -26,6 +26,7 @@ def demand_table(trace, policy, mode, partitioned, caps, seeds, fracs, tot, maxo
     df.insert(7, "capacity_bytes", checks.capacity_bytes(caps, s.expert_bytes))
     df.insert(8, "seed", seeds)
     df["bytes_moved"] = df["misses"] * s.expert_bytes
+    df["read_mib"] = df["bytes_moved"] / 2 ** 20
     d = df["demands"].where(df["demands"] > 0)
     df["hit_rate"] = df["hits"] / d
     df["miss_rate"] = df["misses"] / d
@@ -35,6 +36,18 @@ def demand_table(trace, policy, mode, partitioned, caps, seeds, fracs, tot, maxo
     df["token_cycle_slots"] = token_cycle(trace)["slots"]
     df["below_token_cycle"] = df["capacity_bytes"] < token_cycle(trace)["bytes"]
     return df
+
+
+def with_belady_gap(df: pd.DataFrame, keys=("capacity_slots", "seed")) -> pd.DataFrame:
+    """``df`` (a table holding ``belady`` rows) with ``belady_gap`` = (Belady's hits - hits) / Belady's hits
+    at the same ``keys`` (NaN where Belady did not run or hit nothing); ``partitioned`` and ``mode`` join
+    the keys where present."""
+    keys = [k for k in (*keys, "partitioned", "mode", "convention") if k in df.columns]
+    best = df[df["policy"] == "belady"].drop_duplicates(keys).set_index(keys)["hits"]
+    b = df.join(best.rename("_belady_hits"), on=keys)["_belady_hits"]
+    out = df.copy()
+    out["belady_gap"] = (b - df["hits"]) / b.where(b > 0)
+    return out
 
 
 def timed_table(s, rows: list) -> pd.DataFrame:

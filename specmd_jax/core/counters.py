@@ -27,6 +27,13 @@ METRICS = {
     "evictions": "experts evicted",
     "bypass": "misses fetched but not cached because the visit's demand exceeded the cache",
     "bytes_moved": "misses x expert_bytes (host-to-device bytes)",
+    "read_mib": "bytes moved (pinned) or read (bigmoeonedge) / 2**20",
+    "belady_gap": "(Belady's hits - hits) / Belady's hits at the same cache size (the share of the oracle's hits "
+                  "missed; negative where the policy is not bounded by that Belady, e.g. partitioned pools under "
+                  "bigmoeonedge)",
+    "lookups": "bigmoeonedge: distinct experts of a batch, each looked up once",
+    "hit_rate_decode": "bigmoeonedge: hits / lookups of decode batches (BigMoeOnEdge's hit_pct_decode / 100)",
+    "hit_rate_prefill": "bigmoeonedge: hits / lookups of prefill batches",
     "hit_rate": "hits / demands",
     "miss_rate": "misses / demands",
     "collision_rate": "collisions / demands (the paper leaves the denominator open; ours is demands)",
