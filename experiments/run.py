@@ -51,6 +51,7 @@ register_schemas()  # conf/*.yaml extend these typed schemas: typos and wrong ty
 SHOW = ["policy", "capacity_fraction", "capacity_slots", "hit_rate", "collision_rate", "misses",
         "collisions", "bypass"]
 ORACLES = {"belady"}
+SCAN = sj.policies.served_by("scan")
 OUTPUTS = ("results.csv", "per_layer.csv", "trace.txt", "hit_rate.png", "misses.png", "curve.csv", "curve.png")
 
 
@@ -123,7 +124,7 @@ def _run(cfg: dict, out: RunDir) -> pd.DataFrame:
     tables, layers = [], []
     for p in policies:
         t0 = time.perf_counter()
-        engine = cfg.get("engine", "auto") if p in STACK_POLICIES else "scan"
+        engine = cfg.get("engine", "auto") if p in STACK_POLICIES else ("scan" if p in SCAN else "auto")
         if p == "score":
             hw = cfg.get("score_sensitivity")
             if hw not in (None, "") and hw not in sj.HARDWARE_PRESETS:
@@ -137,7 +138,8 @@ def _run(cfg: dict, out: RunDir) -> pd.DataFrame:
             tables.append(df)
             continue
         try:
-            df = sj.sweep(trace, p, **sizes, seeds=cfg["seeds"], mode=cfg["mode"],
+            decay = {"decay_periods": list(cfg.get("decay_periods") or [0])} if sj.policies.get(p).decayed else {}
+            df = sj.sweep(trace, p, **sizes, seeds=cfg["seeds"], mode=cfg["mode"], **decay,
                           partitioned=bool(cfg["partitioned"]), progress=bool(cfg["progress"]),
                           unroll_layers=cfg.get("unroll_layers"), engine=engine)
         except ValueError as e:  # e.g. engine=stack at a capacity where LRU bypasses

@@ -12,7 +12,8 @@ Modes: ``demand`` (demand-only replay, pinned or sequential, global or per-layer
 ``instant`` (instantaneous prefetch) and ``async`` (asynchronous prefetch with the timing model).
 Fast paths: ``scan`` (:mod:`specmd_jax.kernels.demand`), ``stack`` (one stack-distance pass for
 all capacities, :mod:`specmd_jax.run.stack`), ``keyed`` (the feature-score kernel, pinned and
-global only), ``instant`` (:mod:`specmd_jax.kernels.instant`), ``async``
+global only), ``records`` (dense per-expert records, victims by the key itself:
+:mod:`specmd_jax.kernels.records`), ``instant`` (:mod:`specmd_jax.kernels.instant`), ``async``
 (:mod:`specmd_jax.kernels.asynchronous`).
 """
 
@@ -26,8 +27,9 @@ import numpy as np
 from specmd_jax.core.score import preset_weights
 
 MODES = ("demand", "instant", "async")
-FAST_PATHS = ("scan", "stack", "keyed", "instant", "async")
-FAST_MODE = {"scan": "demand", "stack": "demand", "keyed": "demand", "instant": "instant", "async": "async"}
+FAST_PATHS = ("scan", "stack", "keyed", "records", "instant", "async")
+FAST_MODE = {"scan": "demand", "stack": "demand", "keyed": "demand", "records": "demand", "instant": "instant",
+             "async": "async"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,7 @@ class Policy:
             steps, or ``None``; with them the generic keyed kernel serves the policy (pinned
             visits, one global pool).
         seeded: its victims depend on a seed (the ``seeds`` axis of a sweep).
+        decayed: its counts halve every ``decay_period`` steps (the ``decay_periods`` axis of a sweep).
     """
 
     name: str
@@ -58,6 +61,7 @@ class Policy:
     fast: frozenset = frozenset()
     score: Optional[Callable[[int], np.ndarray]] = None
     seeded: bool = False
+    decayed: bool = False
 
     def __post_init__(self):
         bad = set(self.modes) - set(MODES)
@@ -125,6 +129,9 @@ REGISTRY: dict[str, Policy] = {p.name: p for p in (
            fast=_ALL, score=_preset("lfu")),
     Policy("lfu_history", "least frequently used since the start of the trace (counts survive eviction), "
            "ties by least recent (BigMoeOnEdge's lfu)", _lfu_history, fast=_ALL),
+    Policy("lfu_decay", "LFU with aging: counts since the trace start, halved every decay_period steps "
+           "(a vmapped axis), ties by least recent", _lfu_history, modes=("demand",), fast=frozenset({"records"}),
+           decayed=True),
     Policy("belady", "Belady/MIN oracle: farthest next use first (next uses precomputed once per trace)", _belady,
            fast=frozenset({"scan", "stack"})),
     Policy("sb", "score-based: lowest cumulative router weight first (Zhu et al. '25)", _sb,

@@ -216,3 +216,17 @@ def test_belady_gap_and_read_mib_columns(traces):
     want = [(best[c] - h) / best[c] for c, h in zip(lru["capacity_slots"], lru["hits"])]
     assert np.allclose(lru["belady_gap"], want) and (lru["belady_gap"] >= 0).all()
     assert (g.loc[g["policy"] == "belady", "belady_gap"] == 0).all()
+
+
+def test_lfu_decay_from_hydra(tmp_path):
+    """policy=lfu_decay with a decay_periods axis: one row per (capacity, period), on the record kernel;
+    period 0 never halves, so it equals lfu_history."""
+    p = _run(["trace.num_requests=1", "trace.prompt_len=8", "trace.gen_len=8", "progress=false",
+              "policies=[lfu_decay,lfu_history]", "decay_periods=[0,16]", "sweep=slots", f"hydra.run.dir={tmp_path}"])
+    assert p.returncode == 0, p.stdout + p.stderr
+    df = pd.read_csv(tmp_path / "results.csv")
+    dec = df[df["policy"] == "lfu_decay"]
+    assert len(dec) == 3 * 2 and set(dec["engine"]) == {"jax-records"} and sorted(set(dec["decay_period"])) == [0, 16]
+    hist = df[df["policy"] == "lfu_history"].set_index("capacity_slots")["hits"]
+    never = dec[dec["decay_period"] == 0].set_index("capacity_slots")["hits"]
+    assert never.to_dict() == hist.to_dict()

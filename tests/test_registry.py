@@ -59,7 +59,10 @@ def test_demand_fast_paths_equal_the_reference(trace, name, mode, partitioned):
     pol = REGISTRY[name]
     seeds = [0, 7] if pol.seeded else [0]
     kw = dict(mode=mode, partitioned=partitioned, seeds=seeds)
-    paths = [("scan", CAPS), ("stack", STACK_CAPS_PER_LAYER if partitioned else STACK_CAPS), ("keyed", CAPS)]
+    if pol.decayed:
+        kw["decay_periods"] = [0, 3, 40]
+    paths = [("scan", CAPS), ("stack", STACK_CAPS_PER_LAYER if partitioned else STACK_CAPS), ("keyed", CAPS),
+             ("records", CAPS)]
     for path, caps in paths:
         ref = sweep(trace, name, caps, engine="reference", **kw)
         if path == "keyed" and (mode != "pinned" or partitioned):   # the keyed kernel: pinned, global pool
@@ -176,5 +179,6 @@ def test_conf_policy_names_registry_policies():
         seen[stem] = names
     for n in POLICIES:
         assert seen.get(n) == [n], f"conf/policy/{n}.yaml (policies: [{n}]) is missing"
-    deterministic = [n for n in POLICIES if not REGISTRY[n].seeded]
-    assert sorted(seen["all"]) == sorted(deterministic), "conf/policy/all.yaml must list every deterministic policy"
+    deterministic = [n for n in POLICIES if not REGISTRY[n].seeded and not REGISTRY[n].decayed]
+    assert sorted(seen["all"]) == sorted(deterministic), ("conf/policy/all.yaml must list every deterministic policy "
+                                                          "without a parameter axis")

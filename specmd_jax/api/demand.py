@@ -21,23 +21,25 @@ from specmd_jax.core.capacity import capacity_slots
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax import reference
 from specmd_jax.core.steps import prepare_steps
-from specmd_jax.policies import REGISTRY, get
+from specmd_jax.policies import REGISTRY, get, served_by
 from specmd_jax.run.keyed import run_scores
 from specmd_jax.run.demand import RunResult, run_configs
+from specmd_jax.run.records import run_records
 from specmd_jax.run.stack import run_auto
 from specmd_jax.core.trace import Trace
 from specmd_jax.api.tables import demand_table
 
-ENGINES = ("auto", "jax", "scan", "stack", "keyed", "reference")
+ENGINES = ("auto", "jax", "scan", "stack", "keyed", "records", "reference")
 
 
-def _reference_run(trace, policy, caps, seeds, mode, partitioned) -> RunResult:
+def _reference_run(trace, policy, caps, seeds, mode, partitioned, decays) -> RunResult:
     """The jax-free reference, one configuration at a time, as a :class:`RunResult`."""
     L, N = trace.shape.num_layers, trace.shape.num_ids
     tot, per, res, occ = [], [], [], []
     t0 = time.perf_counter()
-    for c, sd in zip(caps, seeds):
-        r = reference.simulate(trace, policy, int(c), mode=mode, partitioned=partitioned, seed=int(sd))
+    for c, sd, dc in zip(caps, seeds, decays):
+        r = reference.simulate(trace, policy, int(c), mode=mode, partitioned=partitioned, seed=int(sd),
+                               decay_period=int(dc))
         tot.append([r.totals[k] for k in DEMAND_COUNTERS])
         per.append([r.per_layer[k] for k in DEMAND_COUNTERS])
         mask = np.zeros(N, bool)
@@ -67,10 +69,15 @@ def _keyed_run(trace, policy, caps) -> RunResult:
                      engine=np.full(n, "jax-keyed", object))
 
 
-def _dispatch(trace, policy, pol, caps, seeds, *, mode, partitioned, engine, progress, chunk_steps,
+def _dispatch(trace, policy, pol, caps, seeds, decays, *, mode, partitioned, engine, progress, chunk_steps,
               unroll_layers) -> RunResult:
-    """Run configurations ``(caps[i], seeds[i])`` on the path ``engine`` picks for ``pol`` (see
-    :func:`sweep_demand`)."""
+    """Run configurations ``(caps[i], seeds[i], decays[i])`` on the path ``engine`` picks for ``pol``
+    (see :func:`sweep_demand`)."""
+    if engine == "records" or (engine in ("auto", "jax") and pol.served("records")
+                               and not (pol.served("scan") or pol.served("stack"))):
+        if not pol.served("records"):
+            raise ValueError(f"the record kernel does not serve policy {policy!r}; it serves {served_by('records')}")
+        return run_records(trace, policy, caps, decays, mode=mode, partitioned=partitioned)
     dedicated = pol.served("scan") or pol.served("stack")
     keyed_ok = pol.served("keyed") and mode == "pinned" and not partitioned
     if engine == "keyed" and not keyed_ok:
@@ -81,7 +88,7 @@ def _dispatch(trace, policy, pol, caps, seeds, *, mode, partitioned, engine, pro
         raise ValueError(f"no JAX path serves policy {policy!r} in demand-only replay here; engine='auto' runs it on "
                          "the reference")
     if engine == "reference" or (engine == "auto" and not (dedicated or keyed_ok)):
-        return _reference_run(trace, policy, caps, seeds, mode, partitioned)
+        return _reference_run(trace, policy, caps, seeds, mode, partitioned, decays)
     if engine == "keyed" or (engine in ("auto", "jax") and not dedicated):
         return _keyed_run(trace, policy, caps)
     return run_auto(trace, policy, caps, seeds, mode=mode, partitioned=partitioned,
@@ -107,7 +114,7 @@ def sweep_demand(trace: Trace, policy: str, capacities: Optional[Sequence[int]] 
           fractions: Optional[Sequence[float]] = None, seeds: Sequence[int] = (0,),
           mode: str = "pinned", partitioned: bool = False, progress: bool = False,
           chunk_steps: int = 8192, unroll_layers: Optional[bool] = None,
-          engine: str = "auto") -> pd.DataFrame:
+          engine: str = "auto", decay_periods: Sequence[int] = (0,)) -> pd.DataFrame:
     """Demand-only replay of ``policy`` over ``trace`` for every (capacity, seed): one jitted vmap
     over one scan (the ``timing="none"`` case of :func:`specmd_jax.api.sweep`).
 
@@ -117,6 +124,8 @@ def sweep_demand(trace: Trace, policy: str, capacities: Optional[Sequence[int]] 
         capacities: cache sizes in slots (experts), or
         fractions: cache sizes as fractions of all expert bytes (``floor(f * L * E)`` slots).
         seeds: seeds, crossed with the capacities (only ``random`` uses them).
+        decay_periods: steps between halvings of the counts, crossed with the capacities and seeds
+            (only a decaying policy, ``lfu_decay``, uses them; 0: never; a column of its table).
         mode: ``"pinned"`` (default; one step per (pass, layer) visit) or ``"sequential"``.
         partitioned: one cache per layer (capacity split evenly) instead of one global pool.
         progress: tqdm progress bar over the trace.
@@ -127,7 +136,9 @@ def sweep_demand(trace: Trace, policy: str, capacities: Optional[Sequence[int]] 
             ``"stack"``: stack only; ``"reference"``: the jax-free reference, one configuration
             at a time; ``"keyed"``: the generic keyed kernel with the policy's feature-score
             weights (pinned visits, global pool; totals only, no per-layer counts; ``auto`` and
-            ``jax`` take it for a policy no dedicated kernel serves). Which paths serve a
+            ``jax`` take it for a policy no dedicated kernel serves); ``"records"``: dense
+            per-expert records (:mod:`specmd_jax.kernels.records`; ``auto`` takes it for a policy
+            only it serves, e.g. ``lfu_decay``). Which paths serve a
             policy: :data:`specmd_jax.policies.REGISTRY`.
 
     Returns:
@@ -152,12 +163,15 @@ def sweep_demand(trace: Trace, policy: str, capacities: Optional[Sequence[int]] 
     else:
         caps = checks.capacities(capacities)
     seeds = checks.seeds(seeds)
-    C, Sd = np.meshgrid(np.arange(len(caps)), np.arange(len(seeds)), indexing="ij")
-    ci, si = C.reshape(-1), Sd.reshape(-1)
-    r = _dispatch(trace, policy, pol, caps[ci], seeds[si], mode=mode, partitioned=partitioned, engine=engine,
-                  progress=progress, chunk_steps=chunk_steps, unroll_layers=unroll_layers)
+    decays = checks.capacities(decay_periods if pol.decayed else 0, name="decay_periods")
+    C, Sd, Dc = np.meshgrid(np.arange(len(caps)), np.arange(len(seeds)), np.arange(len(decays)), indexing="ij")
+    ci, si, di = C.reshape(-1), Sd.reshape(-1), Dc.reshape(-1)
+    r = _dispatch(trace, policy, pol, caps[ci], seeds[si], decays[di], mode=mode, partitioned=partitioned,
+                  engine=engine, progress=progress, chunk_steps=chunk_steps, unroll_layers=unroll_layers)
     df = demand_table(trace, policy, mode, partitioned, caps[ci], seeds[si], None if fr is None else fr[ci],
                 r.totals, r.max_occupancy)
+    if pol.decayed:
+        df.insert(9, "decay_period", decays[di])
     df["engine"] = r.engine
     L = trace.shape.num_layers
     if r.per_layer is None:    # the keyed kernel counts totals only

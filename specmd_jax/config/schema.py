@@ -219,6 +219,7 @@ class RunSchema(_Common):
     mode: Mode = Mode.pinned
     partitioned: bool = False
     seeds: List[int] = field(default_factory=lambda: [0])
+    decay_periods: List[int] = field(default_factory=lambda: [0])
     unroll_layers: Optional[bool] = None
     engine: RunEngine = RunEngine.auto
 

@@ -17,6 +17,8 @@ from specmd_jax.core import checks
 from specmd_jax.core.semantics import INF_STEP, MODES, SB_SCALE, layer_capacity, rand_u32
 from specmd_jax.policies import REGISTRY
 
+DECAYED = {n for n, p in REGISTRY.items() if p.decayed}
+
 
 
 @dataclasses.dataclass
@@ -95,7 +97,7 @@ def floyd_pick(evictable_sorted: list, nev: int, seed: int, step: int, draw0: in
 
 
 def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
-             partitioned: bool = False, seed: int = 0, weights=None,
+             partitioned: bool = False, seed: int = 0, weights=None, decay_period: int = 0,
              occupancy_log: Optional[list] = None) -> RefResult:
     """Replay ``trace`` through one cache configuration.
 
@@ -108,11 +110,14 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
         seed: seed of the ``random`` policy.
         weights: ``policy="score"`` only: the NF integer weights ``q`` of the parametric keep
             score (:mod:`specmd_jax.core.score`; pinned mode, global pool).
+        decay_period: a decaying policy (``lfu_decay``) halves every count at the start of every
+            step that is a positive multiple of it (0: never); the others ignore it.
         occupancy_log: if a list is given, the pool occupancy after every step is appended.
     """
     score_w = _check_policy(trace, policy, mode, partitioned, weights)
     capacity = int(checks.capacities(capacity, name="capacity")[0])
     seed = int(checks.seeds(seed, name="seed")[0])
+    decay = int(checks.capacities(decay_period, name="decay_period")[0])
     L, E = trace.shape.num_layers, trace.shape.num_experts
     steps = list(steps_of(trace, mode))
     nxt = _next_uses(steps) if policy == "belady" else None
@@ -120,22 +125,22 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
     per = {k: [0] * L for k in DEMAND_COUNTERS}
     resident = {}  # id -> dict of per-expert policy fields
     occ = [0] * (L if partitioned else 1)
-    score = {}  # sb: trace-level cumulative weight units
-    hist = {}  # lfu_history: trace-level demand counts
-    nextuse = {}  # belady: trace-level next use
-    evicted_in_pass = set()
-    max_occ = 0
+    score, hist, nextuse = {}, {}, {}  # trace-level: sb's weight units, lfu_history's counts, belady's next use
+    evicted_in_pass, max_occ = set(), 0
 
     def key(g, l):
         if policy == "score":
             r = resident[g]
             f = features(s, p, l, g, E, L, r["last"], r["ins"], r["freq"], score.get(g, 0))
             return (sum(a * b for a, b in zip(score_w, f)), g)
+        resident[g]["hist"] = hist[g]       # lfu_history / lfu_decay: the trace-level count, kept across evictions
         return policy_key(policy, resident[g], g, l, E, score, nextuse)
 
     for s, (p, l, new_pass, ids, units) in enumerate(steps):
         if new_pass:
             evicted_in_pass.clear()
+        if decay and s and s % decay == 0 and policy in DECAYED:   # lfu_decay: counts halve every period
+            hist = {g: c >> 1 for g, c in hist.items()}
         pool = l if partitioned else 0
         cap = layer_capacity(capacity, L, l) if partitioned else capacity
         D = set(ids)
@@ -152,17 +157,12 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
         evictable = [g for g in resident if g not in D and (not partitioned or g // E == l)]
         nev = max(0, min(len(miss) - free, len(evictable)))
         if nev:
-            if policy == "random":
-                evictable.sort(key=lambda g: key(g, l))
-                victims = floyd_pick(evictable, nev, seed, s)
-            else:
-                victims = heapq.nsmallest(nev, evictable, key=lambda g: key(g, l))
-            for g in victims:
+            for g in _victims(policy, evictable, nev, lambda g: key(g, l), seed, s):
                 del resident[g]
                 evicted_in_pass.add(g)
             occ[pool] -= nev
         na = min(len(miss), free + nev)
-        use(resident, ids, sorted(miss)[:na], s, p, hist)
+        use(resident, ids, sorted(miss)[:na], s, p)
         occ[pool] += na
         max_occ = max(max_occ, occ[pool])
         if occupancy_log is not None:
@@ -174,6 +174,14 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
             per[name][l] += v
     return RefResult(totals=tot, per_layer=per, resident=sorted(resident), max_occupancy=max_occ,
                      bytes_moved=tot["misses"] * trace.shape.expert_bytes)
+
+
+def _victims(policy, evictable, nev, key, seed, s) -> list:
+    """The ``nev`` victims among ``evictable``: the smallest keys (``random``: Floyd's draws over them
+    listed by key)."""
+    if policy == "random":
+        return floyd_pick(sorted(evictable, key=key), nev, seed, s)
+    return heapq.nsmallest(nev, evictable, key=key)
 
 
 def _check_policy(trace, policy, mode, partitioned, weights):
@@ -190,11 +198,10 @@ def _check_policy(trace, policy, mode, partitioned, weights):
     return None
 
 
-def use(resident: dict, ids, admitted, s: int, p: int, hist: Optional[dict] = None) -> None:
+def use(resident: dict, ids, admitted, s: int, p: int) -> None:
     """Step ``s`` (pass ``p``) uses its demand ``ids``: a hit counts one more use, an ``admitted``
     miss is inserted; both take last use ``s`` and enter the current tier (mark ``p``) unless
-    already in it, and their trace-level count from ``hist`` (``lfu_history``). A bypassed miss is
-    not resident and is not touched."""
+    already in it. A bypassed miss is not resident and is not touched."""
     for g in ids:
         if g in resident:  # hit
             r = resident[g]
@@ -204,7 +211,5 @@ def use(resident: dict, ids, admitted, s: int, p: int, hist: Optional[dict] = No
         else:
             continue
         r["last"] = s
-        if hist is not None:
-            r["hist"] = hist[g]
         if r["mark"] != p:
             r["mark"], r["entry"] = p, s
