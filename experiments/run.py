@@ -5,7 +5,7 @@ jitted, vmapped :func:`specmd_jax.sweep` over every cache size x seed of the ``s
 
 Usage (from the repo root; see conf/config.yaml for more)::
 
-    python experiments/run.py                                    # defaults: 8 policies, 1/5/25%
+    python experiments/run.py                                    # defaults: 9 policies, 1/5/25%
     python experiments/run.py trace=qwen3_real sweep=slots policies=[lru,ls]
     python experiments/run.py -m policy=lru,ls,belady trace=synthetic,qwen3_real
     python experiments/run.py trace=qwen3_real convention=bigmoeonedge sweep=budgets_mib policy=bigmoeonedge

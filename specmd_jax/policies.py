@@ -95,6 +95,10 @@ def _lfu_history(r, g, l, E, score, nextuse):
     return (r["hist"], r["last"], g)
 
 
+def _clock(r, g, l, E, score, nextuse):
+    return (r["ref"], r["pos"], g)
+
+
 def _lhu(r, g, l, E, score, nextuse):
     return (r["hp"], r["last"], g)
 
@@ -132,6 +136,9 @@ REGISTRY: dict[str, Policy] = {p.name: p for p in (
     Policy("lfu_decay", "LFU with aging: counts since the trace start, halved every decay_period steps "
            "(a vmapped axis), ties by least recent", _lfu_history, modes=("demand",), fast=frozenset({"records"}),
            decayed=True),
+    Policy("clock", "CLOCK / second chance (libCacheSim's Clock, 1-bit): the oldest queue entry goes unless "
+           "its reference bit is set, which is cleared and sends it to the head", _clock, modes=("demand",),
+           fast=frozenset({"records"})),
     Policy("belady", "Belady/MIN oracle: farthest next use first (next uses precomputed once per trace)", _belady,
            fast=frozenset({"scan", "stack"})),
     Policy("sb", "score-based: lowest cumulative router weight first (Zhu et al. '25)", _sb,

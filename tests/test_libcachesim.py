@@ -5,7 +5,9 @@ which is our ``sequential`` mode (one step per distinct expert of a visit, first
 order). LRU and FIFO are then identical by construction. libCacheSim's LFU counts uses only
 while cached (reset to 1 on insert) and breaks ties by least recent use: our ``lfu`` key
 (uses since insert, last use, id). Belady evicts the farthest next access; ties only occur
-among never-reused experts, where the choice cannot change the hit count.
+among never-reused experts, where the choice cannot change the hit count. CLOCK is libCacheSim's
+``Clock`` (1-bit): insert at the head with the bit clear, a hit sets it, eviction walks from the tail
+clearing set bits and moving those entries to the head.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from conftest import REAL, trace_named
 from specmd_jax.core import synthetic
 from specmd_jax.study.peers import libcachesim_hits
 from specmd_jax.run.demand import run_configs
+from specmd_jax.run.records import run_records
 from specmd_jax.core.trace import ModelShape, make_trace
 from specmd_jax.core.steps import prepare_steps
 
@@ -32,12 +35,19 @@ def single_stream_trace(n=3000, E=64, alpha=1.1, seed=0):
                       np.arange(n + 1), ids[:, None], source=f"zipf-stream(seed={seed})")
 
 
-@pytest.mark.parametrize("policy", ["lru", "fifo", "lfu", "belady"])
+def _hits(t, policy, caps, mode):
+    """Our hit counts: clock on the record kernel (the engine the registry gives it), the others on the scan."""
+    if policy == "clock":
+        return run_records(t, policy, caps, mode=mode).totals[:, 1].tolist()
+    return run_configs(t, policy, caps, mode=mode).totals[:, 1].tolist()
+
+
+@pytest.mark.parametrize("policy", ["lru", "fifo", "lfu", "belady", "clock"])
 def test_single_access_stream(policy):
     t = single_stream_trace()
     caps = [1, 2, 4, 8, 16, 32, 48]
     for mode in ("pinned", "sequential"):  # identical when each visit has one access
-        ours = run_configs(t, policy, caps, mode=mode).totals[:, 1].tolist()
+        ours = _hits(t, policy, caps, mode)
         theirs = libcachesim_hits(prepare_steps(t, "sequential"), policy, caps)
         assert ours == theirs, (mode, ours, theirs)
 
@@ -47,10 +57,10 @@ FULL_STREAMS = {"olmoe": [16, 64, 128, 200, 512], "qwen_excerpt": [48, 307, 1536
 
 
 @pytest.mark.parametrize("name", ["olmoe", "qwen_excerpt", pytest.param("qwen", marks=REAL)])
-@pytest.mark.parametrize("policy", ["lru", "fifo", "lfu", "belady"])
+@pytest.mark.parametrize("policy", ["lru", "fifo", "lfu", "belady", "clock"])
 def test_full_moe_streams_sequential(policy, request, name):
     t = synthetic.decode_stream("olmoe-1b-7b", 160, seed=2) if name == "olmoe" else trace_named(request, name)
     caps = FULL_STREAMS[name]
-    ours = run_configs(t, policy, caps, mode="sequential").totals[:, 1].tolist()
+    ours = _hits(t, policy, caps, "sequential")
     theirs = libcachesim_hits(prepare_steps(t, "sequential"), policy, caps)
     assert ours == theirs, (t.source, ours, theirs)

@@ -11,4 +11,7 @@ BATCH_COUNTERS = ("lookups", "hits", "misses", "collisions", "evictions", "looku
                   "read_bytes", "evicted_bytes")
 # registry policies the batch convention refuses, and why
 BATCH_UNSUPPORTED = {"random": "its victims come from CPython's random.Random in BigMoeOnEdge and cannot be "
-                               "reproduced; this convention has no seeded rule for it yet"}
+                               "reproduced; this convention has no seeded rule for it yet",
+                     "clock": "its walk (clearing bits, moving entries to the head) is defined for the pinned "
+                              "convention only so far",
+                     "lfu_decay": "the batch convention has no decay period yet"}

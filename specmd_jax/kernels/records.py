@@ -14,15 +14,17 @@ Numbers (capacity, decay period) are data in :class:`RecordParams`; the policy a
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
+from jax import lax
 
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.kernels.batches import BIG, evict_to_budget
 from specmd_jax.kernels.pytree import pytree_dataclass
 
-RECORD_KERNEL_POLICIES = ("lru", "fifo", "lfu", "lfu_history", "lfu_decay", "belady", "sb", "fld")
+RECORD_KERNEL_POLICIES = ("lru", "fifo", "lfu", "lfu_history", "lfu_decay", "belady", "sb", "fld", "clock")
 DECAYED = {"lfu_decay"}
 
 
@@ -51,6 +53,9 @@ class RecordState:
     ins: Any         # int32[N] step inserted
     freq: Any        # int32[N] uses since insertion
     hist: Any        # int32[N] demands since the trace start (halved every `decay` steps if decaying)
+    ref: Any         # int32[N] clock's reference bit
+    pos: Any         # int32[N] clock's queue position (larger: nearer the head)
+    clk: Any         # int32[] clock's last position given
     occ: Any         # int32[P] occupancy per pool
     per_layer: Any   # int32[6, L] DEMAND_COUNTERS by the layer of the visit
     max_occ: Any     # int32[]
@@ -61,8 +66,26 @@ def _keys(policy, st: RecordState, shared, gid, l, E) -> tuple:
     score, nextuse = shared
     k = {"lru": (st.last,), "fifo": (st.ins,), "lfu": (st.freq, st.last), "lfu_history": (st.hist, st.last),
          "lfu_decay": (st.hist, st.last), "belady": (-nextuse,), "sb": (score,),
-         "fld": (-jnp.abs(gid // E - l),)}[policy]
+         "fld": (-jnp.abs(gid // E - l),), "clock": (st.ref, st.pos)}[policy]
     return k + (gid,)
+
+
+def clock_evict(cand, ref, pos, clk, need):
+    """CLOCK's walk (the reference's ``clock_victims``): the candidate with the oldest position is
+    evicted, or, with its reference bit set, cleared and moved to the head; until ``need`` are
+    evicted. Returns (victims, count, ref, pos, clk)."""
+
+    def body(c):
+        cand, ref, pos, clk, ev, n = c
+        h = cand & (pos == jnp.min(jnp.where(cand, pos, BIG)))
+        again = jnp.any(h & (ref > 0))
+        ref = jnp.where(h, 0, ref)
+        pos = jnp.where(h & again, clk + 1, pos)
+        return (cand & ~(h & ~again), ref, pos, clk + again, ev | (h & ~again), n + 1 - again)
+
+    c = lax.while_loop(lambda c: (c[5] < need) & jnp.any(c[0]), body,
+                       (cand, ref, pos, clk, jnp.zeros_like(cand), jnp.int32(0)))
+    return c[4], c[5], c[1], c[2], c[3]
 
 
 class RecordPolicy(NamedTuple):
@@ -83,7 +106,7 @@ def make_record_policy(spec: RecordSpec) -> RecordPolicy:
         del params
         z = jnp.zeros((N,), jnp.int32)
         return RecordState(resident=jnp.zeros((N,), bool), gone=jnp.zeros((N,), bool), last=z, ins=z, freq=z, hist=z,
-                           occ=jnp.zeros((L if part else 1,), jnp.int32),
+                           ref=z, pos=z, clk=jnp.zeros((), jnp.int32), occ=jnp.zeros((L if part else 1,), jnp.int32),
                            per_layer=jnp.zeros((len(DEMAND_COUNTERS), L), jnp.int32), max_occ=jnp.zeros((), jnp.int32))
 
     def shared_init():
@@ -114,14 +137,18 @@ def make_record_policy(spec: RecordSpec) -> RecordPolicy:
         occ = st.occ[pidx]
         free = cap - occ
         inD = jnp.zeros((N,), bool).at[idx].set(True, mode="drop")
-        cur = RecordState(resident=st.resident, gone=gone, last=st.last, ins=st.ins, freq=st.freq, hist=hist,
-                          occ=st.occ, per_layer=st.per_layer, max_occ=st.max_occ)
-        gid = jnp.arange(N, dtype=jnp.int32)
-        keys = [pool(k, l) for k in _keys(spec.policy, cur, shared, gid, l, E)]
-        ev_p, nev = evict_to_budget(keys, pool(st.resident & ~inD, l), jnp.int32(1), m - free)
-        ev = ev_p.reshape(-1) if not part else jnp.zeros((L, E), bool).at[l].set(ev_p).reshape(-1)
+        cand = st.resident & ~inD & ((jnp.arange(N) // E == l) if part else True)
+        ref, pos, clk = st.ref, st.pos, st.clk
+        if spec.policy == "clock":
+            ev, nev, ref, pos, clk = clock_evict(cand, ref, pos, clk, m - free)
+        else:
+            cur = dataclasses.replace(st, gone=gone, hist=hist)
+            keys = [pool(k, l) for k in _keys(spec.policy, cur, shared, jnp.arange(N, dtype=jnp.int32), l, E)]
+            ev_p, nev = evict_to_budget(keys, pool(cand, l), jnp.int32(1), m - free)
+            ev = ev_p.reshape(-1) if not part else jnp.zeros((L, E), bool).at[l].set(ev_p).reshape(-1)
         na = jnp.minimum(m, free + nev)
-        admit = miss & (jnp.cumsum(miss) - miss < na)       # the lowest missing ids (ids ascending)
+        rank = jnp.cumsum(miss) - miss
+        admit = miss & (rank < na)                          # the lowest missing ids (ids ascending)
         use = hit | admit
         put = lambda a, v: a.at[jnp.where(use, x.ids, N)].set(v, mode="drop")  # noqa: E731
         occ_new = occ - nev + na
@@ -129,7 +156,8 @@ def make_record_policy(spec: RecordSpec) -> RecordPolicy:
         new = RecordState(resident=put(st.resident & ~ev, True), gone=gone | ev, last=put(st.last, x.step),
                           ins=put(st.ins, jnp.where(admit, x.step, st.ins[gi])),
                           freq=put(st.freq, jnp.where(admit, 1, st.freq[gi] + 1)), hist=hist,
-                          occ=st.occ.at[pidx].set(occ_new), per_layer=st.per_layer.at[:, l].add(info.astype(jnp.int32)),
+                          ref=put(ref, jnp.where(admit, 0, 1)), pos=put(pos, jnp.where(admit, clk + 1 + rank, pos[gi])),
+                          clk=clk + na, occ=st.occ.at[pidx].set(occ_new), per_layer=st.per_layer.at[:, l].add(info.astype(jnp.int32)),
                           max_occ=jnp.maximum(st.max_occ, occ_new))
         return new, occ_new
 

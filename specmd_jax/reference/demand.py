@@ -126,7 +126,7 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
     resident = {}  # id -> dict of per-expert policy fields
     occ = [0] * (L if partitioned else 1)
     score, hist, nextuse = {}, {}, {}  # trace-level: sb's weight units, lfu_history's counts, belady's next use
-    evicted_in_pass, max_occ = set(), 0
+    evicted_in_pass, max_occ, clk = set(), 0, [0]      # clk: clock's last queue position
 
     def key(g, l):
         if policy == "score":
@@ -157,12 +157,14 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
         evictable = [g for g in resident if g not in D and (not partitioned or g // E == l)]
         nev = max(0, min(len(miss) - free, len(evictable)))
         if nev:
-            for g in _victims(policy, evictable, nev, lambda g: key(g, l), seed, s):
+            vict = (clock_victims(resident, evictable, nev, clk) if policy == "clock"
+                    else _victims(policy, evictable, nev, lambda g: key(g, l), seed, s))
+            for g in vict:
                 del resident[g]
                 evicted_in_pass.add(g)
             occ[pool] -= nev
         na = min(len(miss), free + nev)
-        use(resident, ids, sorted(miss)[:na], s, p)
+        use(resident, ids, sorted(miss)[:na], s, p, clock=clk if policy == "clock" else None)
         occ[pool] += na
         max_occ = max(max_occ, occ[pool])
         if occupancy_log is not None:
@@ -174,6 +176,27 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
             per[name][l] += v
     return RefResult(totals=tot, per_layer=per, resident=sorted(resident), max_occupancy=max_occ,
                      bytes_moved=tot["misses"] * trace.shape.expert_bytes)
+
+
+def clock_victims(resident: dict, evictable: list, nev: int, clk: list) -> list:
+    """CLOCK (second chance; libCacheSim's ``Clock``, 1-bit): take the evictable resident with the
+    oldest queue position; a set reference bit is cleared and the expert moves to the head (the next
+    position), else it is evicted; until ``nev`` are evicted. The demanded experts are not in the queue
+    walk (they are not evictable)."""
+    heap = [(resident[g]["pos"], g) for g in evictable]
+    heapq.heapify(heap)
+    out = []
+    while len(out) < nev:
+        _, g = heapq.heappop(heap)
+        r = resident[g]
+        if r["ref"]:
+            r["ref"] = 0
+            clk[0] += 1
+            r["pos"] = clk[0]
+            heapq.heappush(heap, (r["pos"], g))
+        else:
+            out.append(g)
+    return out
 
 
 def _victims(policy, evictable, nev, key, seed, s) -> list:
@@ -198,16 +221,22 @@ def _check_policy(trace, policy, mode, partitioned, weights):
     return None
 
 
-def use(resident: dict, ids, admitted, s: int, p: int) -> None:
+def use(resident: dict, ids, admitted, s: int, p: int, clock: Optional[list] = None) -> None:
     """Step ``s`` (pass ``p``) uses its demand ``ids``: a hit counts one more use, an ``admitted``
     miss is inserted; both take last use ``s`` and enter the current tier (mark ``p``) unless
-    already in it. A bypassed miss is not resident and is not touched."""
+    already in it. A bypassed miss is not resident and is not touched. With ``clock`` (its last queue
+    position, a one-item list) a hit sets CLOCK's reference bit and an admitted expert enters at the
+    head (ids ascending) with the bit clear."""
     for g in ids:
         if g in resident:  # hit
             r = resident[g]
             r["freq"] += 1
+            r["ref"] = 1
         elif g in admitted:
-            r = resident[g] = {"ins": s, "freq": 1, "mark": -1, "entry": s}
+            r = resident[g] = {"ins": s, "freq": 1, "mark": -1, "entry": s, "ref": 0}
+            if clock is not None:
+                clock[0] += 1
+                r["pos"] = clock[0]
         else:
             continue
         r["last"] = s

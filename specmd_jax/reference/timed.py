@@ -93,8 +93,9 @@ class Replay(Arrivals):
             if weights is None or len(weights) != NF:
                 raise ValueError(f"policy 'score' needs weights= ({NF} integers, specmd_jax.core.score.FEATURES order)")
             self.score_w = [int(x) for x in weights]
-        elif policy not in REGISTRY:
-            raise ValueError(f"unknown policy {policy!r}; known: {tuple(REGISTRY) + ('score',)}")
+        elif policy not in REGISTRY or "instant" not in REGISTRY[policy].modes:
+            known = tuple(n for n, p in REGISTRY.items() if "instant" in p.modes) + ("score",)
+            raise ValueError(f"policy {policy!r} is not defined in the timed replay; known: {known}")
         self.prec = precision if precision is not None else Precision()
         self.mcfg = miss if miss is not None else MissConfig()
         check_levels(policy, self.prec)
