@@ -7,10 +7,11 @@ One row per measurement:
 
 * ``python-reference``: ``reference.simulate`` for every policy, one config at capacity N/4, on the
   first ``--ref-tokens`` passes, pinned mode.
-* ``libcachesim``: LRU / FIFO / LFU / Belady, one config each at capacity N/4, on the sequential
+* ``libcachesim``: LRU / FIFO / LFU / Belady / Clock, one config each at capacity N/4, on the sequential
   access stream of the whole trace written as an oracleGeneral binary file,
   ``hashpower=12``, best of 3 ``process_trace`` calls.
-* ``specmd_jax``: ``sweep.run_configs`` for every policy and every width B in ``--widths``,
+* ``specmd_jax``: ``sweep.run_configs`` (``specmd_jax-records``: ``run_records`` for the policies only the
+  record kernel serves, ``lfu_decay`` at decay period 0 and ``clock``) for every policy and every width B in ``--widths``,
   capacities ``linspace(16, N, B)`` (B = 1: N/4), pinned mode, batched; best ``run_s`` of
   ``--repeats`` calls (``compile_s`` of the first call).
 * ``specmd_jax-stack``: ``stack.run_stack`` for ``lru``, ``ls`` and ``belady`` at the same capacities
@@ -22,7 +23,8 @@ One row per measurement:
   of ``--repeats`` calls after the first, ``compile_s`` = first call minus ``run_s``.
 
 ``acc_per_s`` is aggregate (configs x accesses / run_s). ``ratio_vs_libcachesim_lru`` divides by
-the libCacheSim LRU single-config figure measured in the same process; ``ratio_vs_reference``
+the libCacheSim LRU single-config figure measured in the same process, ``ratio_vs_libcachesim_same``
+by libCacheSim's single-config figure for the same policy (where it has one); ``ratio_vs_reference``
 by the python reference figure of the same policy.
 
 Cross-check: at capacity N/4, specmd_jax in ``mode="sequential"`` (one access per step, W = 1)
@@ -56,20 +58,22 @@ import pandas as pd
 from specmd_jax import reference
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.run.mrc import lru_mrc
-from specmd_jax.policies import POLICIES
+from specmd_jax.policies import POLICIES, served_by
 from specmd_jax.core.synthetic import decode_stream
 from specmd_jax.core.trace import Trace
 from specmd_jax.core.steps import StepArrays, prepare_steps
 
 from specmd_jax.study.peers import make_cache, oracle_reader
 from specmd_jax.run.demand import run_configs
+from specmd_jax.run.records import run_records
 from specmd_jax.run.stack import STACK_POLICIES, run_stack
 
+SCAN = served_by("scan")
 HITS = DEMAND_COUNTERS.index("hits")
 DEMANDS = DEMAND_COUNTERS.index("demands")
-LCS_POLICIES = ("lru", "fifo", "lfu", "belady")
+LCS_POLICIES = ("lru", "fifo", "lfu", "belady", "clock")
 COLUMNS = ("backend", "engine", "policy", "configs", "accesses", "compile_s", "run_s", "acc_per_s",
-           "ratio_vs_libcachesim_lru", "ratio_vs_reference", "hits", "check")
+           "ratio_vs_libcachesim_lru", "ratio_vs_libcachesim_same", "ratio_vs_reference", "hits", "check")
 
 
 def _say(msg: str) -> None:
@@ -81,6 +85,7 @@ def _row(backend: str, engine: str, policy: str, configs: int, accesses: int, co
     acc = configs * accesses / run_s if run_s > 0 else float("nan")
     r = dict(backend=backend, engine=engine, policy=policy, configs=int(configs), accesses=int(accesses),
              compile_s=compile_s, run_s=run_s, acc_per_s=acc, ratio_vs_libcachesim_lru=float("nan"),
+             ratio_vs_libcachesim_same=float("nan"),
              ratio_vs_reference=float("nan"), hits=hits, check=check)
     comp = "      -" if math.isnan(compile_s) else f"{compile_s:7.3f}s"
     _say(f"  [{engine:>16}] {policy:>7} B={configs:<5d} acc={accesses:<8d} compile={comp} "
@@ -137,7 +142,8 @@ def cross_check(trace: Trace, seq: StepArrays, capacity: int, lcs_hits: dict) ->
     """specmd_jax sequential-mode hits at ``capacity`` vs libCacheSim's; returns policy -> 'OK'/'MISMATCH ...'."""
     out = {}
     for pol, want in lcs_hits.items():
-        res = run_configs(trace, pol, [capacity], [0], mode="sequential", batched=True, steps=seq)
+        res = (run_configs(trace, pol, [capacity], [0], mode="sequential", batched=True, steps=seq) if pol in SCAN
+               else run_records(trace, pol, [capacity], mode="sequential"))
         got = int(res.totals[0, HITS])
         ok = got == want
         out[pol] = "OK" if ok else f"MISMATCH(jax={got},lcs={want})"
@@ -166,13 +172,17 @@ def bench_specmd(trace: Trace, steps: StepArrays, policy: str, width: int, repea
     seeds = np.arange(width)
     compile_s, best, res = None, float("inf"), None
     for _ in range(max(1, repeats)):
-        res = run_configs(trace, policy, caps, seeds, mode="pinned", batched=True, steps=steps)
+        if policy in SCAN:
+            res = run_configs(trace, policy, caps, seeds, mode="pinned", batched=True, steps=steps)
+        else:                                       # the record kernel (lfu_decay, clock)
+            res = run_records(trace, policy, caps, mode="pinned")
         if compile_s is None:
             compile_s = res.compile_s
         best = min(best, res.run_s)
     acc = int(res.totals[0, DEMANDS])
     hits = int(res.totals[0, HITS]) if width == 1 else None
-    return (_row(backend, "specmd_jax", policy, width, acc, compile_s, best, hits=hits), res.totals[:, HITS],
+    engine = "specmd_jax" if policy in SCAN else "specmd_jax-records"
+    return (_row(backend, engine, policy, width, acc, compile_s, best, hits=hits), res.totals[:, HITS],
             res.totals)
 
 
@@ -350,6 +360,8 @@ def main(argv=None) -> pd.DataFrame:
     lru = df[(df.engine == "libcachesim") & (df.policy == "lru")]
     if len(lru):
         df["ratio_vs_libcachesim_lru"] = df["acc_per_s"] / float(lru["acc_per_s"].iloc[0])
+    same = df[df.engine == "libcachesim"].set_index("policy")["acc_per_s"]
+    df["ratio_vs_libcachesim_same"] = df["acc_per_s"] / df["policy"].map(same)
     ref = df[df.engine == "python-reference"].set_index("policy")["acc_per_s"]
     df["ratio_vs_reference"] = df["acc_per_s"] / df["policy"].map(ref)
 
