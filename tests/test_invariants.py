@@ -13,13 +13,24 @@ from specmd_jax import reference
 from specmd_jax.core import synthetic
 from specmd_jax.run.mrc import lru_mrc
 from specmd_jax.run.demand import run_configs
-from specmd_jax.policies import POLICIES
+from specmd_jax.policies import POLICIES, REGISTRY, served_by
+
+SCAN = served_by("scan")
+from specmd_jax.run.records import run_records
 from specmd_jax.core.steps import prepare_steps
 
 
 @pytest.fixture(scope="module")
 def olmoe():
     return synthetic.generate("olmoe-1b-7b", num_requests=2, prompt_len=10, gen_len=24, seed=5)
+
+
+def _engine(t, policy, caps, seeds):
+    """The JAX engine the registry gives ``policy``: the scan, or the record kernel (decay period 3
+    for a decaying policy, so its halving runs)."""
+    if policy in SCAN:
+        return run_configs(t, policy, caps, seeds=seeds)
+    return run_records(t, policy, caps, [3] * len(caps) if REGISTRY[policy].decayed else None)
 
 
 def max_demand(trace):
@@ -29,15 +40,15 @@ def max_demand(trace):
 @pytest.mark.parametrize("policy", POLICIES)
 def test_occupancy_and_conservation(olmoe, policy):
     caps = [0, 5, 10, 51, 100, 256, 1024]
-    r = run_configs(olmoe, policy, caps, seeds=range(len(caps)))
+    r = _engine(olmoe, policy, caps, seeds=range(len(caps)))
     hits, misses, dem = r.totals[:, 1], r.totals[:, 2], r.totals[:, 0]
     assert np.all(hits + misses == dem)
     assert np.all(r.max_occupancy <= np.array(caps))
     assert np.all(r.resident.sum(1) <= np.array(caps))
     assert np.all(r.totals[:, 3] <= misses)          # collisions are misses
     assert np.all(r.totals[:, 5] <= misses)          # bypass are misses
-    # occupancy after every step (single unbatched run) never exceeds the capacity
-    for c in (10, 51):
+    # occupancy after every step (single unbatched run of the scan) never exceeds the capacity
+    for c in ((10, 51) if policy in SCAN else ()):
         one = run_configs(olmoe, policy, [c], [caps.index(c)], batched=False, record=True)
         assert one.occupancy.shape == (olmoe.num_visits,)
         assert one.occupancy.max() <= c
@@ -47,7 +58,7 @@ def test_occupancy_and_conservation(olmoe, policy):
 def test_belady_dominates_where_no_visit_overflows(olmoe):
     md = max_demand(olmoe)
     caps = [md, md + 10, 100, 256, 512]
-    hits = {p: run_configs(olmoe, p, caps, seeds=[3] * len(caps)).totals[:, 1] for p in POLICIES}
+    hits = {p: _engine(olmoe, p, caps, seeds=[3] * len(caps)).totals[:, 1] for p in POLICIES}
     for p in POLICIES:
         assert np.all(hits["belady"] >= hits[p]), p
     # also on random traces with small capacities
@@ -55,7 +66,7 @@ def test_belady_dominates_where_no_visit_overflows(olmoe):
         t = random_trace(seed=seed, P=14)
         md = max_demand(t)
         caps = list(range(md, 19))
-        h = {p: run_configs(t, p, caps, seeds=[1] * len(caps)).totals[:, 1] for p in POLICIES}
+        h = {p: _engine(t, p, caps, seeds=[1] * len(caps)).totals[:, 1] for p in POLICIES}
         for p in POLICIES:
             assert np.all(h["belady"] >= h[p]), (seed, p)
 

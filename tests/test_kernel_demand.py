@@ -14,7 +14,9 @@ from specmd_jax import reference
 from specmd_jax.core import synthetic
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.run.demand import run_configs
-from specmd_jax.policies import POLICIES
+from specmd_jax.policies import served_by
+
+POLICIES = served_by("scan")   # the scan kernel's policies (the record kernel's: tests/test_records.py)
 from specmd_jax.core.trace import ModelShape, make_trace
 from specmd_jax.core.steps import prepare_steps
 

@@ -94,8 +94,8 @@ class Replay(Arrivals):
                 raise ValueError(f"policy 'score' needs weights= ({NF} integers, specmd_jax.core.score.FEATURES order)")
             self.score_w = [int(x) for x in weights]
         elif policy not in REGISTRY or "instant" not in REGISTRY[policy].modes:
-            known = tuple(n for n, p in REGISTRY.items() if "instant" in p.modes) + ("score",)
-            raise ValueError(f"policy {policy!r} is not defined in the timed replay; known: {known}")
+            raise ValueError(f"policy {policy!r} is not defined in the timed replay; known: "
+                             f"{tuple(n for n, p in REGISTRY.items() if 'instant' in p.modes) + ('score',)}")
         self.prec = precision if precision is not None else Precision()
         self.mcfg = miss if miss is not None else MissConfig()
         check_levels(policy, self.prec)
@@ -134,8 +134,7 @@ class Replay(Arrivals):
         self.pending: dict = {}              # id -> (completion tick, issue number, level) of its queued copy
         self.issued = 0
         self.occ = [0] * (L if partitioned else 1)
-        self.score: dict = {}
-        self.nextuse, self.hist = {}, {}     # belady's next demand; lfu_history's counts (kept across evictions)
+        self.score, self.nextuse, self.hist = {}, {}, {}   # sb's units; belady's next use; lfu_history's counts
         self.evicted_in_pass: set = set()
         self.todo: set = set()               # experts of the running visit whose turn has not come
         self.seq = 0
