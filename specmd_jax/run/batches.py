@@ -20,7 +20,7 @@ from specmd_jax.core.semantics import INF_STEP, SB_SCALE
 from specmd_jax.core.trace_fields import DECODE
 from specmd_jax.kernels.batches import NCOUNT, BatchIn, BatchParams, BatchSpec, make_batch_policy
 from specmd_jax.core.conventions import BATCH_COUNTERS
-from specmd_jax.run.cache import cached
+from specmd_jax.run.cache import cached, compile_lowered
 
 INT32_MAX = 2 ** 31 - 1
 
@@ -132,7 +132,7 @@ def run_batches(trace, policy: str, budgets_bytes, *, partitioned: bool = False,
     spec = BatchSpec(policy, L, E, x["ids"].shape[1], partitioned)
     xs = BatchIn(**{k: np.asarray(v) for k, v in x.items()})
     t0 = time.perf_counter()
-    fn = _runner(spec, sizes).lower(BatchParams(budget=units), xs).compile()
+    fn = compile_lowered(_runner(spec, sizes).lower(BatchParams(budget=units), xs))
     t1 = time.perf_counter()
     st = jax.device_get(fn(BatchParams(budget=units), xs))
     t2 = time.perf_counter()

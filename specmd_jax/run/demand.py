@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from specmd_jax.run.cache import cached, table
+from specmd_jax.run.cache import cached, compile_lowered, table
 from specmd_jax.core import checks
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.kernels.demand import Params, Spec, Visit, make_policy
@@ -213,7 +213,7 @@ def _programs(spec: Spec, segments: list, steps: StepArrays, params: Params, bat
         compiled = _COMPILED.get(key)
         if compiled is None:  # numbers are data: only a new structure or shape compiles
             xs0 = _visits_xs(steps, 0, min(chunk, S), chunk, unroll, L, w)
-            compiled = _COMPILED[key] = run.lower(params, states, shared, xs0).compile()
+            compiled = _COMPILED[key] = compile_lowered(run.lower(params, states, shared, xs0))
         compile_s += time.perf_counter() - t0
         programs[w] = (compiled, chunk)
     return programs, states, shared, compile_s

@@ -8,7 +8,7 @@ import time
 import jax
 import numpy as np
 
-from specmd_jax.run.cache import table
+from specmd_jax.run.cache import compile_lowered, table
 
 _COMPILED = table()
 
@@ -36,7 +36,7 @@ def run_chunks(key, run, params, states, xs_of, S: int, chunk: int, extra: tuple
     t0 = time.perf_counter()
     compiled = _COMPILED.get(key)
     if compiled is None:
-        compiled = _COMPILED[key] = run.lower(params, states, xs_of(0), *extra).compile()
+        compiled = _COMPILED[key] = compile_lowered(run.lower(params, states, xs_of(0), *extra))
     compile_s = time.perf_counter() - t0
     ys = []
     t0 = time.perf_counter()
@@ -95,7 +95,7 @@ def run_pieces(key, run, params, states, xs_of, pieces: list):
         t0 = time.perf_counter()
         compiled = _COMPILED.get(key + (w, n))
         if compiled is None:
-            compiled = _COMPILED[key + (w, n)] = run.lower(params, states, xs).compile()
+            compiled = _COMPILED[key + (w, n)] = compile_lowered(run.lower(params, states, xs))
         t1 = time.perf_counter()
         states, y = compiled(params, states, xs)
         ys.append(np.asarray(y)[: hi - lo])

@@ -18,7 +18,7 @@ from specmd_jax.core import checks
 from specmd_jax.core.steps import prepare_steps
 from specmd_jax.kernels.demand import Visit
 from specmd_jax.kernels.records import RecordParams, RecordSpec, make_record_policy
-from specmd_jax.run.cache import cached
+from specmd_jax.run.cache import cached, compile_lowered
 from specmd_jax.run.demand import RunResult
 
 
@@ -60,7 +60,7 @@ def run_records(trace, policy: str, capacities, decays=None, *, mode: str = "pin
                next_use=st.next_use)
     params = RecordParams(capacity=jnp.asarray(caps, jnp.int32), decay=jnp.asarray(decays, jnp.int32))
     t0 = time.perf_counter()
-    fn = _runner(spec).lower(params, xs).compile()
+    fn = compile_lowered(_runner(spec).lower(params, xs))
     t1 = time.perf_counter()
     out = jax.device_get(fn(params, xs))
     t2 = time.perf_counter()

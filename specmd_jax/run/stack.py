@@ -39,7 +39,7 @@ import numpy as np
 from jax import lax
 
 from specmd_jax.policies import served_by
-from specmd_jax.run.cache import cached, table
+from specmd_jax.run.cache import cached, compile_lowered, table
 from specmd_jax.core import checks
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.run.belady import INF_DEPTH, belady_keys, belady_scan
@@ -145,7 +145,7 @@ def _compiled_scan(steps: StepArrays, L: int, E: int, partitioned: bool, belady:
     compiled = _COMPILED.get(key)
     if compiled is None:
         scan = belady_scan if belady else _depth_scan
-        compiled = _COMPILED[key] = scan(L, E, bool(partitioned)).lower(xs).compile()
+        compiled = _COMPILED[key] = compile_lowered(scan(L, E, bool(partitioned)).lower(xs))
     return compiled, xs
 
 
