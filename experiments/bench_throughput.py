@@ -7,11 +7,11 @@ One row per measurement:
 
 * ``python-reference``: ``reference.simulate`` for every policy, one config at capacity N/4, on the
   first ``--ref-tokens`` passes, pinned mode.
-* ``libcachesim``: LRU / FIFO / LFU / Belady / Clock, one config each at capacity N/4, on the sequential
+* ``libcachesim``: LRU / FIFO / LFU / Belady / Clock / S3FIFO / ARC, one config each at capacity N/4, on the sequential
   access stream of the whole trace written as an oracleGeneral binary file,
   ``hashpower=12``, best of 3 ``process_trace`` calls.
 * ``specmd_jax``: ``sweep.run_configs`` (``specmd_jax-records``: ``run_records`` for the policies only the
-  record kernel serves, ``lfu_decay`` at decay period 0 and ``clock``) for every policy and every width B in ``--widths``,
+  record runner serves, ``lfu_decay`` at decay period 0, ``clock``, ``s3fifo`` and ``arc``) for every policy and every width B in ``--widths``,
   capacities ``linspace(16, N, B)`` (B = 1: N/4), pinned mode, batched; best ``run_s`` of
   ``--repeats`` calls (``compile_s`` of the first call).
 * ``specmd_jax-stack``: ``stack.run_stack`` for ``lru``, ``ls`` and ``belady`` at the same capacities
@@ -71,7 +71,7 @@ from specmd_jax.run.stack import STACK_POLICIES, run_stack
 SCAN = served_by("scan")
 HITS = DEMAND_COUNTERS.index("hits")
 DEMANDS = DEMAND_COUNTERS.index("demands")
-LCS_POLICIES = ("lru", "fifo", "lfu", "belady", "clock")
+LCS_POLICIES = ("lru", "fifo", "lfu", "belady", "clock", "s3fifo", "arc")
 COLUMNS = ("backend", "engine", "policy", "configs", "accesses", "compile_s", "run_s", "acc_per_s",
            "ratio_vs_libcachesim_lru", "ratio_vs_libcachesim_same", "ratio_vs_reference", "hits", "check")
 
@@ -174,7 +174,7 @@ def bench_specmd(trace: Trace, steps: StepArrays, policy: str, width: int, repea
     for _ in range(max(1, repeats)):
         if policy in SCAN:
             res = run_configs(trace, policy, caps, seeds, mode="pinned", batched=True, steps=steps)
-        else:                                       # the record kernel (lfu_decay, clock)
+        else:                                       # the record runner (lfu_decay, clock, s3fifo, arc)
             res = run_records(trace, policy, caps, mode="pinned")
         if compile_s is None:
             compile_s = res.compile_s

@@ -13,7 +13,8 @@ Modes: ``demand`` (demand-only replay, pinned or sequential, global or per-layer
 Fast paths: ``scan`` (:mod:`specmd_jax.kernels.demand`), ``stack`` (one stack-distance pass for
 all capacities, :mod:`specmd_jax.run.stack`), ``keyed`` (the feature-score kernel, pinned and
 global only), ``records`` (dense per-expert records, victims by the key itself:
-:mod:`specmd_jax.kernels.records`), ``instant`` (:mod:`specmd_jax.kernels.instant`), ``async``
+:mod:`specmd_jax.kernels.records`; S3-FIFO and ARC, whose order is a queue machine, not a key, by
+:mod:`specmd_jax.kernels.queues` on the same runner), ``instant`` (:mod:`specmd_jax.kernels.instant`), ``async``
 (:mod:`specmd_jax.kernels.asynchronous`).
 """
 
@@ -99,6 +100,10 @@ def _clock(r, g, l, E, score, nextuse):
     return (r["ref"], r["pos"], g)
 
 
+def _queue(r, g, l, E, score, nextuse):
+    raise TypeError("s3fifo and arc have no eviction key: their queue machines are in specmd_jax.reference.queues")
+
+
 def _lhu(r, g, l, E, score, nextuse):
     return (r["hp"], r["last"], g)
 
@@ -139,6 +144,10 @@ REGISTRY: dict[str, Policy] = {p.name: p for p in (
     Policy("clock", "CLOCK / second chance (libCacheSim's Clock, 1-bit): the oldest queue entry goes unless "
            "its reference bit is set, which is cleared and sends it to the head", _clock, modes=("demand",),
            fast=frozenset({"records"})),
+    Policy("s3fifo", "S3-FIFO (libCacheSim's S3FIFO): small FIFO (10%), main 2-bit CLOCK, ghost of ids evicted "
+           "from small; admits nothing in a pool under 20 slots", _queue, modes=("demand",), fast=frozenset({"records"})),
+    Policy("arc", "ARC (libCacheSim's ARC): recency and frequency lists with ghosts, adaptive target size",
+           _queue, modes=("demand",), fast=frozenset({"records"})),
     Policy("belady", "Belady/MIN oracle: farthest next use first (next uses precomputed once per trace)", _belady,
            fast=frozenset({"scan", "stack"})),
     Policy("sb", "score-based: lowest cumulative router weight first (Zhu et al. '25)", _sb,

@@ -147,3 +147,13 @@ def hand_plan(t, per_visit):
     for s, v in enumerate(per_visit):
         ids[s, : len(v)] = v
     return PrefetchPlan(ids=ids, config=PrefetchConfig("oracle", "all"), source="hand")
+
+
+@pytest.fixture(scope="module")
+def traces():
+    """Three small traces by name, for kernels checked against the reference case by case: random,
+    synthetic (OLMoE-shaped) and the real Qwen3 excerpt."""
+    from specmd_jax.core import synthetic
+    return {"random": random_trace(L=3, E=6, K=2, P=14, seed=4),
+            "synthetic": synthetic.generate("olmoe-1b-7b", num_requests=2, prompt_len=4, gen_len=6, seed=1),
+            "excerpt": load_trace(str(EXCERPT))}

@@ -138,7 +138,7 @@ def test_model_shape():
 # ------------------------------------------------------------------ policy group, experiments
 
 def test_policy_group():
-    assert list(_compose("run").policies) == ["lru", "lfu", "lfu_history", "fifo", "clock", "fld", "sb", "ls", "belady"]
+    assert list(_compose("run").policies) == ["lru", "lfu", "lfu_history", "fifo", "clock", "s3fifo", "arc", "fld", "sb", "ls", "belady"]
     assert list(_compose("prefetch").policies) == ["lru", "ls"]
     assert list(_compose("run", ["policy=ls"]).policies) == ["ls"]
     assert list(_compose("run", ["policy=ls", "policies=[fifo,lru]"]).policies) == ["fifo", "lru"]
@@ -158,7 +158,7 @@ def test_every_experiment_is_listed_here():
 def test_experiment_bundles_compose(name):
     cfg = _compose(EXPERIMENTS[name], [f"experiment={name}"], hydra_cfg=True)
     if name == "fig4_olmoe":
-        assert cfg.trace.calibrated and cfg.model.name == "olmoe-1b-7b" and len(cfg.policies) == 9
+        assert cfg.trace.calibrated and cfg.model.name == "olmoe-1b-7b" and len(cfg.policies) == 11
         assert list(cfg.sweep.fractions) == [0.01, 0.05, 0.25]
     elif name == "bigmoeonedge_curve":
         assert cfg.convention.value == "bigmoeonedge" and cfg.sweep.budgets_mib[-1] == 8000

@@ -7,7 +7,8 @@ while cached (reset to 1 on insert) and breaks ties by least recent use: our ``l
 (uses since insert, last use, id). Belady evicts the farthest next access; ties only occur
 among never-reused experts, where the choice cannot change the hit count. CLOCK is libCacheSim's
 ``Clock`` (1-bit): insert at the head with the bit clear, a hit sets it, eviction walks from the tail
-clearing set bits and moving those entries to the head.
+clearing set bits and moving those entries to the head. S3FIFO and ARC are libCacheSim's own
+(``reference/queues.py`` follows their C code, ARC's target size a double as there).
 """
 
 from __future__ import annotations
@@ -36,16 +37,18 @@ def single_stream_trace(n=3000, E=64, alpha=1.1, seed=0):
 
 
 def _hits(t, policy, caps, mode):
-    """Our hit counts: clock on the record kernel (the engine the registry gives it), the others on the scan."""
-    if policy == "clock":
+    """Our hit counts: clock, s3fifo and arc on the record runner (the engine the registry gives them),
+    the others on the scan."""
+    if policy in ("clock", "s3fifo", "arc"):
         return run_records(t, policy, caps, mode=mode).totals[:, 1].tolist()
     return run_configs(t, policy, caps, mode=mode).totals[:, 1].tolist()
 
 
-@pytest.mark.parametrize("policy", ["lru", "fifo", "lfu", "belady", "clock"])
+@pytest.mark.parametrize("policy", ["lru", "fifo", "lfu", "belady", "clock", "s3fifo", "arc"])
 def test_single_access_stream(policy):
     t = single_stream_trace()
-    caps = [1, 2, 4, 8, 16, 32, 48]
+    # libCacheSim's S3FIFO aborts under 10 slots (an empty small queue); 10-19 admit nothing, as ours
+    caps = [10, 16, 19, 20, 21, 32, 48] if policy == "s3fifo" else [1, 2, 4, 8, 16, 32, 48]
     for mode in ("pinned", "sequential"):  # identical when each visit has one access
         ours = _hits(t, policy, caps, mode)
         theirs = libcachesim_hits(prepare_steps(t, "sequential"), policy, caps)
@@ -57,7 +60,7 @@ FULL_STREAMS = {"olmoe": [16, 64, 128, 200, 512], "qwen_excerpt": [48, 307, 1536
 
 
 @pytest.mark.parametrize("name", ["olmoe", "qwen_excerpt", pytest.param("qwen", marks=REAL)])
-@pytest.mark.parametrize("policy", ["lru", "fifo", "lfu", "belady", "clock"])
+@pytest.mark.parametrize("policy", ["lru", "fifo", "lfu", "belady", "clock", "s3fifo", "arc"])
 def test_full_moe_streams_sequential(policy, request, name):
     t = synthetic.decode_stream("olmoe-1b-7b", 160, seed=2) if name == "olmoe" else trace_named(request, name)
     caps = FULL_STREAMS[name]

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import EXCERPT, random_trace
 
-import specmd_jax as sj
 from specmd_jax import reference
-from specmd_jax.core import synthetic
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.core.trace import ModelShape, make_trace
 from specmd_jax.kernels.records import RECORD_KERNEL_POLICIES
@@ -18,13 +15,6 @@ from specmd_jax.run.records import run_records
 
 CASES = {"random": ([0, 2, 5, 9, 18], [0, 2, 3, 7, 1]), "synthetic": ([0, 10, 51, 256], [0, 3, 16, 2]),
          "excerpt": ([48, 307, 1536], [0, 5, 48])}
-
-
-@pytest.fixture(scope="module")
-def traces():
-    return {"random": random_trace(L=3, E=6, K=2, P=14, seed=4),
-            "synthetic": synthetic.generate("olmoe-1b-7b", num_requests=2, prompt_len=4, gen_len=6, seed=1),
-            "excerpt": sj.load_trace(EXCERPT)}
 
 
 @pytest.mark.parametrize("policy", RECORD_KERNEL_POLICIES)

@@ -14,4 +14,6 @@ BATCH_UNSUPPORTED = {"random": "its victims come from CPython's random.Random in
                                "reproduced; this convention has no seeded rule for it yet",
                      "clock": "its walk (clearing bits, moving entries to the head) is defined for the pinned "
                               "convention only so far",
-                     "lfu_decay": "the batch convention has no decay period yet"}
+                     "lfu_decay": "the batch convention has no decay period yet",
+                     "s3fifo": "its queues (small, main, ghost) are defined for the pinned convention only so far",
+                     "arc": "its lists and ghosts are defined for the pinned convention only so far"}

@@ -16,6 +16,7 @@ from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.core import checks
 from specmd_jax.core.semantics import INF_STEP, MODES, SB_SCALE, layer_capacity, rand_u32
 from specmd_jax.policies import REGISTRY
+from specmd_jax.reference.queues import QUEUE_POLICIES, queue_step
 
 DECAYED = {n for n, p in REGISTRY.items() if p.decayed}
 
@@ -127,6 +128,7 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
     occ = [0] * (L if partitioned else 1)
     score, hist, nextuse = {}, {}, {}  # trace-level: sb's weight units, lfu_history's counts, belady's next use
     evicted_in_pass, max_occ, clk = set(), 0, [0]      # clk: clock's last queue position
+    queues = {}                                          # s3fifo / arc: one queue machine per pool
 
     def key(g, l):
         if policy == "score":
@@ -156,16 +158,19 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
         free = cap - occ[pool]
         evictable = [g for g in resident if g not in D and (not partitioned or g // E == l)]
         nev = max(0, min(len(miss) - free, len(evictable)))
-        if nev:
-            vict = (clock_victims(resident, evictable, nev, clk) if policy == "clock"
-                    else _victims(policy, evictable, nev, lambda g: key(g, l), seed, s))
-            for g in vict:
-                del resident[g]
-                evicted_in_pass.add(g)
-            occ[pool] -= nev
-        na = min(len(miss), free + nev)
+        if policy in QUEUE_POLICIES:
+            na, nev = queue_step(queues.setdefault(pool, QUEUE_POLICIES[policy](cap)), resident, ids, miss, D,
+                                 free, nev, evicted_in_pass)
+        else:
+            if nev:
+                vict = (clock_victims(resident, evictable, nev, clk) if policy == "clock"
+                        else _victims(policy, evictable, nev, lambda g: key(g, l), seed, s))
+                for g in vict:
+                    del resident[g]
+                    evicted_in_pass.add(g)
+            na = min(len(miss), free + nev)
+        occ[pool] += na - nev
         use(resident, ids, sorted(miss)[:na], s, p, clock=clk if policy == "clock" else None)
-        occ[pool] += na
         max_occ = max(max_occ, occ[pool])
         if occupancy_log is not None:
             occupancy_log.append(occ[pool])

@@ -17,7 +17,8 @@ import numpy as np
 from specmd_jax.core.semantics import INF_STEP
 from specmd_jax.core.steps import StepArrays
 
-LCS_CLASS = {"lru": "LRU", "fifo": "FIFO", "lfu": "LFU", "belady": "Belady", "clock": "Clock"}
+LCS_CLASS = {"lru": "LRU", "fifo": "FIFO", "lfu": "LFU", "belady": "Belady", "clock": "Clock", "s3fifo": "S3FIFO",
+             "arc": "ARC"}
 
 
 def write_oracle_general(seq: StepArrays, path: str) -> int:
