@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from specmd_jax.core import checks
-from specmd_jax.core.checks import MAX_BUDGET_BYTES, MIB, byte_budgets
+from specmd_jax.core.checks import MIB, byte_budgets
 from specmd_jax.core.atomic import write_text
 from specmd_jax.kernels.batches import BATCH_KERNEL_POLICIES
 from specmd_jax.reference.batches import BATCH_COUNTERS, CONVENTIONS, check_policy, simulate_batches
@@ -126,24 +126,32 @@ def replay_curve(trace, budgets_mib: Sequence[float], policies: Sequence[str] = 
     if unknown:
         raise ValueError(f"unknown curve policies {unknown}; known: {list(PEER_POLICIES)} (BigMoeOnEdge's "
                          "'random' draws from CPython's random module and cannot be reproduced)")
-    x = {}
+    frames = []
     for name in dict.fromkeys(list(policies) + ["belady"]):
         pol, part = PEER_POLICIES[name]
-        x[name] = sweep_batches(trace, pol, budgets_mib, partitioned=part, engine=engine)
-        x[name].insert(1, "peer_policy", name)
-    best = x["belady"]["hits"].to_numpy()
+        frames.append(sweep_batches(trace, pol, budgets_mib, partitioned=part, engine=engine))
+        frames[-1].insert(1, "peer_policy", name)
+    df = curve_table(frames)
+    return df[df["peer_policy"].isin(list(policies))].reset_index(drop=True)
+
+
+def curve_table(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """One curve from per-policy batch tables (each with a ``peer_policy`` column): their percentages
+    ``hit_pct_cum`` and ``hit_pct_decode``, ``belady_gap`` against the global pool's Belady at each
+    budget when Belady is among them (as BigMoeOnEdge compares), rows by budget in the order given."""
     rows = []
-    for name in policies:
-        df = x[name].copy()
-        df.attrs = {}
-        df["belady_gap"] = (best - df["hits"].to_numpy()) / np.where(best > 0, best, np.nan)
-        rows.append(df)
+    for f in frames:
+        f = f.copy()
+        f.attrs = {}
+        rows.append(f)
     df = pd.concat(rows, ignore_index=True)
-    df["hit_pct_cum"] = 100 * df["hit_rate"]
-    df["hit_pct_decode"] = 100 * df["hit_rate_decode"]
-    order = {b: i for i, b in enumerate(checks.fractions(budgets_mib, name="budgets_mib", hi=MAX_BUDGET_BYTES / MIB))}
-    df = df.sort_values(["budget_mib"], key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
-    return df
+    df["hit_pct_cum"], df["hit_pct_decode"] = 100 * df["hit_rate"], 100 * df["hit_rate_decode"]
+    if "belady" in df["peer_policy"].values:
+        best = df[df["peer_policy"] == "belady"].drop_duplicates("budget_mib").set_index("budget_mib")["hits"]
+        b = df["budget_mib"].map(best)
+        df["belady_gap"] = (b - df["hits"]) / b.where(b > 0)
+    order = {b: i for i, b in enumerate(dict.fromkeys(df["budget_mib"]))}
+    return df.sort_values("budget_mib", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
 
 
 def curve_text(df: pd.DataFrame) -> str:

@@ -14,8 +14,7 @@ import time
 
 import pandas as pd
 
-from specmd_jax.api.batches import PEER_POLICIES, curve_text, sweep_batches
-from specmd_jax.api.tables import with_belady_gap
+from specmd_jax.api.batches import PEER_POLICIES, curve_table, curve_text, sweep_batches
 from specmd_jax.config.build import ConfigError
 from specmd_jax.policies import list_policies
 from specmd_jax.core.conventions import BATCH_UNSUPPORTED as UNSUPPORTED
@@ -67,14 +66,8 @@ def run_convention(cfg: dict, out, trace, sizes: dict, names: list) -> pd.DataFr
         pl = df.attrs["per_layer"].copy()
         pl.insert(0, "peer_policy", peer_name(pol, part))
         layers.append(pl)
-        df.attrs = {}
         tables.append(df)
-    res = pd.concat(tables, ignore_index=True)
-    res["hit_pct_cum"], res["hit_pct_decode"] = 100 * res["hit_rate"], 100 * res["hit_rate_decode"]
-    if "belady" in res["policy"].values:       # against the global pool's Belady, as BigMoeOnEdge compares
-        res["belady_gap"] = with_belady_gap(res.drop(columns="partitioned"), keys=("budget_mib",))["belady_gap"]
-    order = {b: i for i, b in enumerate(dict.fromkeys(res["budget_mib"]))}
-    res = res.sort_values("budget_mib", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+    res = curve_table(tables)
     out.csv("results.csv", res)
     out.csv("per_layer.csv", pd.concat(layers, ignore_index=True))
     out.text("curve.csv", curve_text(res))

@@ -80,10 +80,14 @@ def _next_uses(steps):
     return nxt
 
 
-def policy_key(policy: str, r: dict, g: int, l: int, E: int, score: dict, nextuse: dict) -> tuple:
+def policy_key(policy: str, r: dict, g: int, l: int, E: int, score: dict, nextuse: dict,
+               hist: Optional[dict] = None) -> tuple:
     """Eviction key of resident ``g`` (record ``r``) at a visit of layer ``l``; the smallest key
-    is evicted first. The key is the policy's own, from :data:`specmd_jax.policies.REGISTRY`."""
-    return REGISTRY[policy].key(r, g, l, E, score, nextuse)
+    is evicted first. The key is the policy's own, from :data:`specmd_jax.policies.REGISTRY`.
+    ``hist``: the trace-level demand counts (kept across evictions), shown to the key as the
+    record's ``hist`` field without writing it into the record."""
+    rec = r if hist is None else {**r, "hist": hist.get(g, 0)}
+    return REGISTRY[policy].key(rec, g, l, E, score, nextuse)
 
 
 def floyd_pick(evictable_sorted: list, nev: int, seed: int, step: int, draw0: int = 0) -> list:
@@ -135,8 +139,7 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
             r = resident[g]
             f = features(s, p, l, g, E, L, r["last"], r["ins"], r["freq"], score.get(g, 0))
             return (sum(a * b for a, b in zip(score_w, f)), g)
-        resident[g]["hist"] = hist[g]       # lfu_history / lfu_decay: the trace-level count, kept across evictions
-        return policy_key(policy, resident[g], g, l, E, score, nextuse)
+        return policy_key(policy, resident[g], g, l, E, score, nextuse, hist)
 
     for s, (p, l, new_pass, ids, units) in enumerate(steps):
         if new_pass:

@@ -164,8 +164,7 @@ class Replay(Arrivals):
         if self.policy == "score":
             f = timed_features(self.seq, self.p, l, x, self.E, self.L, r, self.score.get(x, 0))
             return (sum(a * b for a, b in zip(self.score_w, f)), x)
-        r["hist"] = self.hist.get(x, 0)
-        return policy_key(self.policy, r, x, l, self.E, self.score, self.nextuse)
+        return policy_key(self.policy, r, x, l, self.E, self.score, self.nextuse, self.hist)
 
     # ---------------------------------------------------------------- one visit
     def visit(self, s, p, l):
