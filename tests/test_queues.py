@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import random_trace
 
+import specmd_jax as sj
 from specmd_jax import reference
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.core.trace import ModelShape, make_trace
@@ -102,3 +103,12 @@ def test_queue_kernel_random_traces(policy):
                 ref = reference.simulate(t, policy, c, mode="pinned", partitioned=part)
                 assert dict(zip(DEMAND_COUNTERS, r.totals[i].tolist())) == ref.totals, (seed, part, c)
                 assert np.flatnonzero(r.resident[i]).tolist() == ref.resident, (seed, part, c)
+
+
+def test_sweep_warns_when_s3fifo_caches_nothing(traces):
+    t = traces["synthetic"]
+    with pytest.warns(UserWarning, match=r"s3fifo: at capacities \[10\] the pool hold under 20"):
+        df = sj.sweep(t, "s3fifo", capacities=[10, 64])
+    assert df["hits"].iloc[0] == 0 and df["bypass"].iloc[0] == df["misses"].iloc[0] and df["hits"].iloc[1] > 0
+    with pytest.warns(UserWarning, match="per-layer pools"):
+        sj.sweep(t, "s3fifo", capacities=[64], partitioned=True)

@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -22,6 +23,7 @@ from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax import reference
 from specmd_jax.core.steps import prepare_steps
 from specmd_jax.policies import REGISTRY, get, served_by
+from specmd_jax.reference.queues import S3FIFO_MIN_POOL
 from specmd_jax.run.keyed import run_scores
 from specmd_jax.run.demand import RunResult, run_configs
 from specmd_jax.run.records import run_records
@@ -110,6 +112,20 @@ def _per_layer_table(per_layer: np.ndarray, caps: np.ndarray, seeds: np.ndarray,
     return pl
 
 
+def _warn_s3fifo(trace, policy: str, caps: np.ndarray, partitioned: bool) -> None:
+    """Say so when S3-FIFO will cache nothing: a pool under 20 slots admits nothing (libCacheSim's
+    small queue of ``cap // 10`` must hold 2; its S3FIFO aborts under 10)."""
+    if policy != "s3fifo":
+        return
+    L = trace.shape.num_layers
+    small = [int(c) for c in caps if (int(c) // L if partitioned else int(c)) < S3FIFO_MIN_POOL]
+    if small:
+        pools = f"per-layer pools (capacity // {L} or one more)" if partitioned else "the pool"
+        warnings.warn(f"s3fifo: at capacities {small} {pools} hold under {S3FIFO_MIN_POOL} slots, and such a pool admits "
+                      "nothing (libCacheSim's rule: its small queue of cap // 10 must hold 2): every miss there "
+                      "bypasses", stacklevel=3)
+
+
 def sweep_demand(trace: Trace, policy: str, capacities: Optional[Sequence[int]] = None, *,
           fractions: Optional[Sequence[float]] = None, seeds: Sequence[int] = (0,),
           mode: str = "pinned", partitioned: bool = False, progress: bool = False,
@@ -164,6 +180,7 @@ def sweep_demand(trace: Trace, policy: str, capacities: Optional[Sequence[int]] 
         caps = checks.capacities(capacities)
     seeds = checks.seeds(seeds)
     decays = checks.capacities(decay_periods if pol.decayed else 0, name="decay_periods")
+    _warn_s3fifo(trace, policy, caps, partitioned)
     C, Sd, Dc = np.meshgrid(np.arange(len(caps)), np.arange(len(seeds)), np.arange(len(decays)), indexing="ij")
     ci, si, di = C.reshape(-1), Sd.reshape(-1), Dc.reshape(-1)
     r = _dispatch(trace, policy, pol, caps[ci], seeds[si], decays[di], mode=mode, partitioned=partitioned,

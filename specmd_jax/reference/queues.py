@@ -17,6 +17,9 @@ Queues are dicts ``id -> position`` (larger: nearer the head); the tail is the s
 from __future__ import annotations
 
 
+S3FIFO_MIN_POOL = 20    # the smallest pool whose small queue (cap // 10) holds 2: smaller ones admit nothing
+
+
 class _Queues:
     def __init__(self, cap: int):
         self.cap, self.clk = int(cap), 0
@@ -59,7 +62,7 @@ class S3FIFO(_Queues):
         self.has_evicted = False
 
     def admits(self) -> bool:
-        return self.small_cap >= 2
+        return self.cap >= S3FIFO_MIN_POOL
 
     def hit(self, g: int) -> None:
         self.freq[g] += 1
