@@ -112,3 +112,20 @@ def test_sweep_warns_when_s3fifo_caches_nothing(traces):
     assert df["hits"].iloc[0] == 0 and df["bypass"].iloc[0] == df["misses"].iloc[0] and df["hits"].iloc[1] > 0
     with pytest.warns(UserWarning, match="per-layer pools"):
         sj.sweep(t, "s3fifo", capacities=[64], partitioned=True)
+
+
+def test_phase_columns_equal_the_reference(traces):
+    """hit_rate_decode / hit_rate_prefill in the pinned table: every engine's decode hits equal the
+    reference's, and the decode and prefill demands add up."""
+    t = traces["excerpt"]
+    caps = [48, 307, 1536]
+    for pol, engine in [("lru", "auto"), ("lru", "scan"), ("lfu", "auto"), ("fifo", "keyed"), ("clock", "auto"),
+                        ("s3fifo", "auto"), ("arc", "auto")]:
+        df = sj.sweep(t, pol, capacities=caps, engine=engine)
+        want = [reference.simulate(t, pol, c).decode_hits for c in caps]
+        assert df["hits_decode"].tolist() == want, (pol, engine)
+        pre = df["demands"] - df["demands_decode"]
+        assert np.allclose(df["hit_rate_decode"] * df["demands_decode"] + df["hit_rate_prefill"] * pre, df["hits"])
+    assert 0 < df["demands_decode"].iloc[0] < df["demands"].iloc[0]
+    stack = sj.sweep(t, "lru", capacities=[1536, 3000], engine="stack")     # the stack path's own count
+    assert stack["hits_decode"].tolist() == [reference.simulate(t, "lru", c).decode_hits for c in (1536, 3000)]

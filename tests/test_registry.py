@@ -73,7 +73,7 @@ def test_demand_fast_paths_equal_the_reference(trace, name, mode, partitioned):
         if pol.served(path):
             df = sweep(trace, name, caps, engine=path, **kw)
             assert set(df["engine"]) == {f"jax-{path}"}, (name, path)
-            cols = list(DEMAND_COUNTERS) + ["max_occupancy"]
+            cols = list(DEMAND_COUNTERS) + ["max_occupancy", "hits_decode"]
             assert df[cols].equals(ref[cols]), (name, path, mode, partitioned)
             assert list(df.columns) == list(ref.columns)
             assert np.array_equal(df.attrs["resident"], ref.attrs["resident"]), (name, path)

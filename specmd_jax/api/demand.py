@@ -21,14 +21,14 @@ from specmd_jax.core import checks
 from specmd_jax.core.capacity import capacity_slots
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax import reference
-from specmd_jax.core.steps import prepare_steps
+from specmd_jax.core.steps import decode_demands, prepare_steps
 from specmd_jax.policies import REGISTRY, get, served_by
 from specmd_jax.reference.queues import S3FIFO_MIN_POOL
 from specmd_jax.run.keyed import run_scores
 from specmd_jax.run.demand import RunResult, run_configs
 from specmd_jax.run.records import run_records
 from specmd_jax.run.stack import run_auto
-from specmd_jax.core.trace import Trace
+from specmd_jax.core.trace import DECODE, Trace
 from specmd_jax.api.tables import demand_table
 
 ENGINES = ("auto", "jax", "scan", "stack", "keyed", "records", "reference")
@@ -37,7 +37,7 @@ ENGINES = ("auto", "jax", "scan", "stack", "keyed", "records", "reference")
 def _reference_run(trace, policy, caps, seeds, mode, partitioned, decays) -> RunResult:
     """The jax-free reference, one configuration at a time, as a :class:`RunResult`."""
     L, N = trace.shape.num_layers, trace.shape.num_ids
-    tot, per, res, occ = [], [], [], []
+    tot, per, res, occ, dec = [], [], [], [], []
     t0 = time.perf_counter()
     for c, sd, dc in zip(caps, seeds, decays):
         r = reference.simulate(trace, policy, int(c), mode=mode, partitioned=partitioned, seed=int(sd),
@@ -48,12 +48,13 @@ def _reference_run(trace, policy, caps, seeds, mode, partitioned, decays) -> Run
         mask[list(r.resident)] = True
         res.append(mask)
         occ.append(r.max_occupancy)
+        dec.append(r.decode_hits)
     n = len(caps)
     return RunResult(totals=np.asarray(tot, np.int64).reshape(n, -1),
                      per_layer=np.asarray(per, np.int64).reshape(n, len(DEMAND_COUNTERS), L),
                      resident=np.asarray(res, bool).reshape(n, N), max_occupancy=np.asarray(occ, np.int64),
                      occupancy=None, compile_s=0.0, run_s=time.perf_counter() - t0,
-                     engine=np.full(n, "reference", object))
+                     engine=np.full(n, "reference", object), decode_hits=np.asarray(dec, np.int64))
 
 
 def _keyed_run(trace, policy, caps) -> RunResult:
@@ -66,9 +67,11 @@ def _keyed_run(trace, policy, caps) -> RunResult:
     n = len(caps)
     tot = np.stack([r[k] for k in DEMAND_COUNTERS], axis=1).astype(np.int64)
     occ = np.asarray(r["occ"], np.int64).reshape(n)
+    # decode hits: the decode passes' demands less their misses (the kernel counts misses per pass)
+    dec_misses = r["pass_misses"][:, np.asarray(trace.pass_phase) == DECODE].sum(axis=1)
     return RunResult(totals=tot, per_layer=None, resident=np.asarray(r["resident"], bool), max_occupancy=occ,
                      occupancy=None, compile_s=0.0, run_s=time.perf_counter() - t0,
-                     engine=np.full(n, "jax-keyed", object))
+                     engine=np.full(n, "jax-keyed", object), decode_hits=decode_demands(trace) - dec_misses)
 
 
 def _dispatch(trace, policy, pol, caps, seeds, decays, *, mode, partitioned, engine, progress, chunk_steps,
@@ -186,7 +189,7 @@ def sweep_demand(trace: Trace, policy: str, capacities: Optional[Sequence[int]] 
     r = _dispatch(trace, policy, pol, caps[ci], seeds[si], decays[di], mode=mode, partitioned=partitioned,
                   engine=engine, progress=progress, chunk_steps=chunk_steps, unroll_layers=unroll_layers)
     df = demand_table(trace, policy, mode, partitioned, caps[ci], seeds[si], None if fr is None else fr[ci],
-                r.totals, r.max_occupancy)
+                      r.totals, r.max_occupancy, r.decode_hits)
     if pol.decayed:
         df.insert(9, "decay_period", decays[di])
     df["engine"] = r.engine
@@ -212,6 +215,6 @@ def simulate(trace: Trace, policy: str, capacity: Optional[int] = None, *,
     seed = int(checks.seeds(seed, name="seed")[0])
     r = run_configs(trace, policy, [cap], [seed], mode=mode, partitioned=partitioned, batched=False)
     df = demand_table(trace, policy, mode, partitioned, np.array([cap]), np.array([seed]),
-                None if fraction is None else np.array([fraction]), r.totals, r.max_occupancy)
+                      None if fraction is None else np.array([fraction]), r.totals, r.max_occupancy, r.decode_hits)
     df["engine"] = r.engine
     return df.iloc[0]

@@ -10,10 +10,11 @@ from specmd_jax.core.capacity import token_cycle
 from specmd_jax.core.counters import DEMAND_COUNTERS, TIMED_COUNTERS
 from specmd_jax.core.miss import proxy_rates
 from specmd_jax.core.semantics import SB_SCALE
+from specmd_jax.core.steps import decode_demands
 from specmd_jax.core.timing import TICK_S
 
 
-def demand_table(trace, policy, mode, partitioned, caps, seeds, fracs, tot, maxocc) -> pd.DataFrame:
+def demand_table(trace, policy, mode, partitioned, caps, seeds, fracs, tot, maxocc, dec_hits) -> pd.DataFrame:
     s = trace.shape
     df = pd.DataFrame(tot, columns=list(DEMAND_COUNTERS))
     df.insert(0, "trace", trace.source)
@@ -32,6 +33,12 @@ def demand_table(trace, policy, mode, partitioned, caps, seeds, fracs, tot, maxo
     df["miss_rate"] = df["misses"] / d
     df["collision_rate"] = df["collisions"] / d
     df["collision_share"] = df["collisions"] / df["misses"].where(df["misses"] > 0)
+    # by phase: decode passes, and prefill passes (the rest), as other replayers report them
+    df["demands_decode"] = decode_demands(trace)
+    df["hits_decode"] = np.asarray(dec_hits, np.int64)
+    dd, dp = df["demands_decode"], df["demands"] - df["demands_decode"]
+    df["hit_rate_decode"] = df["hits_decode"] / dd.where(dd > 0)
+    df["hit_rate_prefill"] = (df["hits"] - df["hits_decode"]) / dp.where(dp > 0)
     df["max_occupancy"] = maxocc
     df["token_cycle_slots"] = token_cycle(trace)["slots"]
     df["below_token_cycle"] = df["capacity_bytes"] < token_cycle(trace)["bytes"]

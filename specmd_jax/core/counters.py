@@ -32,8 +32,11 @@ METRICS = {
                   "missed; negative where the policy is not bounded by that Belady, e.g. partitioned pools under "
                   "bigmoeonedge)",
     "lookups": "bigmoeonedge: distinct experts of a batch, each looked up once",
-    "hit_rate_decode": "bigmoeonedge: hits / lookups of decode batches (BigMoeOnEdge's hit_pct_decode / 100)",
-    "hit_rate_prefill": "bigmoeonedge: hits / lookups of prefill batches",
+    "demands_decode": "pinned: the demands of decode passes (the prefill's are demands - demands_decode)",
+    "hits_decode": "pinned: the hits of decode passes",
+    "hit_rate_decode": "hits / demands of decode passes (pinned), or hits / lookups of decode batches "
+                       "(bigmoeonedge: BigMoeOnEdge's hit_pct_decode / 100)",
+    "hit_rate_prefill": "the same over prefill passes (pinned) or prefill batches (bigmoeonedge)",
     "hit_rate": "hits / demands",
     "miss_rate": "misses / demands",
     "collision_rate": "collisions / demands (the paper leaves the denominator open; ours is demands)",

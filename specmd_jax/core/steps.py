@@ -14,7 +14,7 @@ import numpy as np
 
 from specmd_jax.core.miss import NO_DROP
 from specmd_jax.core.semantics import INF_STEP, MODES, SB_SCALE
-from specmd_jax.core.trace import Trace
+from specmd_jax.core.trace import DECODE, Trace
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +29,7 @@ class StepArrays:
         ids: int32[S, W] global ids ``layer * E + expert``, ``-1`` padding.
         units: int32[S, W] summed ``round(weight * SB_SCALE)`` of each id in its visit.
         next_use: int32[S, W] next step demanding the id (``INF_STEP`` if none).
+        decode: bool[S] the step belongs to a decode pass.
     """
 
     step: np.ndarray
@@ -39,6 +40,7 @@ class StepArrays:
     units: np.ndarray
     next_use: np.ndarray
     mode: str
+    decode: np.ndarray = None
 
     @property
     def num_steps(self) -> int:
@@ -112,7 +114,8 @@ def prepare_steps(trace: Trace, mode: str = "pinned", width: int | None = None) 
     new_pass = np.ones(S, bool)
     new_pass[1:] = pass_[1:] != pass_[:-1]
     return StepArrays(step=np.arange(S, dtype=np.int32), pass_=pass_, layer=(step_visit % L).astype(np.int32),
-                      new_pass=new_pass, ids=ids, units=units, next_use=next_use, mode=mode)
+                      new_pass=new_pass, ids=ids, units=units, next_use=next_use, mode=mode,
+                      decode=np.asarray(trace.pass_phase)[pass_] == DECODE)
 
 
 def running_scores(trace: Trace, steps) -> np.ndarray:
@@ -149,3 +152,13 @@ def demand_details(trace: Trace, steps) -> dict:
     return {"rank": np.where(ok, best_rank[k2], NO_DROP).astype(np.int32),
             "pairs": np.where(ok, np.bincount(key, minlength=V * E)[k2], 0).astype(np.int32),
             "score": score.astype(np.int32), "spos": spos.astype(np.int32)}
+
+
+def decode_demands(trace: Trace) -> int:
+    """Demands of the decode passes: distinct experts per (pass, layer) visit, summed over the visits
+    of decode passes (the same in both modes; the prefill's are the rest)."""
+    L, E, K = trace.shape.num_layers, trace.shape.num_experts, trace.shape.top_k
+    counts = np.diff(trace.cell_offsets)
+    cell = np.repeat(np.repeat(np.arange(trace.num_visits, dtype=np.int64), counts), K)
+    pairs = np.unique(cell * E + trace.experts.reshape(-1).astype(np.int64))
+    return int(np.sum(np.asarray(trace.pass_phase)[pairs // E // L] == DECODE))

@@ -79,6 +79,7 @@ class CacheState:
         per_layer: int32[6, L] counters (``DEMAND_COUNTERS``) by the layer of the visit (the
             totals are their sums).
         max_occ: int32[] largest pool occupancy seen after any step.
+        dec_hits: int32[] hits in decode passes (the prefill's are the rest).
     """
 
     rank: Any
@@ -86,6 +87,7 @@ class CacheState:
     freq: Any
     per_layer: Any
     max_occ: Any
+    dec_hits: Any
 
 
 @pytree_dataclass
@@ -99,6 +101,7 @@ class Visit:
     ids: Any
     units: Any
     next_use: Any
+    decode: Any            # bool: the step belongs to a decode pass (its hits are also counted apart)
 
 
 class Spec(NamedTuple):
@@ -140,7 +143,7 @@ def make_policy(spec: Spec) -> Policy:
         return CacheState(rank=jnp.full((N,), ABSENT, jnp.int16), occ=jnp.zeros((L if part else 1,), jnp.int32),
                           freq=z,
                           per_layer=jnp.zeros((NCOUNT, L), jnp.int32),
-                          max_occ=jnp.zeros((), jnp.int32))
+                          max_occ=jnp.zeros((), jnp.int32), dec_hits=jnp.zeros((), jnp.int32))
 
     def shared_init():
         if spec.policy in SHARED_KEY:
@@ -208,7 +211,8 @@ def make_policy(spec: Spec) -> Policy:
         new = CacheState(rank=unpool(rank_all, r_new, l), occ=state.occ.at[pidx].set(occ_new),
                          freq=freq,
                          per_layer=state.per_layer.at[:, l].add(info),
-                         max_occ=jnp.maximum(state.max_occ, occ_new))
+                         max_occ=jnp.maximum(state.max_occ, occ_new),
+                         dec_hits=state.dec_hits + jnp.where(visit.decode, nh, 0).astype(jnp.int32))
         return new, occ_new
 
     return Policy(spec.policy, init, shared_init, shared_step, step)

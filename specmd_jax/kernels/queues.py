@@ -39,6 +39,7 @@ class QueueState:
     occ: Any         # int32[P]
     per_layer: Any   # int32[6, L]
     max_occ: Any     # int32[]
+    dec_hits: Any    # int32[] hits in decode passes
 
     @property
     def resident(self):
@@ -174,7 +175,8 @@ def make_queue_policy(spec: RecordSpec) -> QueuePolicy:
         z = jnp.zeros((N,), jnp.int32)
         return QueueState(q=z, pos=z, freq=z, clk=jnp.zeros((), jnp.int32), p=jnp.zeros((P,), jnp.float64),
                           has_ev=jnp.zeros((P,), bool), gone=jnp.zeros((N,), bool), occ=jnp.zeros((P,), jnp.int32),
-                          per_layer=jnp.zeros((len(DEMAND_COUNTERS), L), jnp.int32), max_occ=jnp.zeros((), jnp.int32))
+                          per_layer=jnp.zeros((len(DEMAND_COUNTERS), L), jnp.int32), max_occ=jnp.zeros((), jnp.int32),
+                          dec_hits=jnp.zeros((), jnp.int32))
 
     def step(s: QueueState, x, params: RecordParams):
         l, valid = x.layer, x.ids >= 0
@@ -220,7 +222,8 @@ def make_queue_policy(spec: RecordSpec) -> QueuePolicy:
         info = jnp.stack([nh + m, nh, m, jnp.sum(miss & gone[gi], dtype=jnp.int32), nev, m - na])
         s = s.replace(gone=gone | ev, occ=s.occ.at[pool].set(occ_new),
                       per_layer=s.per_layer.at[:, l].add(info.astype(jnp.int32)),
-                      max_occ=jnp.maximum(s.max_occ, occ_new))
+                      max_occ=jnp.maximum(s.max_occ, occ_new),
+                      dec_hits=s.dec_hits + jnp.where(x.decode, nh, 0).astype(jnp.int32))
         return s, occ_new
 
     return QueuePolicy(init, step)

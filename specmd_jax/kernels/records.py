@@ -59,6 +59,7 @@ class RecordState:
     occ: Any         # int32[P] occupancy per pool
     per_layer: Any   # int32[6, L] DEMAND_COUNTERS by the layer of the visit
     max_occ: Any     # int32[]
+    dec_hits: Any    # int32[] hits in decode passes
 
 
 def _keys(policy, st: RecordState, shared, gid, l, E) -> tuple:
@@ -107,7 +108,8 @@ def make_record_policy(spec: RecordSpec) -> RecordPolicy:
         z = jnp.zeros((N,), jnp.int32)
         return RecordState(resident=jnp.zeros((N,), bool), gone=jnp.zeros((N,), bool), last=z, ins=z, freq=z, hist=z,
                            ref=z, pos=z, clk=jnp.zeros((), jnp.int32), occ=jnp.zeros((L if part else 1,), jnp.int32),
-                           per_layer=jnp.zeros((len(DEMAND_COUNTERS), L), jnp.int32), max_occ=jnp.zeros((), jnp.int32))
+                           per_layer=jnp.zeros((len(DEMAND_COUNTERS), L), jnp.int32), max_occ=jnp.zeros((), jnp.int32),
+                           dec_hits=jnp.zeros((), jnp.int32))
 
     def shared_init():
         return jnp.zeros((N,), jnp.int32), jnp.full((N,), -BIG, jnp.int32)
@@ -158,7 +160,7 @@ def make_record_policy(spec: RecordSpec) -> RecordPolicy:
                           freq=put(st.freq, jnp.where(admit, 1, st.freq[gi] + 1)), hist=hist,
                           ref=put(ref, jnp.where(admit, 0, 1)), pos=put(pos, jnp.where(admit, clk + 1 + rank, pos[gi])),
                           clk=clk + na, occ=st.occ.at[pidx].set(occ_new), per_layer=st.per_layer.at[:, l].add(info.astype(jnp.int32)),
-                          max_occ=jnp.maximum(st.max_occ, occ_new))
+                          max_occ=jnp.maximum(st.max_occ, occ_new), dec_hits=st.dec_hits + jnp.where(x.decode, nh, 0))
         return new, occ_new
 
     return RecordPolicy(init, shared_init, shared_step, step)

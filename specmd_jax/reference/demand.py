@@ -15,6 +15,7 @@ from specmd_jax.core.score import features
 from specmd_jax.core.counters import DEMAND_COUNTERS
 from specmd_jax.core import checks
 from specmd_jax.core.semantics import INF_STEP, MODES, SB_SCALE, layer_capacity, rand_u32
+from specmd_jax.core.trace_fields import DECODE
 from specmd_jax.policies import REGISTRY
 from specmd_jax.reference.queues import QUEUE_POLICIES, queue_step
 
@@ -31,6 +32,7 @@ class RefResult:
     resident: list  # sorted global ids resident at the end
     max_occupancy: int
     bytes_moved: int
+    decode_hits: int = 0   # hits in decode passes (the prefill's are the rest)
 
 
 def steps_of(trace, mode: str = "pinned"):
@@ -133,6 +135,8 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
     score, hist, nextuse = {}, {}, {}  # trace-level: sb's weight units, lfu_history's counts, belady's next use
     evicted_in_pass, max_occ, clk = set(), 0, [0]      # clk: clock's last queue position
     queues = {}                                          # s3fifo / arc: one queue machine per pool
+    decode = [int(ph) == DECODE for ph in trace.pass_phase.tolist()]
+    dec_hits = 0
 
     def key(g, l):
         if policy == "score":
@@ -178,12 +182,13 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
         if occupancy_log is not None:
             occupancy_log.append(occ[pool])
         assert occ[pool] <= max(cap, 0), "occupancy exceeded capacity"
+        dec_hits += nh if decode[p] else 0
         for name, v in (("demands", len(ids)), ("hits", nh), ("misses", len(miss)), ("collisions", coll),
                         ("evictions", nev), ("bypass", len(miss) - na)):
             tot[name] += v
             per[name][l] += v
     return RefResult(totals=tot, per_layer=per, resident=sorted(resident), max_occupancy=max_occ,
-                     bytes_moved=tot["misses"] * trace.shape.expert_bytes)
+                     bytes_moved=tot["misses"] * trace.shape.expert_bytes, decode_hits=dec_hits)
 
 
 def clock_victims(resident: dict, evictable: list, nev: int, clk: list) -> list:

@@ -67,7 +67,7 @@ def _runner(spec: Spec, batched: bool, unroll: bool, record: bool, block: int = 
                 occs = []
                 for l in range(L):
                     x = Visit(step=xp.step[l], pass_=xp.pass_[l], layer=l, new_pass=xp.new_pass[l],
-                              ids=xp.ids[l], units=xp.units[l], next_use=xp.next_use[l])
+                              ids=xp.ids[l], units=xp.units[l], next_use=xp.next_use[l], decode=xp.decode[l])
                     carry, occ = one(carry, x, params)
                     occs.append(occ)
                 return carry, (jnp.stack(occs, -1) if record else None)
@@ -114,7 +114,7 @@ def _visits_xs(steps: StepArrays, lo: int, hi: int, chunk: int, unroll: bool, L:
     last_step = int(steps.step[hi - 1]) if n else 0
     x = dict(step=take(steps.step, last_step), pass_=take(steps.pass_, 0), layer=take(steps.layer, 0),
              new_pass=take(steps.new_pass, False), ids=take(steps.ids, -1), units=take(steps.units, 0),
-             next_use=take(steps.next_use, INF_STEP))
+             next_use=take(steps.next_use, INF_STEP), decode=take(steps.decode, False))
     if pad and unroll:
         x["layer"][n:] = np.tile(np.arange(L, dtype=np.int32), pad // L)
     if unroll:
@@ -134,6 +134,7 @@ class RunResult:
         occupancy: int32[S] pool occupancy after each step (single unbatched run with record).
         compile_s: seconds spent compiling; run_s: seconds running (after compile).
         engine: str[B] the path that ran each configuration (``jax-scan``, ``jax-stack``, ``reference``).
+        decode_hits: int64[B] hits in decode passes (prefill's: ``totals`` hits minus these).
     """
 
     totals: np.ndarray
@@ -144,6 +145,7 @@ class RunResult:
     compile_s: float
     run_s: float
     engine: Optional[np.ndarray] = None
+    decode_hits: Optional[np.ndarray] = None
 
 
 def _checked_inputs(trace: Trace, policy: str, capacities, seeds, mode: str, batched: bool, record: bool,
@@ -295,5 +297,6 @@ def run_configs(trace: Trace, policy: str, capacities, seeds=None, *, mode: str 
     res = (np.asarray(states.rank) < GONE).reshape(caps.shape[0], -1)[:B]
     return RunResult(totals=tot, per_layer=per, resident=res,
                      max_occupancy=np.asarray(states.max_occ, np.int64).reshape(-1)[:B],
+                     decode_hits=np.asarray(states.dec_hits, np.int64).reshape(-1)[:B],
                      occupancy=np.concatenate(occs) if record else None,
                      compile_s=compile_s, run_s=run_s, engine=np.full(B, "jax-scan", object))

@@ -72,7 +72,7 @@ def run_records(trace, policy: str, capacities, decays=None, *, mode: str = "pin
     L, E = trace.shape.num_layers, trace.shape.num_experts
     spec = RecordSpec(policy, L, E, st.width, bool(partitioned))
     xs = Visit(step=st.step, pass_=st.pass_, layer=st.layer, new_pass=st.new_pass, ids=st.ids, units=st.units,
-               next_use=st.next_use)
+               next_use=st.next_use, decode=st.decode)
     params = RecordParams(capacity=jnp.asarray(caps, jnp.int32), decay=jnp.asarray(decays, jnp.int32))
     # ARC's target size is a double (libCacheSim's): the queue kernel traces and runs with 64-bit types on
     with jax.enable_x64(policy in QUEUE_KERNEL_POLICIES):
@@ -86,4 +86,5 @@ def run_records(trace, policy: str, capacities, decays=None, *, mode: str = "pin
     resident = out.resident if policy not in QUEUE_KERNEL_POLICIES else (out.q == 1) | (out.q == 2)
     return RunResult(totals=per.sum(axis=2), per_layer=per, resident=np.asarray(resident, bool),
                      max_occupancy=np.asarray(out.max_occ, np.int64), occupancy=None, compile_s=t1 - t0,
-                     run_s=t2 - t1, engine=np.full(n, "jax-records", object))
+                     run_s=t2 - t1, engine=np.full(n, "jax-records", object),
+                     decode_hits=np.asarray(out.dec_hits, np.int64))

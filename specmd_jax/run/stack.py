@@ -161,8 +161,9 @@ def _fill_order(first: np.ndarray, pool_of: np.ndarray) -> np.ndarray:
 
 def _stack_counters(steps: StepArrays, caps: np.ndarray, depth, start, final, L: int, E: int,
                     partitioned: bool):
-    """Every capacity's counters (int64[B, 6, L]), final resident sets (bool[B, N]) and maximum
-    occupancy (int64[B]) from the scan's depths (see the module docstring)."""
+    """Every capacity's counters (int64[B, 6, L]), final resident sets (bool[B, N]), maximum
+    occupancy (int64[B]) and hits in decode passes (int64[B]) from the scan's depths (see the
+    module docstring)."""
     N = L * E
     depth, start, final = (np.asarray(a, np.int64) for a in (depth, start, final))
     valid = steps.ids >= 0
@@ -185,6 +186,8 @@ def _stack_counters(steps: StepArrays, caps: np.ndarray, depth, start, final, L:
     fill_tab = _count_below(order_k[first] - 1, lay[first], L, top)   # (k - 1) < C  <=>  k <= C
     demands = np.bincount(lay, minlength=L).astype(np.int64)
     hits = below_d[rows, col]
+    dec = np.broadcast_to(steps.decode[:, None], steps.ids.shape)[valid]
+    dec_hits = _count_below(d[dec], lay[dec], L, top)[rows, col].sum(axis=1)
     coll = below_s[rows, col] - hits
     misses = demands[None, :] - hits
     fills = fill_tab[rows, col]
@@ -202,7 +205,7 @@ def _stack_counters(steps: StepArrays, caps: np.ndarray, depth, start, final, L:
     else:
         maxocc = np.minimum(caps, int(first.sum()))
         resident = final[None, :] < caps[:, None]
-    return per, resident, maxocc
+    return per, resident, maxocc, dec_hits
 
 
 def run_stack(trace: Trace, capacities, *, mode: str = "pinned", partitioned: bool = False,
@@ -219,10 +222,10 @@ def run_stack(trace: Trace, capacities, *, mode: str = "pinned", partitioned: bo
     compiled, xs = _compiled_scan(steps, L, E, partitioned, policy == "belady")
     t1 = time.perf_counter()
     depth, start, final = jax.block_until_ready(compiled(xs))
-    per, resident, maxocc = _stack_counters(steps, caps, depth, start, final, L, E, partitioned)
+    per, resident, maxocc, dec_hits = _stack_counters(steps, caps, depth, start, final, L, E, partitioned)
     return RunResult(totals=per.sum(axis=2), per_layer=per, resident=resident, max_occupancy=maxocc,
                      occupancy=None, compile_s=t1 - t0, run_s=time.perf_counter() - t1,
-                     engine=np.full(len(resident), "jax-stack", object))
+                     engine=np.full(len(resident), "jax-stack", object), decode_hits=dec_hits)
 
 
 def run_auto(trace: Trace, policy: str, capacities, seeds=None, *, mode: str = "pinned",
@@ -264,4 +267,4 @@ def run_auto(trace: Trace, policy: str, capacities, seeds=None, *, mode: str = "
     return RunResult(totals=merge(a.totals, b.totals), per_layer=merge(a.per_layer, b.per_layer),
                      resident=merge(a.resident, b.resident), max_occupancy=merge(a.max_occupancy, b.max_occupancy),
                      occupancy=None, compile_s=a.compile_s + b.compile_s, run_s=a.run_s + b.run_s,
-                     engine=merge(a.engine, b.engine))
+                     engine=merge(a.engine, b.engine), decode_hits=merge(a.decode_hits, b.decode_hits))
