@@ -133,10 +133,9 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
     resident = {}  # id -> dict of per-expert policy fields
     occ = [0] * (L if partitioned else 1)
     score, hist, nextuse = {}, {}, {}  # trace-level: sb's weight units, lfu_history's counts, belady's next use
-    evicted_in_pass, max_occ, clk = set(), 0, [0]      # clk: clock's last queue position
+    evicted_in_pass, max_occ, clk, dec_hits = set(), 0, [0], 0   # clk: clock's last queue position
     queues = {}                                          # s3fifo / arc: one queue machine per pool
     decode = [int(ph) == DECODE for ph in trace.pass_phase.tolist()]
-    dec_hits = 0
 
     def key(g, l):
         if policy == "score":
@@ -157,11 +156,7 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
         miss = [g for g, h in zip(ids, hit) if not h]
         nh = len(ids) - len(miss)
         coll = sum(1 for g in miss if g in evicted_in_pass)
-        for g, u in zip(ids, units):
-            score[g] = score.get(g, 0) + u
-            hist[g] = hist.get(g, 0) + 1
-            if nxt is not None:
-                nextuse[g] = nxt[s][g]
+        _observe(ids, units, score, hist, nextuse, nxt[s] if nxt is not None else None)
         free = cap - occ[pool]
         evictable = [g for g in resident if g not in D and (not partitioned or g // E == l)]
         nev = max(0, min(len(miss) - free, len(evictable)))
@@ -169,12 +164,11 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
             na, nev = queue_step(queues.setdefault(pool, QUEUE_POLICIES[policy](cap)), resident, ids, miss, D,
                                  free, nev, evicted_in_pass)
         else:
-            if nev:
-                vict = (clock_victims(resident, evictable, nev, clk) if policy == "clock"
-                        else _victims(policy, evictable, nev, lambda g: key(g, l), seed, s))
-                for g in vict:
-                    del resident[g]
-                    evicted_in_pass.add(g)
+            vict = (clock_victims(resident, evictable, nev, clk) if policy == "clock"
+                    else _victims(policy, evictable, nev, lambda g: key(g, l), seed, s)) if nev else []
+            for g in vict:
+                del resident[g]
+            evicted_in_pass.update(vict)
             na = min(len(miss), free + nev)
         occ[pool] += na - nev
         use(resident, ids, sorted(miss)[:na], s, p, clock=clk if policy == "clock" else None)
@@ -182,13 +176,23 @@ def simulate(trace, policy: str, capacity: int, *, mode: str = "pinned",
         if occupancy_log is not None:
             occupancy_log.append(occ[pool])
         assert occ[pool] <= max(cap, 0), "occupancy exceeded capacity"
-        dec_hits += nh if decode[p] else 0
+        dec_hits += nh * decode[p]
         for name, v in (("demands", len(ids)), ("hits", nh), ("misses", len(miss)), ("collisions", coll),
                         ("evictions", nev), ("bypass", len(miss) - na)):
             tot[name] += v
             per[name][l] += v
     return RefResult(totals=tot, per_layer=per, resident=sorted(resident), max_occupancy=max_occ,
                      bytes_moved=tot["misses"] * trace.shape.expert_bytes, decode_hits=dec_hits)
+
+
+def _observe(ids, units, score: dict, hist: dict, nextuse: dict, nxt: Optional[dict]) -> None:
+    """The trace-level records every demand updates, resident or not: sb's weight units,
+    lfu_history's counts and (Belady) the next use."""
+    for g, u in zip(ids, units):
+        score[g] = score.get(g, 0) + u
+        hist[g] = hist.get(g, 0) + 1
+        if nxt is not None:
+            nextuse[g] = nxt[g]
 
 
 def clock_victims(resident: dict, evictable: list, nev: int, clk: list) -> list:

@@ -127,14 +127,12 @@ class RunResult:
     """Outcome of :func:`run_configs`.
 
     Attributes:
-        totals: int64[B, 6] counters (``engine.DEMAND_COUNTERS``).
-        per_layer: int64[B, 6, L].
+        totals: int64[B, 6] counters (``DEMAND_COUNTERS``); per_layer: int64[B, 6, L].
         resident: bool[B, N] final resident sets.
         max_occupancy: int64[B].
         occupancy: int32[S] pool occupancy after each step (single unbatched run with record).
-        compile_s: seconds spent compiling; run_s: seconds running (after compile).
+        compile_s, run_s: seconds compiling, and running after it; decode_hits: int64[B] hits in decode passes.
         engine: str[B] the path that ran each configuration (``jax-scan``, ``jax-stack``, ``reference``).
-        decode_hits: int64[B] hits in decode passes (prefill's: ``totals`` hits minus these).
     """
 
     totals: np.ndarray
