@@ -107,7 +107,7 @@ def test_queue_kernel_random_traces(policy):
 
 def test_sweep_warns_when_s3fifo_caches_nothing(traces):
     t = traces["synthetic"]
-    with pytest.warns(UserWarning, match=r"s3fifo: at capacities \[10\] the pool hold under 20"):
+    with pytest.warns(UserWarning, match=r"s3fifo: at capacities \[10\] the pool holds under 20"):
         df = sj.sweep(t, "s3fifo", capacities=[10, 64])
     assert df["hits"].iloc[0] == 0 and df["bypass"].iloc[0] == df["misses"].iloc[0] and df["hits"].iloc[1] > 0
     with pytest.warns(UserWarning, match="per-layer pools"):

@@ -124,7 +124,8 @@ def _warn_s3fifo(trace, policy: str, caps: np.ndarray, partitioned: bool) -> Non
     small = [int(c) for c in caps if (int(c) // L if partitioned else int(c)) < S3FIFO_MIN_POOL]
     if small:
         pools = f"per-layer pools (capacity // {L} or one more)" if partitioned else "the pool"
-        warnings.warn(f"s3fifo: at capacities {small} {pools} hold under {S3FIFO_MIN_POOL} slots, and such a pool admits "
+        verb = "hold" if partitioned else "holds"
+        warnings.warn(f"s3fifo: at capacities {small} {pools} {verb} under {S3FIFO_MIN_POOL} slots, and such a pool admits "
                       "nothing (libCacheSim's rule: its small queue of cap // 10 must hold 2): every miss there "
                       "bypasses", stacklevel=3)
 
